@@ -1,0 +1,140 @@
+"""The run configuration: one object, built once from the command line.
+
+Every setting of a run lives in :class:`RunConfig`. ``main.py`` fills it from
+flags and dataset planning; ``training.py`` only reads it; ``config.json`` in
+the run folder is its serialised form, with library versions and git commit.
+
+Example:
+    >>> config = RunConfig(data='data/Task02_Heart', run_dir='runs/x', cache_dir='cache',
+    ...                    target_spacing=(1.25, 1.25, 1.25), patch_size=(64, 64, 48))
+    >>> config.model_spec(out_channels=1)['levels']
+    4
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from errors import UserError
+from files import atomic_write_text
+
+# Settings a resumed run may change; anything else must match the original run.
+RESUMABLE_SETTINGS = frozenset({'epochs', 'device', 'num_workers', 'time_limit', 'image_every'})
+
+
+@dataclass
+class RunConfig:
+    """All settings of one training run."""
+
+    data: str
+    run_dir: str
+    cache_dir: str
+    target_spacing: tuple[float, float, float]
+    patch_size: tuple[int, int, int]
+    seed: int = 0
+    epochs: int = 100
+    steps_per_epoch: int = 0
+    batch_size: int = 2
+    lr: float = 1e-3
+    weight_decay: float = 3e-5
+    loss: str = 'bce_dice'
+    levels: int = 4
+    base_channels: int = 16
+    norm: str = 'instance'
+    augmentation: str = 'default'
+    foreground_probability: float = 0.5
+    val_fraction: float = 0.2
+    folds: int = 0
+    fold: int = 0
+    max_cases: int = 0
+    val_every: int = 1
+    val_overlap: float = 0.5
+    image_every: int = 5
+    device: str = 'auto'
+    amp: bool = True
+    num_workers: int = 0
+    time_limit: float = 0.0
+    labels: dict[str, str] = field(default_factory=dict)
+    modalities: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def foreground_labels(self) -> tuple[int, ...]:
+        return tuple(sorted(int(value) for value in self.labels if int(value) != 0))
+
+    def model_spec(self, out_channels: int | None = None) -> dict[str, Any]:
+        """Keyword arguments of :class:`mymodel.UNet3D`."""
+        return {
+            'in_channels': max(1, len(self.modalities)),
+            'out_channels': out_channels or len(self.foreground_labels),
+            'levels': self.levels,
+            'base_channels': self.base_channels,
+            'norm': self.norm,
+        }
+
+    def plan(self) -> dict[str, Any]:
+        """What a checkpoint must carry to predict: model, preprocessing, labels."""
+        return {
+            'model': self.model_spec(),
+            'target_spacing': list(self.target_spacing),
+            'normalization': 'zscore',
+            'patch_size': list(self.patch_size),
+            'labels': self.labels,
+            'modalities': self.modalities,
+            'config': asdict(self),
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        known = {f.name for f in fields(cls)}
+        config = cls(**{k: v for k, v in values.items() if k in known})
+        config.target_spacing = tuple(config.target_spacing)
+        config.patch_size = tuple(config.patch_size)
+        return config
+
+
+def provenance() -> dict[str, str]:
+    """Library versions and the git commit, for reproducing a run."""
+    import nibabel
+    import numpy
+    import torch
+    import torchio
+
+    return {
+        'python': platform.python_version(),
+        'torch': torch.__version__,
+        'torchio': torchio.__version__,
+        'numpy': numpy.__version__,
+        'nibabel': nibabel.__version__,
+        'platform': platform.platform(),
+        'git_commit': _git_commit(),
+    }
+
+
+def _git_commit() -> str:
+    try:
+        result = subprocess.run(
+            ['git', 'rev-parse', 'HEAD'],
+            cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return 'unknown'
+    return result.stdout.strip() if result.returncode == 0 else 'unknown'
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    document = {'config': asdict(config), 'provenance': provenance()}
+    atomic_write_text(path, json.dumps(document, indent=2))
+
+
+def load_config(path: Path) -> RunConfig:
+    if not path.is_file():
+        raise UserError(path, 'config.json not found; is this a run folder?')
+    try:
+        return RunConfig.from_dict(json.loads(path.read_text())['config'])
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise UserError(path, f'invalid run config ({type(error).__name__}: {error})') from None

@@ -1,0 +1,299 @@
+"""From an MSD-layout folder to validated, preprocessed TorchIO subjects.
+
+The data flows one way: ``dataset.json`` → :class:`Case` list → validated
+volumes → preprocessed subjects (canonical orientation, target spacing,
+z-normalised; computed once and cached) → training patches.
+
+Example:
+    >>> spec = read_dataset(Path('data/Task02_Heart'))  # doctest: +SKIP
+    >>> subjects = preprocess_cases(spec.cases, spec, Preprocessing((1.25,) * 3), Path('cache'))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+import torchio as tio
+from tqdm import tqdm
+
+from errors import UserError
+from files import atomic_torch_save
+from fingerprint import CaseHeader, canonical_header
+
+# Bump when preprocessing changes so stale cache entries are never reused.
+PREPROCESSING_VERSION = 1
+AFFINE_TOLERANCE_MM = 1e-3
+
+
+@dataclass(frozen=True)
+class Case:
+    """One training case: an image and, for training data, its label map."""
+
+    case_id: str
+    image: Path
+    label: Path | None = None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What ``dataset.json`` declares about an MSD-layout dataset."""
+
+    root: Path
+    name: str
+    labels: dict[int, str]
+    modalities: dict[int, str]
+    cases: tuple[Case, ...]
+
+    @property
+    def foreground_labels(self) -> list[int]:
+        return sorted(value for value in self.labels if value != 0)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Everything that turns a raw scan into network input; stored in checkpoints."""
+
+    target_spacing: tuple[float, float, float]
+
+    def transform(self) -> tio.Transform:
+        """Canonical (RAS) orientation, resampling, then per-image z-score."""
+        return tio.Compose([
+            tio.ToCanonical(),
+            tio.Resample(self.target_spacing),
+            tio.ZNormalization(),
+        ])
+
+
+def case_id_from_path(path: Path) -> str:
+    name = path.name
+    for suffix in ('.nii.gz', '.nii'):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _resolve_inside(root: Path, relative: object, json_path: Path, key: str) -> Path:
+    if not isinstance(relative, str) or not relative:
+        raise UserError(json_path, f'"{key}" must be a non-empty path string, got {relative!r}')
+    if os.path.isabs(relative):
+        raise UserError(json_path, f'absolute path {relative!r} is not allowed; paths must be relative to the dataset folder')
+    resolved = (root / relative).resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise UserError(json_path, f'path {relative!r} escapes the dataset folder')
+    return resolved
+
+
+def _parse_int_keys(mapping: object, json_path: Path, key: str) -> dict[int, str]:
+    if not isinstance(mapping, dict) or not mapping:
+        raise UserError(json_path, f'"{key}" must be a non-empty object')
+    try:
+        return {int(value): str(name) for value, name in mapping.items()}
+    except ValueError:
+        raise UserError(json_path, f'"{key}" keys must be integers, got {list(mapping)}') from None
+
+
+def read_dataset(root: Path) -> DatasetSpec:
+    """Read and check ``root/dataset.json`` without opening any image.
+
+    Raises:
+        UserError: The file is missing or invalid JSON, a key is missing, a
+            case is listed twice, or a path is absolute or escapes ``root``.
+    """
+    json_path = root / 'dataset.json'
+    if not json_path.is_file():
+        raise UserError(json_path, 'dataset.json not found; expected an MSD-layout folder (dataset.json, imagesTr/, labelsTr/)')
+    try:
+        content = json.loads(json_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(json_path, f'invalid JSON: {error}') from None
+    if not isinstance(content, dict):
+        raise UserError(json_path, 'top level must be a JSON object')
+    for key in ('labels', 'modality', 'training'):
+        if key not in content:
+            raise UserError(json_path, f'missing required key "{key}"')
+    labels = _parse_int_keys(content['labels'], json_path, 'labels')
+    if 0 not in labels:
+        raise UserError(json_path, '"labels" must declare 0 (background)')
+    modalities = _parse_int_keys(content['modality'], json_path, 'modality')
+    training = content['training']
+    if not isinstance(training, list) or not training:
+        raise UserError(json_path, '"training" must be a non-empty list')
+    cases = []
+    seen: set[str] = set()
+    for entry in training:
+        if not isinstance(entry, dict) or 'image' not in entry or 'label' not in entry:
+            raise UserError(json_path, f'each "training" entry needs "image" and "label", got {entry!r}')
+        image = _resolve_inside(root, entry['image'], json_path, 'image')
+        label = _resolve_inside(root, entry['label'], json_path, 'label')
+        case_id = case_id_from_path(image)
+        if case_id in seen:
+            raise UserError(json_path, f'case {case_id!r} is listed twice')
+        seen.add(case_id)
+        cases.append(Case(case_id, image, label))
+    return DatasetSpec(
+        root=root,
+        name=str(content.get('name', root.name)),
+        labels=labels,
+        modalities=modalities,
+        cases=tuple(cases),
+    )
+
+
+def load_nifti(path: Path) -> nib.Nifti1Image:
+    """Open a NIfTI header, turning every failure into a one-line error."""
+    if not path.is_file():
+        raise UserError(path, 'file not found')
+    if path.stat().st_size == 0:
+        raise UserError(path, 'file is empty (0 bytes)')
+    try:
+        image = nib.load(path)
+    except Exception as error:  # nibabel raises many unrelated types for bad files
+        raise UserError(path, f'not a readable NIfTI file ({type(error).__name__}: {error})') from None
+    if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise UserError(path, f'expected a NIfTI image, got {type(image).__name__}')
+    return image
+
+
+def check_dimensions(path: Path, image: nib.Nifti1Image, channels: int) -> None:
+    """Require a 3D image, or 4D with ``channels`` in the last axis."""
+    shape = image.shape
+    if len(shape) == 3 and channels == 1:
+        return
+    if len(shape) == 4 and shape[3] == channels:
+        return
+    wanted = '3D' if channels == 1 else f'4D with {channels} channels in the last axis'
+    raise UserError(path, f'expected a {wanted} image, got shape {shape}')
+
+
+def read_header(case: Case, spec: DatasetSpec) -> CaseHeader:
+    """Check an image's header (not its voxels) and return its geometry."""
+    image = load_nifti(case.image)
+    check_dimensions(case.image, image, len(spec.modalities))
+    return canonical_header(case.case_id, image)
+
+
+def read_voxels(path: Path, image: nib.Nifti1Image, channels: int) -> np.ndarray:
+    """Return the voxel array as ``(channels, X, Y, Z)`` float32."""
+    check_dimensions(path, image, channels)
+    try:
+        data = np.asarray(image.dataobj, dtype=np.float32)
+    except Exception as error:  # truncated gzip streams fail only here
+        raise UserError(path, f'cannot read voxel data, file may be truncated or corrupt ({type(error).__name__}: {error})') from None
+    if not np.isfinite(data).all():
+        raise UserError(path, f'contains {int((~np.isfinite(data)).sum())} NaN or Inf voxels')
+    return data[np.newaxis] if data.ndim == 3 else np.moveaxis(data, -1, 0)
+
+
+def check_same_grid(image_path: Path, image: nib.Nifti1Image, label_path: Path, label: nib.Nifti1Image) -> None:
+    """Require that image and label share shape and affine."""
+    if image.shape[:3] != label.shape[:3]:
+        raise UserError(label_path, f'shape {label.shape} does not match image {image_path.name} shape {image.shape}')
+    if not np.allclose(image.affine, label.affine, atol=AFFINE_TOLERANCE_MM):
+        raise UserError(label_path, f'affine does not match image {image_path.name} (max difference {np.abs(image.affine - label.affine).max():.4g})')
+
+
+def read_label(path: Path, image: nib.Nifti1Image, declared: dict[int, str]) -> np.ndarray:
+    """Return the label map as ``(1, X, Y, Z)`` uint8, checking its values."""
+    label_data = read_voxels(path, image, channels=1)
+    values = np.unique(label_data)
+    if not np.array_equal(values, np.round(values)):
+        raise UserError(path, f'label values must be integers, found {values[values != np.round(values)][:5].tolist()}')
+    undeclared = sorted(set(values.astype(int).tolist()) - set(declared))
+    if undeclared:
+        raise UserError(path, f'label values {undeclared} are not declared in dataset.json labels {sorted(declared)}')
+    return label_data.astype(np.uint8)
+
+
+def load_case(case: Case, spec: DatasetSpec) -> tio.Subject:
+    """Read and validate one case into a TorchIO subject in its original grid."""
+    image_nifti = load_nifti(case.image)
+    label_nifti = load_nifti(case.label)
+    check_same_grid(case.image, image_nifti, case.label, label_nifti)
+    image = read_voxels(case.image, image_nifti, channels=len(spec.modalities))
+    label = read_label(case.label, label_nifti, spec.labels)
+    return tio.Subject(
+        image=tio.ScalarImage(tensor=torch.from_numpy(image), affine=image_nifti.affine),
+        label=tio.LabelMap(tensor=torch.from_numpy(label), affine=image_nifti.affine),
+        case_id=case.case_id,
+    )
+
+
+def _cache_key(case: Case, preprocessing: Preprocessing) -> str:
+    parts = [PREPROCESSING_VERSION, preprocessing.target_spacing]
+    for path in (case.image, case.label):
+        stat = path.stat()
+        parts += [str(path), stat.st_size, stat.st_mtime_ns]
+    return hashlib.sha1(repr(parts).encode()).hexdigest()[:16]
+
+
+def preprocess_case(case: Case, spec: DatasetSpec, preprocessing: Preprocessing, cache_dir: Path) -> tio.Subject:
+    """Return the preprocessed subject, computing and caching it on first use."""
+    if not case.image.is_file():
+        raise UserError(case.image, 'file not found')
+    if not case.label.is_file():
+        raise UserError(case.label, 'file not found')
+    cache_path = cache_dir / f'{case.case_id}-{_cache_key(case, preprocessing)}.pt'
+    if cache_path.is_file():
+        cached = torch.load(cache_path, weights_only=True)
+    else:
+        subject = preprocessing.transform()(load_case(case, spec))
+        cached = {
+            'image': subject['image'].data.float(),
+            'label': subject['label'].data.to(torch.uint8),
+            'affine': torch.from_numpy(subject['image'].affine),
+        }
+        atomic_torch_save(cached, cache_path)
+    affine = cached['affine'].numpy()
+    return tio.Subject(
+        image=tio.ScalarImage(tensor=cached['image'], affine=affine),
+        label=tio.LabelMap(tensor=cached['label'], affine=affine),
+        case_id=case.case_id,
+    )
+
+
+def preprocess_cases(
+    cases: list[Case] | tuple[Case, ...],
+    spec: DatasetSpec,
+    preprocessing: Preprocessing,
+    cache_dir: Path,
+) -> list[tio.Subject]:
+    """Preprocess every case once (validating it), with a progress bar."""
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(cache_dir, f'cannot create cache folder ({error.strerror})') from None
+    with tqdm(cases, desc='Preprocessing', unit='case', leave=False) as progress:
+        return [preprocess_case(case, spec, preprocessing, cache_dir) for case in progress]
+
+
+def split_cases(
+    case_ids: list[str],
+    seed: int,
+    val_fraction: float = 0.2,
+    folds: int = 0,
+    fold: int = 0,
+) -> dict[str, list[str]]:
+    """Seeded train/validation split: a holdout fraction, or fold ``fold`` of ``folds``.
+
+    Example:
+        >>> split_cases(['a', 'b', 'c', 'd', 'e'], seed=0, folds=5, fold=0)['validation']
+        ['c']
+    """
+    order = np.random.default_rng(seed).permutation(sorted(case_ids)).tolist()
+    if folds:
+        assert 0 <= fold < folds, f'fold must be in [0, {folds}), got {fold}'
+        validation = order[fold::folds]
+    else:
+        assert 0 < val_fraction < 1, f'val_fraction must be in (0, 1), got {val_fraction}'
+        validation = order[: max(1, round(len(order) * val_fraction))]
+    training = [case_id for case_id in order if case_id not in validation]
+    if not training or not validation:
+        raise UserError('dataset.json', f'{len(case_ids)} cases are too few to split into training and validation')
+    return {'training': sorted(training), 'validation': sorted(validation)}

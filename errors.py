@@ -1,0 +1,45 @@
+"""One error type for problems a user can fix, and the CLI wrapper that reports it.
+
+Every script catches :class:`UserError` at its entry point and prints a single
+line naming the file and the problem, then exits with status 2, instead of a
+traceback.
+
+Example:
+    >>> raise UserError('data/imagesTr/a.nii.gz', 'file is truncated')
+    Traceback (most recent call last):
+    ...
+    errors.UserError: data/imagesTr/a.nii.gz: file is truncated
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from tqdm import tqdm
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment, reported as one line."""
+
+    def __init__(self, where: str | Path, problem: str):
+        self.where = str(where)
+        self.problem = problem.strip().splitlines()[0] if problem.strip() else 'unknown problem'
+        super().__init__(f'{self.where}: {self.problem}')
+
+
+def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
+    """Run ``main`` and turn user errors and Ctrl-C into one-line messages."""
+    try:
+        return main(argv) or 0
+    except UserError as error:
+        # tqdm.write starts a fresh line even while a progress bar is drawn.
+        tqdm.write(f'error: {error}', file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        tqdm.write('interrupted', file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,90 @@
+"""Atomic file writes: a reader never sees a half-written checkpoint or output.
+
+Each writer writes to a temporary file in the destination folder, flushes it
+to disk, then renames it over the destination, which POSIX makes atomic.
+
+Example:
+    >>> atomic_write_text(Path('/tmp/example.json'), '{}')
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from errors import UserError
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place on success."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Keep the real suffixes last, since nibabel picks the format from them.
+    suffixes = ''.join(path.suffixes[-2:])
+    handle, temporary = tempfile.mkstemp(prefix=f'.{path.name}.', suffix=f'.tmp{suffixes}', dir=path.parent)
+    os.close(handle)
+    temporary_path = Path(temporary)
+    try:
+        yield temporary_path
+        with open(temporary_path, 'rb') as written:
+            os.fsync(written.fileno())
+        os.chmod(temporary_path, 0o666 & ~_UMASK)
+        os.replace(temporary_path, path)
+    finally:
+        temporary_path.unlink(missing_ok=True)
+
+
+def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """Call ``write(temporary_path)``, then move the result to ``path``."""
+    try:
+        with _atomic_path(path) as temporary:
+            write(temporary)
+    except OSError as error:
+        raise UserError(path, f'cannot write file ({error.strerror or error})') from None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda temporary: temporary.write_text(text))
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    atomic_write(path, lambda temporary: torch.save(obj, temporary))
+
+
+def save_nifti(data: np.ndarray, affine: np.ndarray, path: Path, header: nib.Nifti1Header | None = None) -> None:
+    """Write a NIfTI image atomically; ``header`` carries qform/sform codes over."""
+    image = nib.Nifti1Image(data, affine, header=header)
+    if header is not None:
+        image.set_qform(affine, code=int(header['qform_code']) or 1)
+        image.set_sform(affine, code=int(header['sform_code']) or 1)
+    image.set_data_dtype(data.dtype)
+    atomic_write(path, lambda temporary: nib.save(image, temporary))
+
+
+def ensure_writable_dir(folder: Path) -> None:
+    """Create ``folder`` if needed and prove that a file can be written in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder) as probe:
+            _write_probe(probe)
+    except OSError as error:
+        raise UserError(folder, f'output folder is not writable ({error.strerror or error})') from None
+
+
+def _write_probe(probe: IO[bytes]) -> None:
+    # A megabyte catches a full disk as well as missing permissions.
+    probe.write(b'\0' * (1 << 20))
+    probe.flush()
+    os.fsync(probe.fileno())

@@ -1,0 +1,88 @@
+"""Dataset fingerprint: the header facts that planning derives settings from.
+
+This is the one place that decides the default target spacing and patch size,
+for training (``main.py``) and for the dataset report (``analyze_data.py``),
+so the two can never disagree.
+
+Example:
+    >>> suggest_target_spacing([(1.0, 1.0, 5.0), (1.0, 1.0, 4.0), (0.8, 0.8, 5.0)])
+    (1.0, 1.0, 4.2)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+# nnU-Net treats a dataset as anisotropic past this ratio of spacings.
+ANISOTROPY_THRESHOLD = 3.0
+
+
+@dataclass(frozen=True)
+class CaseHeader:
+    """Geometry read from a NIfTI header, in canonical (RAS) axis order."""
+
+    case_id: str
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    orientation: str
+
+    @property
+    def extent_mm(self) -> np.ndarray:
+        return np.array(self.shape) * np.array(self.spacing)
+
+
+def canonical_header(case_id: str, image: nib.Nifti1Image) -> CaseHeader:
+    """Express shape and spacing in the axis order of the canonical image."""
+    ornt = nib.io_orientation(image.affine)
+    zooms = np.asarray(image.header.get_zooms()[:3], dtype=float)
+    shape = np.asarray(image.shape[:3])
+    spacing = np.empty(3)
+    canonical_shape = np.empty(3, dtype=int)
+    for axis, (target_axis, _) in enumerate(ornt.astype(int)):
+        spacing[target_axis] = zooms[axis]
+        canonical_shape[target_axis] = shape[axis]
+    return CaseHeader(
+        case_id=case_id,
+        shape=tuple(int(s) for s in canonical_shape),
+        spacing=tuple(round(float(s), 6) for s in spacing),
+        orientation=''.join(nib.aff2axcodes(image.affine)),
+    )
+
+
+def suggest_target_spacing(spacings: list[tuple[float, float, float]]) -> tuple[float, float, float]:
+    """Median spacing, with nnU-Net's rule for strongly anisotropic data.
+
+    When the coarsest median axis is more than ``ANISOTROPY_THRESHOLD`` times
+    the finest, that axis uses the 10th percentile of its spacings instead,
+    so thin-slice cases are not blurred to the thickest slices.
+    """
+    spacings_array = np.asarray(spacings, dtype=float)
+    target = np.median(spacings_array, axis=0)
+    coarsest = int(np.argmax(target))
+    if target[coarsest] / target.min() > ANISOTROPY_THRESHOLD:
+        target[coarsest] = np.percentile(spacings_array[:, coarsest], 10)
+    return tuple(round(float(s), 4) for s in target)
+
+
+def resampled_shape(header: CaseHeader, target_spacing: tuple[float, float, float]) -> tuple[int, int, int]:
+    return tuple(int(round(e / s)) for e, s in zip(header.extent_mm, target_spacing))
+
+
+def plan_patch_size(median_shape: tuple[int, ...], divisor: int, max_voxels: int) -> tuple[int, int, int]:
+    """Largest patch within ``max_voxels`` that covers as much of the median case as it can.
+
+    Like nnU-Net, start from the median shape (rounded down to a multiple of
+    the network's divisor, so patches are not mostly padding) and shrink the
+    longest axis until the budget fits.
+    """
+    patch = [max(divisor, int(s) // divisor * divisor) for s in median_shape]
+    while np.prod(patch) > max_voxels:
+        longest = int(np.argmax(patch))
+        if patch[longest] <= divisor:
+            break
+        patch[longest] -= divisor
+    return tuple(patch)

@@ -1,0 +1,105 @@
+"""Sliding-window inference over a whole preprocessed volume.
+
+Windows overlap and are blended with a Gaussian (nnU-Net) or Hann weight, so
+patch borders, where the network sees least context, count least.
+
+Example:
+    >>> import torch
+    >>> from mymodel import UNet3D
+    >>> net = UNet3D(levels=2, base_channels=4).eval()
+    >>> sliding_window_logits(net, torch.zeros(1, 40, 36, 20), (16, 16, 16)).shape
+    torch.Size([1, 40, 36, 20])
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BLENDINGS = ('gaussian', 'hann')
+
+
+def blending_weights(patch_size: tuple[int, int, int], mode: str = 'gaussian') -> torch.Tensor:
+    """Per-voxel window weight, peaking at the centre and strictly positive."""
+    assert mode in BLENDINGS, f'blending must be one of {BLENDINGS}, got {mode!r}'
+    profiles = []
+    for size in patch_size:
+        position = torch.arange(size, dtype=torch.float32)
+        if mode == 'gaussian':
+            sigma = size / 8  # nnU-Net's sigma scale of 1/8
+            profile = torch.exp(-0.5 * ((position - (size - 1) / 2) / sigma) ** 2)
+        else:
+            profile = torch.sin(torch.pi * (position + 0.5) / size) ** 2
+        profiles.append(profile)
+    weights = profiles[0][:, None, None] * profiles[1][None, :, None] * profiles[2][None, None, :]
+    weights = weights / weights.max()
+    return weights.clamp_min(1e-3)
+
+
+def window_starts(size: int, patch: int, overlap: float) -> list[int]:
+    """Evenly spaced window starts that cover ``size`` with at least ``overlap``."""
+    if size <= patch:
+        return [0]
+    count = int(np.ceil((size - patch) / (patch * (1 - overlap)))) + 1
+    return sorted({int(round(i * (size - patch) / (count - 1))) for i in range(count)})
+
+
+@torch.no_grad()
+def sliding_window_logits(
+    model: nn.Module,
+    image: torch.Tensor,
+    patch_size: tuple[int, int, int],
+    overlap: float = 0.5,
+    batch_size: int = 2,
+    blending: str = 'gaussian',
+    device: torch.device | str = 'cpu',
+    amp: bool = False,
+) -> torch.Tensor:
+    """Blend window logits over ``image`` of shape ``(C, X, Y, Z)``.
+
+    Returns:
+        Logits of shape ``(classes, X, Y, Z)`` on the CPU.
+    """
+    assert 0 <= overlap < 1, f'overlap must be in [0, 1), got {overlap}'
+    device = torch.device(device)
+    spatial = image.shape[1:]
+    padding = [max(0, p - s) for s, p in zip(spatial, patch_size)]
+    # Pad with the image minimum (background after z-scoring), at the end of each axis.
+    padded = F.pad(image, [pad for axis in reversed(padding) for pad in (0, axis)], value=float(image.min()))
+    shape = padded.shape[1:]
+    weights = blending_weights(patch_size, blending).to(device)
+    starts = list(itertools.product(*(window_starts(s, p, overlap) for s, p in zip(shape, patch_size))))
+    accumulated = None
+    normaliser = torch.zeros(shape, device=device)
+    for first in range(0, len(starts), batch_size):
+        corners = starts[first:first + batch_size]
+        windows = torch.stack([_window(padded, corner, patch_size) for corner in corners]).to(device)
+        with torch.autocast(device.type, enabled=amp and device.type == 'cuda'):
+            logits = model(windows).float()
+        if accumulated is None:
+            accumulated = torch.zeros((logits.shape[1], *shape), device=device)
+        for corner, window_logits in zip(corners, logits):
+            region = tuple(slice(c, c + p) for c, p in zip(corner, patch_size))
+            accumulated[(slice(None), *region)] += window_logits * weights
+            normaliser[region] += weights
+    logits = accumulated / normaliser
+    return logits[(slice(None), *(slice(0, s) for s in spatial))].cpu()
+
+
+def _window(volume: torch.Tensor, corner: tuple[int, ...], patch_size: tuple[int, int, int]) -> torch.Tensor:
+    return volume[(slice(None), *(slice(c, c + p) for c, p in zip(corner, patch_size)))]
+
+
+def probabilities_to_labels(probabilities: torch.Tensor, foreground_labels: tuple[int, ...]) -> torch.Tensor:
+    """Per-class sigmoid probabilities ``(C, ...)`` → label map of label values.
+
+    A voxel takes the most probable foreground class when that probability
+    exceeds 0.5, and background otherwise.
+    """
+    best_probability, best_channel = probabilities.max(dim=0)
+    values = torch.tensor(foreground_labels, dtype=torch.uint8)
+    return torch.where(best_probability > 0.5, values[best_channel], torch.zeros((), dtype=torch.uint8))

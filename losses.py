@@ -1,0 +1,51 @@
+"""Segmentation losses on per-class sigmoid logits.
+
+Example:
+    >>> import torch
+    >>> loss = build_loss('bce_dice')
+    >>> float(loss(torch.full((1, 1, 4, 4, 4), 10.0), torch.ones(1, 1, 4, 4, 4))) < 0.01
+    True
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+LOSSES = ('bce', 'bce_dice')
+
+
+class SoftDiceLoss(nn.Module):
+    """1 - soft Dice per channel, pooled over the batch (nnU-Net's batch Dice).
+
+    Pooling over the batch keeps the loss defined on patches without foreground.
+    """
+
+    def __init__(self, smooth: float = 1e-5):
+        super().__init__()
+        self.smooth = smooth
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        probabilities = torch.sigmoid(logits.float())
+        reduce_axes = [0, *range(2, logits.ndim)]
+        intersection = (probabilities * target).sum(reduce_axes)
+        total = probabilities.sum(reduce_axes) + target.sum(reduce_axes)
+        dice = (2 * intersection + self.smooth) / (total + self.smooth)
+        return 1 - dice.mean()
+
+
+class BCEDiceLoss(nn.Module):
+    """Binary cross-entropy plus soft Dice, equally weighted."""
+
+    def __init__(self):
+        super().__init__()
+        self.bce = nn.BCEWithLogitsLoss()
+        self.dice = SoftDiceLoss()
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.bce(logits.float(), target) + self.dice(logits, target)
+
+
+def build_loss(name: str) -> nn.Module:
+    assert name in LOSSES, f'loss must be one of {LOSSES}, got {name!r}'
+    return nn.BCEWithLogitsLoss() if name == 'bce' else BCEDiceLoss()

@@ -1,0 +1,234 @@
+"""Train a 3D U-Net on Task02_Heart or any MSD-layout dataset.
+
+With no ``--data`` and no ``./data/Task02_Heart`` it writes a built-in
+synthetic dataset under ``./data/`` and trains on it with a short CPU
+schedule, so ``python main.py`` works out of the box.
+
+Example:
+    python main.py --data ../shared/data/LA2018 --run-dir runs/la --time-limit 30
+    python main.py --resume runs/la --epochs 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import asdict, fields
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from config import RESUMABLE_SETTINGS, RunConfig, load_config, save_config
+from data import DatasetSpec, Preprocessing, preprocess_cases, read_header, read_dataset, split_cases
+from download import TASK02_FOLDER, TASK02_URL, download_task02
+from errors import UserError, run_cli
+from files import atomic_write_text, ensure_writable_dir
+from fingerprint import plan_patch_size, resampled_shape, suggest_target_spacing
+from losses import LOSSES
+from mymodel import NORMS
+from synthetic import write_synthetic_dataset
+from training import Trainer, select_device
+
+DATA_ROOT = Path('data')
+SYNTHETIC_FOLDER = 'SyntheticHeart'
+# Patch budgets in voxels: what one step can afford on each kind of device.
+PATCH_VOXELS = {'cpu': 64 * 64 * 48, 'cuda': 128 * 128 * 96, 'mps': 96 * 96 * 64}
+# A short schedule that reaches a useful Dice on the synthetic data within minutes on a laptop CPU.
+SYNTHETIC_SCHEDULE = {'epochs': 30, 'steps_per_epoch': 20}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    data = parser.add_argument_group('data')
+    data.add_argument('--data', type=Path, help=f'MSD-layout dataset folder (dataset.json, imagesTr/, labelsTr/). Default: ./data/{TASK02_FOLDER} if present, else the built-in synthetic dataset')
+    data.add_argument('--download', action='store_true', help=f'download Task02_Heart into ./data/ first ({TASK02_URL})')
+    data.add_argument('--download-url', default=TASK02_URL, help='mirror to download Task02_Heart from (http(s):// or file://)')
+    data.add_argument('--cache-dir', type=Path, default=Path('cache'), help='where preprocessed volumes are cached')
+    data.add_argument('--spacing', type=float, nargs='+', help='target spacing in mm (one value or three). Default: the dataset median (nnU-Net rule)')
+    data.add_argument('--val-fraction', type=float, default=None, help='fraction of cases held out for validation (default 0.2)')
+    data.add_argument('--folds', type=int, default=None, help='K for K-fold cross-validation (overrides --val-fraction)')
+    data.add_argument('--fold', type=int, default=None, help='which fold (0..K-1) to validate on')
+    data.add_argument('--max-cases', type=int, default=None, help='use only the first N cases (quick runs)')
+
+    model = parser.add_argument_group('model')
+    model.add_argument('--levels', type=int, default=None, help='encoder levels above the bridge (default 4; the seed used 2)')
+    model.add_argument('--base-channels', type=int, default=None, help='channels of the first level (default 16; the seed used 8)')
+    model.add_argument('--norm', choices=NORMS, default=None, help='normalisation layer (default instance; the seed used batch)')
+
+    train = parser.add_argument_group('training')
+    train.add_argument('--epochs', type=int, default=None, help='epochs (default 100; 30 on the synthetic dataset)')
+    train.add_argument('--steps-per-epoch', type=int, default=None, help='optimiser steps per epoch (default: one patch per training case)')
+    train.add_argument('--batch-size', type=int, default=None, help='patches per step (default 2)')
+    train.add_argument('--patch-size', type=int, nargs=3, default=None, help='patch size in voxels (default: planned from the median case and the device)')
+    train.add_argument('--lr', type=float, default=None, help='initial Adam learning rate, decayed polynomially (default 1e-3)')
+    train.add_argument('--loss', choices=LOSSES, default=None, help='loss function (default bce_dice)')
+    train.add_argument('--augmentation', choices=('none', 'light', 'default'), default=None, help='patch augmentation strength (default: default)')
+    train.add_argument('--time-limit', type=float, default=None, help='wall-clock budget in minutes; the schedule is fitted so the learning rate anneals within it')
+    train.add_argument('--val-every', type=int, default=None, help='validate every N epochs (default 1)')
+    train.add_argument('--image-every', type=int, default=None, help='log a validation overlay image every N epochs (default 5)')
+
+    run = parser.add_argument_group('run')
+    run.add_argument('--run-dir', type=Path, help='run folder for config, checkpoints and logs (default runs/<timestamp>)')
+    run.add_argument('--resume', type=Path, metavar='RUN_DIR', help='continue a run from RUN_DIR/last.pt')
+    run.add_argument('--device', default=None, help='auto, cpu, cuda, cuda:N or mps (default auto: cuda > mps > cpu)')
+    run.add_argument('--amp', action=argparse.BooleanOptionalAction, default=None, help='mixed precision on CUDA (default on)')
+    run.add_argument('--num-workers', type=int, default=None, help='data-loader worker processes (default 0)')
+    run.add_argument('--seed', type=int, default=None, help='random seed (default 0)')
+    return parser
+
+
+# Flags whose names differ from RunConfig fields.
+FLAG_TO_SETTING = {'spacing': 'target_spacing'}
+
+
+def explicit_settings(args: argparse.Namespace) -> dict:
+    """The RunConfig settings the user gave on the command line."""
+    names = {f.name for f in fields(RunConfig)}
+    given = {}
+    for flag, value in vars(args).items():
+        setting = FLAG_TO_SETTING.get(flag, flag)
+        if value is not None and setting in names and setting not in ('data', 'run_dir', 'cache_dir'):
+            given[setting] = tuple(value) if isinstance(value, list) else value
+    if 'target_spacing' in given and len(given['target_spacing']) == 1:
+        given['target_spacing'] = given['target_spacing'] * 3
+    return given
+
+
+def resolve_data_root(args: argparse.Namespace) -> tuple[Path, bool]:
+    """The dataset folder to use, and whether it is the synthetic fallback."""
+    if args.data is not None:
+        return args.data, False
+    if args.download:
+        return download_task02(DATA_ROOT, url=args.download_url), False
+    if (DATA_ROOT / TASK02_FOLDER / 'dataset.json').is_file():
+        return DATA_ROOT / TASK02_FOLDER, False
+    synthetic = DATA_ROOT / SYNTHETIC_FOLDER
+    print(
+        f'NOTICE: no --data given and no ./data/{TASK02_FOLDER}; training on the built-in SYNTHETIC dataset '
+        f'in {synthetic}/.\n        For real data, run `python main.py --download` (Task02_Heart) or '
+        '`python main.py --data PATH` with any MSD-layout folder.'
+    )
+    if not (synthetic / 'dataset.json').is_file():
+        write_synthetic_dataset(synthetic)
+    return synthetic, True
+
+
+def plan_run(args: argparse.Namespace, spec: DatasetSpec, synthetic: bool) -> RunConfig:
+    """Turn flags and the dataset fingerprint into one RunConfig."""
+    given = explicit_settings(args)
+    device = select_device(given.get('device', 'auto'))
+    headers = [read_header(case, spec) for case in cases_in_use(spec, given)]
+    spacing = given.get('target_spacing') or suggest_target_spacing([h.spacing for h in headers])
+    config = RunConfig(
+        data=str(spec.root),
+        run_dir=str(args.run_dir or Path('runs') / datetime.now().strftime('%Y%m%d-%H%M%S')),
+        cache_dir=str(args.cache_dir),
+        target_spacing=tuple(float(s) for s in spacing),
+        patch_size=(0, 0, 0),
+        labels={str(k): v for k, v in spec.labels.items()},
+        modalities={str(k): v for k, v in spec.modalities.items()},
+        **(SYNTHETIC_SCHEDULE if synthetic else {}),
+    )
+    for setting, value in given.items():
+        setattr(config, setting, value)
+    if 'patch_size' not in given:
+        median_shape = np.median([resampled_shape(h, config.target_spacing) for h in headers], axis=0)
+        config.patch_size = plan_patch_size(tuple(median_shape), 2**config.levels, PATCH_VOXELS[device.type])
+    check_patch_size(config)
+    return config
+
+
+def check_patch_size(config: RunConfig) -> None:
+    divisor = 2**config.levels
+    if any(p % divisor for p in config.patch_size):
+        raise UserError('--patch-size', f'{list(config.patch_size)} must be divisible by 2**levels = {divisor}')
+
+
+def cases_in_use(spec: DatasetSpec, given: dict) -> tuple:
+    max_cases = given.get('max_cases', 0)
+    return spec.cases[:max_cases] if max_cases else spec.cases
+
+
+def resume_config(args: argparse.Namespace) -> RunConfig:
+    """The saved config of ``--resume``, with only the settings a resume may change."""
+    config = load_config(args.resume / 'config.json')
+    saved = asdict(config)
+    for setting, value in explicit_settings(args).items():
+        if setting in RESUMABLE_SETTINGS:
+            setattr(config, setting, value)
+        elif _normalise(value) != _normalise(saved[setting]):
+            raise UserError(args.resume, f'cannot resume with --{setting.replace("_", "-")} {value}: the run used {saved[setting]} (only {", ".join(sorted(RESUMABLE_SETTINGS))} may change)')
+    config.run_dir = str(args.resume)
+    return config
+
+
+def _normalise(value):
+    return json.loads(json.dumps(value))
+
+
+def print_plan(config: RunConfig, num_train: int, num_val: int) -> None:
+    print(
+        f'Plan: {num_train} training / {num_val} validation cases, spacing {config.target_spacing} mm, '
+        f'patch {list(config.patch_size)}, U-Net levels={config.levels} base={config.base_channels} '
+        f'norm={config.norm}, loss {config.loss}, batch {config.batch_size}, epochs {config.epochs}'
+        + (f' (time limit {config.time_limit:g} min)' if config.time_limit else '')
+    )
+
+
+def prepare_trainer(config: RunConfig, spec: DatasetSpec) -> Trainer:
+    """Split, preprocess (validating every case) and write the run's config."""
+    run_dir = Path(config.run_dir)
+    cases = cases_in_use(spec, {'max_cases': config.max_cases})
+    split = split_cases([c.case_id for c in cases], config.seed, config.val_fraction, config.folds, config.fold)
+    print_plan(config, len(split['training']), len(split['validation']))
+    by_id = {case.case_id: case for case in cases}
+    preprocessing = Preprocessing(config.target_spacing)
+    cache_dir = Path(config.cache_dir) / spec.name
+    train_subjects = preprocess_cases([by_id[i] for i in split['training']], spec, preprocessing, cache_dir)
+    val_subjects = preprocess_cases([by_id[i] for i in split['validation']], spec, preprocessing, cache_dir)
+    save_config(config, run_dir / 'config.json')
+    atomic_write_text(run_dir / 'splits.json', json.dumps(split, indent=1))
+    return Trainer(config, train_subjects, val_subjects)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.resume is not None:
+        config = resume_config(args)
+        spec = read_dataset(Path(config.data))
+    else:
+        data_root, synthetic = resolve_data_root(args)
+        spec = read_dataset(data_root)
+        config = plan_run(args, spec, synthetic)
+    run_dir = Path(config.run_dir)
+    if args.resume is None and (run_dir / 'last.pt').exists():
+        raise UserError(run_dir, 'run folder already holds a run; use --resume to continue it or choose another --run-dir')
+    created = not run_dir.exists()
+    ensure_writable_dir(run_dir)
+    try:
+        trainer = prepare_trainer(config, spec)
+    except UserError:
+        if created:  # a failed start leaves nothing behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    if args.resume is not None:
+        trainer.resume()
+        print(f'Resuming {run_dir} after epoch {trainer.start_epoch}')
+    print(f'TensorBoard logs: {run_dir}  (watch with: tensorboard --logdir {run_dir.parent})')
+    try:
+        best = trainer.fit()
+    except KeyboardInterrupt:
+        print(f'\nInterrupted. The last completed epoch is saved; resume with: python main.py --resume {run_dir}', file=sys.stderr)
+        return 130
+    print(f'Done. Best validation Dice {best:.4f}. Checkpoints: {run_dir / "best.pt"}, {run_dir / "last.pt"}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(run_cli(main))

@@ -1,0 +1,115 @@
+"""3D U-Net for volumetric segmentation.
+
+The seed network is a two-level U-Net: an 8-channel encoder at full
+resolution, 16 channels at 1/2, a 32-channel bridge at 1/4, and a decoder
+that climbs back with transposed convolutions and skip connections. The
+same class builds deeper and wider variants through ``levels`` and
+``base_channels``.
+
+Example:
+    >>> import torch
+    >>> from mymodel import UNet3D
+    >>> net = UNet3D(levels=2, base_channels=8, norm='batch')
+    >>> net(torch.zeros(1, 1, 128, 128, 32)).shape
+    torch.Size([1, 1, 128, 128, 32])
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+NORMS = ('batch', 'instance')
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == 'batch':
+        return nn.BatchNorm3d(channels)
+    # Affine InstanceNorm is nnU-Net's choice: it does not depend on batch size.
+    return nn.InstanceNorm3d(channels, affine=True)
+
+
+def _activation(norm: str) -> nn.Module:
+    # The seed pairs BatchNorm with ReLU; nnU-Net pairs InstanceNorm with LeakyReLU.
+    return nn.ReLU(inplace=True) if norm == 'batch' else nn.LeakyReLU(0.01, inplace=True)
+
+
+class ConvBlock(nn.Sequential):
+    """Two 3x3x3 convolutions, each followed by normalisation and activation."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm: str):
+        super().__init__(
+            nn.Conv3d(in_channels, out_channels, 3, padding=1, bias=False),
+            _norm(norm, out_channels),
+            _activation(norm),
+            nn.Conv3d(out_channels, out_channels, 3, padding=1, bias=False),
+            _norm(norm, out_channels),
+            _activation(norm),
+        )
+
+
+class UNet3D(nn.Module):
+    """U-Net with ``levels`` encoder stages, a bridge and a mirrored decoder.
+
+    Args:
+        in_channels: Number of image channels.
+        out_channels: Number of output logits, one per foreground class.
+        levels: Number of encoder stages above the bridge. Input sizes must be
+            divisible by ``2 ** levels``.
+        base_channels: Channels of the first stage; each stage below doubles it.
+        norm: ``'batch'`` (the seed) or ``'instance'`` (nnU-Net).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        levels: int = 2,
+        base_channels: int = 8,
+        norm: str = 'batch',
+    ):
+        super().__init__()
+        assert levels >= 1, f'levels must be at least 1, got {levels}'
+        assert base_channels >= 1, f'base_channels must be positive, got {base_channels}'
+        assert norm in NORMS, f'norm must be one of {NORMS}, got {norm!r}'
+        widths = [base_channels * 2**i for i in range(levels + 1)]
+        self.levels = levels
+        self.encoders = nn.ModuleList()
+        previous = in_channels
+        for width in widths[:-1]:
+            self.encoders.append(ConvBlock(previous, width, norm))
+            previous = width
+        self.pool = nn.MaxPool3d(2)
+        self.bridge = ConvBlock(widths[-2], widths[-1], norm)
+        self.upsamplers = nn.ModuleList()
+        self.decoders = nn.ModuleList()
+        for deep, shallow in zip(widths[:0:-1], widths[-2::-1]):
+            self.upsamplers.append(nn.ConvTranspose3d(deep, shallow, 2, stride=2))
+            self.decoders.append(ConvBlock(2 * shallow, shallow, norm))
+        self.head = nn.Conv3d(widths[0], out_channels, 1)
+
+    @property
+    def size_divisor(self) -> int:
+        """Every spatial input size must be a multiple of this."""
+        return 2**self.levels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)[-1])
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Return every stage's output: encoders, bridge, then decoders."""
+        divisor = self.size_divisor
+        assert all(s % divisor == 0 for s in x.shape[2:]), (
+            f'spatial size {tuple(x.shape[2:])} must be divisible by {divisor}'
+        )
+        skips = []
+        for encoder in self.encoders:
+            x = encoder(x)
+            skips.append(x)
+            x = self.pool(x)
+        x = self.bridge(x)
+        stages = [*skips, x]
+        for upsample, decoder, skip in zip(self.upsamplers, self.decoders, reversed(skips)):
+            x = decoder(torch.cat([upsample(x), skip], dim=1))
+            stages.append(x)
+        return stages

@@ -1,0 +1,39 @@
+"""Shared fixtures: small synthetic datasets the tests generate themselves."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from synthetic import write_synthetic_dataset  # noqa: E402
+
+SMALL_SHAPE = (40, 40, 20)
+SMALL_SPACING = (1.5, 1.5, 3.0)
+LA2018_DEFAULT = REPO.parent / 'shared' / 'data' / 'LA2018'
+
+
+@pytest.fixture(scope='session')
+def small_dataset_template(tmp_path_factory) -> Path:
+    return write_synthetic_dataset(tmp_path_factory.mktemp('template') / 'Small', num_cases=6, shape=SMALL_SHAPE, spacing=SMALL_SPACING)
+
+
+@pytest.fixture
+def small_dataset(small_dataset_template: Path, tmp_path: Path) -> Path:
+    """A writable copy that a test may break."""
+    return Path(shutil.copytree(small_dataset_template, tmp_path / 'Small'))
+
+
+@pytest.fixture(scope='session')
+def la2018() -> Path:
+    """The real LA2018 cases, read by path (never copied into the repo)."""
+    root = Path(os.environ.get('LA2018_DIR', LA2018_DEFAULT))
+    if not (root / 'dataset.json').is_file():
+        pytest.skip(f'real LA2018 data not found at {root}; set LA2018_DIR to run real-data tests')
+    return root

@@ -1,0 +1,152 @@
+"""Every bad input gives one line naming the file and the problem, exit code 2,
+and leaves no run folder behind."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from errors import EXIT_USER_ERROR, run_cli
+from main import main
+
+FIRST = 'synthetic_000'
+
+
+def image_path(root: Path, case: str = FIRST) -> Path:
+    return root / 'imagesTr' / f'{case}.nii.gz'
+
+
+def label_path(root: Path, case: str = FIRST) -> Path:
+    return root / 'labelsTr' / f'{case}.nii.gz'
+
+
+def rewrite(path: Path, change) -> None:
+    image = nib.load(path)
+    data, affine = change(np.asarray(image.dataobj), image.affine.copy())
+    nib.save(nib.Nifti1Image(data, affine), path)
+
+
+def edit_json(root: Path, change) -> None:
+    path = root / 'dataset.json'
+    content = json.loads(path.read_text())
+    change(content)
+    path.write_text(json.dumps(content))
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def set_first_entry(key: str, value: str):
+    return lambda content: content['training'][0].__setitem__(key, value)
+
+
+def duplicate_first(content: dict) -> None:
+    content['training'].append(dict(content['training'][0]))
+
+
+def with_nan(data, affine):
+    data = data.astype(np.float32)
+    data[0, 0, 0] = np.nan
+    return data, affine
+
+
+def with_inf(data, affine):
+    data = data.astype(np.float32)
+    data[1, 2, 3] = np.inf
+    return data, affine
+
+
+def with_float_label(data, affine):
+    return data.astype(np.float32) * 0.5, affine
+
+
+def with_undeclared_label(data, affine):
+    data = data.copy()
+    data[0, 0, 0] = 7
+    return data, affine
+
+
+def cropped(data, affine):
+    return data[:-2], affine
+
+
+def shifted(data, affine):
+    affine[:3, 3] += 5.0
+    return data, affine
+
+
+def four_dimensional(data, affine):
+    return np.stack([data, data], axis=-1), affine
+
+
+def two_dimensional(data, affine):
+    return data[:, :, 0], affine
+
+
+BAD_INPUTS = {
+    'missing image': (lambda r: image_path(r).unlink(), FIRST, 'file not found'),
+    'missing label': (lambda r: label_path(r).unlink(), FIRST, 'file not found'),
+    'truncated image': (lambda r: truncate(image_path(r)), FIRST, 'truncated or corrupt'),
+    'not gzip or NIfTI': (lambda r: image_path(r).write_bytes(b'this is not an image' * 20), FIRST, 'not a readable NIfTI'),
+    'zero-byte file': (lambda r: image_path(r).write_bytes(b''), FIRST, 'empty'),
+    'gzip of garbage': (lambda r: image_path(r).write_bytes(gzip.compress(b'garbage' * 100)), FIRST, 'not a readable NIfTI'),
+    'shape mismatch': (lambda r: rewrite(label_path(r), cropped), FIRST, 'does not match image'),
+    'affine mismatch': (lambda r: rewrite(label_path(r), shifted), FIRST, 'affine does not match'),
+    'undeclared label': (lambda r: rewrite(label_path(r), with_undeclared_label), FIRST, 'not declared'),
+    'float label': (lambda r: rewrite(label_path(r), with_float_label), FIRST, 'must be integers'),
+    'NaN voxels': (lambda r: rewrite(image_path(r), with_nan), FIRST, 'NaN or Inf'),
+    'Inf voxels': (lambda r: rewrite(image_path(r), with_inf), FIRST, 'NaN or Inf'),
+    '4D image': (lambda r: rewrite(image_path(r), four_dimensional), FIRST, 'expected a 3D image'),
+    '2D image': (lambda r: rewrite(image_path(r), two_dimensional), FIRST, 'expected a 3D image'),
+    'invalid JSON': (lambda r: (r / 'dataset.json').write_text('{"labels": '), 'dataset.json', 'invalid JSON'),
+    'missing key': (lambda r: edit_json(r, lambda c: c.pop('labels')), 'dataset.json', 'missing required key "labels"'),
+    'duplicate case': (lambda r: edit_json(r, duplicate_first), 'dataset.json', 'listed twice'),
+    'path escapes': (lambda r: edit_json(r, set_first_entry('image', '../../etc/passwd')), 'dataset.json', 'escapes the dataset folder'),
+    'absolute path': (lambda r: edit_json(r, set_first_entry('label', '/etc/passwd')), 'dataset.json', 'absolute path'),
+    'no dataset.json': (lambda r: (r / 'dataset.json').unlink(), 'dataset.json', 'not found'),
+}
+
+
+def run_main(argv: list[str], capsys) -> tuple[int, list[str]]:
+    code = run_cli(main, argv)
+    error_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
+    return code, error_lines
+
+
+@pytest.mark.parametrize('name', list(BAD_INPUTS))
+def test_bad_input_gives_one_line_error(name, small_dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    corrupt, names, problem = BAD_INPUTS[name]
+    corrupt(small_dataset)
+    run_dir = tmp_path / 'runs' / 'bad'
+    code, errors = run_main(['--data', str(small_dataset), '--run-dir', str(run_dir), '--epochs', '1'], capsys)
+    assert code == EXIT_USER_ERROR
+    assert len(errors) == 1, errors
+    assert names in errors[0] and problem in errors[0], errors[0]
+    assert not run_dir.exists(), 'a failed start must not leave a run folder'
+
+
+def test_unwritable_run_dir_is_detected_before_training(small_dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    blocker = tmp_path / 'not_a_folder'
+    blocker.write_text('a file where a folder should be')
+    code, errors = run_main(['--data', str(small_dataset), '--run-dir', str(blocker / 'run'), '--epochs', '1'], capsys)
+    assert code == EXIT_USER_ERROR
+    assert len(errors) == 1 and 'not writable' in errors[0] and str(blocker) in errors[0]
+
+
+def test_resume_with_incompatible_architecture_is_refused(small_dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / 'run'
+    argv = ['--data', str(small_dataset), '--run-dir', str(run_dir), '--epochs', '1', '--steps-per-epoch', '1',
+            '--levels', '2', '--base-channels', '4', '--patch-size', '16', '16', '16', '--max-cases', '3']
+    assert run_cli(main, argv) == 0
+    code, errors = run_main(['--resume', str(run_dir), '--levels', '3'], capsys)
+    assert code == EXIT_USER_ERROR
+    assert len(errors) == 1 and 'cannot resume with --levels 3' in errors[0]

@@ -1,0 +1,30 @@
+import pytest
+import torch
+
+from mymodel import UNet3D
+
+
+def test_seed_shape_table():
+    """--levels 2 --base-channels 8 reproduces the seed report's shapes exactly."""
+    net = UNet3D(levels=2, base_channels=8, norm='batch')
+    stages = net.features(torch.zeros(1, 1, 128, 128, 32))
+    assert [list(s.shape) for s in stages] == [
+        [1, 8, 128, 128, 32],   # encoder 1
+        [1, 16, 64, 64, 16],    # encoder 2
+        [1, 32, 32, 32, 8],     # bridge
+        [1, 16, 64, 64, 16],    # decoder 2
+        [1, 8, 128, 128, 32],   # decoder 1
+    ]
+    assert net(torch.zeros(1, 1, 128, 128, 32)).shape == (1, 1, 128, 128, 32)
+
+
+@pytest.mark.parametrize('levels,base,norm', [(1, 4, 'batch'), (3, 8, 'instance'), (4, 4, 'instance')])
+def test_deeper_variants_keep_input_size(levels, base, norm):
+    net = UNet3D(in_channels=2, out_channels=3, levels=levels, base_channels=base, norm=norm)
+    assert net(torch.zeros(2, 2, 32, 32, 16)).shape == (2, 3, 32, 32, 16)
+    assert net.encoders[-1][0].out_channels == base * 2 ** (levels - 1)
+
+
+def test_indivisible_input_is_rejected_with_a_message():
+    with pytest.raises(AssertionError, match='divisible by 4'):
+        UNet3D(levels=2)(torch.zeros(1, 1, 30, 32, 32))

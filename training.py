@@ -1,0 +1,295 @@
+"""The training loop: patches → model → loss → Adam, with validation and logging.
+
+Each epoch trains on seeded patches, validates on whole validation volumes
+with sliding-window inference, logs to TensorBoard and ``metrics.csv``, and
+atomically writes ``last.pt`` (and ``best.pt`` when validation Dice
+improves). A run resumes at the epoch after its last checkpoint with the
+same results as an uninterrupted run.
+
+Example:
+    >>> Trainer(config, train_subjects, val_subjects).fit()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchio as tio
+from torch.utils.data import DataLoader
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from checkpoint import load_checkpoint, save_checkpoint
+from config import RunConfig
+from errors import UserError
+from files import atomic_write_text
+from inference import probabilities_to_labels, sliding_window_logits
+from losses import build_loss
+from metrics import dice
+from mymodel import UNet3D
+from sampling import PatchDataset, augmentation, one_hot_foreground
+
+METRIC_COLUMNS = ('epoch', 'train_loss', 'val_loss', 'val_dice', 'lr', 'epoch_seconds', 'elapsed_seconds')
+GRADIENT_CLIP_NORM = 12.0  # nnU-Net's value
+
+
+class NonFiniteLossError(UserError):
+    """The loss or gradient became NaN or Inf."""
+
+
+def select_device(name: str) -> torch.device:
+    """``'auto'`` picks CUDA, then Apple MPS, then CPU."""
+    if name != 'auto':
+        if name.startswith('cuda') and not torch.cuda.is_available():
+            raise UserError('--device', f'{name!r} requested but CUDA is not available')
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device('cuda')
+    if torch.backends.mps.is_available():
+        return torch.device('mps')
+    return torch.device('cpu')
+
+
+def poly_lr(initial: float, epoch: int, total_epochs: int) -> float:
+    """nnU-Net's polynomial decay, reaching zero at the end of training."""
+    return initial * (1 - epoch / max(total_epochs, 1)) ** 0.9
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_dice: float
+    lr: float
+    epoch_seconds: float
+    elapsed_seconds: float
+
+
+class Trainer:
+    """Owns the model, optimiser and run folder for one training run."""
+
+    def __init__(self, config: RunConfig, train_subjects: list[tio.Subject], val_subjects: list[tio.Subject]):
+        self.config = config
+        self.run_dir = Path(config.run_dir)
+        self.device = select_device(config.device)
+        self.amp = config.amp and self.device.type == 'cuda'
+        torch.manual_seed(config.seed)
+        self.model = UNet3D(**config.model_spec()).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.amp_dtype = amp_dtype
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and amp_dtype == torch.float16)
+        self.loss = build_loss(config.loss)
+        self.val_subjects = val_subjects
+        steps = config.steps_per_epoch or math.ceil(len(train_subjects) / config.batch_size)
+        self.patches = PatchDataset(
+            train_subjects,
+            config.patch_size,
+            samples_per_epoch=steps * config.batch_size,
+            seed=config.seed,
+            foreground_probability=config.foreground_probability,
+            transform=augmentation(config.augmentation),
+            foreground_labels=config.foreground_labels,
+        )
+        self.start_epoch = 0
+        self.total_epochs = config.epochs
+        self.best_dice = -1.0
+        self.elapsed = 0.0
+        self.epoch_times: list[float] = []
+
+    # -- checkpoints -------------------------------------------------------
+
+    def resume(self) -> None:
+        state = load_checkpoint(self.run_dir / 'last.pt', map_location=self.device)
+        self.model.load_state_dict(state['model'])
+        self.optimizer.load_state_dict(state['optimizer'])
+        self.scaler.load_state_dict(state['scaler'])
+        self.start_epoch = int(state['epoch'])
+        self.best_dice = float(state['best_dice'])
+        self.elapsed = float(state['elapsed_seconds'])
+        self.epoch_times = [float(t) for t in state['epoch_times']]
+        if not self.config.time_limit:
+            self.total_epochs = self.config.epochs
+        else:
+            self.total_epochs = int(state['total_epochs'])
+
+    def _save(self, name: str, epoch: int) -> None:
+        save_checkpoint(
+            self.run_dir / name,
+            self.config.plan(),
+            epoch=epoch,
+            total_epochs=self.total_epochs,
+            model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scaler=self.scaler.state_dict(),
+            best_dice=self.best_dice,
+            elapsed_seconds=self.elapsed,
+            epoch_times=self.epoch_times,
+        )
+
+    # -- the loop ------------------------------------------------------------
+
+    def fit(self) -> float:
+        """Train to the configured number of epochs; return the best validation Dice."""
+        writer = SummaryWriter(self.run_dir, purge_step=self.start_epoch + 1)
+        keep_metric_rows(self.run_dir / 'metrics.csv', self.start_epoch)
+        try:
+            epoch = self.start_epoch
+            while epoch < self.total_epochs:
+                result = self.run_epoch(epoch)
+                epoch += 1
+                # Logs first, checkpoint last: a kill in between is undone on resume.
+                self.log(result, writer)
+                if result.val_dice > self.best_dice:
+                    self.best_dice = result.val_dice
+                    self._save('best.pt', epoch)
+                self._plan_remaining_epochs(epoch)
+                self._save('last.pt', epoch)
+        finally:
+            writer.close()
+        return self.best_dice
+
+    def run_epoch(self, epoch: int) -> EpochResult:
+        started = time.perf_counter()
+        lr = poly_lr(self.config.lr, epoch, self.total_epochs)
+        for group in self.optimizer.param_groups:
+            group['lr'] = lr
+        train_loss = self.train_one_epoch(epoch)
+        if (epoch + 1) % self.config.val_every == 0 or epoch + 1 == self.total_epochs:
+            val_loss, val_dice = self.validate(epoch)
+        else:
+            val_loss, val_dice = float('nan'), float('nan')
+        seconds = time.perf_counter() - started
+        self.elapsed += seconds
+        self.epoch_times.append(seconds)
+        return EpochResult(epoch + 1, train_loss, val_loss, val_dice, lr, seconds, self.elapsed)
+
+    def train_one_epoch(self, epoch: int) -> float:
+        self.model.train()
+        self.patches.set_epoch(epoch)
+        torch.manual_seed(self.config.seed + epoch)
+        loader = DataLoader(
+            self.patches,
+            batch_size=self.config.batch_size,
+            num_workers=self.config.num_workers,
+            pin_memory=self.device.type == 'cuda',
+        )
+        losses = []
+        progress = tqdm(loader, desc=f'Epoch {epoch + 1}/{self.total_epochs}', unit='step', leave=False)
+        for step, (images, targets) in enumerate(progress):
+            loss = self.train_step(images, targets, epoch, step)
+            if loss is not None:
+                losses.append(loss)
+                progress.set_postfix(loss=f'{np.mean(losses):.4f}')
+        return float(np.mean(losses)) if losses else float('nan')
+
+    def train_step(self, images: torch.Tensor, targets: torch.Tensor, epoch: int, step: int) -> float | None:
+        images = images.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            logits = self.model(images)
+        loss = self.loss(logits.float(), targets)
+        if not torch.isfinite(loss) and not self.amp:
+            self._fail_non_finite('loss', epoch, step)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        gradient_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRADIENT_CLIP_NORM)
+        if not torch.isfinite(gradient_norm) and not self.amp:
+            self._fail_non_finite('gradient', epoch, step)
+        # Under AMP the scaler skips a step whose gradients are not finite.
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return float(loss.detach()) if torch.isfinite(loss) else None
+
+    def _fail_non_finite(self, what: str, epoch: int, step: int) -> None:
+        raise NonFiniteLossError(
+            self.run_dir / 'last.pt',
+            f'non-finite {what} at epoch {epoch + 1}, step {step + 1}; training stopped, '
+            f'the last good checkpoint is kept (try a lower --lr)',
+        )
+
+    @torch.no_grad()
+    def validate(self, epoch: int) -> tuple[float, float]:
+        """Mean loss and mean per-case, per-class Dice over whole validation volumes."""
+        self.model.eval()
+        losses, dices = [], []
+        self.overlay = None
+        for subject in tqdm(self.val_subjects, desc='Validating', unit='case', leave=False):
+            logits = sliding_window_logits(
+                self.model, subject['image'].data, self.config.patch_size,
+                overlap=self.config.val_overlap, batch_size=self.config.batch_size,
+                device=self.device, amp=self.amp,
+            )
+            target = one_hot_foreground(subject['label'].data, self.config.foreground_labels)
+            losses.append(float(self.loss(logits[None], target[None])))
+            prediction = probabilities_to_labels(torch.sigmoid(logits), self.config.foreground_labels)
+            reference = subject['label'].data[0]
+            dices += [dice((prediction == v).numpy(), (reference == v).numpy()) for v in self.config.foreground_labels]
+            if self.overlay is None:
+                self.overlay = overlay_image(subject['image'].data[0], reference, prediction)
+        return float(np.mean(losses)), float(np.mean(dices))
+
+    def _plan_remaining_epochs(self, completed: int) -> None:
+        """With a time limit, fit the schedule to the time left, so the LR still anneals to zero."""
+        if not self.config.time_limit:
+            return
+        budget = self.config.time_limit * 60
+        seconds_per_epoch = float(np.median(self.epoch_times[-5:]))
+        remaining = int((budget - self.elapsed) // seconds_per_epoch)
+        self.total_epochs = min(self.config.epochs, completed + max(0, remaining))
+
+    # -- logging -------------------------------------------------------------
+
+    def log(self, result: EpochResult, writer: SummaryWriter) -> None:
+        writer.add_scalar('loss/train', result.train_loss, result.epoch)
+        writer.add_scalar('learning_rate', result.lr, result.epoch)
+        if not math.isnan(result.val_dice):
+            writer.add_scalar('loss/val', result.val_loss, result.epoch)
+            writer.add_scalar('dice/val', result.val_dice, result.epoch)
+            if self.overlay is not None and (result.epoch % self.config.image_every == 0 or result.epoch == 1):
+                writer.add_image('val/image_label_prediction', self.overlay, result.epoch, dataformats='HW')
+        writer.flush()
+        append_metric_row(self.run_dir / 'metrics.csv', result)
+        tqdm.write(
+            f'epoch {result.epoch}/{self.total_epochs}  train loss {result.train_loss:.4f}  '
+            f'val loss {result.val_loss:.4f}  val Dice {result.val_dice:.4f}  '
+            f'lr {result.lr:.2e}  {result.epoch_seconds:.1f}s'
+        )
+
+
+def overlay_image(image: torch.Tensor, label: torch.Tensor, prediction: torch.Tensor) -> np.ndarray:
+    """Image | label | prediction, side by side, through the label's busiest axial slice."""
+    slice_index = int(label.sum(dim=(0, 1)).argmax()) if label.any() else label.shape[2] // 2
+    picture = image[:, :, slice_index].float()
+    picture = (picture - picture.min()) / (picture.max() - picture.min() + 1e-8)
+    panels = [picture, label[:, :, slice_index].float().clamp(0, 1), prediction[:, :, slice_index].float().clamp(0, 1)]
+    # Transpose and flip so anterior is up and the patient's left on the right, as viewers show RAS data.
+    return torch.cat([panel.T.flip(0) for panel in panels], dim=1).numpy()
+
+
+def keep_metric_rows(path: Path, completed_epochs: int) -> None:
+    """Drop rows of epochs after the checkpoint, so a resumed run has no duplicates."""
+    if not path.is_file():
+        atomic_write_text(path, ','.join(METRIC_COLUMNS) + '\n')
+        return
+    with open(path, newline='') as handle:
+        rows = [row for row in csv.DictReader(handle) if int(row['epoch']) <= completed_epochs]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator='\n')
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def append_metric_row(path: Path, result: EpochResult) -> None:
+    with open(path, 'a', newline='') as handle:
+        csv.DictWriter(handle, fieldnames=METRIC_COLUMNS, lineterminator='\n').writerow(vars(result))
