@@ -37,7 +37,7 @@ SYNTHETIC_FOLDER = 'SyntheticHeart'
 # Patch budgets in voxels: what one step can afford on each kind of device.
 PATCH_VOXELS = {'cpu': 64 * 64 * 48, 'cuda': 128 * 128 * 96, 'mps': 96 * 96 * 64}
 # A short schedule that reaches a useful Dice on the synthetic data within minutes on a laptop CPU.
-SYNTHETIC_SCHEDULE = {'epochs': 30, 'steps_per_epoch': 20}
+SYNTHETIC_SCHEDULE = {'epochs': 10, 'steps_per_epoch': 20}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument('--norm', choices=NORMS, default=None, help='normalisation layer (default instance; the seed used batch)')
 
     train = parser.add_argument_group('training')
-    train.add_argument('--epochs', type=int, default=None, help='epochs (default 100; 30 on the synthetic dataset)')
+    train.add_argument('--epochs', type=int, default=None, help='epochs (default 100; 10 on the synthetic dataset)')
     train.add_argument('--steps-per-epoch', type=int, default=None, help='optimiser steps per epoch (default: one patch per training case)')
     train.add_argument('--batch-size', type=int, default=None, help='patches per step (default 2)')
     train.add_argument('--patch-size', type=int, nargs=3, default=None, help='patch size in voxels (default: planned from the median case and the device)')

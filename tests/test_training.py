@@ -1,0 +1,93 @@
+"""Short end-to-end training runs on small synthetic data."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+import training
+from checkpoint import load_checkpoint
+from errors import run_cli
+from main import main
+
+TINY = ['--levels', '2', '--base-channels', '8', '--patch-size', '32', '32', '16',
+        '--steps-per-epoch', '30', '--batch-size', '2', '--seed', '3']
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / 'metrics.csv', newline='') as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_short_run_writes_outputs_and_learns(small_dataset, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / 'run'
+    assert run_cli(main, ['--data', str(small_dataset), '--run-dir', str(run_dir), '--epochs', '3', *TINY]) == 0
+    for name in ('config.json', 'splits.json', 'metrics.csv', 'last.pt', 'best.pt'):
+        assert (run_dir / name).is_file(), name
+    assert list(run_dir.glob('events.out.tfevents.*'))
+    rows = read_metrics(run_dir)
+    assert [int(r['epoch']) for r in rows] == [1, 2, 3]
+    dices = [float(r['val_dice']) for r in rows]
+    assert dices[-1] > dices[0], f'validation Dice did not rise: {dices}'
+    state = load_checkpoint(run_dir / 'best.pt')
+    assert state['best_dice'] == pytest.approx(max(dices))
+    assert state['plan']['patch_size'] == [32, 32, 16]
+
+
+def test_interrupted_run_resumes_to_identical_result(small_dataset, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    common = ['--data', str(small_dataset), '--epochs', '3', *TINY]
+    assert run_cli(main, [*common, '--run-dir', str(tmp_path / 'straight')]) == 0
+
+    original_run_epoch = training.Trainer.run_epoch
+
+    def interrupt_third_epoch(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original_run_epoch(self, epoch)
+
+    monkeypatch.setattr(training.Trainer, 'run_epoch', interrupt_third_epoch)
+    interrupted = tmp_path / 'interrupted'
+    assert run_cli(main, [*common, '--run-dir', str(interrupted)]) == 130
+    assert load_checkpoint(interrupted / 'last.pt')['epoch'] == 2
+    monkeypatch.setattr(training.Trainer, 'run_epoch', original_run_epoch)
+    assert run_cli(main, ['--resume', str(interrupted)]) == 0
+
+    straight_state = load_checkpoint(tmp_path / 'straight' / 'last.pt')
+    resumed_state = load_checkpoint(interrupted / 'last.pt')
+    assert resumed_state['epoch'] == 3
+    for name, tensor in straight_state['model'].items():
+        assert torch.equal(tensor, resumed_state['model'][name]), name
+    columns = ('epoch', 'train_loss', 'val_loss', 'val_dice', 'lr')
+    straight_rows = [[r[c] for c in columns] for r in read_metrics(tmp_path / 'straight')]
+    resumed_rows = [[r[c] for c in columns] for r in read_metrics(interrupted)]
+    assert resumed_rows == straight_rows
+
+
+def test_extending_a_finished_run(small_dataset, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / 'run'
+    assert run_cli(main, ['--data', str(small_dataset), '--run-dir', str(run_dir), '--epochs', '1', *TINY]) == 0
+    assert run_cli(main, ['--resume', str(run_dir), '--epochs', '2']) == 0
+    assert [int(r['epoch']) for r in read_metrics(run_dir)] == [1, 2]
+
+
+def test_non_finite_loss_stops_with_message_and_keeps_checkpoint(small_dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / 'run'
+    original_step = training.Trainer.train_step
+
+    def poisoned_step(self, images, targets, epoch, step):
+        if epoch == 1 and step == 2:
+            images = images * float('nan')
+        return original_step(self, images, targets, epoch, step)
+
+    monkeypatch.setattr(training.Trainer, 'train_step', poisoned_step)
+    code = run_cli(main, ['--data', str(small_dataset), '--run-dir', str(run_dir), '--epochs', '2', *TINY])
+    assert code == 2
+    assert 'non-finite loss at epoch 2, step 3' in capsys.readouterr().err
+    assert load_checkpoint(run_dir / 'last.pt')['epoch'] == 1
