@@ -81,8 +81,7 @@ def extract(archive: Path, destination: Path) -> None:
     try:
         with tarfile.open(archive) as tar:
             for member in tar.getmembers():
-                if member.issym() or member.islnk():
-                    raise UserError(archive, f'refusing to extract link member {member.name!r}')
+                _check_member(archive, member)
             tar.extractall(staging, filter='data')
         for item in staging.iterdir():
             target = destination / item.name
@@ -95,6 +94,14 @@ def extract(archive: Path, destination: Path) -> None:
         raise UserError(archive, f'not a valid tar archive ({error})') from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
+    # The data filter would quietly strip a leading '/'; an archive that needs it is not trusted.
+    if member.issym() or member.islnk():
+        raise UserError(archive, f'refusing to extract link member {member.name!r}')
+    if member.name.startswith('/') or '..' in Path(member.name).parts:
+        raise UserError(archive, f'refusing member {member.name!r} whose path escapes the destination')
 
 
 def download_task02(data_root: Path, url: str = TASK02_URL, md5: str = TASK02_MD5) -> Path:

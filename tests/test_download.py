@@ -1,0 +1,132 @@
+"""Task02_Heart download code, tested against local archives (there is no internet here)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import json
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from download import download_task02, extract, fetch
+from errors import UserError
+
+
+def make_archive(path: Path, members: dict[str, bytes]) -> str:
+    with tarfile.open(path, 'w') as tar:
+        for name, content in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def task02_members() -> dict[str, bytes]:
+    dataset = {'labels': {'0': 'background', '1': 'left atrium'}, 'modality': {'0': 'MRI'}, 'training': []}
+    return {
+        'Task02_Heart/dataset.json': json.dumps(dataset).encode(),
+        'Task02_Heart/imagesTr/la_003.nii.gz': b'x' * 300_000,
+        'Task02_Heart/imagesTr/._la_003.nii.gz': b'resource fork',
+    }
+
+
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files with HTTP range support, and counts the bytes it sent."""
+
+    sent_bytes = 0
+
+    def do_GET(self):
+        path = Path(self.translate_path(self.path))
+        data = path.read_bytes()
+        start = 0
+        if 'Range' in self.headers:
+            start = int(self.headers['Range'].split('=')[1].split('-')[0])
+            self.send_response(206)
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        type(self).sent_bytes += len(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(tmp_path):
+    served = tmp_path / 'served'
+    served.mkdir()
+    RangeHandler.sent_bytes = 0
+    handler = lambda *a, **k: RangeHandler(*a, directory=str(served), **k)  # noqa: E731
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield served, f'http://127.0.0.1:{httpd.server_address[1]}'
+    httpd.shutdown()
+
+
+def test_download_verifies_extracts_and_drops_resource_forks(server, tmp_path):
+    served, url = server
+    md5 = make_archive(served / 'Task02_Heart.tar', task02_members())
+    folder = download_task02(tmp_path / 'data', url=f'{url}/Task02_Heart.tar', md5=md5)
+    assert (folder / 'dataset.json').is_file()
+    assert (folder / 'imagesTr' / 'la_003.nii.gz').stat().st_size == 300_000
+    assert not (folder / 'imagesTr' / '._la_003.nii.gz').exists()
+    assert not list((tmp_path / 'data').glob('*.part'))
+
+
+def test_interrupted_download_resumes_from_part_file(server, tmp_path):
+    served, url = server
+    archive = served / 'Task02_Heart.tar'
+    md5 = make_archive(archive, task02_members())
+    destination = tmp_path / 'Task02_Heart.tar'
+    already = archive.read_bytes()[:200_000]
+    destination.with_name('Task02_Heart.tar.part').write_bytes(already)
+    fetch(f'{url}/Task02_Heart.tar', destination, md5)
+    assert destination.read_bytes() == archive.read_bytes()
+    assert RangeHandler.sent_bytes == archive.stat().st_size - len(already)
+
+
+def test_file_url_works(tmp_path):
+    archive = tmp_path / 'Task02_Heart.tar'
+    md5 = make_archive(archive, task02_members())
+    folder = download_task02(tmp_path / 'data', url=archive.as_uri(), md5=md5)
+    assert (folder / 'dataset.json').is_file()
+
+
+def test_tampered_archive_is_deleted_and_reported(server, tmp_path):
+    served, url = server
+    make_archive(served / 'Task02_Heart.tar', task02_members())
+    with pytest.raises(UserError, match='checksum mismatch') as error:
+        fetch(f'{url}/Task02_Heart.tar', tmp_path / 'Task02_Heart.tar', md5='0' * 32)
+    assert 'deleted' in str(error.value)
+    assert not list(tmp_path.glob('Task02_Heart.tar*'))
+
+
+@pytest.mark.parametrize('member', ['../escape.txt', '/tmp/absolute_escape.txt', 'Task02_Heart/../../escape.txt'])
+def test_extraction_refuses_escaping_members(tmp_path, member):
+    archive = tmp_path / 'evil.tar'
+    make_archive(archive, {member: b'owned'})
+    destination = tmp_path / 'out'
+    with pytest.raises(UserError, match='refusing'):
+        extract(archive, destination)
+    assert not (tmp_path / 'escape.txt').exists()
+    assert not Path('/tmp/absolute_escape.txt').exists()
+    assert list(destination.iterdir()) == []
+
+
+def test_extraction_refuses_links(tmp_path):
+    archive = tmp_path / 'links.tar'
+    with tarfile.open(archive, 'w') as tar:
+        info = tarfile.TarInfo('Task02_Heart/passwd')
+        info.type = tarfile.SYMTYPE
+        info.linkname = '/etc/passwd'
+        tar.addfile(info)
+    with pytest.raises(UserError, match='link member'):
+        extract(archive, tmp_path / 'out')
