@@ -99,8 +99,12 @@ def _parse_int_keys(mapping: object, json_path: Path, key: str) -> dict[int, str
         raise UserError(json_path, f'"{key}" keys must be integers, got {list(mapping)}') from None
 
 
-def read_dataset(root: Path) -> DatasetSpec:
+def read_dataset(root: Path, allow_duplicates: bool = False) -> DatasetSpec:
     """Read and check ``root/dataset.json`` without opening any image.
+
+    Args:
+        allow_duplicates: Keep a case listed twice instead of raising, so
+            ``analyze_data.py`` can report it among the other problems.
 
     Raises:
         UserError: The file is missing or invalid JSON, a key is missing, a
@@ -133,7 +137,7 @@ def read_dataset(root: Path) -> DatasetSpec:
         image = _resolve_inside(root, entry['image'], json_path, 'image')
         label = _resolve_inside(root, entry['label'], json_path, 'label')
         case_id = case_id_from_path(image)
-        if case_id in seen:
+        if case_id in seen and not allow_duplicates:
             raise UserError(json_path, f'case {case_id!r} is listed twice')
         seen.add(case_id)
         cases.append(Case(case_id, image, label))
@@ -216,12 +220,18 @@ def load_case(case: Case, spec: DatasetSpec) -> tio.Subject:
     image_nifti = load_nifti(case.image)
     label_nifti = load_nifti(case.label)
     check_same_grid(case.image, image_nifti, case.label, label_nifti)
-    image = read_voxels(case.image, image_nifti, channels=len(spec.modalities))
+    subject = image_subject(case.image, image_nifti, channels=len(spec.modalities))
     label = read_label(case.label, label_nifti, spec.labels)
+    subject.add_image(tio.LabelMap(tensor=torch.from_numpy(label), affine=image_nifti.affine), 'label')
+    return subject
+
+
+def image_subject(path: Path, image_nifti: nib.Nifti1Image, channels: int) -> tio.Subject:
+    """A validated image as a TorchIO subject in its original grid."""
+    image = read_voxels(path, image_nifti, channels)
     return tio.Subject(
         image=tio.ScalarImage(tensor=torch.from_numpy(image), affine=image_nifti.affine),
-        label=tio.LabelMap(tensor=torch.from_numpy(label), affine=image_nifti.affine),
-        case_id=case.case_id,
+        case_id=case_id_from_path(path),
     )
 
 

@@ -63,12 +63,21 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write(path, lambda temporary: torch.save(obj, temporary))
 
 
-def save_nifti(data: np.ndarray, affine: np.ndarray, path: Path, header: nib.Nifti1Header | None = None) -> None:
-    """Write a NIfTI image atomically; ``header`` carries qform/sform codes over."""
-    image = nib.Nifti1Image(data, affine, header=header)
-    if header is not None:
-        image.set_qform(affine, code=int(header['qform_code']) or 1)
-        image.set_sform(affine, code=int(header['sform_code']) or 1)
+def save_nifti(data: np.ndarray, affine: np.ndarray, path: Path, like: nib.Nifti1Image | None = None) -> None:
+    """Write a NIfTI image atomically.
+
+    With ``like``, the output copies that image's header, qform and sform
+    exactly (codes included), so it lies in the same grid.
+    """
+    if like is None:
+        image = nib.Nifti1Image(data, affine)
+    else:
+        header = like.header.copy()
+        header.set_data_dtype(data.dtype)
+        header.set_slope_inter(1, 0)
+        image = nib.Nifti1Image(data, None, header=header)
+        image.set_qform(like.get_qform(), code=int(like.header['qform_code']))
+        image.set_sform(like.get_sform(), code=int(like.header['sform_code']))
     image.set_data_dtype(data.dtype)
     atomic_write(path, lambda temporary: nib.save(image, temporary))
 

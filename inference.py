@@ -103,3 +103,19 @@ def probabilities_to_labels(probabilities: torch.Tensor, foreground_labels: tupl
     best_probability, best_channel = probabilities.max(dim=0)
     values = torch.tensor(foreground_labels, dtype=torch.uint8)
     return torch.where(best_probability > 0.5, values[best_channel], torch.zeros((), dtype=torch.uint8))
+
+
+def predict_logits(model: nn.Module, image: torch.Tensor, patch_size: tuple[int, int, int], tta: bool = False, **window_options) -> torch.Tensor:
+    """Sliding-window logits, averaged over the 8 axis mirrorings when ``tta``.
+
+    Args:
+        window_options: Passed on to :func:`sliding_window_logits`.
+    """
+    mirrorings = [()] if not tta else [axes for r in range(4) for axes in itertools.combinations((1, 2, 3), r)]
+    total = None
+    for axes in mirrorings:
+        flipped = image.flip(axes) if axes else image
+        logits = sliding_window_logits(model, flipped, patch_size, **window_options)
+        logits = logits.flip(axes) if axes else logits
+        total = logits if total is None else total + logits
+    return total / len(mirrorings)

@@ -14,7 +14,7 @@ from errors import run_cli
 from main import main
 
 TINY = ['--levels', '2', '--base-channels', '8', '--patch-size', '32', '32', '16',
-        '--steps-per-epoch', '30', '--batch-size', '2', '--seed', '3']
+        '--steps-per-epoch', '20', '--batch-size', '2', '--seed', '3', '--lr', '0.01']
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:

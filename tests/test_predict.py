@@ -1,0 +1,195 @@
+"""predict.py: masks in each input's exact grid, evaluation, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from checkpoint import load_checkpoint
+from errors import EXIT_USER_ERROR, run_cli
+from main import main as train_main
+from predict import Predictor, back_to_input_grid, keep_largest_components
+from predict import main as predict_main
+
+
+@pytest.fixture(scope='module')
+def trained(small_dataset_template, tmp_path_factory) -> Path:
+    """A tiny model trained for a few seconds; returns its best.pt."""
+    run_dir = tmp_path_factory.mktemp('trained') / 'run'
+    argv = ['--data', str(small_dataset_template), '--run-dir', str(run_dir), '--cache-dir', str(run_dir.parent / 'cache'),
+            '--epochs', '3', '--steps-per-epoch', '20', '--levels', '2', '--base-channels', '8',
+            '--patch-size', '32', '32', '16', '--lr', '0.01']
+    assert run_cli(train_main, argv) == 0
+    return run_dir / 'best.pt'
+
+
+def scan(dataset: Path, case: str = 'synthetic_001') -> Path:
+    return dataset / 'imagesTr' / f'{case}.nii.gz'
+
+
+def save_variant(source: Path, target: Path, transform) -> Path:
+    image = nib.load(source)
+    data, affine = transform(np.asarray(image.dataobj), image.affine.copy())
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(data), affine), target)
+    return target
+
+
+def flip_first_axis(data, affine):
+    flip = np.eye(4)
+    flip[0, 0], flip[0, 3] = -1, data.shape[0] - 1
+    return data[::-1], affine @ flip
+
+
+def swap_first_axes(data, affine):
+    swap = np.eye(4)[[1, 0, 2, 3]]
+    return data.transpose(1, 0, 2), affine @ swap
+
+
+def rotate_oblique(data, affine):
+    angle = np.deg2rad(20)
+    rotation = np.eye(4)
+    rotation[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    return data, rotation @ affine
+
+
+def predict_file(checkpoint: Path, image: Path, output: Path, *extra: str) -> nib.Nifti1Image:
+    assert run_cli(predict_main, ['--checkpoint', str(checkpoint), '--input', str(image), '--output', str(output), *extra]) == 0
+    return nib.load(output / image.name)
+
+
+def test_mask_keeps_the_input_geometry_exactly(trained, small_dataset_template, tmp_path):
+    source = nib.load(scan(small_dataset_template))
+    mask = predict_file(trained, scan(small_dataset_template), tmp_path)
+    assert mask.shape == source.shape
+    assert np.array_equal(mask.affine, source.affine)
+    assert np.array_equal(mask.get_qform(), source.get_qform()) and np.array_equal(mask.get_sform(), source.get_sform())
+    assert (int(mask.header['qform_code']), int(mask.header['sform_code'])) == (int(source.header['qform_code']), int(source.header['sform_code']))
+    assert mask.get_data_dtype() == np.uint8
+    values = np.unique(np.asarray(mask.dataobj))
+    assert set(values.tolist()) <= {0, 1} and 1 in values
+
+
+@pytest.mark.parametrize('transform,undo', [
+    (flip_first_axis, lambda m: m[::-1]),
+    (swap_first_axes, lambda m: m.transpose(1, 0, 2)),
+    (rotate_oblique, lambda m: m),
+])
+def test_same_physical_image_gives_the_same_physical_mask(trained, small_dataset_template, tmp_path, transform, undo):
+    original = predict_file(trained, scan(small_dataset_template), tmp_path / 'original')
+    variant_path = save_variant(scan(small_dataset_template), tmp_path / 'variant.nii.gz', transform)
+    variant = predict_file(trained, variant_path, tmp_path / 'variant')
+    variant_image = nib.load(variant_path)
+    assert variant.shape == variant_image.shape and np.allclose(variant.affine, variant_image.affine)
+    expected = undo(np.asarray(original.dataobj))
+    agreement = (np.asarray(variant.dataobj) == expected).mean()
+    assert agreement > 0.999, f'only {agreement:.4%} of voxels agree'
+
+
+def test_resampling_back_puts_structures_where_they_physically_are():
+    """A cube predicted in a canonical 2 mm grid lands on the same mm in an LPS 1 mm input grid."""
+    input_affine = np.diag([-1.0, -1.0, 1.0, 1.0])
+    input_affine[:3, 3] = [39, 39, 0]  # voxel (39, 39, 0) is at the origin; axes run right-to-left, anterior-to-posterior
+    nifti = nib.Nifti1Image(np.zeros((40, 40, 40), np.float32), input_affine)
+    canonical_affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    probabilities = torch.zeros(1, 20, 20, 20)
+    probabilities[0, 5:10, 5:10, 5:10] = 1  # 10-20 mm on each axis (voxel centres)
+    back = back_to_input_grid(probabilities, canonical_affine, nifti)[0].numpy() > 0.5
+    world = nib.affines.apply_affine(input_affine, np.argwhere(back))
+    assert world.min(0) == pytest.approx([10, 10, 10], abs=1.01)
+    assert world.max(0) == pytest.approx([19, 19, 19], abs=1.01)
+
+
+def test_keep_largest_component_removes_islands():
+    mask = np.zeros((20, 20, 20), np.uint8)
+    mask[2:8, 2:8, 2:8] = 1
+    mask[15:17, 15:17, 15:17] = 1
+    kept = keep_largest_components(mask, (1,))
+    assert kept.sum() == 216 and kept[16, 16, 16] == 0
+
+
+def test_dataset_json_input_with_evaluation(trained, small_dataset_template, tmp_path):
+    output = tmp_path / 'out'
+    argv = ['--checkpoint', str(trained), '--input', str(small_dataset_template / 'dataset.json'),
+            '--subset', 'validation', '--output', str(output), '--labels', str(small_dataset_template / 'labelsTr'),
+            '--png', '--save-probabilities', '--tta']
+    assert run_cli(predict_main, argv) == 0
+    validation = json.loads((trained.parent / 'splits.json').read_text())['validation']
+    assert sorted(p.name for p in output.glob('*.png')) == sorted(f'{c}.png' for c in validation)
+    assert all((output / f'{c}.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' for c in validation)
+    probabilities = nib.load(output / f'{validation[0]}_probabilities.nii.gz')
+    assert probabilities.shape == (*nib.load(scan(small_dataset_template, validation[0])).shape, 1)
+    summary = json.loads((output / 'summary.json').read_text())
+    assert summary['1']['cases'] == len(validation)
+    assert 0 <= summary['1']['dice']['mean'] <= 1
+    assert (output / 'metrics.csv').read_text().count('\n') == len(validation) + 1
+
+
+def run_predict(argv, capsys) -> tuple[int, list[str]]:
+    code = run_cli(predict_main, argv)
+    return code, [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
+
+
+def test_unreadable_case_is_skipped_and_reported(trained, small_dataset_template, tmp_path, capsys):
+    inputs = tmp_path / 'inputs'
+    inputs.mkdir()
+    (inputs / 'good.nii.gz').write_bytes(scan(small_dataset_template).read_bytes())
+    (inputs / 'broken.nii.gz').write_bytes(b'not a nifti at all')
+    code, errors = run_predict(['--checkpoint', str(trained), '--input', str(inputs), '--output', str(tmp_path / 'out')], capsys)
+    assert code == EXIT_USER_ERROR
+    assert len(errors) == 1 and 'broken.nii.gz' in errors[0]
+    assert (tmp_path / 'out' / 'good.nii.gz').is_file() and not (tmp_path / 'out' / 'broken.nii.gz').exists()
+
+
+@pytest.mark.parametrize('shape,problem', [((40, 40, 20, 2), 'expected a 3D image'), ((40, 40), 'expected a 3D image')])
+def test_wrong_dimensions_or_channels(trained, tmp_path, capsys, shape, problem):
+    path = tmp_path / 'odd.nii.gz'
+    nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), np.eye(4)), path)
+    code, errors = run_predict(['--checkpoint', str(trained), '--input', str(path), '--output', str(tmp_path / 'out')], capsys)
+    assert code == EXIT_USER_ERROR and len(errors) == 1 and 'odd.nii.gz' in errors[0] and problem in errors[0]
+
+
+def test_checkpoint_of_another_architecture(trained, small_dataset_template, tmp_path, capsys):
+    state = torch.load(trained, weights_only=True)
+    plan = json.loads(state['plan'])
+    plan['model']['levels'] = 3
+    state['plan'] = json.dumps(plan)
+    other = tmp_path / 'other.pt'
+    torch.save(state, other)
+    code, errors = run_predict(['--checkpoint', str(other), '--input', str(scan(small_dataset_template)), '--output', str(tmp_path / 'out')], capsys)
+    assert code == EXIT_USER_ERROR and 'does not match the U-Net architecture' in errors[0]
+
+
+class Exploit:
+    def __reduce__(self):
+        return (print, ('this must never run',))
+
+
+@pytest.mark.parametrize('content,problem', [
+    (lambda path: path.write_bytes(pickle.dumps({'format': Exploit()})), 'refusing to load'),
+    (lambda path: path.write_bytes(b''), 'truncated or corrupt'),
+    (lambda path: torch.save({'weights': torch.zeros(2)}, path), 'not a checkpoint of this project'),
+])
+def test_untrusted_or_foreign_checkpoints_are_refused(small_dataset_template, tmp_path, capsys, content, problem):
+    checkpoint = tmp_path / 'evil.pt'
+    content(checkpoint)
+    code, errors = run_predict(['--checkpoint', str(checkpoint), '--input', str(scan(small_dataset_template)), '--output', str(tmp_path / 'out')], capsys)
+    assert code == EXIT_USER_ERROR and len(errors) == 1 and 'evil.pt' in errors[0] and problem in errors[0]
+    assert 'this must never run' not in capsys.readouterr().out
+
+
+def test_unwritable_output_folder(trained, small_dataset_template, tmp_path, capsys):
+    blocker = tmp_path / 'file'
+    blocker.write_text('')
+    code, errors = run_predict(['--checkpoint', str(trained), '--input', str(scan(small_dataset_template)), '--output', str(blocker / 'out')], capsys)
+    assert code == EXIT_USER_ERROR and 'not writable' in errors[0]
+
+
+def test_predictor_loads_checkpoint_plan(trained):
+    predictor = Predictor(trained)
+    assert predictor.patch_size == tuple(load_checkpoint(trained)['plan']['patch_size'])
