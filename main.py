@@ -15,6 +15,7 @@ import argparse
 import json
 import shutil
 import sys
+import time
 from dataclasses import asdict, fields
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +37,11 @@ DATA_ROOT = Path('data')
 SYNTHETIC_FOLDER = 'SyntheticHeart'
 # Patch budgets in voxels: what one step can afford on each kind of device.
 PATCH_VOXELS = {'cpu': 64 * 64 * 48, 'cuda': 128 * 128 * 96, 'mps': 96 * 96 * 64}
+# Finest target spacing each device can afford: 0.625 mm scans have 8x the voxels
+# of 1.25 mm ones, which a CPU cannot train on in useful time.
+MIN_SPACING_MM = {'cpu': 1.25, 'mps': 1.0, 'cuda': 0.0}
+# With --time-limit the schedule is fitted to the clock; this only caps it.
+TIME_LIMITED_MAX_EPOCHS = 10_000
 # A short schedule that reaches a useful Dice on the synthetic data within minutes on a laptop CPU.
 SYNTHETIC_SCHEDULE = {'epochs': 10, 'steps_per_epoch': 20}
 
@@ -50,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument('--download', action='store_true', help=f'download Task02_Heart into ./data/ first ({TASK02_URL})')
     data.add_argument('--download-url', default=TASK02_URL, help='mirror to download Task02_Heart from (http(s):// or file://)')
     data.add_argument('--cache-dir', type=Path, default=Path('cache'), help='where preprocessed volumes are cached')
-    data.add_argument('--spacing', type=float, nargs='+', help='target spacing in mm (one value or three). Default: the dataset median (nnU-Net rule)')
+    data.add_argument('--spacing', type=float, nargs='+', help='target spacing in mm (one value or three). Default: the dataset median (nnU-Net rule), but no finer than 1.25 mm on a CPU')
     data.add_argument('--val-fraction', type=float, default=None, help='fraction of cases held out for validation (default 0.2)')
     data.add_argument('--folds', type=int, default=None, help='K for K-fold cross-validation (overrides --val-fraction)')
     data.add_argument('--fold', type=int, default=None, help='which fold (0..K-1) to validate on')
@@ -70,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument('--loss', choices=LOSSES, default=None, help='loss function (default bce_dice)')
     train.add_argument('--augmentation', choices=('none', 'light', 'default'), default=None, help='patch augmentation strength (default: default)')
     train.add_argument('--time-limit', type=float, default=None, help='wall-clock budget in minutes; the schedule is fitted so the learning rate anneals within it')
-    train.add_argument('--val-every', type=int, default=None, help='validate every N epochs (default 1)')
+    train.add_argument('--val-every', type=int, default=None, help='validate every N epochs; 0 = automatic, about 10%% of the time (default 1; 0 with --time-limit)')
     train.add_argument('--image-every', type=int, default=None, help='log a validation overlay image every N epochs (default 5)')
 
     run = parser.add_argument_group('run')
@@ -124,7 +130,8 @@ def plan_run(args: argparse.Namespace, spec: DatasetSpec, synthetic: bool) -> Ru
     given = explicit_settings(args)
     device = select_device(given.get('device', 'auto'))
     headers = [read_header(case, spec) for case in cases_in_use(spec, given)]
-    spacing = given.get('target_spacing') or suggest_target_spacing([h.spacing for h in headers])
+    suggested = suggest_target_spacing([h.spacing for h in headers])
+    spacing = given.get('target_spacing') or tuple(max(s, MIN_SPACING_MM[device.type]) for s in suggested)
     config = RunConfig(
         data=str(spec.root),
         run_dir=str(args.run_dir or Path('runs') / datetime.now().strftime('%Y%m%d-%H%M%S')),
@@ -137,6 +144,9 @@ def plan_run(args: argparse.Namespace, spec: DatasetSpec, synthetic: bool) -> Ru
     )
     for setting, value in given.items():
         setattr(config, setting, value)
+    if config.time_limit:
+        config.val_every = given.get('val_every', 0)  # 0: automatic, about a tenth of the time
+        config.epochs = given.get('epochs', TIME_LIMITED_MAX_EPOCHS)
     if 'patch_size' not in given:
         median_shape = np.median([resampled_shape(h, config.target_spacing) for h in headers], axis=0)
         config.patch_size = plan_patch_size(tuple(median_shape), 2**config.levels, PATCH_VOXELS[device.type])
@@ -198,6 +208,7 @@ def prepare_trainer(config: RunConfig, spec: DatasetSpec) -> Trainer:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()
     args = build_parser().parse_args(argv)
     if args.resume is not None:
         config = resume_config(args)
@@ -220,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume is not None:
         trainer.resume()
         print(f'Resuming {run_dir} after epoch {trainer.start_epoch}')
+    else:
+        trainer.elapsed = time.perf_counter() - started  # the time limit counts set-up too
     print(f'TensorBoard logs: {run_dir}  (watch with: tensorboard --logdir {run_dir.parent})')
     try:
         best = trainer.fit()

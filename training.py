@@ -38,6 +38,10 @@ from sampling import PatchDataset, augmentation, one_hot_foreground
 
 METRIC_COLUMNS = ('epoch', 'train_loss', 'val_loss', 'val_dice', 'lr', 'epoch_seconds', 'elapsed_seconds')
 GRADIENT_CLIP_NORM = 12.0  # nnU-Net's value
+# With --val-every 0 (automatic), validation may take this share of the time.
+VALIDATION_SHARE = 0.1
+# Logging and checkpoints add a little to each epoch's training time.
+EPOCH_OVERHEAD = 1.03
 
 
 class NonFiniteLossError(UserError):
@@ -103,7 +107,10 @@ class Trainer:
         self.total_epochs = config.epochs
         self.best_dice = -1.0
         self.elapsed = 0.0
-        self.epoch_times: list[float] = []
+        self.train_times: list[float] = []
+        self.val_every = config.val_every or 1
+        self.val_seconds = 0.0
+        self.last_epoch_validated = False
 
     # -- checkpoints -------------------------------------------------------
 
@@ -115,7 +122,9 @@ class Trainer:
         self.start_epoch = int(state['epoch'])
         self.best_dice = float(state['best_dice'])
         self.elapsed = float(state['elapsed_seconds'])
-        self.epoch_times = [float(t) for t in state['epoch_times']]
+        self.train_times = [float(t) for t in state['train_times']]
+        self.val_every = int(state['val_every'])
+        self.val_seconds = float(state['val_seconds'])
         if not self.config.time_limit:
             self.total_epochs = self.config.epochs
         else:
@@ -132,7 +141,9 @@ class Trainer:
             scaler=self.scaler.state_dict(),
             best_dice=self.best_dice,
             elapsed_seconds=self.elapsed,
-            epoch_times=self.epoch_times,
+            train_times=self.train_times,
+            val_every=self.val_every,
+            val_seconds=self.val_seconds,
         )
 
     # -- the loop ------------------------------------------------------------
@@ -144,6 +155,7 @@ class Trainer:
         try:
             epoch = self.start_epoch
             while epoch < self.total_epochs:
+                started = time.perf_counter()
                 result = self.run_epoch(epoch)
                 epoch += 1
                 # Logs first, checkpoint last: a kill in between is undone on resume.
@@ -151,6 +163,7 @@ class Trainer:
                 if result.val_dice > self.best_dice:
                     self.best_dice = result.val_dice
                     self._save('best.pt', epoch)
+                self.elapsed += time.perf_counter() - started
                 self._plan_remaining_epochs(epoch)
                 self._save('last.pt', epoch)
         finally:
@@ -163,14 +176,15 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group['lr'] = lr
         train_loss = self.train_one_epoch(epoch)
-        if (epoch + 1) % self.config.val_every == 0 or epoch + 1 == self.total_epochs:
+        self.train_times.append(time.perf_counter() - started)
+        if (epoch + 1) % self.val_every == 0 or epoch + 1 == self.total_epochs:
             val_loss, val_dice = self.validate(epoch)
+            self.val_seconds = time.perf_counter() - started - self.train_times[-1]
         else:
             val_loss, val_dice = float('nan'), float('nan')
+        self.last_epoch_validated = not math.isnan(val_dice)
         seconds = time.perf_counter() - started
-        self.elapsed += seconds
-        self.epoch_times.append(seconds)
-        return EpochResult(epoch + 1, train_loss, val_loss, val_dice, lr, seconds, self.elapsed)
+        return EpochResult(epoch + 1, train_loss, val_loss, val_dice, lr, seconds, self.elapsed + seconds)
 
     def train_one_epoch(self, epoch: int) -> float:
         self.model.train()
@@ -242,10 +256,16 @@ class Trainer:
         """With a time limit, fit the schedule to the time left, so the LR still anneals to zero."""
         if not self.config.time_limit:
             return
-        budget = self.config.time_limit * 60
-        seconds_per_epoch = float(np.median(self.epoch_times[-5:]))
-        remaining = int((budget - self.elapsed) // seconds_per_epoch)
-        self.total_epochs = min(self.config.epochs, completed + max(0, remaining))
+        train_seconds = float(np.median(self.train_times[-5:])) * EPOCH_OVERHEAD
+        if self.config.val_every == 0:
+            self.val_every = max(1, math.ceil(self.val_seconds / (VALIDATION_SHARE * train_seconds)))
+        seconds_per_epoch = train_seconds + self.val_seconds / self.val_every
+        # Reserve one epoch and a validation, so the run can always end on a validated epoch.
+        spare = self.config.time_limit * 60 - self.elapsed - train_seconds - self.val_seconds
+        remaining = max(0, int(spare // seconds_per_epoch))
+        if remaining == 0 and not self.last_epoch_validated:
+            remaining = 1
+        self.total_epochs = min(self.config.epochs, completed + remaining)
 
     # -- logging -------------------------------------------------------------
 
