@@ -22,6 +22,7 @@ from typing import Any
 
 from errors import UserError
 from files import atomic_write_text
+from fingerprint import DEFAULT_LEVELS
 
 # Settings a resumed run may change; anything else must match the original run.
 RESUMABLE_SETTINGS = frozenset({'epochs', 'device', 'num_workers', 'time_limit', 'image_every'})
@@ -43,7 +44,7 @@ class RunConfig:
     lr: float = 1e-3
     weight_decay: float = 3e-5
     loss: str = 'bce_dice'
-    levels: int = 4
+    levels: int = DEFAULT_LEVELS
     base_channels: int = 16
     norm: str = 'instance'
     augmentation: str = 'default'

@@ -19,6 +19,12 @@ import numpy as np
 
 # nnU-Net treats a dataset as anisotropic past this ratio of spacings.
 ANISOTROPY_THRESHOLD = 3.0
+# Patch budgets in voxels: what one training step can afford on each kind of device.
+PATCH_VOXELS = {'cpu': 64 * 64 * 48, 'cuda': 128 * 128 * 96, 'mps': 96 * 96 * 64}
+# Finest target spacing each device can afford: 0.625 mm scans have 8x the voxels
+# of 1.25 mm ones, which a CPU cannot train on in useful time.
+MIN_SPACING_MM = {'cpu': 1.25, 'mps': 1.0, 'cuda': 0.0}
+DEFAULT_LEVELS = 4
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,12 @@ def resampled_shape(header: CaseHeader, target_spacing: tuple[float, float, floa
     return tuple(int(round(e / s)) for e, s in zip(header.extent_mm, target_spacing))
 
 
+def median_resampled_shape(headers: list[CaseHeader], target_spacing: tuple[float, float, float]) -> tuple[float, float, float]:
+    """Median case shape after resampling to ``target_spacing``: what the patch is planned from."""
+    shapes = [resampled_shape(header, target_spacing) for header in headers]
+    return tuple(float(s) for s in np.median(shapes, axis=0))
+
+
 def plan_patch_size(median_shape: tuple[int, ...], divisor: int, max_voxels: int) -> tuple[int, int, int]:
     """Largest patch within ``max_voxels`` that covers as much of the median case as it can.
 
@@ -86,3 +98,22 @@ def plan_patch_size(median_shape: tuple[int, ...], divisor: int, max_voxels: int
             break
         patch[longest] -= divisor
     return tuple(patch)
+
+
+def plan_for_device(
+    headers: list[CaseHeader],
+    device_type: str,
+    levels: int = DEFAULT_LEVELS,
+    target_spacing: tuple[float, float, float] | None = None,
+) -> tuple[tuple[float, float, float], tuple[int, int, int]]:
+    """Target spacing and patch size that training uses on ``device_type``.
+
+    The spacing is :func:`suggest_target_spacing`, floored at the device's
+    ``MIN_SPACING_MM``, unless ``target_spacing`` is given; the patch is
+    planned from the median resampled case within the device's budget.
+    """
+    if target_spacing is None:
+        suggested = suggest_target_spacing([h.spacing for h in headers])
+        target_spacing = tuple(max(s, MIN_SPACING_MM[device_type]) for s in suggested)
+    patch = plan_patch_size(median_resampled_shape(headers, target_spacing), 2**levels, PATCH_VOXELS[device_type])
+    return target_spacing, patch

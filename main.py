@@ -20,14 +20,13 @@ from dataclasses import asdict, fields
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 
 from config import RESUMABLE_SETTINGS, RunConfig, load_config, save_config
 from data import DatasetSpec, Preprocessing, preprocess_cases, read_header, read_dataset, split_cases
 from download import TASK02_FOLDER, TASK02_URL, download_task02
 from errors import UserError, run_cli
 from files import atomic_write_text, ensure_writable_dir
-from fingerprint import plan_patch_size, resampled_shape, suggest_target_spacing
+from fingerprint import plan_for_device
 from losses import LOSSES
 from mymodel import NORMS
 from synthetic import write_synthetic_dataset
@@ -35,11 +34,6 @@ from training import Trainer, select_device
 
 DATA_ROOT = Path('data')
 SYNTHETIC_FOLDER = 'SyntheticHeart'
-# Patch budgets in voxels: what one step can afford on each kind of device.
-PATCH_VOXELS = {'cpu': 64 * 64 * 48, 'cuda': 128 * 128 * 96, 'mps': 96 * 96 * 64}
-# Finest target spacing each device can afford: 0.625 mm scans have 8x the voxels
-# of 1.25 mm ones, which a CPU cannot train on in useful time.
-MIN_SPACING_MM = {'cpu': 1.25, 'mps': 1.0, 'cuda': 0.0}
 # With --time-limit the schedule is fitted to the clock; this only caps it.
 TIME_LIMITED_MAX_EPOCHS = 10_000
 # A short schedule that reaches a useful Dice on the synthetic data within minutes on a laptop CPU.
@@ -49,13 +43,13 @@ SYNTHETIC_SCHEDULE = {'epochs': 10, 'steps_per_epoch': 20}
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n\n')[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog='Flags left out take defaults planned from the dataset and device; the plan is printed at start.',
     )
     data = parser.add_argument_group('data')
     data.add_argument('--data', type=Path, help=f'MSD-layout dataset folder (dataset.json, imagesTr/, labelsTr/). Default: ./data/{TASK02_FOLDER} if present, else the built-in synthetic dataset')
-    data.add_argument('--download', action='store_true', help=f'download Task02_Heart into ./data/ first ({TASK02_URL})')
-    data.add_argument('--download-url', default=TASK02_URL, help='mirror to download Task02_Heart from (http(s):// or file://)')
-    data.add_argument('--cache-dir', type=Path, default=Path('cache'), help='where preprocessed volumes are cached')
+    data.add_argument('--download', action='store_true', help='download Task02_Heart into ./data/ first, then train on it')
+    data.add_argument('--download-url', default=TASK02_URL, help='mirror to download Task02_Heart from, http(s):// or file:// (default: %(default)s)')
+    data.add_argument('--cache-dir', type=Path, default=Path('cache'), help='where preprocessed volumes are cached (default: %(default)s)')
     data.add_argument('--spacing', type=float, nargs='+', help='target spacing in mm (one value or three). Default: the dataset median (nnU-Net rule), but no finer than 1.25 mm on a CPU')
     data.add_argument('--val-fraction', type=float, default=None, help='fraction of cases held out for validation (default 0.2)')
     data.add_argument('--folds', type=int, default=None, help='K for K-fold cross-validation (overrides --val-fraction)')
@@ -130,14 +124,14 @@ def plan_run(args: argparse.Namespace, spec: DatasetSpec, synthetic: bool) -> Ru
     given = explicit_settings(args)
     device = select_device(given.get('device', 'auto'))
     headers = [read_header(case, spec) for case in cases_in_use(spec, given)]
-    suggested = suggest_target_spacing([h.spacing for h in headers])
-    spacing = given.get('target_spacing') or tuple(max(s, MIN_SPACING_MM[device.type]) for s in suggested)
+    levels = given.get('levels', RunConfig.levels)
+    spacing, patch = plan_for_device(headers, device.type, levels, given.get('target_spacing'))
     config = RunConfig(
         data=str(spec.root),
         run_dir=str(args.run_dir or Path('runs') / datetime.now().strftime('%Y%m%d-%H%M%S')),
         cache_dir=str(args.cache_dir),
         target_spacing=tuple(float(s) for s in spacing),
-        patch_size=(0, 0, 0),
+        patch_size=patch,
         labels={str(k): v for k, v in spec.labels.items()},
         modalities={str(k): v for k, v in spec.modalities.items()},
         **(SYNTHETIC_SCHEDULE if synthetic else {}),
@@ -147,9 +141,6 @@ def plan_run(args: argparse.Namespace, spec: DatasetSpec, synthetic: bool) -> Ru
     if config.time_limit:
         config.val_every = given.get('val_every', 0)  # 0: automatic, about a tenth of the time
         config.epochs = given.get('epochs', TIME_LIMITED_MAX_EPOCHS)
-    if 'patch_size' not in given:
-        median_shape = np.median([resampled_shape(h, config.target_spacing) for h in headers], axis=0)
-        config.patch_size = plan_patch_size(tuple(median_shape), 2**config.levels, PATCH_VOXELS[device.type])
     check_patch_size(config)
     return config
 
