@@ -41,11 +41,15 @@ def blending_weights(patch_size: tuple[int, int, int], mode: str = 'gaussian') -
 
 
 def window_starts(size: int, patch: int, overlap: float) -> list[int]:
-    """Evenly spaced window starts that cover ``size`` with at least ``overlap``."""
+    """Window starts every ``patch * (1 - overlap)`` voxels, the last one flush with the end.
+
+    The same grid as MONAI's ``sliding_window_inference``, so results can be compared.
+    """
     if size <= patch:
         return [0]
-    count = int(np.ceil((size - patch) / (patch * (1 - overlap)))) + 1
-    return sorted({int(round(i * (size - patch) / (count - 1))) for i in range(count)})
+    interval = max(1, int(patch * (1 - overlap)))
+    count = int(np.ceil((size - patch) / interval)) + 1
+    return sorted({min(i * interval, size - patch) for i in range(count)})
 
 
 @torch.no_grad()
@@ -67,9 +71,10 @@ def sliding_window_logits(
     assert 0 <= overlap < 1, f'overlap must be in [0, 1), got {overlap}'
     device = torch.device(device)
     spatial = image.shape[1:]
-    padding = [max(0, p - s) for s, p in zip(spatial, patch_size)]
-    # Pad with the image minimum (background after z-scoring), at the end of each axis.
-    padded = F.pad(image, [pad for axis in reversed(padding) for pad in (0, axis)], value=float(image.min()))
+    before = [max(0, p - s) // 2 for s, p in zip(spatial, patch_size)]
+    after = [max(0, p - s) - b for s, p, b in zip(spatial, patch_size, before)]
+    # Pad symmetrically with the image minimum (background after z-scoring).
+    padded = F.pad(image, [pad for b, a in zip(reversed(before), reversed(after)) for pad in (b, a)], value=float(image.min()))
     shape = padded.shape[1:]
     weights = blending_weights(patch_size, blending).to(device)
     starts = list(itertools.product(*(window_starts(s, p, overlap) for s, p in zip(shape, patch_size))))
@@ -87,7 +92,7 @@ def sliding_window_logits(
             accumulated[(slice(None), *region)] += window_logits * weights
             normaliser[region] += weights
     logits = accumulated / normaliser
-    return logits[(slice(None), *(slice(0, s) for s in spatial))].cpu()
+    return logits[(slice(None), *(slice(b, b + s) for b, s in zip(before, spatial)))].cpu()
 
 
 def _window(volume: torch.Tensor, corner: tuple[int, ...], patch_size: tuple[int, int, int]) -> torch.Tensor:

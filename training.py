@@ -110,7 +110,7 @@ class Trainer:
         self.train_times: list[float] = []
         self.val_every = config.val_every or 1
         self.val_seconds = 0.0
-        self.last_epoch_validated = False
+        self.last_validated_epoch = 0
 
     # -- checkpoints -------------------------------------------------------
 
@@ -125,6 +125,7 @@ class Trainer:
         self.train_times = [float(t) for t in state['train_times']]
         self.val_every = int(state['val_every'])
         self.val_seconds = float(state['val_seconds'])
+        self.last_validated_epoch = int(state['last_validated_epoch'])
         if not self.config.time_limit:
             self.total_epochs = self.config.epochs
         else:
@@ -144,6 +145,7 @@ class Trainer:
             train_times=self.train_times,
             val_every=self.val_every,
             val_seconds=self.val_seconds,
+            last_validated_epoch=self.last_validated_epoch,
         )
 
     # -- the loop ------------------------------------------------------------
@@ -177,12 +179,13 @@ class Trainer:
             group['lr'] = lr
         train_loss = self.train_one_epoch(epoch)
         self.train_times.append(time.perf_counter() - started)
-        if (epoch + 1) % self.val_every == 0 or epoch + 1 == self.total_epochs:
+        if epoch + 1 - self.last_validated_epoch >= self.val_every or epoch + 1 == self.total_epochs:
             val_loss, val_dice = self.validate(epoch)
             self.val_seconds = time.perf_counter() - started - self.train_times[-1]
         else:
             val_loss, val_dice = float('nan'), float('nan')
-        self.last_epoch_validated = not math.isnan(val_dice)
+        if not math.isnan(val_dice):
+            self.last_validated_epoch = epoch + 1
         seconds = time.perf_counter() - started
         return EpochResult(epoch + 1, train_loss, val_loss, val_dice, lr, seconds, self.elapsed + seconds)
 
@@ -263,7 +266,7 @@ class Trainer:
         # Reserve one epoch and a validation, so the run can always end on a validated epoch.
         spare = self.config.time_limit * 60 - self.elapsed - train_seconds - self.val_seconds
         remaining = max(0, int(spare // seconds_per_epoch))
-        if remaining == 0 and not self.last_epoch_validated:
+        if remaining == 0 and self.last_validated_epoch != completed:
             remaining = 1
         self.total_epochs = min(self.config.epochs, completed + remaining)
 
