@@ -7,7 +7,7 @@ the run folder is its serialised form, with library versions and git commit.
 Example:
     >>> config = RunConfig(data='data/Task02_Heart', run_dir='runs/x', cache_dir='cache',
     ...                    target_spacing=(1.25, 1.25, 1.25), patch_size=(64, 64, 48))
-    >>> config.model_spec(out_channels=1)['levels']
+    >>> config.model_spec()['levels']
     4
 """
 
@@ -67,11 +67,11 @@ class RunConfig:
     def foreground_labels(self) -> tuple[int, ...]:
         return tuple(sorted(int(value) for value in self.labels if int(value) != 0))
 
-    def model_spec(self, out_channels: int | None = None) -> dict[str, Any]:
-        """Keyword arguments of :class:`mymodel.UNet3D`."""
+    def model_spec(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`mymodel.UNet3D`: one output per foreground label."""
         return {
             'in_channels': max(1, len(self.modalities)),
-            'out_channels': out_channels or len(self.foreground_labels),
+            'out_channels': len(self.foreground_labels),
             'levels': self.levels,
             'base_channels': self.base_channels,
             'norm': self.norm,

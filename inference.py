@@ -52,7 +52,7 @@ def window_starts(size: int, patch: int, overlap: float) -> list[int]:
     return sorted({min(i * interval, size - patch) for i in range(count)})
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sliding_window_logits(
     model: nn.Module,
     image: torch.Tensor,
@@ -89,7 +89,7 @@ def sliding_window_logits(
             accumulated = torch.zeros((logits.shape[1], *shape), device=device)
         for corner, window_logits in zip(corners, logits):
             region = tuple(slice(c, c + p) for c, p in zip(corner, patch_size))
-            accumulated[(slice(None), *region)] += window_logits * weights
+            accumulated[(slice(None), *region)].addcmul_(window_logits, weights)
             normaliser[region] += weights
     logits = accumulated / normaliser
     return logits[(slice(None), *(slice(b, b + s) for b, s in zip(before, spatial)))].cpu()

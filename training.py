@@ -111,6 +111,7 @@ class Trainer:
         self.val_every = config.val_every or 1
         self.val_seconds = 0.0
         self.last_validated_epoch = 0
+        self.overlay: np.ndarray | None = None
 
     # -- checkpoints -------------------------------------------------------
 

@@ -130,3 +130,23 @@ def test_extraction_refuses_links(tmp_path):
         tar.addfile(info)
     with pytest.raises(UserError, match='link member'):
         extract(archive, tmp_path / 'out')
+
+
+def test_main_download_flag_trains_on_the_extracted_task(small_dataset_template, tmp_path, monkeypatch):
+    """`python main.py --download` end to end, against a local archive standing in for the mirror."""
+    import functools
+
+    import main as main_module
+    from errors import run_cli
+
+    archive = tmp_path / 'Task02_Heart.tar'
+    with tarfile.open(archive, 'w') as tar:
+        tar.add(small_dataset_template, arcname='Task02_Heart')
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    monkeypatch.setattr(main_module, 'download_task02', functools.partial(download_task02, md5=md5))
+    monkeypatch.chdir(tmp_path)
+    argv = ['--download', '--download-url', archive.as_uri(), '--run-dir', 'runs/task02', '--epochs', '1',
+            '--steps-per-epoch', '2', '--levels', '2', '--base-channels', '4', '--patch-size', '16', '16', '16']
+    assert run_cli(main_module.main, argv) == 0
+    assert (tmp_path / 'data' / 'Task02_Heart' / 'dataset.json').is_file()
+    assert json.loads((tmp_path / 'runs' / 'task02' / 'config.json').read_text())['config']['data'] == 'data/Task02_Heart'

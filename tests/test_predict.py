@@ -170,6 +170,7 @@ class Exploit:
         return (print, ('this must never run',))
 
 
+@pytest.mark.filterwarnings('ignore:Detected pickle protocol')
 @pytest.mark.parametrize('content,problem', [
     (lambda path: path.write_bytes(pickle.dumps({'format': Exploit()})), 'refusing to load'),
     (lambda path: path.write_bytes(b''), 'truncated or corrupt'),

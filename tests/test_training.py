@@ -91,3 +91,15 @@ def test_non_finite_loss_stops_with_message_and_keeps_checkpoint(small_dataset, 
     assert code == 2
     assert 'non-finite loss at epoch 2, step 3' in capsys.readouterr().err
     assert load_checkpoint(run_dir / 'last.pt')['epoch'] == 1
+
+
+def test_without_data_main_writes_and_uses_the_synthetic_dataset(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = ['--run-dir', 'runs/default', '--epochs', '1', '--steps-per-epoch', '1', '--max-cases', '4',
+            '--levels', '2', '--base-channels', '4', '--patch-size', '16', '16', '16']
+    assert run_cli(main, argv) == 0
+    out = capsys.readouterr().out
+    assert 'SYNTHETIC' in out and 'python main.py --download' in out
+    assert 'TensorBoard logs: runs/default' in out
+    assert (tmp_path / 'data' / 'SyntheticHeart' / 'dataset.json').is_file()
+    assert len(list((tmp_path / 'data' / 'SyntheticHeart' / 'imagesTr').glob('*.nii.gz'))) == 24
