@@ -32,12 +32,19 @@ from predict import Predictor
 
 
 def median_seconds(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return statistics.median(_timed(function) for _ in range(repeats))
+
+
+def interleaved_medians(first, second, repeats: int) -> tuple[float, float]:
+    """Median times of two functions run alternately, so drift on a shared machine hits both alike."""
+    pairs = [(_timed(first), _timed(second)) for _ in range(repeats)]
+    return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+
+
+def _timed(function) -> float:
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
 
 
 def predict_benchmark(args: argparse.Namespace) -> dict:
@@ -66,7 +73,7 @@ def predict_benchmark(args: argparse.Namespace) -> dict:
         overlap=options['overlap'], mode='gaussian', sigma_scale=0.125, padding_mode='constant', cval=float(image.min()),
     )[0]
     ours(), theirs()
-    ours_seconds, theirs_seconds = median_seconds(ours, args.repeats), median_seconds(theirs, args.repeats)
+    ours_seconds, theirs_seconds = interleaved_medians(ours, theirs, args.repeats)
     difference = float((ours() - theirs()).abs().max())
     return {
         'cases': len(cases),

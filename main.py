@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f'\nInterrupted. The last completed epoch is saved; resume with: python main.py --resume {run_dir}', file=sys.stderr)
         return 130
-    print(f'Done. Best validation Dice {best:.4f}. Checkpoints: {run_dir / "best.pt"}, {run_dir / "last.pt"}')
+    print(f'Done. Best validation Dice {best:.4f}. Checkpoints: {run_dir / "best.pt"}, {run_dir / "last.pt"}. '
+          f'Curves: tensorboard --logdir {run_dir.parent}')
     return 0
 
 
