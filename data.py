@@ -4,9 +4,10 @@ The data flows one way: ``dataset.json`` → :class:`Case` list → validated
 volumes → preprocessed subjects (canonical orientation, target spacing,
 z-normalised; computed once and cached) → training patches.
 
-Example:
-    >>> spec = read_dataset(Path('data/Task02_Heart'))  # doctest: +SKIP
-    >>> subjects = preprocess_cases(spec.cases, spec, Preprocessing((1.25,) * 3), Path('cache'))  # doctest: +SKIP
+Example::
+
+    spec = read_dataset(Path('data/Task02_Heart'))
+    subjects = preprocess_cases(spec.cases, spec, Preprocessing((1.25,) * 3), Path('cache'))
 """
 
 from __future__ import annotations
