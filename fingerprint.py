@@ -12,7 +12,6 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
