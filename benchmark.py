@@ -1,10 +1,17 @@
-"""Benchmarks: prediction speed against MONAI, and prediction memory.
+"""Benchmarks: training throughput, prediction speed and memory, each against MONAI.
 
-Each measurement is repeated and its median reported, with MONAI's
-equivalent measured in the same process for a ratio. MONAI is a
-development-only dependency (``requirements-bench.txt``).
+``train`` measures (a) model-only training steps, (b) the data pipeline alone
+and (c) end-to-end training, in patches/s and voxels/s, plus the step's FLOPs
+(``torch.utils.flop_counter``), this machine's conv3d peak, and peak memory.
+``predict`` measures (d) sliding-window inference per case; ``memory`` (e) the
+peak RSS of predicting a large scan. Each measurement is repeated and its
+median reported, with MONAI's equivalent measured in the same process, run
+alternately with ours, for a ratio. MONAI is a development-only dependency
+(``requirements-bench.txt``).
 
 Example:
+    python benchmark.py train --data ../shared/data/LA2018
+    python benchmark.py train --data ../shared/data/LA2018 -- --no-channels-last
     python benchmark.py predict --checkpoint runs/la/best.pt --data ../shared/data/LA2018 --cases 5
     python benchmark.py memory --checkpoint runs/la/best.pt
 """
@@ -21,14 +28,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import threading
+from collections.abc import Callable, Iterator
+
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from data import image_subject, load_nifti, read_dataset
+import main as training_cli
+from config import RunConfig
+from data import Preprocessing, image_subject, load_nifti, preprocess_cases, read_dataset
 from errors import run_cli
 from files import save_nifti
 from inference import sliding_window_logits
 from predict import Predictor
+from training import Trainer, select_device
 
 
 def median_seconds(function, repeats: int) -> float:
@@ -45,6 +59,164 @@ def _timed(function) -> float:
     started = time.perf_counter()
     function()
     return time.perf_counter() - started
+
+
+def conv3d_peak_gflops(device: torch.device, repeats: int) -> float:
+    """GFLOP/s of a large conv3d forward and backward in channels_last_3d: the machine's practical peak."""
+    layout = torch.channels_last_3d
+    convolution = torch.nn.Conv3d(32, 32, 3, padding=1).to(device, memory_format=layout)
+    volume = torch.randn(2, 32, 64, 64, 64, device=device).to(memory_format=layout).requires_grad_()
+    flops = count_flops(lambda: convolution(volume).sum().backward())
+    return flops / median_seconds(lambda: _synchronised(lambda: convolution(volume).sum().backward(), device), repeats) / 1e9
+
+
+def count_flops(function: Callable[[], object]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        function()
+    return counter.get_total_flops()
+
+
+def _synchronised(function: Callable[[], object], device: torch.device) -> None:
+    function()
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+class UtilisationSampler:
+    """Mean GPU utilisation (from NVML) while the block runs; NaN on other devices."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.samples, self.stop = device, [], threading.Event()
+
+    def __enter__(self) -> UtilisationSampler:
+        if self.device.type == 'cuda':
+            threading.Thread(target=self._sample, daemon=True).start()
+        return self
+
+    def _sample(self) -> None:
+        while not self.stop.wait(0.1):
+            self.samples.append(torch.cuda.utilization(self.device))
+
+    def __exit__(self, *_) -> None:
+        self.stop.set()
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.samples)) if self.samples else float('nan')
+
+
+def training_setup(args: argparse.Namespace) -> tuple[RunConfig, list]:
+    """The run main.py would plan for ``--data`` and the extra flags, and its preprocessed cases."""
+    spec = read_dataset(args.data)
+    main_args = training_cli.build_parser().parse_args(['--data', str(args.data), '--run-dir', tempfile.mkdtemp(), *args.main_flags])
+    config = training_cli.plan_run(main_args, spec, synthetic=False)
+    config.steps_per_epoch = args.steps
+    subjects = preprocess_cases(spec.cases[: args.cases], spec, Preprocessing(config.target_spacing), Path(config.cache_dir) / spec.name)
+    return config, subjects
+
+
+def our_pipeline(config: RunConfig, subjects: list) -> dict[str, Callable[[], object]]:
+    trainer = Trainer(config, subjects, [])
+    loader = lambda: torch.utils.data.DataLoader(trainer.patches, batch_size=config.batch_size, num_workers=config.num_workers)  # noqa: E731
+    images, targets = next(iter(loader()))
+    return {
+        'model': lambda: [trainer.train_step(images, targets, 0, step) for step in range(config.steps_per_epoch)],
+        'data': lambda: list(loader()),
+        'end_to_end': lambda: trainer.train_one_epoch(0),
+        'one_step': lambda: trainer.train_step(images, targets, 0, 0),
+    }
+
+
+def monai_pipeline(config: RunConfig, subjects: list, device: torch.device) -> dict[str, Callable[[], object]]:
+    """MONAI's equivalent: DynUNet of the same depth and widths, MONAI transforms and loader, DiceCE."""
+    from monai import transforms as mt
+    from monai.data import DataLoader, Dataset
+    from monai.losses import DiceCELoss
+    from monai.networks.nets import DynUNet
+
+    levels, base = config.levels, config.base_channels
+    network = DynUNet(3, 1, 1, kernel_size=[3] * (levels + 1), strides=[1] + [2] * levels, upsample_kernel_size=[2] * levels,
+                      filters=[base * 2**i for i in range(levels + 1)], norm_name=('INSTANCE', {'affine': True})).to(device)
+    keys = ['image', 'label']
+    augment = mt.Compose([
+        mt.SpatialPadd(keys, config.patch_size),
+        mt.RandCropByPosNegLabeld(keys, 'label', config.patch_size, pos=1, neg=1, num_samples=1),
+        *[mt.RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(3)],
+        mt.RandAffined(keys, prob=0.3, rotate_range=[np.radians(15)] * 3, scale_range=[0.15] * 3, mode=('bilinear', 'nearest')),
+        mt.RandAdjustContrastd('image', prob=0.3, gamma=(0.74, 1.35)),
+        mt.RandBiasFieldd('image', prob=0.2, coeff_range=(0.0, 0.3)),
+        mt.RandGaussianNoised('image', prob=0.2, std=0.1),
+    ])
+    items = [{'image': s['image'].data.float(), 'label': s['label'].data.float()} for s in subjects]
+    samples = config.steps_per_epoch * config.batch_size
+    dataset = Dataset((items * -(-samples // len(items)))[:samples], augment)
+    loader = lambda: DataLoader(dataset, batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers)  # noqa: E731
+    loss, optimizer = DiceCELoss(sigmoid=True, batch=True), torch.optim.Adam(network.parameters(), config.lr)
+
+    def step(batch: dict) -> float:
+        optimizer.zero_grad(set_to_none=True)
+        value = loss(network(batch['image'].to(device)), batch['label'].to(device))
+        value.backward()
+        optimizer.step()
+        return float(value)
+
+    fixed = next(iter(loader()))
+    network.train()
+    return {
+        'model': lambda: [step(fixed) for _ in range(config.steps_per_epoch)],
+        'data': lambda: list(loader()),
+        'end_to_end': lambda: [step(batch) for batch in loader()],
+        'one_step': lambda: step(fixed),
+    }
+
+
+def train_benchmark(args: argparse.Namespace) -> dict:
+    """Training throughput of our pipeline and MONAI's, alternating, with FLOP efficiency."""
+    config, subjects = training_setup(args)
+    device = select_device(config.device)
+    pipelines = {'ours': our_pipeline(config, subjects)}
+    if not args.no_monai:
+        pipelines['monai'] = monai_pipeline(config, subjects, device)
+    patches = config.steps_per_epoch * config.batch_size
+    voxels = patches * int(np.prod(config.patch_size))
+    peak = conv3d_peak_gflops(device, args.repeats)
+    result = {'device': _device_name(device), 'plan': {k: getattr(config, k) for k in PLAN_KEYS},
+              'conv3d_peak_gflops': round(peak, 1), 'steps_per_measurement': config.steps_per_epoch}
+    for name, pipeline in pipelines.items():
+        pipeline['one_step']()  # warm-up: allocations, oneDNN/cuDNN kernel choice
+        result[name] = {'step_gflop': round(count_flops(pipeline['one_step']) / 1e9, 2)}
+    timings = {(name, part): [] for name in pipelines for part in MEASURED}
+    with UtilisationSampler(device) as utilisation:
+        for _ in range(args.repeats):
+            for name, pipeline in pipelines.items():
+                for part in MEASURED:
+                    timings[name, part].append(_timed(lambda: _synchronised(pipeline[part], device)))
+    for name in pipelines:
+        seconds = {part: statistics.median(timings[name, part]) for part in MEASURED}
+        summary = result[name]
+        for part in MEASURED:
+            summary[f'{part}_patches_per_s'] = round(patches / seconds[part], 2)
+        summary['model_mvoxels_per_s'] = round(voxels / seconds['model'] / 1e6, 2)
+        summary['model_gflops'] = round(summary['step_gflop'] * config.steps_per_epoch / seconds['model'], 1)
+        summary['model_share_of_conv3d_peak'] = round(summary['model_gflops'] / peak, 3)
+        summary['data_over_model'] = round(seconds['model'] / seconds['data'], 2)
+        summary['end_to_end_over_model'] = round(seconds['model'] / seconds['end_to_end'], 3)
+    if 'monai' in result:
+        result['end_to_end_ours_over_monai'] = round(result['ours']['end_to_end_patches_per_s'] / result['monai']['end_to_end_patches_per_s'], 2)
+        result['model_ours_over_monai'] = round(result['ours']['model_patches_per_s'] / result['monai']['model_patches_per_s'], 2)
+    result['peak_rss_gib'] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    if device.type == 'cuda':
+        result['peak_gpu_memory_gib'] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        result['gpu_utilisation_percent'] = round(utilisation.mean, 1)
+    return result
+
+
+MEASURED = ('model', 'data', 'end_to_end')
+PLAN_KEYS = ('target_spacing', 'patch_size', 'levels', 'base_channels', 'norm', 'batch_size', 'num_workers', 'channels_last', 'compile', 'amp')
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{device.type}, {torch.get_num_threads()} threads'
 
 
 def predict_benchmark(args: argparse.Namespace) -> dict:
@@ -106,6 +278,15 @@ def memory_benchmark(args: argparse.Namespace) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     commands = parser.add_subparsers(dest='command', required=True)
+    train = commands.add_parser('train', help='training throughput: model only, data only, end to end; FLOPs; against MONAI',
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                epilog='Flags after -- go to main.py\'s planner, e.g. -- --batch-size 4 --no-channels-last')
+    train.add_argument('--data', type=Path, required=True, help='MSD-layout dataset; its first cases feed the patches')
+    train.add_argument('--cases', type=int, default=16)
+    train.add_argument('--steps', type=int, default=16, help='optimiser steps per measurement')
+    train.add_argument('--repeats', type=int, default=3, help='runs per measurement; the median is reported')
+    train.add_argument('--no-monai', action='store_true', help='skip the MONAI comparison')
+    train.add_argument('main_flags', nargs='*', help='main.py flags (after --)')
     predict = commands.add_parser('predict', help='seconds per case, and our sliding window against MONAI',
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     predict.add_argument('--checkpoint', type=Path, required=True)
@@ -125,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result = predict_benchmark(args) if args.command == 'predict' else memory_benchmark(args)
+    commands = {'train': train_benchmark, 'predict': predict_benchmark, 'memory': memory_benchmark}
+    result = commands[args.command](args)
     print(json.dumps(result, indent=2))
     return 0
 

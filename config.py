@@ -25,7 +25,7 @@ from files import atomic_write_text
 from fingerprint import DEFAULT_LEVELS
 
 # Settings a resumed run may change; anything else must match the original run.
-RESUMABLE_SETTINGS = frozenset({'epochs', 'device', 'num_workers', 'time_limit', 'image_every'})
+RESUMABLE_SETTINGS = frozenset({'epochs', 'device', 'num_workers', 'time_limit', 'image_every', 'channels_last', 'compile'})
 
 
 @dataclass
@@ -58,6 +58,8 @@ class RunConfig:
     image_every: int = 5
     device: str = 'auto'
     amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
     num_workers: int = 0
     time_limit: float = 0.0
     labels: dict[str, str] = field(default_factory=dict)

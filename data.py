@@ -274,13 +274,14 @@ def preprocess_cases(
     spec: DatasetSpec,
     preprocessing: Preprocessing,
     cache_dir: Path,
+    show_progress: bool = True,
 ) -> list[tio.Subject]:
     """Preprocess every case once (validating it), with a progress bar."""
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(cache_dir, f'cannot create cache folder ({error.strerror})') from None
-    with tqdm(cases, desc='Preprocessing', unit='case', leave=False) as progress:
+    with tqdm(cases, desc='Preprocessing', unit='case', leave=False, disable=not show_progress) as progress:
         return [preprocess_case(case, spec, preprocessing, cache_dir) for case in progress]
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from distributed import all_reduce_sum
+
 LOSSES = ('bce', 'bce_dice')
 
 
@@ -19,17 +21,22 @@ class SoftDiceLoss(nn.Module):
     """1 - soft Dice per channel, pooled over the batch (nnU-Net's batch Dice).
 
     Pooling over the batch keeps the loss defined on patches without foreground.
+    With ``across_ranks``, the batch is the global one of all DDP ranks, as in
+    nnU-Net, so N ranks train exactly like one process with the same batch.
     """
 
-    def __init__(self, smooth: float = 1e-5):
+    def __init__(self, smooth: float = 1e-5, across_ranks: bool = False):
         super().__init__()
         self.smooth = smooth
+        self.across_ranks = across_ranks
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         probabilities = torch.sigmoid(logits.float())
         reduce_axes = [0, *range(2, logits.ndim)]
         intersection = (probabilities * target).sum(reduce_axes)
         total = probabilities.sum(reduce_axes) + target.sum(reduce_axes)
+        if self.across_ranks:
+            intersection, total = all_reduce_sum(intersection), all_reduce_sum(total)
         dice = (2 * intersection + self.smooth) / (total + self.smooth)
         return 1 - dice.mean()
 
@@ -37,15 +44,17 @@ class SoftDiceLoss(nn.Module):
 class BCEDiceLoss(nn.Module):
     """Binary cross-entropy plus soft Dice, equally weighted."""
 
-    def __init__(self):
+    def __init__(self, across_ranks: bool = False):
         super().__init__()
         self.bce = nn.BCEWithLogitsLoss()
-        self.dice = SoftDiceLoss()
+        self.dice = SoftDiceLoss(across_ranks=across_ranks)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.bce(logits.float(), target) + self.dice(logits, target)
 
 
-def build_loss(name: str) -> nn.Module:
+def build_loss(name: str, across_ranks: bool = False) -> nn.Module:
+    """The named loss; ``across_ranks`` pools the Dice term over all DDP ranks' patches."""
     assert name in LOSSES, f'loss must be one of {LOSSES}, got {name!r}'
-    return nn.BCEWithLogitsLoss() if name == 'bce' else BCEDiceLoss()
+    # BCE is a mean over voxels: DDP's gradient averaging already makes it global.
+    return nn.BCEWithLogitsLoss() if name == 'bce' else BCEDiceLoss(across_ranks)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -20,7 +21,9 @@ from dataclasses import asdict, fields
 from datetime import datetime
 from pathlib import Path
 
+import torchio as tio
 
+import distributed
 from config import RESUMABLE_SETTINGS, RunConfig, load_config, save_config
 from data import DatasetSpec, Preprocessing, preprocess_cases, read_header, read_dataset, split_cases
 from download import TASK02_FOLDER, TASK02_URL, download_task02
@@ -37,6 +40,11 @@ SYNTHETIC_FOLDER = 'SyntheticHeart'
 # Width of the first level per device. On a 2-core CPU, 8 channels beat 16 on LA2018
 # at an equal 12-minute budget (Dice 0.880 vs 0.871 at 0.625 mm; BENCHMARKS.md).
 BASE_CHANNELS = {'cpu': 8, 'mps': 16, 'cuda': 16}
+# Data-loader worker processes per device. On a 2-core CPU the main process keeps up
+# (the pipeline makes 16x the patches the model uses; BENCHMARKS.md); a GPU needs
+# background workers so that it never waits for patches.
+# Each torchrun process gets at most its share of the cores, less one for itself.
+NUM_WORKERS = {'cpu': 0, 'mps': 2, 'cuda': 8}
 # With --time-limit the schedule is fitted to the clock; this only caps it.
 TIME_LIMITED_MAX_EPOCHS = 10_000
 # A short schedule that reaches a useful Dice on the synthetic data within minutes on a laptop CPU.
@@ -67,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = parser.add_argument_group('training')
     train.add_argument('--epochs', type=int, default=None, help='epochs (default 100; 10 on the synthetic dataset)')
     train.add_argument('--steps-per-epoch', type=int, default=None, help='optimiser steps per epoch (default: one patch per training case)')
-    train.add_argument('--batch-size', type=int, default=None, help='patches per step (default 2)')
+    train.add_argument('--batch-size', type=int, default=None, help='patches per optimiser step, over all torchrun processes together (default 2)')
     train.add_argument('--patch-size', type=int, nargs=3, default=None, help='patch size in voxels (default: planned from the median case and the device)')
     train.add_argument('--lr', type=float, default=None, help='initial Adam learning rate, decayed polynomially (default 1e-3)')
     train.add_argument('--loss', choices=LOSSES, default=None, help='loss function (default bce_dice)')
@@ -81,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument('--resume', type=Path, metavar='RUN_DIR', help='continue a run from RUN_DIR/last.pt')
     run.add_argument('--device', default=None, help='auto, cpu, cuda, cuda:N or mps (default auto: cuda > mps > cpu)')
     run.add_argument('--amp', action=argparse.BooleanOptionalAction, default=None, help='mixed precision on CUDA (default on)')
-    run.add_argument('--num-workers', type=int, default=None, help='data-loader worker processes (default 0)')
+    run.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None, help='channels_last_3d memory format for the network (default on)')
+    run.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None, help='torch.compile the training step (default off)')
+    run.add_argument('--num-workers', type=int, default=None, help='data-loader worker processes (default 0 on a CPU, up to 8 with a GPU)')
     run.add_argument('--seed', type=int, default=None, help='random seed (default 0)')
     return parser
 
@@ -137,6 +147,7 @@ def plan_run(args: argparse.Namespace, spec: DatasetSpec, synthetic: bool) -> Ru
         target_spacing=tuple(float(s) for s in spacing),
         patch_size=patch,
         base_channels=base_channels,
+        num_workers=min(NUM_WORKERS[device.type], max(0, (os.cpu_count() or 1) // distributed.world_size() - 1)),
         labels={str(k): v for k, v in spec.labels.items()},
         modalities={str(k): v for k, v in spec.modalities.items()},
         **(SYNTHETIC_SCHEDULE if synthetic else {}),
@@ -187,25 +198,29 @@ def print_plan(config: RunConfig, num_train: int, num_val: int) -> None:
     )
 
 
-def prepare_trainer(config: RunConfig, spec: DatasetSpec) -> Trainer:
+def prepare_subjects(config: RunConfig, spec: DatasetSpec) -> dict[str, list[tio.Subject]]:
     """Split, preprocess (validating every case) and write the run's config."""
     run_dir = Path(config.run_dir)
     cases = cases_in_use(spec, {'max_cases': config.max_cases})
     split = split_cases([c.case_id for c in cases], config.seed, config.val_fraction, config.folds, config.fold)
-    print_plan(config, len(split['training']), len(split['validation']))
+    main_rank = distributed.is_main()
+    if main_rank:
+        print_plan(config, len(split['training']), len(split['validation']))
     by_id = {case.case_id: case for case in cases}
     preprocessing = Preprocessing(config.target_spacing)
     cache_dir = Path(config.cache_dir) / spec.name
-    train_subjects = preprocess_cases([by_id[i] for i in split['training']], spec, preprocessing, cache_dir)
-    val_subjects = preprocess_cases([by_id[i] for i in split['validation']], spec, preprocessing, cache_dir)
-    save_config(config, run_dir / 'config.json')
-    atomic_write_text(run_dir / 'splits.json', json.dumps(split, indent=1))
-    return Trainer(config, train_subjects, val_subjects)
+    subjects = {
+        name: preprocess_cases([by_id[i] for i in ids], spec, preprocessing, cache_dir, show_progress=main_rank)
+        for name, ids in split.items()
+    }
+    if main_rank:
+        save_config(config, run_dir / 'config.json')
+        atomic_write_text(run_dir / 'splits.json', json.dumps(split, indent=1))
+    return subjects
 
 
-def main(argv: list[str] | None = None) -> int:
-    started = time.perf_counter()
-    args = build_parser().parse_args(argv)
+def configure(args: argparse.Namespace) -> tuple[RunConfig, DatasetSpec, bool]:
+    """The run's config and dataset, and whether this call created the run folder."""
     if args.resume is not None:
         config = resume_config(args)
         spec = read_dataset(Path(config.data))
@@ -216,19 +231,44 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(config.run_dir)
     if args.resume is None and (run_dir / 'last.pt').exists():
         raise UserError(run_dir, 'run folder already holds a run; use --resume to continue it or choose another --run-dir')
+    ranks = distributed.world_size()
+    if config.batch_size % ranks:
+        raise UserError('--batch-size', f'{config.batch_size} patches per step cannot be shared evenly by {ranks} processes; the batch size is global, so use a multiple of {ranks}')
     created = not run_dir.exists()
     ensure_writable_dir(run_dir)
+    return config, spec, created
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    with distributed.session(args.device):
+        return train(args)
+
+
+def train(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    # Rank 0 plans (and may download or write data); the other ranks take its plan.
+    config, spec, created = distributed.broadcast(configure(args) if distributed.is_main() else None)
+    run_dir = Path(config.run_dir)
     try:
-        trainer = prepare_trainer(config, spec)
+        with distributed.main_process_first():  # rank 0 fills the preprocessing cache
+            subjects = prepare_subjects(config, spec)
     except UserError:
-        if created:  # a failed start leaves nothing behind
+        if created and distributed.is_main():  # a failed start leaves nothing behind
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    trainer = Trainer(config, subjects['training'], subjects['validation'])
     if args.resume is not None:
         trainer.resume()
-        print(f'Resuming {run_dir} after epoch {trainer.start_epoch}')
     else:
         trainer.elapsed = time.perf_counter() - started  # the time limit counts set-up too
+    if not distributed.is_main():
+        trainer.fit()
+        return 0
+    if args.resume is not None:
+        print(f'Resuming {run_dir} after epoch {trainer.start_epoch}')
+    if distributed.world_size() > 1:
+        print(f'Distributed: {distributed.world_size()} processes, {config.batch_size // distributed.world_size()} patches each per step')
     print(f'TensorBoard logs: {run_dir}  (watch with: tensorboard --logdir {run_dir.parent})')
     try:
         best = trainer.fit()

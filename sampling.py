@@ -36,7 +36,8 @@ def augmentation(strength: str) -> tio.Transform | None:
         flips,
         tio.RandomAffine(scales=0.15, degrees=15, isotropic=False, default_pad_value='minimum', p=0.3),
         tio.RandomGamma(log_gamma=0.3, p=0.3),
-        tio.RandomBiasField(coefficients=0.3, p=0.2),
+        # Order 2, not TorchIO's 3: half the polynomial terms, and the costliest transform here.
+        tio.RandomBiasField(coefficients=0.3, order=2, p=0.2),
         tio.RandomNoise(std=(0, 0.1), p=0.2),
     ])
 
@@ -72,6 +73,8 @@ class PatchDataset(Dataset):
         foreground_probability: Chance that a patch is centred on foreground.
         transform: Optional augmentation applied to each patch.
         foreground_labels: Label values trained as output channels.
+        batch_size: Global batch size; the cases within one batch are distinct
+            whenever there are at least as many cases as patches per batch.
     """
 
     def __init__(
@@ -83,10 +86,12 @@ class PatchDataset(Dataset):
         foreground_probability: float = 0.5,
         transform: tio.Transform | None = None,
         foreground_labels: tuple[int, ...] = (1,),
+        batch_size: int = 1,
     ):
         assert subjects, 'PatchDataset needs at least one subject'
         self.subjects = [pad_to_patch(subject, patch_size) for subject in subjects]
         self.samples_per_epoch = samples_per_epoch
+        self.batch_size = batch_size
         self.seed = seed
         self.transform = transform
         self.foreground_labels = foreground_labels
@@ -101,10 +106,16 @@ class PatchDataset(Dataset):
     def __len__(self) -> int:
         return self.samples_per_epoch
 
-    def case_order(self) -> np.ndarray:
+    def case_order(self) -> list[int]:
+        """Seeded shuffles of all cases, one after another, for this epoch."""
         generator = np.random.default_rng([self.seed, self.epoch])
-        repeats = -(-self.samples_per_epoch // len(self.subjects))
-        return np.concatenate([generator.permutation(len(self.subjects)) for _ in range(repeats)])
+        order: list[int] = []
+        while len(order) < self.samples_per_epoch:
+            shuffle = generator.permutation(len(self.subjects)).tolist()
+            open_batch = set(order[len(order) - len(order) % self.batch_size:])
+            # A stable sort moves cases already in the unfinished batch to the end of the shuffle.
+            order += sorted(shuffle, key=lambda case: case in open_batch)
+        return order
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         subject = self.subjects[self.case_order()[index]]
@@ -113,6 +124,18 @@ class PatchDataset(Dataset):
             if self.transform is not None:
                 patch = self.transform(patch)
         return patch['image'].data.float(), one_hot_foreground(patch['label'].data, self.foreground_labels)
+
+
+def rank_indices(samples: int, batch_size: int, rank: int, world_size: int) -> list[int]:
+    """The patch indices of one DDP rank: its slice of every global batch.
+
+    Example:
+        >>> rank_indices(8, batch_size=4, rank=1, world_size=2)
+        [2, 3, 6, 7]
+    """
+    assert batch_size % world_size == 0, f'batch size {batch_size} must be divisible by the {world_size} ranks'
+    local = batch_size // world_size
+    return [index for index in range(samples) if (index % batch_size) // local == rank]
 
 
 def one_hot_foreground(label: torch.Tensor, foreground_labels: tuple[int, ...]) -> torch.Tensor:

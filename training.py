@@ -16,16 +16,20 @@ import csv
 import io
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torchio as tio
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+import distributed
 from checkpoint import load_checkpoint, save_checkpoint
 from config import RunConfig
 from errors import UserError
@@ -34,7 +38,7 @@ from inference import probabilities_to_labels, sliding_window_logits
 from losses import build_loss
 from metrics import dice
 from mymodel import UNet3D
-from sampling import PatchDataset, augmentation, one_hot_foreground
+from sampling import PatchDataset, augmentation, one_hot_foreground, rank_indices
 
 METRIC_COLUMNS = ('epoch', 'train_loss', 'val_loss', 'val_dice', 'lr', 'epoch_seconds', 'elapsed_seconds')
 GRADIENT_CLIP_NORM = 12.0  # nnU-Net's value
@@ -83,16 +87,21 @@ class Trainer:
     def __init__(self, config: RunConfig, train_subjects: list[tio.Subject], val_subjects: list[tio.Subject]):
         self.config = config
         self.run_dir = Path(config.run_dir)
-        self.device = select_device(config.device)
+        self.device = distributed.local_device(select_device(config.device))
         self.amp = config.amp and self.device.type == 'cuda'
+        if self.device.type == 'cuda':
+            torch.backends.cudnn.benchmark = True  # fixed patch shapes: pick the fastest kernels once
         torch.manual_seed(config.seed)
-        self.model = UNet3D(**config.model_spec()).to(self.device)
+        self.model = UNet3D(**config.model_spec()).to(self.device, memory_format=memory_format(config))
+        self.forward = self._training_forward()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
         self.amp_dtype = amp_dtype
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp and amp_dtype == torch.float16)
         self.loss = build_loss(config.loss)
-        self.val_subjects = val_subjects
+        self.train_loss = build_loss(config.loss, across_ranks=distributed.world_size() > 1)
+        # Each rank validates its share of the cases; the metrics are gathered over all of them.
+        self.val_subjects = val_subjects[distributed.rank()::distributed.world_size()]
         steps = config.steps_per_epoch or math.ceil(len(train_subjects) / config.batch_size)
         self.patches = PatchDataset(
             train_subjects,
@@ -102,6 +111,7 @@ class Trainer:
             foreground_probability=config.foreground_probability,
             transform=augmentation(config.augmentation),
             foreground_labels=config.foreground_labels,
+            batch_size=config.batch_size,
         )
         self.start_epoch = 0
         self.total_epochs = config.epochs
@@ -112,6 +122,22 @@ class Trainer:
         self.val_seconds = 0.0
         self.last_validated_epoch = 0
         self.overlay: np.ndarray | None = None
+
+    def _training_forward(self) -> nn.Module:
+        """The model as training calls it: under DDP when launched by torchrun, compiled with ``--compile``.
+
+        BatchNorm becomes SyncBatchNorm on GPUs. PyTorch's SyncBatchNorm has no CPU
+        kernel, so on CPU ranks each rank normalises its own patches (the default
+        InstanceNorm never mixes patches, so it needs no syncing).
+        """
+        model: nn.Module = self.model
+        if distributed.world_size() > 1:
+            if self.device.type == 'cuda':
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            # channels_last gives the 1x1x1 head's weight ambiguous strides; DDP's warning about it is harmless.
+            warnings.filterwarnings('ignore', message='Grad strides do not match bucket view strides')
+            model = DistributedDataParallel(model, device_ids=[self.device] if self.device.type == 'cuda' else None)
+        return torch.compile(model) if self.config.compile else model
 
     # -- checkpoints -------------------------------------------------------
 
@@ -133,6 +159,8 @@ class Trainer:
             self.total_epochs = int(state['total_epochs'])
 
     def _save(self, name: str, epoch: int) -> None:
+        if not distributed.is_main():
+            return
         save_checkpoint(
             self.run_dir / name,
             self.config.plan(),
@@ -153,8 +181,10 @@ class Trainer:
 
     def fit(self) -> float:
         """Train to the configured number of epochs; return the best validation Dice."""
-        writer = SummaryWriter(self.run_dir, purge_step=self.start_epoch + 1)
-        keep_metric_rows(self.run_dir / 'metrics.csv', self.start_epoch)
+        writer = None
+        if distributed.is_main():
+            writer = SummaryWriter(self.run_dir, purge_step=self.start_epoch + 1)
+            keep_metric_rows(self.run_dir / 'metrics.csv', self.start_epoch)
         try:
             epoch = self.start_epoch
             while epoch < self.total_epochs:
@@ -162,7 +192,8 @@ class Trainer:
                 result = self.run_epoch(epoch)
                 epoch += 1
                 # Logs first, checkpoint last: a kill in between is undone on resume.
-                self.log(result, writer)
+                if writer is not None:
+                    self.log(result, writer)
                 if result.val_dice > self.best_dice:
                     self.best_dice = result.val_dice
                     self._save('best.pt', epoch)
@@ -170,7 +201,8 @@ class Trainer:
                 self._plan_remaining_epochs(epoch)
                 self._save('last.pt', epoch)
         finally:
-            writer.close()
+            if writer is not None:
+                writer.close()
         return self.best_dice
 
     def run_epoch(self, epoch: int) -> EpochResult:
@@ -179,6 +211,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group['lr'] = lr
         train_loss = self.train_one_epoch(epoch)
+        distributed.average_buffers(self.model)
         self.train_times.append(time.perf_counter() - started)
         if epoch + 1 - self.last_validated_epoch >= self.val_every or epoch + 1 == self.total_epochs:
             val_loss, val_dice = self.validate(epoch)
@@ -194,19 +227,23 @@ class Trainer:
         self.model.train()
         self.patches.set_epoch(epoch)
         torch.manual_seed(self.config.seed + epoch)
+        ranks = distributed.world_size()
         loader = DataLoader(
             self.patches,
-            batch_size=self.config.batch_size,
+            batch_size=self.config.batch_size // ranks,
+            sampler=rank_indices(len(self.patches), self.config.batch_size, distributed.rank(), ranks),
             num_workers=self.config.num_workers,
             pin_memory=self.device.type == 'cuda',
         )
         losses = []
-        progress = tqdm(loader, desc=f'Epoch {epoch + 1}/{self.total_epochs}', unit='step', leave=False)
+        progress = tqdm(loader, desc=f'Epoch {epoch + 1}/{self.total_epochs}', unit='step', leave=False,
+                        disable=not distributed.is_main())
         for step, (images, targets) in enumerate(progress):
             loss = self.train_step(images, targets, epoch, step)
             if loss is not None:
                 losses.append(loss)
                 progress.set_postfix(loss=f'{np.mean(losses):.4f}')
+        losses = distributed.gather(losses)
         return float(np.mean(losses)) if losses else float('nan')
 
     def train_step(self, images: torch.Tensor, targets: torch.Tensor, epoch: int, step: int) -> float | None:
@@ -214,8 +251,8 @@ class Trainer:
         targets = targets.to(self.device, non_blocking=True)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-            logits = self.model(images)
-        loss = self.loss(logits.float(), targets)
+            logits = self.forward(images)
+        loss = self.train_loss(logits.float(), targets)
         if not torch.isfinite(loss) and not self.amp:
             self._fail_non_finite('loss', epoch, step)
         self.scaler.scale(loss).backward()
@@ -241,7 +278,7 @@ class Trainer:
         self.model.eval()
         losses, dices = [], []
         self.overlay = None
-        for subject in tqdm(self.val_subjects, desc='Validating', unit='case', leave=False):
+        for subject in tqdm(self.val_subjects, desc='Validating', unit='case', leave=False, disable=not distributed.is_main()):
             logits = sliding_window_logits(
                 self.model, subject['image'].data, self.config.patch_size,
                 overlap=self.config.val_overlap, batch_size=self.config.batch_size,
@@ -254,7 +291,7 @@ class Trainer:
             dices += [dice((prediction == v).numpy(), (reference == v).numpy()) for v in self.config.foreground_labels]
             if self.overlay is None:
                 self.overlay = overlay_image(subject['image'].data[0], reference, prediction)
-        return float(np.mean(losses)), float(np.mean(dices))
+        return float(np.mean(distributed.gather(losses))), float(np.mean(distributed.gather(dices)))
 
     def _plan_remaining_epochs(self, completed: int) -> None:
         """With a time limit, fit the schedule to the time left, so the LR still anneals to zero."""
@@ -269,7 +306,8 @@ class Trainer:
         remaining = max(0, int(spare // seconds_per_epoch))
         if remaining == 0 and self.last_validated_epoch != completed:
             remaining = 1
-        self.total_epochs = min(self.config.epochs, completed + remaining)
+        # Rank 0's clock decides, so that all ranks run the same number of epochs.
+        self.total_epochs, self.val_every = distributed.broadcast((min(self.config.epochs, completed + remaining), self.val_every))
 
     # -- logging -------------------------------------------------------------
 
@@ -288,6 +326,10 @@ class Trainer:
             f'val loss {result.val_loss:.4f}  val Dice {result.val_dice:.4f}  '
             f'lr {result.lr:.2e}  {result.epoch_seconds:.1f}s'
         )
+
+
+def memory_format(config: RunConfig) -> torch.memory_format:
+    return torch.channels_last_3d if config.channels_last else torch.contiguous_format
 
 
 def overlay_image(image: torch.Tensor, label: torch.Tensor, prediction: torch.Tensor) -> np.ndarray:
