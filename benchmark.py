@@ -117,11 +117,10 @@ def training_setup(args: argparse.Namespace) -> tuple[RunConfig, list]:
 
 def our_pipeline(config: RunConfig, subjects: list) -> dict[str, Callable[[], object]]:
     trainer = Trainer(config, subjects, [])
-    loader = lambda: torch.utils.data.DataLoader(trainer.patches, batch_size=config.batch_size, num_workers=config.num_workers)  # noqa: E731
-    images, targets = next(iter(loader()))
+    images, targets = next(iter(trainer.loader))
     return {
         'model': lambda: [trainer.train_step(images, targets, 0, step) for step in range(config.steps_per_epoch)],
-        'data': lambda: list(loader()),
+        'data': lambda: list(trainer.loader),
         'end_to_end': lambda: trainer.train_one_epoch(0),
         'one_step': lambda: trainer.train_step(images, targets, 0, 0),
     }
@@ -150,22 +149,24 @@ def monai_pipeline(config: RunConfig, subjects: list, device: torch.device) -> d
     items = [{'image': s['image'].data.float(), 'label': s['label'].data.float()} for s in subjects]
     samples = config.steps_per_epoch * config.batch_size
     dataset = Dataset((items * -(-samples // len(items)))[:samples], augment)
-    loader = lambda: DataLoader(dataset, batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers)  # noqa: E731
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers,
+                        persistent_workers=config.num_workers > 0, pin_memory=device.type == 'cuda')
     loss, optimizer = DiceCELoss(sigmoid=True, batch=True), torch.optim.Adam(network.parameters(), config.lr)
 
     def step(batch: dict) -> float:
         optimizer.zero_grad(set_to_none=True)
-        value = loss(network(batch['image'].to(device)), batch['label'].to(device))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == 'cuda'):  # as our trainer
+            value = loss(network(batch['image'].to(device, non_blocking=True)), batch['label'].to(device, non_blocking=True))
         value.backward()
         optimizer.step()
         return float(value)
 
-    fixed = next(iter(loader()))
+    fixed = next(iter(loader))
     network.train()
     return {
         'model': lambda: [step(fixed) for _ in range(config.steps_per_epoch)],
-        'data': lambda: list(loader()),
-        'end_to_end': lambda: [step(batch) for batch in loader()],
+        'data': lambda: list(loader),
+        'end_to_end': lambda: [step(batch) for batch in loader],
         'one_step': lambda: step(fixed),
     }
 
@@ -240,10 +241,14 @@ def predict_benchmark(args: argparse.Namespace) -> dict:
     image = subject['image'].data
     options = predictor.window_options
     ours = lambda: sliding_window_logits(predictor.model, image, predictor.patch_size, **options)  # noqa: E731
-    theirs = lambda: sliding_window_inference(  # noqa: E731
-        image[None], predictor.patch_size, options['batch_size'], predictor.model,
-        overlap=options['overlap'], mode='gaussian', sigma_scale=0.125, padding_mode='constant', cval=float(image.min()),
-    )[0]
+    def theirs() -> torch.Tensor:
+        with torch.autocast(predictor.device.type, enabled=options['amp']):
+            return sliding_window_inference(
+                image[None], predictor.patch_size, options['batch_size'], predictor.model, overlap=options['overlap'],
+                mode='gaussian', sigma_scale=0.125, padding_mode='constant', cval=float(image.min()),
+                sw_device=predictor.device, device='cpu',
+            )[0].float()
+
     ours(), theirs()
     ours_seconds, theirs_seconds = interleaved_medians(ours, theirs, args.repeats)
     difference = float((ours() - theirs()).abs().max())

@@ -40,6 +40,9 @@ SYNTHETIC_FOLDER = 'SyntheticHeart'
 # Width of the first level per device. On a 2-core CPU, 8 channels beat 16 on LA2018
 # at an equal 12-minute budget (Dice 0.880 vs 0.871 at 0.625 mm; BENCHMARKS.md).
 BASE_CHANNELS = {'cpu': 8, 'mps': 16, 'cuda': 16}
+# channels_last_3d made the CPU training step 1.5x faster (with GroupNorm) but the
+# H100's 1.14x slower (BENCHMARKS.md).
+CHANNELS_LAST = {'cpu': True, 'mps': False, 'cuda': False}
 # Data-loader worker processes per device. On a 2-core CPU the main process keeps up
 # (the pipeline makes 16x the patches the model uses; BENCHMARKS.md); a GPU needs
 # background workers so that it never waits for patches.
@@ -89,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument('--resume', type=Path, metavar='RUN_DIR', help='continue a run from RUN_DIR/last.pt')
     run.add_argument('--device', default=None, help='auto, cpu, cuda, cuda:N or mps (default auto: cuda > mps > cpu)')
     run.add_argument('--amp', action=argparse.BooleanOptionalAction, default=None, help='mixed precision on CUDA (default on)')
-    run.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None, help='channels_last_3d memory format for the network (default on)')
+    run.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None, help='channels_last_3d memory format for the network (default on for a CPU, off for a GPU)')
     run.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None, help='torch.compile the training step (default off)')
     run.add_argument('--num-workers', type=int, default=None, help='data-loader worker processes (default 0 on a CPU, up to 8 with a GPU)')
     run.add_argument('--seed', type=int, default=None, help='random seed (default 0)')
@@ -147,6 +150,7 @@ def plan_run(args: argparse.Namespace, spec: DatasetSpec, synthetic: bool) -> Ru
         target_spacing=tuple(float(s) for s in spacing),
         patch_size=patch,
         base_channels=base_channels,
+        channels_last=CHANNELS_LAST[device.type],
         num_workers=min(NUM_WORKERS[device.type], max(0, (os.cpu_count() or 1) // distributed.world_size() - 1)),
         labels={str(k): v for k, v in spec.labels.items()},
         modalities={str(k): v for k, v in spec.modalities.items()},

@@ -2,12 +2,15 @@
 
 Every patch is a pure function of ``(seed, epoch, index)``: each item seeds its
 own random generator, so the patch stream is the same with or without loader
-workers, across an interrupted and resumed run, and across DDP ranks.
+workers, across an interrupted and resumed run, and across DDP ranks. An item's
+key is its position in the whole stream, ``epoch * samples_per_epoch + index``,
+so persistent loader workers need no message when a new epoch starts.
 
 Example:
-    >>> dataset = PatchDataset(subjects, (64, 64, 48), samples_per_epoch=50, seed=0)  # doctest: +SKIP
-    >>> dataset.set_epoch(3)  # doctest: +SKIP
-    >>> image, target = dataset[0]  # doctest: +SKIP
+    >>> sampler = EpochSampler(samples_per_epoch=4, batch_size=2, rank=0, world_size=1)
+    >>> sampler.set_epoch(3)
+    >>> list(sampler)
+    [12, 13, 14, 15]
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 import torchio as tio
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 
 def augmentation(strength: str) -> tio.Transform | None:
@@ -62,7 +65,7 @@ def seeded(seed: int) -> Iterator[None]:
 
 
 class PatchDataset(Dataset):
-    """Foreground-oversampled random patches from preprocessed subjects.
+    """Foreground-oversampled random patches from preprocessed subjects, keyed by stream position.
 
     Args:
         subjects: Preprocessed subjects with ``image`` and ``label``.
@@ -98,17 +101,13 @@ class PatchDataset(Dataset):
         share = foreground_probability / len(foreground_labels)
         probabilities = {0: 1 - foreground_probability, **{label: share for label in foreground_labels}}
         self.sampler = tio.LabelSampler(patch_size, 'label', probabilities)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return self.samples_per_epoch
 
-    def case_order(self) -> list[int]:
-        """Seeded shuffles of all cases, one after another, for this epoch."""
-        generator = np.random.default_rng([self.seed, self.epoch])
+    def case_order(self, epoch: int) -> list[int]:
+        """Seeded shuffles of all cases, one after another, for one epoch."""
+        generator = np.random.default_rng([self.seed, epoch])
         order: list[int] = []
         while len(order) < self.samples_per_epoch:
             shuffle = generator.permutation(len(self.subjects)).tolist()
@@ -117,9 +116,10 @@ class PatchDataset(Dataset):
             order += sorted(shuffle, key=lambda case: case in open_batch)
         return order
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        subject = self.subjects[self.case_order()[index]]
-        with seeded(hash((self.seed, self.epoch, index)) % 2**63):
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = divmod(position, self.samples_per_epoch)
+        subject = self.subjects[self.case_order(epoch)[index]]
+        with seeded(hash((self.seed, epoch, index)) % 2**63):
             patch = next(iter(self.sampler(subject, num_patches=1)))
             if self.transform is not None:
                 patch = self.transform(patch)
@@ -136,6 +136,24 @@ def rank_indices(samples: int, batch_size: int, rank: int, world_size: int) -> l
     assert batch_size % world_size == 0, f'batch size {batch_size} must be divisible by the {world_size} ranks'
     local = batch_size // world_size
     return [index for index in range(samples) if (index % batch_size) // local == rank]
+
+
+class EpochSampler(Sampler[int]):
+    """One rank's stream positions for the current epoch (see :func:`rank_indices`)."""
+
+    def __init__(self, samples_per_epoch: int, batch_size: int, rank: int, world_size: int):
+        self.samples_per_epoch = samples_per_epoch
+        self.indices = rank_indices(samples_per_epoch, batch_size, rank, world_size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        return iter([self.epoch * self.samples_per_epoch + index for index in self.indices])
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 def one_hot_foreground(label: torch.Tensor, foreground_labels: tuple[int, ...]) -> torch.Tensor:

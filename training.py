@@ -38,7 +38,7 @@ from inference import probabilities_to_labels, sliding_window_logits
 from losses import build_loss
 from metrics import dice
 from mymodel import UNet3D
-from sampling import PatchDataset, augmentation, one_hot_foreground, rank_indices
+from sampling import EpochSampler, PatchDataset, augmentation, one_hot_foreground
 
 METRIC_COLUMNS = ('epoch', 'train_loss', 'val_loss', 'val_dice', 'lr', 'epoch_seconds', 'elapsed_seconds')
 GRADIENT_CLIP_NORM = 12.0  # nnU-Net's value
@@ -112,6 +112,17 @@ class Trainer:
             transform=augmentation(config.augmentation),
             foreground_labels=config.foreground_labels,
             batch_size=config.batch_size,
+        )
+        ranks = distributed.world_size()
+        self.sampler = EpochSampler(len(self.patches), config.batch_size, distributed.rank(), ranks)
+        # Persistent workers start once per run, not once per epoch.
+        self.loader = DataLoader(
+            self.patches,
+            batch_size=config.batch_size // ranks,
+            sampler=self.sampler,
+            num_workers=config.num_workers,
+            persistent_workers=config.num_workers > 0,
+            pin_memory=self.device.type == 'cuda',
         )
         self.start_epoch = 0
         self.total_epochs = config.epochs
@@ -225,18 +236,10 @@ class Trainer:
 
     def train_one_epoch(self, epoch: int) -> float:
         self.model.train()
-        self.patches.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
         torch.manual_seed(self.config.seed + epoch)
-        ranks = distributed.world_size()
-        loader = DataLoader(
-            self.patches,
-            batch_size=self.config.batch_size // ranks,
-            sampler=rank_indices(len(self.patches), self.config.batch_size, distributed.rank(), ranks),
-            num_workers=self.config.num_workers,
-            pin_memory=self.device.type == 'cuda',
-        )
         losses = []
-        progress = tqdm(loader, desc=f'Epoch {epoch + 1}/{self.total_epochs}', unit='step', leave=False,
+        progress = tqdm(self.loader, desc=f'Epoch {epoch + 1}/{self.total_epochs}', unit='step', leave=False,
                         disable=not distributed.is_main())
         for step, (images, targets) in enumerate(progress):
             loss = self.train_step(images, targets, epoch, step)
@@ -253,14 +256,14 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             logits = self.forward(images)
         loss = self.train_loss(logits.float(), targets)
-        if not torch.isfinite(loss) and not self.amp:
+        if not torch.isfinite(loss) and not self.scaler.is_enabled():
             self._fail_non_finite('loss', epoch, step)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         gradient_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRADIENT_CLIP_NORM)
-        if not torch.isfinite(gradient_norm) and not self.amp:
+        if not torch.isfinite(gradient_norm) and not self.scaler.is_enabled():
             self._fail_non_finite('gradient', epoch, step)
-        # Under AMP the scaler skips a step whose gradients are not finite.
+        # Under fp16 AMP the GradScaler skips a step whose gradients are not finite (and lowers its scale).
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return float(loss.detach()) if torch.isfinite(loss) else None

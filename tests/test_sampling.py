@@ -6,15 +6,14 @@ import pytest
 import torch
 
 from ddp_worker import blob_subjects
-from sampling import PatchDataset, rank_indices
+from sampling import EpochSampler, PatchDataset, rank_indices
 
 
 @pytest.mark.parametrize('cases,batch_size', [(5, 4), (3, 3), (7, 2)])
 def test_cases_in_one_batch_are_distinct(cases, batch_size):
     dataset = PatchDataset(blob_subjects(cases), (16, 16, 16), samples_per_epoch=batch_size * 12, seed=1, batch_size=batch_size)
     for epoch in range(4):
-        dataset.set_epoch(epoch)
-        order = dataset.case_order()
+        order = dataset.case_order(epoch)
         batches = [order[i:i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
         assert all(len(set(batch)) == batch_size for batch in batches), batches
         assert sorted(set(order)) == list(range(cases))
@@ -30,10 +29,10 @@ def test_rank_shards_cover_each_global_batch_once():
 def test_patches_depend_only_on_seed_epoch_and_index():
     first = PatchDataset(blob_subjects(), (16, 16, 16), samples_per_epoch=6, seed=4)
     second = PatchDataset(blob_subjects(), (16, 16, 16), samples_per_epoch=6, seed=4)
-    first.set_epoch(2)
-    second.set_epoch(2)
+    sampler = EpochSampler(6, batch_size=2, rank=0, world_size=1)
+    sampler.set_epoch(2)
+    position = list(sampler)[5]
     torch.manual_seed(123)  # the global generator must not matter
-    image, target = first[5]
-    assert torch.equal(image, second[5][0]) and torch.equal(target, second[5][1])
-    second.set_epoch(3)
-    assert not torch.equal(image, second[5][0])
+    image, target = first[position]
+    assert torch.equal(image, second[position][0]) and torch.equal(target, second[position][1])
+    assert not torch.equal(image, second[position + 6][0]), 'the next epoch must give another patch'
