@@ -17,6 +17,7 @@ import io
 import math
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,8 +240,8 @@ class Trainer:
         self.sampler.set_epoch(epoch)
         torch.manual_seed(self.config.seed + epoch)
         losses = []
-        progress = tqdm(self.loader, desc=f'Epoch {epoch + 1}/{self.total_epochs}', unit='step', leave=False,
-                        disable=not distributed.is_main())
+        progress = tqdm(_reporting_worker_failures(self.loader), total=len(self.loader), desc=f'Epoch {epoch + 1}/{self.total_epochs}',
+                        unit='step', leave=False, disable=not distributed.is_main())
         for step, (images, targets) in enumerate(progress):
             loss = self.train_step(images, targets, epoch, step)
             if loss is not None:
@@ -331,6 +332,18 @@ class Trainer:
         )
 
 
+def _reporting_worker_failures(loader: DataLoader) -> Iterator:
+    """Iterate ``loader``; a worker that dies (killed, or out of shared memory) becomes a one-line error."""
+    try:
+        yield from loader
+    except RuntimeError as error:
+        if 'DataLoader worker' not in str(error):
+            raise
+        reason = str(error).strip().splitlines()[0]
+        raise UserError('data loader', f'{reason} The last completed epoch is saved: resume with --resume; '
+                        'if workers run out of shared memory (/dev/shm), use fewer --num-workers') from None
+
+
 def memory_format(config: RunConfig) -> torch.memory_format:
     return torch.channels_last_3d if config.channels_last else torch.contiguous_format
 
@@ -351,12 +364,17 @@ def keep_metric_rows(path: Path, completed_epochs: int) -> None:
         atomic_write_text(path, ','.join(METRIC_COLUMNS) + '\n')
         return
     with open(path, newline='') as handle:
-        rows = [row for row in csv.DictReader(handle) if int(row['epoch']) <= completed_epochs]
+        # A kill during an append can leave a partial last row; only complete rows are kept.
+        rows = [row for row in csv.DictReader(handle) if _complete(row) and int(row['epoch']) <= completed_epochs]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator='\n')
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())
+
+
+def _complete(row: dict[str, str | None]) -> bool:
+    return None not in row and all(row.get(column) for column in METRIC_COLUMNS) and row['epoch'].isdigit()
 
 
 def append_metric_row(path: Path, result: EpochResult) -> None:

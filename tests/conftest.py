@@ -12,6 +12,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from errors import run_cli  # noqa: E402
+from main import main as train_main  # noqa: E402
 from synthetic import write_synthetic_dataset  # noqa: E402
 
 SMALL_SHAPE = (40, 40, 20)
@@ -37,3 +39,14 @@ def la2018() -> Path:
     if not (root / 'dataset.json').is_file():
         pytest.skip(f'real LA2018 data not found at {root}; set LA2018_DIR to run real-data tests')
     return root
+
+
+@pytest.fixture(scope='session')
+def trained(small_dataset_template, tmp_path_factory) -> Path:
+    """A tiny model trained for a few seconds on the small dataset; returns its best.pt."""
+    run_dir = tmp_path_factory.mktemp('trained') / 'run'
+    argv = ['--data', str(small_dataset_template), '--run-dir', str(run_dir), '--cache-dir', str(run_dir.parent / 'cache'),
+            '--epochs', '3', '--steps-per-epoch', '20', '--levels', '2', '--base-channels', '8',
+            '--patch-size', '32', '32', '16', '--lr', '0.01']
+    assert run_cli(train_main, argv) == 0
+    return run_dir / 'best.pt'

@@ -1,5 +1,6 @@
 """Every bad input gives one line naming the file and the problem, exit code 2,
-and leaves no run folder behind."""
+and leaves no run folder or half-written output behind: in main.py and predict.py
+(analyze_data.py has its own corpus in test_analyze_data.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from errors import EXIT_USER_ERROR, run_cli
 from main import main
+from predict import main as predict_main
 
 FIRST = 'synthetic_000'
 
@@ -150,3 +152,27 @@ def test_resume_with_incompatible_architecture_is_refused(small_dataset, tmp_pat
     code, errors = run_main(['--resume', str(run_dir), '--levels', '3'], capsys)
     assert code == EXIT_USER_ERROR
     assert len(errors) == 1 and 'cannot resume with --levels 3' in errors[0]
+
+
+IMAGE_DEFECTS = {'missing image', 'truncated image', 'not gzip or NIfTI', 'zero-byte file', 'gzip of garbage',
+                 'NaN voxels', 'Inf voxels', '4D image', '2D image'}
+# predict.py finds reference labels by case id in --labels, so a missing one reads differently.
+PREDICT_PROBLEMS = {'missing label': 'reference label not found'}
+
+
+@pytest.mark.parametrize('name', list(BAD_INPUTS))
+def test_bad_input_gives_one_line_error_in_predict(name, trained, small_dataset, tmp_path, capsys):
+    corrupt, names, problem = BAD_INPUTS[name]
+    corrupt(small_dataset)
+    output = tmp_path / 'predictions'
+    argv = ['--checkpoint', str(trained), '--input', str(small_dataset / 'dataset.json'), '--output', str(output),
+            '--labels', str(small_dataset / 'labelsTr')]
+    code = run_cli(predict_main, argv)
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
+    assert code == EXIT_USER_ERROR
+    assert len(errors) == 1, errors
+    assert names in errors[0] and PREDICT_PROBLEMS.get(name, problem) in errors[0], errors[0]
+    written = sorted(p.name for p in output.iterdir()) if output.exists() else []
+    assert not [n for n in written if n.startswith('.')], f'temporary files left: {written}'
+    if name in IMAGE_DEFECTS:  # a bad reference label still leaves a valid mask
+        assert f'{FIRST}.nii.gz' not in written, written

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -33,12 +34,23 @@ def tiny_config(run_dir: Path, **overrides) -> RunConfig:
     return RunConfig(**{**settings, **overrides})
 
 
-def torchrun(config: RunConfig, output: Path, processes: int = 2, timeout: float = 240) -> subprocess.CompletedProcess:
+def run_group(command: list[str], timeout: float = 300, **options) -> subprocess.CompletedProcess:
+    """Run ``command`` in its own process group; on timeout, kill the launcher and all its workers."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               env={**os.environ, 'OMP_NUM_THREADS': '1'}, **options)
+    try:
+        output, errors = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+    return subprocess.CompletedProcess(command, process.returncode, output, errors)
+
+
+def torchrun(config: RunConfig, output: Path, processes: int = 2) -> subprocess.CompletedProcess:
     config_path = output / 'config.json'
     config_path.write_text(json.dumps(asdict(config)))
-    command = [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={processes}', '--standalone',
-               str(TESTS / 'ddp_worker.py'), str(config_path), str(output)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    return run_group([sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={processes}', '--standalone',
+                      str(TESTS / 'ddp_worker.py'), str(config_path), str(output)])
 
 
 def assert_ran(result: subprocess.CompletedProcess) -> None:
@@ -98,7 +110,7 @@ def test_a_crashed_rank_stops_the_job_with_a_clear_error(tmp_path):
     (tmp_path / 'config.json').write_text(json.dumps(asdict(config)))
     command = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--standalone',
                str(TESTS / 'ddp_worker.py'), str(tmp_path / 'config.json'), str(tmp_path)]
-    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                                 env={**os.environ, 'OMP_NUM_THREADS': '1'})
     try:
         deadline = time.monotonic() + 120
@@ -108,7 +120,8 @@ def test_a_crashed_rank_stops_the_job_with_a_clear_error(tmp_path):
         os.kill(worker_pids(launcher)[1], signal.SIGKILL)
         output, _ = launcher.communicate(timeout=120)
     finally:
-        launcher.kill()
+        with contextlib.suppress(ProcessLookupError):  # nothing may be left to kill
+            os.killpg(launcher.pid, signal.SIGKILL)
     assert launcher.returncode != 0
     assert 'rank      : 1' in output or 'local_rank: 1' in output, output[-3000:]
     assert 'SIGKILL' in output, output[-3000:]
@@ -121,8 +134,7 @@ def test_torchrun_main_trains_and_resumes(small_dataset, tmp_path):
     def launch(*arguments: str) -> subprocess.CompletedProcess:
         command = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--standalone',
                    str(TESTS.parent / 'main.py'), *arguments]
-        return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                              env={**os.environ, 'OMP_NUM_THREADS': '1'})
+        return run_group(command, cwd=tmp_path)
 
     assert_ran(launch('--data', str(small_dataset), '--run-dir', str(run_dir), '--epochs', '1', *tiny))
     resumed = launch('--resume', str(run_dir), '--epochs', '2')
@@ -136,7 +148,6 @@ def test_torchrun_main_trains_and_resumes(small_dataset, tmp_path):
 def test_batch_that_ranks_cannot_share_is_refused(small_dataset, tmp_path):
     command = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--standalone',
                str(TESTS.parent / 'main.py'), '--data', str(small_dataset), '--batch-size', '3', '--run-dir', str(tmp_path / 'run')]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                            env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    result = run_group(command, cwd=tmp_path)
     assert result.returncode != 0
     assert 'error: --batch-size: 3 patches per step cannot be shared evenly by 2 processes' in result.stderr

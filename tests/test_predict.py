@@ -13,20 +13,8 @@ import torch
 
 from checkpoint import load_checkpoint
 from errors import EXIT_USER_ERROR, run_cli
-from main import main as train_main
 from predict import Predictor, back_to_input_grid, keep_largest_components
 from predict import main as predict_main
-
-
-@pytest.fixture(scope='module')
-def trained(small_dataset_template, tmp_path_factory) -> Path:
-    """A tiny model trained for a few seconds; returns its best.pt."""
-    run_dir = tmp_path_factory.mktemp('trained') / 'run'
-    argv = ['--data', str(small_dataset_template), '--run-dir', str(run_dir), '--cache-dir', str(run_dir.parent / 'cache'),
-            '--epochs', '3', '--steps-per-epoch', '20', '--levels', '2', '--base-channels', '8',
-            '--patch-size', '32', '32', '16', '--lr', '0.01']
-    assert run_cli(train_main, argv) == 0
-    return run_dir / 'best.pt'
 
 
 def scan(dataset: Path, case: str = 'synthetic_001') -> Path:
