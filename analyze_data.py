@@ -39,11 +39,30 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from data import Case, DatasetSpec, _resolve_inside, case_id_from_path, check_dimensions, check_same_grid, load_nifti, read_dataset
+from data import (
+    Case,
+    DatasetSpec,
+    _resolve_inside,
+    case_id_from_path,
+    check_dimensions,
+    check_same_grid,
+    load_nifti,
+    read_dataset,
+)
 from errors import EXIT_USER_ERROR, UserError, run_cli
 from files import atomic_write, atomic_write_text, ensure_writable_dir
-from fingerprint import (ANISOTROPY_THRESHOLD, DEFAULT_LEVELS, MIN_SPACING_MM, PATCH_VOXELS, CaseHeader, canonical_header,
-                         median_resampled_shape, plan_for_device, plan_patch_size, suggest_target_spacing)
+from fingerprint import (
+    ANISOTROPY_THRESHOLD,
+    DEFAULT_LEVELS,
+    MIN_SPACING_MM,
+    PATCH_VOXELS,
+    CaseHeader,
+    canonical_header,
+    median_resampled_shape,
+    plan_for_device,
+    plan_patch_size,
+    suggest_target_spacing,
+)
 
 DEFAULT_OUTPUT_NAME = 'analysis'
 # main.py's default U-Net has 4 levels, so every patch axis must divide by 2**4.

@@ -25,11 +25,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from pathlib import Path
-
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,7 +36,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import main as training_cli
 from config import RunConfig
-from data import Preprocessing, image_subject, load_nifti, preprocess_cases, read_dataset
+from data import (
+    Preprocessing,
+    image_subject,
+    load_nifti,
+    preprocess_cases,
+    read_dataset,
+)
 from errors import run_cli
 from files import save_nifti
 from inference import sliding_window_logits

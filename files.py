@@ -22,7 +22,6 @@ import torch
 
 from errors import UserError
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

@@ -25,7 +25,14 @@ import torchio as tio
 
 import distributed
 from config import RESUMABLE_SETTINGS, RunConfig, load_config, save_config
-from data import DatasetSpec, Preprocessing, preprocess_cases, read_header, read_dataset, split_cases
+from data import (
+    DatasetSpec,
+    Preprocessing,
+    preprocess_cases,
+    read_dataset,
+    read_header,
+    split_cases,
+)
 from download import TASK02_FOLDER, TASK02_URL, download_task02
 from errors import UserError, run_cli
 from files import atomic_write_text, ensure_writable_dir

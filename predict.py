@@ -28,8 +28,15 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from checkpoint import load_checkpoint
-from data import (Preprocessing, case_id_from_path, check_same_grid, image_subject, load_nifti, read_dataset,
-                  read_label)
+from data import (
+    Preprocessing,
+    case_id_from_path,
+    check_same_grid,
+    image_subject,
+    load_nifti,
+    read_dataset,
+    read_label,
+)
 from errors import UserError, run_cli
 from files import atomic_write, atomic_write_text, ensure_writable_dir, save_nifti
 from inference import BLENDINGS, predict_logits, probabilities_to_labels

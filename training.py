@@ -18,6 +18,7 @@ import math
 import time
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,24 +199,28 @@ class Trainer:
             writer = SummaryWriter(self.run_dir, purge_step=self.start_epoch + 1)
             keep_metric_rows(self.run_dir / 'metrics.csv', self.start_epoch)
         try:
-            epoch = self.start_epoch
-            while epoch < self.total_epochs:
-                started = time.perf_counter()
-                result = self.run_epoch(epoch)
-                epoch += 1
-                # Logs first, checkpoint last: a kill in between is undone on resume.
-                if writer is not None:
-                    self.log(result, writer)
-                if result.val_dice > self.best_dice:
-                    self.best_dice = result.val_dice
-                    self._save('best.pt', epoch)
-                self.elapsed += time.perf_counter() - started
-                self._plan_remaining_epochs(epoch)
-                self._save('last.pt', epoch)
+            with reporting_worker_failures():
+                self._train_epochs(writer)
         finally:
             if writer is not None:
                 writer.close()
         return self.best_dice
+
+    def _train_epochs(self, writer: SummaryWriter | None) -> None:
+        epoch = self.start_epoch
+        while epoch < self.total_epochs:
+            started = time.perf_counter()
+            result = self.run_epoch(epoch)
+            epoch += 1
+            # Logs first, checkpoint last: a kill in between is undone on resume.
+            if writer is not None:
+                self.log(result, writer)
+            if result.val_dice > self.best_dice:
+                self.best_dice = result.val_dice
+                self._save('best.pt', epoch)
+            self.elapsed += time.perf_counter() - started
+            self._plan_remaining_epochs(epoch)
+            self._save('last.pt', epoch)
 
     def run_epoch(self, epoch: int) -> EpochResult:
         started = time.perf_counter()
@@ -240,7 +245,7 @@ class Trainer:
         self.sampler.set_epoch(epoch)
         torch.manual_seed(self.config.seed + epoch)
         losses = []
-        progress = tqdm(_reporting_worker_failures(self.loader), total=len(self.loader), desc=f'Epoch {epoch + 1}/{self.total_epochs}',
+        progress = tqdm(self.loader, desc=f'Epoch {epoch + 1}/{self.total_epochs}',
                         unit='step', leave=False, disable=not distributed.is_main())
         for step, (images, targets) in enumerate(progress):
             loss = self.train_step(images, targets, epoch, step)
@@ -332,10 +337,15 @@ class Trainer:
         )
 
 
-def _reporting_worker_failures(loader: DataLoader) -> Iterator:
-    """Iterate ``loader``; a worker that dies (killed, or out of shared memory) becomes a one-line error."""
+@contextmanager
+def reporting_worker_failures() -> Iterator[None]:
+    """A loader worker that dies (killed, or out of shared memory) becomes a one-line error.
+
+    PyTorch reports the death from a SIGCHLD handler, so it can surface anywhere in the
+    main process, not only while a batch is fetched.
+    """
     try:
-        yield from loader
+        yield
     except RuntimeError as error:
         if 'DataLoader worker' not in str(error):
             raise

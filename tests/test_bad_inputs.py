@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -176,3 +178,20 @@ def test_bad_input_gives_one_line_error_in_predict(name, trained, small_dataset,
     assert not [n for n in written if n.startswith('.')], f'temporary files left: {written}'
     if name in IMAGE_DEFECTS:  # a bad reference label still leaves a valid mask
         assert f'{FIRST}.nii.gz' not in written, written
+
+
+def test_output_folder_without_room_is_detected_before_training(small_dataset, tmp_path):
+    # A file-size limit below the 1 MiB write probe stands in for a full disk: writes fail the same way.
+    script = (
+        'import resource, signal, sys\n'
+        'signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n'
+        'resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 19, 1 << 19))\n'
+        'from errors import run_cli\n'
+        'from main import main\n'
+        f'sys.exit(run_cli(main, ["--data", {str(small_dataset)!r}, "--run-dir", {str(tmp_path / "run")!r}, "--epochs", "1"]))\n'
+    )
+    result = subprocess.run([sys.executable, '-c', script], cwd=Path(__file__).resolve().parents[1],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == EXIT_USER_ERROR, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == f'error: {tmp_path / "run"}: output folder is not writable (File too large)'
+    assert not list((tmp_path / 'run').glob('*.pt'))

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from ddp_worker import blob_subjects
 
 from config import RunConfig
-from ddp_worker import blob_subjects
 from training import Trainer
 
 TESTS = Path(__file__).resolve().parent

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from ddp_worker import blob_subjects
+
 from sampling import EpochSampler, PatchDataset, rank_indices
 
 
