@@ -65,6 +65,8 @@ def session(device: str | None) -> Iterator[None]:
     dist.init_process_group('nccl' if use_cuda else 'gloo', timeout=COLLECTIVE_TIMEOUT)
     try:
         yield
+        # Leave together: a rank that tears down gloo while another still talks to it can abort.
+        dist.barrier()
     except dist.DistError as error:
         raise UserError(f'rank {rank()}', f'a collective operation failed, most likely because another rank exited: {error}') from None
     finally:
