@@ -28,3 +28,14 @@ def test_deeper_variants_keep_input_size(levels, base, norm):
 def test_indivisible_input_is_rejected_with_a_message():
     with pytest.raises(AssertionError, match='divisible by 4'):
         UNet3D(levels=2)(torch.zeros(1, 1, 30, 32, 32))
+
+
+def test_instance_norm_is_per_sample_and_equals_instance_norm_3d():
+    torch.manual_seed(0)
+    volume = torch.randn(2, 8, 12, 10, 6).to(memory_format=torch.channels_last_3d)
+    ours = UNet3D(levels=1, base_channels=8, norm='instance').encoders[0][1]
+    reference = torch.nn.InstanceNorm3d(8, affine=True)
+    assert torch.allclose(ours(volume), reference(volume), atol=1e-5)
+    net = UNet3D(levels=2, base_channels=4, norm='instance').train()
+    batch = torch.randn(2, 1, 16, 16, 8)
+    assert torch.allclose(net(batch)[:1], net(batch[:1]), atol=1e-5), 'one patch must not change another'
