@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -105,16 +106,9 @@ class PatchDataset(Dataset):
     def __len__(self) -> int:
         return self.samples_per_epoch
 
-    def case_order(self, epoch: int) -> list[int]:
+    def case_order(self, epoch: int) -> tuple[int, ...]:
         """Seeded shuffles of all cases, one after another, for one epoch."""
-        generator = np.random.default_rng([self.seed, epoch])
-        order: list[int] = []
-        while len(order) < self.samples_per_epoch:
-            shuffle = generator.permutation(len(self.subjects)).tolist()
-            open_batch = set(order[len(order) - len(order) % self.batch_size:])
-            # A stable sort moves cases already in the unfinished batch to the end of the shuffle.
-            order += sorted(shuffle, key=lambda case: case in open_batch)
-        return order
+        return _case_order(self.seed, epoch, len(self.subjects), self.samples_per_epoch, self.batch_size)
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, index = divmod(position, self.samples_per_epoch)
@@ -124,6 +118,19 @@ class PatchDataset(Dataset):
             if self.transform is not None:
                 patch = self.transform(patch)
         return patch['image'].data.float(), one_hot_foreground(patch['label'].data, self.foreground_labels)
+
+
+@functools.lru_cache(maxsize=4)
+def _case_order(seed: int, epoch: int, cases: int, samples: int, batch_size: int) -> tuple[int, ...]:
+    # Cached: every patch of an epoch looks up the same order.
+    generator = np.random.default_rng([seed, epoch])
+    order: list[int] = []
+    while len(order) < samples:
+        shuffle = generator.permutation(cases).tolist()
+        open_batch = set(order[len(order) - len(order) % batch_size:])
+        # A stable sort moves cases already in the unfinished batch to the end of the shuffle.
+        order += sorted(shuffle, key=lambda case: case in open_batch)
+    return tuple(order)
 
 
 def rank_indices(samples: int, batch_size: int, rank: int, world_size: int) -> list[int]:
