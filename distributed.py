@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -70,6 +71,9 @@ def session(device: str | None) -> Iterator[None]:
     except dist.DistError as error:
         raise UserError(f'rank {rank()}', f'a collective operation failed, most likely because another rank exited: {error}') from None
     finally:
+        # Free the trainer's DDP wrapper (often held in reference cycles) while the interpreter
+        # is whole: if gloo's work objects die only at interpreter shutdown, the process aborts.
+        gc.collect()
         dist.destroy_process_group()
 
 
