@@ -46,6 +46,7 @@ from data import (
 from errors import run_cli
 from files import save_nifti
 from inference import sliding_window_logits
+from mymodel import deep_supervision_heads
 from predict import Predictor
 from training import Trainer, select_device
 
@@ -132,15 +133,17 @@ def our_pipeline(config: RunConfig, subjects: list) -> dict[str, Callable[[], ob
 
 
 def monai_pipeline(config: RunConfig, subjects: list, device: torch.device) -> dict[str, Callable[[], object]]:
-    """MONAI's equivalent: DynUNet of the same depth and widths, MONAI transforms and loader, DiceCE."""
+    """MONAI's equivalent: DynUNet of the same depth, widths and deep supervision, MONAI transforms and loader, DiceCE."""
     from monai import transforms as mt
     from monai.data import DataLoader, Dataset
-    from monai.losses import DiceCELoss
+    from monai.losses import DeepSupervisionLoss, DiceCELoss
     from monai.networks.nets import DynUNet
 
     levels, base = config.levels, config.base_channels
+    supervised_heads = deep_supervision_heads(levels) if config.deep_supervision else 0
     network = DynUNet(3, 1, 1, kernel_size=[3] * (levels + 1), strides=[1] + [2] * levels, upsample_kernel_size=[2] * levels,
-                      filters=[base * 2**i for i in range(levels + 1)], norm_name=('INSTANCE', {'affine': True})).to(device)
+                      filters=[base * 2**i for i in range(levels + 1)], norm_name=('INSTANCE', {'affine': True}),
+                      deep_supervision=supervised_heads > 0, deep_supr_num=max(1, supervised_heads)).to(device)
     keys = ['image', 'label']
     augment = mt.Compose([
         mt.SpatialPadd(keys, config.patch_size),
@@ -156,12 +159,14 @@ def monai_pipeline(config: RunConfig, subjects: list, device: torch.device) -> d
     dataset = Dataset((items * -(-samples // len(items)))[:samples], augment)
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers,
                         persistent_workers=config.num_workers > 0, pin_memory=device.type == 'cuda')
-    loss, optimizer = DiceCELoss(sigmoid=True, batch=True), torch.optim.Adam(network.parameters(), config.lr)
+    loss, optimizer = DeepSupervisionLoss(DiceCELoss(sigmoid=True, batch=True)), torch.optim.Adam(network.parameters(), config.lr)
 
     def step(batch: dict) -> float:
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == 'cuda'):  # as our trainer
-            value = loss(network(batch['image'].to(device, non_blocking=True)), batch['label'].to(device, non_blocking=True))
+            logits = network(batch['image'].to(device, non_blocking=True))
+            # In training, a deeply supervised DynUNet stacks its heads' upsampled logits on dim 1.
+            value = loss(list(logits.unbind(1)) if supervised_heads else logits, batch['label'].to(device, non_blocking=True))
         value.backward()
         optimizer.step()
         return float(value)
@@ -218,7 +223,7 @@ def train_benchmark(args: argparse.Namespace) -> dict:
 
 
 MEASURED = ('model', 'data', 'end_to_end')
-PLAN_KEYS = ('target_spacing', 'patch_size', 'levels', 'base_channels', 'norm', 'batch_size', 'num_workers', 'channels_last', 'compile', 'amp')
+PLAN_KEYS = ('target_spacing', 'patch_size', 'levels', 'base_channels', 'norm', 'deep_supervision', 'batch_size', 'num_workers', 'channels_last', 'compile', 'amp')
 
 
 def _device_name(device: torch.device) -> str:
@@ -230,7 +235,7 @@ def predict_benchmark(args: argparse.Namespace) -> dict:
     from monai.inferers import sliding_window_inference
 
     torch.set_grad_enabled(False)
-    predictor = Predictor(args.checkpoint, device=args.device, batch_size=args.batch_size, keep_largest=True)
+    predictor = Predictor(args.checkpoint, device=args.device, batch_size=args.batch_size, tta=args.tta, keep_largest=True)
     cases = read_dataset(args.data).cases[: args.cases]
     output = Path(tempfile.mkdtemp())
 
@@ -305,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument('--repeats', type=int, default=3, help='runs per measurement; the median is reported')
     predict.add_argument('--batch-size', type=int, default=2)
     predict.add_argument('--device', default='cpu')
+    predict.add_argument('--tta', action=argparse.BooleanOptionalAction, default=False,
+                         help="mirroring TTA in the end-to-end timing (predict.py's default; the 1 s per case target is without)")
     memory = commands.add_parser('memory', help='peak RSS of predicting one large synthetic volume',
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     memory.add_argument('--checkpoint', type=Path, required=True)

@@ -47,6 +47,7 @@ class RunConfig:
     levels: int = DEFAULT_LEVELS
     base_channels: int = 16
     norm: str = 'instance'
+    deep_supervision: bool = False
     augmentation: str = 'default'
     foreground_probability: float = 0.5
     val_fraction: float = 0.2
@@ -77,6 +78,7 @@ class RunConfig:
             'levels': self.levels,
             'base_channels': self.base_channels,
             'norm': self.norm,
+            'deep_supervision': self.deep_supervision,
         }
 
     def plan(self) -> dict[str, Any]:

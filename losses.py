@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from distributed import all_reduce_sum
@@ -53,8 +54,41 @@ class BCEDiceLoss(nn.Module):
         return self.bce(logits.float(), target) + self.dice(logits, target)
 
 
+class DeepSupervisionLoss(nn.Module):
+    """nnU-Net's deep supervision: a loss on each scale's logits, weights halving per scale.
+
+    Scale ``k`` is compared with the target average-pooled by ``2**k``, a soft
+    target that keeps partial-volume information at coarse scales. A single
+    tensor of logits is scored by the wrapped loss alone.
+
+    Example:
+        >>> loss = DeepSupervisionLoss(BCEDiceLoss())
+        >>> target = torch.ones(1, 1, 8, 8, 8)
+        >>> logits = [torch.full((1, 1, 8, 8, 8), 10.0), torch.full((1, 1, 4, 4, 4), 10.0)]
+        >>> float(loss(logits, target)) < 0.01
+        True
+    """
+
+    def __init__(self, loss: nn.Module):
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, logits: torch.Tensor | list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        scales = [logits] if isinstance(logits, torch.Tensor) else logits
+        weights = [0.5**scale for scale in range(len(scales))]
+        total = 0.0
+        for scale, (weight, scale_logits) in enumerate(zip(weights, scales)):
+            scale_target = F.avg_pool3d(target, 2**scale) if scale else target
+            total = total + weight / sum(weights) * self.loss(scale_logits.float(), scale_target)
+        return total
+
+
 def build_loss(name: str, across_ranks: bool = False) -> nn.Module:
-    """The named loss; ``across_ranks`` pools the Dice term over all DDP ranks' patches."""
+    """The named loss, accepting deep supervision's list of logits.
+
+    ``across_ranks`` pools the Dice term over all DDP ranks' patches.
+    """
     assert name in LOSSES, f'loss must be one of {LOSSES}, got {name!r}'
     # BCE is a mean over voxels: DDP's gradient averaging already makes it global.
-    return nn.BCEWithLogitsLoss() if name == 'bce' else BCEDiceLoss(across_ranks)
+    loss = nn.BCEWithLogitsLoss() if name == 'bce' else BCEDiceLoss(across_ranks)
+    return DeepSupervisionLoss(loss)

@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument('--levels', type=int, default=None, help='encoder levels above the bridge (default 4; the seed used 2)')
     model.add_argument('--base-channels', type=int, default=None, help='channels of the first level (default 8 on a CPU, 16 on a GPU; the seed used 8)')
     model.add_argument('--norm', choices=NORMS, default=None, help='normalisation layer (default instance; the seed used batch)')
+    model.add_argument('--deep-supervision', action=argparse.BooleanOptionalAction, default=None, help='nnU-Net deep supervision: extra loss terms on the decoder at 1/2 to 1/2**(levels-2) resolution; a 2-level net has none (default on)')
 
     train = parser.add_argument_group('training')
     train.add_argument('--epochs', type=int, default=None, help='epochs (default 100; 10 on the synthetic dataset)')
@@ -157,6 +158,7 @@ def plan_run(args: argparse.Namespace, spec: DatasetSpec, synthetic: bool) -> Ru
         target_spacing=tuple(float(s) for s in spacing),
         patch_size=patch,
         base_channels=base_channels,
+        deep_supervision=True,
         channels_last=CHANNELS_LAST[device.type],
         num_workers=min(NUM_WORKERS[device.type], max(0, (os.cpu_count() or 1) // distributed.world_size() - 1)),
         labels={str(k): v for k, v in spec.labels.items()},
@@ -204,7 +206,7 @@ def print_plan(config: RunConfig, num_train: int, num_val: int) -> None:
     print(
         f'Plan: {num_train} training / {num_val} validation cases, spacing {config.target_spacing} mm, '
         f'patch {list(config.patch_size)}, U-Net levels={config.levels} base={config.base_channels} '
-        f'norm={config.norm}, loss {config.loss}, batch {config.batch_size}, epochs {config.epochs}'
+        f'norm={config.norm}{" deep-supervision" if config.deep_supervision else ""}, loss {config.loss}, batch {config.batch_size}, epochs {config.epochs}'
         + (f' (time limit {config.time_limit:g} min)' if config.time_limit else '')
     )
 

@@ -40,6 +40,12 @@ def _activation(norm: str) -> nn.Module:
     return nn.ReLU(inplace=True) if norm == 'batch' else nn.LeakyReLU(0.01, inplace=True)
 
 
+def deep_supervision_heads(levels: int) -> int:
+    """Extra logit heads under deep supervision: decoder stages 1/2 to 1/2**(levels - 2)."""
+    # As in nnU-Net, the coarsest decoder stage stays unsupervised: too coarse to help.
+    return max(0, levels - 2)
+
+
 class ConvBlock(nn.Sequential):
     """Two 3x3x3 convolutions, each followed by normalisation and activation."""
 
@@ -64,6 +70,10 @@ class UNet3D(nn.Module):
             divisible by ``2 ** levels``.
         base_channels: Channels of the first stage; each stage below doubles it.
         norm: ``'batch'`` (the seed) or ``'instance'`` (nnU-Net).
+        deep_supervision: Add logit heads to the decoder stages at 1/2 to
+            1/2**(levels - 2) resolution, as nnU-Net does. In training mode the
+            forward pass then returns a list of logits, finest first; in eval
+            mode it returns the full-resolution logits alone.
     """
 
     def __init__(
@@ -73,6 +83,7 @@ class UNet3D(nn.Module):
         levels: int = 2,
         base_channels: int = 8,
         norm: str = 'batch',
+        deep_supervision: bool = False,
     ):
         super().__init__()
         assert levels >= 1, f'levels must be at least 1, got {levels}'
@@ -93,18 +104,26 @@ class UNet3D(nn.Module):
             self.upsamplers.append(nn.ConvTranspose3d(deep, shallow, 2, stride=2))
             self.decoders.append(ConvBlock(2 * shallow, shallow, norm))
         self.head = nn.Conv3d(widths[0], out_channels, 1)
+        supervised = widths[1:1 + deep_supervision_heads(levels)] if deep_supervision else []
+        self.deep_heads = nn.ModuleList(nn.Conv3d(width, out_channels, 1) for width in supervised)
         # Start from a small foreground prior (RetinaNet's trick): a random
         # half-foreground guess on a 2%-foreground volume swamps the Dice term
         # with false positives and stalls early training.
-        nn.init.constant_(self.head.bias, math.log(FOREGROUND_PRIOR / (1 - FOREGROUND_PRIOR)))
+        for head in [self.head, *self.deep_heads]:
+            nn.init.constant_(head.bias, math.log(FOREGROUND_PRIOR / (1 - FOREGROUND_PRIOR)))
 
     @property
     def size_divisor(self) -> int:
         """Every spatial input size must be a multiple of this."""
         return 2**self.levels
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x)[-1])
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        stages = self.features(x)
+        logits = self.head(stages[-1])
+        if not (self.training and self.deep_heads):
+            return logits
+        coarser = stages[-2:-2 - len(self.deep_heads):-1]
+        return [logits, *(head(stage) for head, stage in zip(self.deep_heads, coarser))]
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Return every stage's output: encoders, bridge, then decoders."""

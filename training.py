@@ -261,7 +261,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             logits = self.forward(images)
-        loss = self.train_loss(logits.float(), targets)
+        loss = self.train_loss(logits, targets)
         if not torch.isfinite(loss) and not self.scaler.is_enabled():
             self._fail_non_finite('loss', epoch, step)
         self.scaler.scale(loss).backward()

@@ -39,3 +39,12 @@ def test_instance_norm_is_per_sample_and_equals_instance_norm_3d():
     net = UNet3D(levels=2, base_channels=4, norm='instance').train()
     batch = torch.randn(2, 1, 16, 16, 8)
     assert torch.allclose(net(batch)[:1], net(batch[:1]), atol=1e-5), 'one patch must not change another'
+
+
+def test_deep_supervision_returns_coarser_logits_only_in_training():
+    net = UNet3D(levels=4, base_channels=4, norm='instance', deep_supervision=True)
+    batch = torch.zeros(2, 1, 32, 32, 16)
+    shapes = [tuple(logits.shape) for logits in net.train()(batch)]
+    assert shapes == [(2, 1, 32, 32, 16), (2, 1, 16, 16, 8), (2, 1, 8, 8, 4)], shapes
+    assert net.eval()(batch).shape == (2, 1, 32, 32, 16)
+    assert isinstance(UNet3D(levels=2, deep_supervision=True).train()(batch), torch.Tensor), 'a 2-level net has no stage to supervise'

@@ -13,7 +13,8 @@ import torch
 
 from checkpoint import load_checkpoint
 from errors import EXIT_USER_ERROR, run_cli
-from predict import Predictor, back_to_input_grid, keep_largest_components
+from metrics import dice
+from predict import Predictor, back_to_input_grid, build_parser, keep_largest_components
 from predict import main as predict_main
 
 
@@ -105,7 +106,7 @@ def test_dataset_json_input_with_evaluation(trained, small_dataset_template, tmp
     output = tmp_path / 'out'
     argv = ['--checkpoint', str(trained), '--input', str(small_dataset_template / 'dataset.json'),
             '--subset', 'validation', '--output', str(output), '--labels', str(small_dataset_template / 'labelsTr'),
-            '--png', '--save-probabilities', '--tta']
+            '--png', '--save-probabilities']
     assert run_cli(predict_main, argv) == 0
     validation = json.loads((trained.parent / 'splits.json').read_text())['validation']
     assert sorted(p.name for p in output.glob('*.png')) == sorted(f'{c}.png' for c in validation)
@@ -116,6 +117,16 @@ def test_dataset_json_input_with_evaluation(trained, small_dataset_template, tmp
     assert summary['1']['cases'] == len(validation)
     assert 0 <= summary['1']['dice']['mean'] <= 1
     assert (output / 'metrics.csv').read_text().count('\n') == len(validation) + 1
+
+
+def test_mirroring_tta_is_the_default_and_agrees_with_one_pass(trained, small_dataset_template):
+    required = ['--checkpoint', str(trained), '--input', 'x', '--output', 'y']
+    assert build_parser().parse_args(required).tta and not build_parser().parse_args([*required, '--no-tta']).tta
+    mirrored, single = Predictor(trained), Predictor(trained, tta=False)
+    assert mirrored.tta and not single.tta
+    mask_mirrored, mask_single = mirrored.predict(scan(small_dataset_template))[0], single.predict(scan(small_dataset_template))[0]
+    assert mask_mirrored.shape == mask_single.shape
+    assert 0.9 < dice(mask_mirrored == 1, mask_single == 1), 'the mean over 8 flips should refine, not change, the mask'
 
 
 def run_predict(argv, capsys) -> tuple[int, list[str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import nibabel as nib
 import pytest
 import torch
 
@@ -103,3 +104,20 @@ def test_without_data_main_writes_and_uses_the_synthetic_dataset(tmp_path, monke
     assert 'TensorBoard logs: runs/default' in out
     assert (tmp_path / 'data' / 'SyntheticHeart' / 'dataset.json').is_file()
     assert len(list((tmp_path / 'data' / 'SyntheticHeart' / 'imagesTr').glob('*.nii.gz'))) == 24
+
+
+def test_deep_supervision_is_the_default_and_its_checkpoint_predicts(small_dataset, tmp_path, monkeypatch):
+    from predict import Predictor
+
+    monkeypatch.chdir(tmp_path)
+    three_levels = ['--levels', '3', '--base-channels', '4', '--patch-size', '32', '32', '16',
+                    '--epochs', '1', '--steps-per-epoch', '4']
+    assert run_cli(main, ['--data', str(small_dataset), '--run-dir', 'deep', *three_levels]) == 0
+    state = load_checkpoint(tmp_path / 'deep' / 'best.pt')
+    assert state['plan']['model']['deep_supervision'] is True
+    assert any(key.startswith('deep_heads.0.') for key in state['model']), 'a 3-level net supervises its 1/2 stage'
+    scan = next((small_dataset / 'imagesTr').glob('*.nii.gz'))
+    mask = Predictor(tmp_path / 'deep' / 'best.pt', tta=False).predict(scan)[0]
+    assert mask.shape == nib.load(scan).shape
+    assert run_cli(main, ['--data', str(small_dataset), '--run-dir', 'plain', *three_levels, '--no-deep-supervision']) == 0
+    assert not any(key.startswith('deep_heads') for key in load_checkpoint(tmp_path / 'plain' / 'best.pt')['model'])
