@@ -1,7 +1,7 @@
 """Learning on real scans: a short coarse run on a few LA2018 cases.
 
 Measured here (2-core CPU): this recipe reaches a best validation Dice of
-about 0.85 in about 80 s. The floor of 0.75 leaves room for platform
+about 0.84 in about 60 s (preprocessing included). The floor of 0.75 leaves room for platform
 differences while still catching a broken pipeline: a geometry or label bug
 lands far below 0.5.
 """
