@@ -76,11 +76,11 @@ class DeepSupervisionLoss(nn.Module):
     def forward(self, logits: torch.Tensor | list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         scales = [logits] if isinstance(logits, torch.Tensor) else logits
         weights = [0.5**scale for scale in range(len(scales))]
-        total = 0.0
-        for scale, (weight, scale_logits) in enumerate(zip(weights, scales)):
-            scale_target = F.avg_pool3d(target, 2**scale) if scale else target
-            total = total + weight / sum(weights) * self.loss(scale_logits.float(), scale_target)
-        return total
+        losses = [
+            self.loss(scale_logits.float(), F.avg_pool3d(target, 2**scale) if scale else target)
+            for scale, scale_logits in enumerate(scales)
+        ]
+        return sum(weight * loss for weight, loss in zip(weights, losses)) / sum(weights)
 
 
 def build_loss(name: str, across_ranks: bool = False) -> nn.Module:
