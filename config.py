@@ -47,7 +47,7 @@ class RunConfig:
     levels: int = DEFAULT_LEVELS
     base_channels: int = 16
     norm: str = 'instance'
-    deep_supervision: bool = False
+    deep_supervision: bool = False  # main.py plans it on; False keeps older config.json files loadable as they were
     augmentation: str = 'default'
     foreground_probability: float = 0.5
     val_fraction: float = 0.2
