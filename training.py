@@ -198,12 +198,13 @@ class Trainer:
         if distributed.is_main():
             writer = SummaryWriter(self.run_dir, purge_step=self.start_epoch + 1)
             keep_metric_rows(self.run_dir / 'metrics.csv', self.start_epoch)
-        try:
-            with reporting_worker_failures():
+        # The worker-death report may fire while the writer closes, so it covers that too.
+        with reporting_worker_failures():
+            try:
                 self._train_epochs(writer)
-        finally:
-            if writer is not None:
-                writer.close()
+            finally:
+                if writer is not None:
+                    writer.close()
         return self.best_dice
 
     def _train_epochs(self, writer: SummaryWriter | None) -> None:
@@ -342,10 +343,14 @@ def reporting_worker_failures() -> Iterator[None]:
     """A loader worker that dies (killed, or out of shared memory) becomes a one-line error.
 
     PyTorch reports the death from a SIGCHLD handler, so it can surface anywhere in the
-    main process, not only while a batch is fetched.
+    main process, not only while a batch is fetched. A batch being read when the worker
+    dies can fail first, with the pipe reset, before that report.
     """
     try:
         yield
+    except ConnectionResetError as error:
+        raise UserError('data loader', f'DataLoader worker connection was reset ({error}); the worker died. '
+                        'The last completed epoch is saved: resume with --resume') from None
     except RuntimeError as error:
         if 'DataLoader worker' not in str(error):
             raise

@@ -16,8 +16,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from checkpoint import load_checkpoint
-from errors import run_cli
+from errors import UserError, run_cli
 from main import main
+from training import reporting_worker_failures
 
 TESTS = Path(__file__).resolve().parent
 EPOCHS = 8
@@ -150,3 +151,10 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(small_dataset, tmp_path):
     assert f'resume with: python main.py --resume {run_dir}' in errors and 'Traceback' not in errors
     saved = load_checkpoint(run_dir / 'last.pt')['epoch']
     assert [int(row['epoch']) for row in read_rows(run_dir)][-1] in (saved, saved + 1)
+
+
+def test_a_reset_worker_pipe_is_reported_as_a_dead_worker():
+    # When a worker dies mid-batch, reading its pipe can fail before PyTorch's own report.
+    with pytest.raises(UserError, match='DataLoader worker connection was reset .*resume with --resume'):
+        with reporting_worker_failures():
+            raise ConnectionResetError(104, 'Connection reset by peer')
