@@ -346,17 +346,17 @@ def reporting_worker_failures() -> Iterator[None]:
     main process, not only while a batch is fetched. A batch being read when the worker
     dies can fail first, with the pipe reset, before that report.
     """
+    hint = ('The last completed epoch is saved: resume with --resume; '
+            'if workers run out of shared memory (/dev/shm), use fewer --num-workers')
     try:
         yield
     except ConnectionResetError as error:
-        raise UserError('data loader', f'DataLoader worker connection was reset ({error}); the worker died. '
-                        'The last completed epoch is saved: resume with --resume') from None
+        raise UserError('data loader', f'DataLoader worker connection was reset ({error}); the worker died. {hint}') from None
     except RuntimeError as error:
         if 'DataLoader worker' not in str(error):
             raise
         reason = str(error).strip().splitlines()[0]
-        raise UserError('data loader', f'{reason} The last completed epoch is saved: resume with --resume; '
-                        'if workers run out of shared memory (/dev/shm), use fewer --num-workers') from None
+        raise UserError('data loader', f'{reason} {hint}') from None
 
 
 def memory_format(config: RunConfig) -> torch.memory_format:
