@@ -4,7 +4,8 @@
 and (c) end-to-end training, in patches/s and voxels/s, plus the step's FLOPs
 (``torch.utils.flop_counter``), this machine's conv3d peak, and peak memory.
 ``predict`` measures (d) sliding-window inference per case; ``memory`` (e) the
-peak RSS of predicting a large scan. Each measurement is repeated and its
+peak RSS of predicting a large scan; ``norm`` our InstanceNorm3d against
+``nn.GroupNorm`` on channels_last_3d CPU tensors. Each measurement is repeated and its
 median reported, with MONAI's equivalent measured in the same process, run
 alternately with ours, for a ratio. MONAI is a development-only dependency
 (``requirements-bench.txt``).
@@ -14,6 +15,7 @@ Example:
     python benchmark.py train --data ../shared/data/LA2018 -- --no-channels-last
     python benchmark.py predict --checkpoint runs/la/best.pt --data ../shared/data/LA2018 --cases 5
     python benchmark.py memory --checkpoint runs/la/best.pt
+    python benchmark.py norm
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import main as training_cli
@@ -47,8 +50,9 @@ from errors import run_cli
 from files import save_nifti
 from inference import sliding_window_logits
 from mymodel import deep_supervision_heads
+from normalization import InstanceNorm3d
 from predict import Predictor
-from training import Trainer, select_device
+from training import Trainer, mixed_precision_dtype, select_device
 
 
 def median_seconds(function, repeats: int) -> float:
@@ -160,10 +164,11 @@ def monai_pipeline(config: RunConfig, subjects: list, device: torch.device) -> d
     loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers,
                         persistent_workers=config.num_workers > 0, pin_memory=device.type == 'cuda')
     loss, optimizer = DeepSupervisionLoss(DiceCELoss(sigmoid=True, batch=True)), torch.optim.Adam(network.parameters(), config.lr)
+    precision = mixed_precision_dtype(device) if config.amp else None
 
     def step(batch: dict) -> float:
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == 'cuda'):  # as our trainer
+        with torch.autocast(device.type, dtype=precision, enabled=precision is not None):  # as our trainer
             logits = network(batch['image'].to(device, non_blocking=True))
             # In training, a deeply supervised DynUNet stacks its heads' upsampled logits on dim 1.
             value = loss(list(logits.unbind(1)) if supervised_heads else logits, batch['label'].to(device, non_blocking=True))
@@ -273,6 +278,29 @@ def predict_benchmark(args: argparse.Namespace) -> dict:
     }
 
 
+def norm_benchmark(args: argparse.Namespace) -> dict:
+    """Forward and backward of our InstanceNorm3d against nn.GroupNorm, per U-Net stage, on channels_last_3d CPU tensors."""
+    result = {'device': _device_name(torch.device('cpu'))}
+    for dtype in (torch.float32, torch.bfloat16):
+        stages = []
+        for level in range(args.levels + 1):
+            channels = args.base_channels * 2**level
+            shape = (args.batch_size, channels, *(size // 2**level for size in args.patch_size))
+            volume = torch.randn(shape).to(dtype=dtype, memory_format=torch.channels_last_3d).requires_grad_()
+            grad = torch.randn_like(volume)
+            ours, theirs = (_forward_backward(norm, volume, grad) for norm in (InstanceNorm3d(channels), nn.GroupNorm(channels, channels)))
+            ours(), theirs()  # warm-up
+            ours_seconds, theirs_seconds = interleaved_medians(ours, theirs, args.repeats)
+            stages.append({'shape': list(shape), 'ours_ms': round(1000 * ours_seconds, 2),
+                           'group_norm_ms': round(1000 * theirs_seconds, 2), 'speed_ratio': round(theirs_seconds / ours_seconds, 2)})
+        result[str(dtype).removeprefix('torch.')] = stages
+    return result
+
+
+def _forward_backward(norm: nn.Module, volume: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
+    return lambda: norm(volume).backward(grad)
+
+
 def memory_benchmark(args: argparse.Namespace) -> dict:
     """Peak RSS of predicting one large volume, measured in a fresh child process."""
     folder = Path(tempfile.mkdtemp())
@@ -312,6 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument('--device', default='cpu')
     predict.add_argument('--tta', action=argparse.BooleanOptionalAction, default=False,
                          help="mirroring TTA in the end-to-end timing (predict.py's default; the 1 s per case target is without)")
+    norm = commands.add_parser('norm', help="our InstanceNorm3d's forward and backward against nn.GroupNorm's, per U-Net stage (CPU)",
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    norm.add_argument('--patch-size', type=int, nargs=3, default=(96, 64, 32))
+    norm.add_argument('--batch-size', type=int, default=2)
+    norm.add_argument('--base-channels', type=int, default=8)
+    norm.add_argument('--levels', type=int, default=4)
+    norm.add_argument('--repeats', type=int, default=5, help='runs per measurement; the median is reported')
     memory = commands.add_parser('memory', help='peak RSS of predicting one large synthetic volume',
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     memory.add_argument('--checkpoint', type=Path, required=True)
@@ -323,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {'train': train_benchmark, 'predict': predict_benchmark, 'memory': memory_benchmark}
+    commands = {'train': train_benchmark, 'predict': predict_benchmark, 'norm': norm_benchmark, 'memory': memory_benchmark}
     result = commands[args.command](args)
     print(json.dumps(result, indent=2))
     return 0

@@ -38,6 +38,7 @@ class RunConfig:
     target_spacing: tuple[float, float, float]
     patch_size: tuple[int, int, int]
     seed: int = 0
+    split_seed: int | None = None  # None: the training seed, as before this setting existed
     epochs: int = 100
     steps_per_epoch: int = 0
     batch_size: int = 2
@@ -65,6 +66,10 @@ class RunConfig:
     time_limit: float = 0.0
     labels: dict[str, str] = field(default_factory=dict)
     modalities: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def data_split_seed(self) -> int:
+        return self.seed if self.split_seed is None else self.split_seed
 
     @property
     def foreground_labels(self) -> tuple[int, ...]:

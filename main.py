@@ -40,7 +40,7 @@ from fingerprint import plan_for_device
 from losses import LOSSES
 from mymodel import NORMS
 from synthetic import write_synthetic_dataset
-from training import Trainer, select_device
+from training import Trainer, mixed_precision_dtype, select_device
 
 DATA_ROOT = Path('data')
 SYNTHETIC_FOLDER = 'SyntheticHeart'
@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument('--val-fraction', type=float, default=None, help='fraction of cases held out for validation (default 0.2)')
     data.add_argument('--folds', type=int, default=None, help='K for K-fold cross-validation (overrides --val-fraction)')
     data.add_argument('--fold', type=int, default=None, help='which fold (0..K-1) to validate on')
+    data.add_argument('--split-seed', type=int, default=None, help='seed of the training/validation split (default: --seed); fix it to compare training seeds on one split')
     data.add_argument('--max-cases', type=int, default=None, help='use only the first N cases (quick runs)')
 
     model = parser.add_argument_group('model')
@@ -99,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument('--run-dir', type=Path, help='run folder for config, checkpoints and logs (default runs/<timestamp>)')
     run.add_argument('--resume', type=Path, metavar='RUN_DIR', help='continue a run from RUN_DIR/last.pt')
     run.add_argument('--device', default=None, help='auto, cpu, cuda, cuda:N or mps (default auto: cuda > mps > cpu)')
-    run.add_argument('--amp', action=argparse.BooleanOptionalAction, default=None, help='mixed precision on CUDA (default on)')
+    run.add_argument('--amp', action=argparse.BooleanOptionalAction, default=None, help='mixed precision: bf16 (fp16 on older GPUs) on CUDA and on CPUs with native bf16 instructions (default on)')
     run.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None, help='channels_last_3d memory format for the network (default on for a CPU, off for a GPU)')
     run.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None, help='torch.compile the training step (default off)')
     run.add_argument('--num-workers', type=int, default=None, help='data-loader worker processes (default 0 on a CPU, up to 8 with a GPU)')
@@ -208,14 +209,20 @@ def print_plan(config: RunConfig, num_train: int, num_val: int) -> None:
         f'patch {list(config.patch_size)}, U-Net levels={config.levels} base={config.base_channels} '
         f'norm={config.norm}{" deep-supervision" if config.deep_supervision else ""}, loss {config.loss}, batch {config.batch_size}, epochs {config.epochs}'
         + (f' (time limit {config.time_limit:g} min)' if config.time_limit else '')
+        + f', {_precision(config)}'
     )
+
+
+def _precision(config: RunConfig) -> str:
+    dtype = mixed_precision_dtype(select_device(config.device)) if config.amp else None
+    return f'{str(dtype).removeprefix("torch.")} mixed precision' if dtype else 'fp32'
 
 
 def prepare_subjects(config: RunConfig, spec: DatasetSpec) -> dict[str, list[tio.Subject]]:
     """Split, preprocess (validating every case) and write the run's config."""
     run_dir = Path(config.run_dir)
     cases = cases_in_use(spec, {'max_cases': config.max_cases})
-    split = split_cases([c.case_id for c in cases], config.seed, config.val_fraction, config.folds, config.fold)
+    split = split_cases([c.case_id for c in cases], config.data_split_seed, config.val_fraction, config.folds, config.fold)
     main_rank = distributed.is_main()
     if main_rank:
         print_plan(config, len(split['training']), len(split['validation']))

@@ -95,18 +95,28 @@ class Predictor:
         nifti = load_nifti(path)
         subject = self.preprocessing.transform()(image_subject(path, nifti, self.channels))
         logits = predict_logits(self.model, subject['image'].data, self.patch_size, tta=self.tta, **self.window_options)
-        probabilities = back_to_input_grid(torch.sigmoid(logits), subject['image'].affine, nifti)
+        probabilities = input_grid_probabilities(logits, subject['image'].affine, nifti)
         mask = probabilities_to_labels(probabilities, self.foreground_labels).numpy()
         if self.keep_largest:
             mask = keep_largest_components(mask, self.foreground_labels)
         return mask, probabilities.numpy(), nifti
 
 
-def back_to_input_grid(probabilities: torch.Tensor, affine: np.ndarray, nifti: nib.Nifti1Image) -> torch.Tensor:
-    """Resample probabilities (linearly, before thresholding) onto the input's voxel grid."""
-    image = tio.ScalarImage(tensor=probabilities, affine=affine)
-    resampled = tio.Resample((nifti.shape[:3], nifti.affine), image_interpolation='linear')(image)
-    return resampled.data.clamp(0, 1)
+def input_grid_probabilities(logits: torch.Tensor, affine: np.ndarray, nifti: nib.Nifti1Image) -> torch.Tensor:
+    """Per-class probabilities on the input's voxel grid: the logits resampled linearly, then the sigmoid.
+
+    As in nnU-Net, the logits are resampled, not the probabilities: a probability
+    saturates within a voxel of the boundary, so interpolating it puts the 0.5
+    crossing halfway between voxel centres, while the logits' zero crossing
+    keeps the boundary's sub-voxel position.
+    """
+    return torch.sigmoid(back_to_input_grid(logits, affine, nifti))
+
+
+def back_to_input_grid(volume: torch.Tensor, affine: np.ndarray, nifti: nib.Nifti1Image) -> torch.Tensor:
+    """Resample a ``(C, X, Y, Z)`` volume in the grid ``affine`` linearly onto the input's voxel grid."""
+    image = tio.ScalarImage(tensor=volume, affine=affine)
+    return tio.Resample((nifti.shape[:3], nifti.affine), image_interpolation='linear')(image).data
 
 
 def keep_largest_components(mask: np.ndarray, foreground_labels: tuple[int, ...]) -> np.ndarray:

@@ -14,7 +14,13 @@ import torch
 from checkpoint import load_checkpoint
 from errors import EXIT_USER_ERROR, run_cli
 from metrics import dice
-from predict import Predictor, back_to_input_grid, build_parser, keep_largest_components
+from predict import (
+    Predictor,
+    back_to_input_grid,
+    build_parser,
+    input_grid_probabilities,
+    keep_largest_components,
+)
 from predict import main as predict_main
 
 
@@ -92,6 +98,19 @@ def test_resampling_back_puts_structures_where_they_physically_are():
     world = nib.affines.apply_affine(input_affine, np.argwhere(back))
     assert world.min(0) == pytest.approx([10, 10, 10], abs=1.01)
     assert world.max(0) == pytest.approx([19, 19, 19], abs=1.01)
+
+
+def test_the_boundary_keeps_its_sub_voxel_position_on_the_input_grid():
+    """Logits are resampled before the sigmoid: the 0.5 crossing stays at the logits' zero crossing."""
+    boundary_mm = 10.3
+    coarse_affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    x_mm = 2.0 * torch.arange(12, dtype=torch.float32)
+    logits = (4.0 * (x_mm - boundary_mm)).view(1, 12, 1, 1).expand(1, 12, 4, 4).contiguous()
+    fine = nib.Nifti1Image(np.zeros((40, 8, 8), np.float32), np.diag([0.5, 1.0, 1.0, 1.0]))
+    probabilities = input_grid_probabilities(logits, coarse_affine, fine)[0, :, 2, 2]
+    first_foreground_mm = 0.5 * int(torch.nonzero(probabilities > 0.5)[0])
+    # Interpolating probabilities instead would put the crossing near 10.9 mm, between voxel centres.
+    assert boundary_mm <= first_foreground_mm < boundary_mm + 0.5, first_foreground_mm
 
 
 def test_keep_largest_component_removes_islands():

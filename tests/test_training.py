@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -11,6 +12,7 @@ import torch
 
 import training
 from checkpoint import load_checkpoint
+from data import split_cases
 from errors import run_cli
 from main import main
 
@@ -121,3 +123,26 @@ def test_deep_supervision_is_the_default_and_its_checkpoint_predicts(small_datas
     assert mask.shape == nib.load(scan).shape
     assert run_cli(main, ['--data', str(small_dataset), '--run-dir', 'plain', *three_levels, '--no-deep-supervision']) == 0
     assert not any(key.startswith('deep_heads') for key in load_checkpoint(tmp_path / 'plain' / 'best.pt')['model'])
+
+
+@pytest.mark.parametrize('native_bf16', [True, False])
+def test_a_cpu_trains_in_bf16_only_with_native_bf16_instructions(monkeypatch, native_bf16):
+    monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported', lambda: native_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: False, raising=False)
+    assert training.mixed_precision_dtype(torch.device('cpu')) == (torch.bfloat16 if native_bf16 else None)
+
+
+def test_a_split_seed_keeps_the_validation_cases_while_the_training_seed_changes(small_dataset, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    case_ids = [path.name.removesuffix('.nii.gz') for path in (small_dataset / 'imagesTr').glob('*.nii.gz')]
+    other_seed = next(s for s in range(1, 50) if split_cases(case_ids, s) != split_cases(case_ids, 0))
+    quick = ['--data', str(small_dataset), '--epochs', '1', '--steps-per-epoch', '1', '--levels', '2',
+             '--base-channels', '4', '--patch-size', '16', '16', '16']
+    runs = {'seed 0': ['--seed', '0'], 'other seed': ['--seed', str(other_seed)],
+            'other seed, split seed 0': ['--seed', str(other_seed), '--split-seed', '0']}
+    splits = {}
+    for name, seeds in runs.items():
+        assert run_cli(main, [*quick, *seeds, '--run-dir', name]) == 0
+        splits[name] = json.loads((tmp_path / name / 'splits.json').read_text())
+    assert splits['other seed'] != splits['seed 0'], 'without --split-seed the training seed also picks the split'
+    assert splits['other seed, split seed 0'] == splits['seed 0']
