@@ -4,9 +4,10 @@ nnU-Net normalises each channel of each sample on its own (InstanceNorm).
 ``nn.GroupNorm`` with one channel per group computes exactly that, and its
 CPU forward keeps channels_last_3d tensors in place where
 ``nn.InstanceNorm3d`` copies them. Its CPU backward on such tensors is slow,
-though: 4 times slower than a few vectorised reductions in fp32 and 10 times
-slower in bf16 (BENCHMARKS.md). So on the CPU the backward pass is computed
-here, in at least fp32.
+though: over the default plan's stage tensors, 2.3 times slower than a few
+vectorised reductions in fp32 and 4.5 times slower in bf16 (``python
+benchmark.py norm``; BENCHMARKS.md). So on the CPU the backward pass is
+computed here, in at least fp32.
 
 Example:
     >>> import torch
@@ -42,7 +43,7 @@ class _ChannelsLastInstanceNorm(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
         n, c = x.shape[:2]
         compute_dtype = torch.promote_types(x.dtype, weight.dtype)
-        # GroupNorm's channels_last forward is 4 times slower in bf16 than a cast and an fp32 pass.
+        # GroupNorm's channels_last forward is slower in bf16 than a cast to fp32 and an fp32 pass.
         out, mean, rstd = torch.native_group_norm(x.to(compute_dtype), weight, bias, n, c, x[0, 0].numel(), c, eps)
         ctx.save_for_backward(x, weight, mean.view(n, 1, c), rstd.view(n, 1, c))
         return out.to(x.dtype)

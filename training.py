@@ -58,8 +58,8 @@ def mixed_precision_dtype(device: torch.device) -> torch.dtype | None:
     """The autocast dtype for training on ``device``, or None where mixed precision would not pay.
 
     On a CPU with native bf16 instructions (AVX512-BF16 or AMX) bf16 convolutions
-    make a training step 1.4 times faster (BENCHMARKS.md); without them oneDNN
-    emulates bf16 and a step gets slower.
+    make a training step faster (BENCHMARKS.md); without them oneDNN emulates
+    bf16 and a step gets slower.
     """
     if device.type == 'cuda':
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
