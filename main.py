@@ -172,6 +172,7 @@ def plan_run(args: argparse.Namespace, spec: DatasetSpec, synthetic: bool) -> Ru
         config.val_every = given.get('val_every', 0)  # 0: automatic, about a tenth of the time
         config.epochs = given.get('epochs', TIME_LIMITED_MAX_EPOCHS)
     check_patch_size(config)
+    check_seeds(config)
     return config
 
 
@@ -179,6 +180,13 @@ def check_patch_size(config: RunConfig) -> None:
     divisor = 2**config.levels
     if any(p % divisor for p in config.patch_size):
         raise UserError('--patch-size', f'{list(config.patch_size)} must be divisible by 2**levels = {divisor}')
+
+
+def check_seeds(config: RunConfig) -> None:
+    # NumPy's generators, which draw the split and the patches, take only non-negative seeds.
+    for flag, seed in (('--seed', config.seed), ('--split-seed', config.split_seed)):
+        if seed is not None and seed < 0:
+            raise UserError(flag, f'{seed} must be a non-negative integer')
 
 
 def cases_in_use(spec: DatasetSpec, given: dict) -> tuple:
