@@ -37,9 +37,15 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     try:
         return main(argv) or 0
     except UserError as error:
-        # tqdm.write starts a fresh line even while a progress bar is drawn.
-        tqdm.write(f'error: {error}', file=sys.stderr)
+        _report(f'error: {error}')
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        tqdm.write('interrupted', file=sys.stderr)
+        _report('interrupted')
         return EXIT_INTERRUPTED
+
+
+def _report(message: str) -> None:
+    # tqdm.write clears the bars it knows of. A loader worker's death or Ctrl-C arrives as a signal, and
+    # can interrupt a bar's own clean-up after it blanked the line but before it returned to column 0;
+    # the leading '\r' makes the message start the line either way.
+    tqdm.write('\r' + message, file=sys.stderr)

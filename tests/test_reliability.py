@@ -158,3 +158,15 @@ def test_a_reset_worker_pipe_is_reported_as_a_dead_worker():
     with pytest.raises(UserError, match='DataLoader worker connection was reset .*resume with --resume'):
         with reporting_worker_failures():
             raise ConnectionResetError(104, 'Connection reset by peer')
+
+
+@pytest.mark.parametrize('failure', [UserError('data loader', 'worker died'), KeyboardInterrupt()], ids=['error', 'ctrl-c'])
+def test_a_bar_interrupted_mid_clean_up_does_not_push_the_message_off_the_line_start(failure, capsys):
+    # A signal can land after a closing bar blanked its line but before it returned to column 0.
+    def interrupted_mid_clean_up(argv):
+        sys.stderr.write('\r' + ' ' * 60)
+        raise failure
+
+    run_cli(interrupted_mid_clean_up, [])
+    last_line = capsys.readouterr().err.splitlines()[-1]
+    assert last_line in ('error: data loader: worker died', 'interrupted'), repr(last_line)
