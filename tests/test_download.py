@@ -51,8 +51,9 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
         body = data[start:]
         self.send_header('Content-Length', str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        # Counted before writing: the client may finish reading before this thread runs again.
         type(self).sent_bytes += len(body)
+        self.wfile.write(body)
 
     def log_message(self, *args):
         pass
