@@ -6,8 +6,9 @@ bright distractor chamber next to it, textured tissue, a multiplicative bias
 field, Rician noise, anisotropic voxels and an oblique, axis-permuted affine.
 
 Example:
+    >>> import tempfile
     >>> from pathlib import Path
-    >>> root = write_synthetic_dataset(Path('/tmp/synthetic_example'), num_cases=2, shape=(32, 32, 16))
+    >>> root = write_synthetic_dataset(Path(tempfile.mkdtemp()) / 'Synthetic', num_cases=2, shape=(32, 32, 16))
     >>> sorted(p.name for p in (root / 'imagesTr').iterdir())
     ['synthetic_000.nii.gz', 'synthetic_001.nii.gz']
 """

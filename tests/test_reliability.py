@@ -114,13 +114,27 @@ def child_pids(pid: int) -> list[int]:
     return children
 
 
+@pytest.fixture
+def start_training(tmp_path):
+    """Starts ``main.py`` with the given arguments; a run the test leaves behind is killed, not left on the cores."""
+    processes = []
+
+    def start(arguments: list[str]) -> subprocess.Popen:
+        command = [sys.executable, str(TESTS.parent / 'main.py'), *arguments]
+        processes.append(subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        return processes[-1]
+
+    yield start
+    for process in processes:
+        process.kill()
+        process.communicate()
+
+
 @pytest.mark.skipif(not Path('/proc/self/status').exists(), reason='needs /proc to find the loader worker')
 @pytest.mark.parametrize('death', [signal.SIGKILL, signal.SIGBUS], ids=['killed', 'out-of-shared-memory'])
-def test_a_dead_loader_worker_stops_training_with_a_clear_error(small_dataset, tmp_path, death):
+def test_a_dead_loader_worker_stops_training_with_a_clear_error(small_dataset, tmp_path, death, start_training):
     run_dir = tmp_path / 'run'
-    command = [sys.executable, str(TESTS.parent / 'main.py'), '--data', str(small_dataset), '--run-dir', str(run_dir),
-               '--num-workers', '1', *FAST[:-1], '1000']
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = start_training(['--data', str(small_dataset), '--run-dir', str(run_dir), '--num-workers', '1', *FAST[:-1], '1000'])
     deadline = time.monotonic() + 120
     while not (run_dir / 'last.pt').exists():  # training, with its worker, is under way
         assert time.monotonic() < deadline and process.poll() is None, 'training did not start'
@@ -137,10 +151,9 @@ def test_a_dead_loader_worker_stops_training_with_a_clear_error(small_dataset, t
     assert load_checkpoint(run_dir / 'last.pt')['epoch'] >= 1
 
 
-def test_ctrl_c_stops_cleanly_and_says_how_to_resume(small_dataset, tmp_path):
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(small_dataset, tmp_path, start_training):
     run_dir = tmp_path / 'run'
-    command = [sys.executable, str(TESTS.parent / 'main.py'), '--data', str(small_dataset), '--run-dir', str(run_dir), *FAST[:-1], '1000']
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = start_training(['--data', str(small_dataset), '--run-dir', str(run_dir), *FAST[:-1], '1000'])
     deadline = time.monotonic() + 120
     while not (run_dir / 'last.pt').exists():
         assert time.monotonic() < deadline and process.poll() is None, 'training did not start'
@@ -153,11 +166,48 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(small_dataset, tmp_path):
     assert [int(row['epoch']) for row in read_rows(run_dir)][-1] in (saved, saved + 1)
 
 
-def test_a_reset_worker_pipe_is_reported_as_a_dead_worker():
-    # When a worker dies mid-batch, reading its pipe can fail before PyTorch's own report.
-    with pytest.raises(UserError, match='DataLoader worker connection was reset .*resume with --resume'):
+@pytest.fixture
+def restores_sigchld():
+    handler = signal.getsignal(signal.SIGCHLD)
+    yield
+    signal.signal(signal.SIGCHLD, handler)
+
+
+class BrokenConnectionDataset(torch.utils.data.Dataset):
+    """Fails its fetch as a dead worker's connection does."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int):
+        raise self.error
+
+
+BROKEN_WORKER_CONNECTIONS = [ConnectionResetError(104, 'Connection reset by peer'), ConnectionRefusedError(111, 'Connection refused'),
+                             EOFError(), OSError('got end of file during message')]
+
+
+@pytest.mark.parametrize('broken', BROKEN_WORKER_CONNECTIONS, ids=lambda error: type(error).__name__)
+def test_a_broken_worker_connection_is_reported_as_a_dead_worker_once(broken, restores_sigchld):
+    # When a worker dies mid-batch, reading from it can fail before PyTorch's own report,
+    # which must then not interrupt this one.
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    with pytest.raises(UserError, match='DataLoader worker connection broke .*the worker died.*resume with --resume'):
         with reporting_worker_failures():
-            raise ConnectionResetError(104, 'Connection reset by peer')
+            next(iter(torch.utils.data.DataLoader(BrokenConnectionDataset(broken))))
+    assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
+
+
+@pytest.mark.parametrize('other', [OSError(28, 'No space left on device'), BrokenPipeError(32, 'Broken pipe')], ids=['disk full', 'stdout closed'])
+def test_other_os_errors_pass_through_the_worker_report(other, restores_sigchld):
+    handler = signal.getsignal(signal.SIGCHLD)
+    with pytest.raises(type(other)):
+        with reporting_worker_failures():
+            raise other
+    assert signal.getsignal(signal.SIGCHLD) == handler
 
 
 @pytest.mark.parametrize('failure', [UserError('data loader', 'worker died'), KeyboardInterrupt()], ids=['error', 'ctrl-c'])
