@@ -60,7 +60,8 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture
-def server(tmp_path):
+def server(tmp_path, monkeypatch):
+    monkeypatch.setenv('no_proxy', '127.0.0.1')  # behind a proxy, urllib would send it the local requests
     served = tmp_path / 'served'
     served.mkdir()
     RangeHandler.sent_bytes = 0
