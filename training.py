@@ -371,7 +371,7 @@ def reporting_worker_failures() -> Iterator[None]:
             'if workers run out of shared memory (/dev/shm), use fewer --num-workers')
     try:
         yield
-    except (ConnectionError, EOFError, OSError) as error:
+    except (OSError, EOFError) as error:  # ConnectionError is an OSError
         if not _is_broken_worker_connection(error):
             raise
         _ignore_further_worker_deaths()
