@@ -51,7 +51,7 @@ from files import save_nifti
 from inference import sliding_window_logits
 from mymodel import deep_supervision_heads
 from normalization import InstanceNorm3d
-from predict import Predictor
+from prediction import Predictor
 from training import Trainer, mixed_precision_dtype, select_device
 
 
@@ -252,14 +252,15 @@ def predict_benchmark(args: argparse.Namespace) -> dict:
     predict_all()  # warm-up: first-call allocations and thread pools
     end_to_end = median_seconds(predict_all, args.repeats) / len(cases)
 
-    subject = predictor.preprocessing.transform()(image_subject(cases[0].image, load_nifti(cases[0].image), predictor.channels))
+    model = predictor.models[0]
+    subject = model.preprocessing.transform()(image_subject(cases[0].image, load_nifti(cases[0].image), predictor.channels))
     image = subject['image'].data
     options = predictor.window_options
-    ours = lambda: sliding_window_logits(predictor.model, image, predictor.patch_size, **options)  # noqa: E731
+    ours = lambda: sliding_window_logits(model.network, image, model.patch_size, **options)  # noqa: E731
     def theirs() -> torch.Tensor:
         with torch.autocast(predictor.device.type, enabled=options['amp']):
             return sliding_window_inference(
-                image[None], predictor.patch_size, options['batch_size'], predictor.model, overlap=options['overlap'],
+                image[None], model.patch_size, options['batch_size'], model.network, overlap=options['overlap'],
                 mode='gaussian', sigma_scale=0.125, padding_mode='constant', cval=float(image.min()),
                 sw_device=predictor.device, device='cpu',
             )[0].float()

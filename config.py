@@ -53,7 +53,7 @@ class RunConfig:
     foreground_probability: float = 0.5
     val_fraction: float = 0.2
     folds: int = 0
-    fold: int = 0
+    fold: int | None = None  # with folds: None trains every fold in turn (a cross-validation)
     max_cases: int = 0
     val_every: int = 1
     val_overlap: float = 0.5
@@ -70,6 +70,11 @@ class RunConfig:
     @property
     def data_split_seed(self) -> int:
         return self.seed if self.split_seed is None else self.split_seed
+
+    @property
+    def cross_validation(self) -> bool:
+        """Whether this config is a whole K-fold cross-validation, not one run."""
+        return bool(self.folds) and self.fold is None
 
     @property
     def foreground_labels(self) -> tuple[int, ...]:

@@ -290,22 +290,27 @@ def split_cases(
     seed: int,
     val_fraction: float = 0.2,
     folds: int = 0,
-    fold: int = 0,
+    fold: int | None = None,
 ) -> dict[str, list[str]]:
     """Seeded train/validation split: a holdout fraction, or fold ``fold`` of ``folds``.
+
+    ``val_fraction`` 0 trains on every case, with no validation (nnU-Net's fold "all").
+    The K folds' validation sets partition the cases.
 
     Example:
         >>> split_cases(['a', 'b', 'c', 'd', 'e'], seed=0, folds=5, fold=0)['validation']
         ['c']
+        >>> split_cases(['a', 'b'], seed=0, val_fraction=0)
+        {'training': ['a', 'b'], 'validation': []}
     """
     order = np.random.default_rng(seed).permutation(sorted(case_ids)).tolist()
     if folds:
-        assert 0 <= fold < folds, f'fold must be in [0, {folds}), got {fold}'
+        assert fold is not None and 0 <= fold < folds, f'fold must be in [0, {folds}), got {fold}'
         validation = order[fold::folds]
     else:
-        assert 0 < val_fraction < 1, f'val_fraction must be in (0, 1), got {val_fraction}'
-        validation = order[: max(1, round(len(order) * val_fraction))]
+        assert 0 <= val_fraction < 1, f'val_fraction must be in [0, 1), got {val_fraction}'
+        validation = order[: max(1, round(len(order) * val_fraction))] if val_fraction else []
     training = [case_id for case_id in order if case_id not in validation]
-    if not training or not validation:
+    if not training or (not validation and (folds or val_fraction)):
         raise UserError('dataset.json', f'{len(case_ids)} cases are too few to split into training and validation')
     return {'training': sorted(training), 'validation': sorted(validation)}

@@ -7,6 +7,7 @@ schedule, so ``python main.py`` works out of the box.
 Example:
     python main.py --data ../shared/data/LA2018 --run-dir runs/la --time-limit 30
     python main.py --resume runs/la --epochs 200
+    python main.py --data ../shared/data/LA2018 --folds 5 --run-dir runs/cv --time-limit 60
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from datetime import datetime
 from pathlib import Path
 
 import torchio as tio
 
+import crossval
 import distributed
+from checkpoint import load_checkpoint
 from config import RESUMABLE_SETTINGS, RunConfig, load_config, save_config
 from data import (
     DatasetSpec,
@@ -72,9 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument('--download-url', default=TASK02_URL, help='mirror to download Task02_Heart from, http(s):// or file:// (default: %(default)s)')
     data.add_argument('--cache-dir', type=Path, default=Path('cache'), help='where preprocessed volumes are cached (default: %(default)s)')
     data.add_argument('--spacing', type=float, nargs='+', help='target spacing in mm (one value or three). Default: the dataset median (nnU-Net rule), but no finer than 1.25 mm on a CPU')
-    data.add_argument('--val-fraction', type=float, default=None, help='fraction of cases held out for validation (default 0.2)')
-    data.add_argument('--folds', type=int, default=None, help='K for K-fold cross-validation (overrides --val-fraction)')
-    data.add_argument('--fold', type=int, default=None, help='which fold (0..K-1) to validate on')
+    data.add_argument('--val-fraction', type=float, default=None, help='fraction of cases held out for validation (default 0.2); 0 trains on every case with no validation, and best.pt is the final model')
+    data.add_argument('--folds', type=int, default=None, help='K-fold cross-validation (K >= 2, overrides --val-fraction): without --fold, trains every fold in turn into RUN_DIR/fold_0..K-1, then scores all cases out of fold into RUN_DIR/crossval.csv and crossval.json')
+    data.add_argument('--fold', type=int, default=None, help='train only fold I (0..K-1) of --folds K')
     data.add_argument('--split-seed', type=int, default=None, help='seed of the training/validation split (default: --seed); fix it to compare training seeds on one split')
     data.add_argument('--max-cases', type=int, default=None, help='use only the first N cases (quick runs)')
 
@@ -173,7 +176,19 @@ def plan_run(args: argparse.Namespace, spec: DatasetSpec, synthetic: bool) -> Ru
         config.epochs = given.get('epochs', TIME_LIMITED_MAX_EPOCHS)
     check_patch_size(config)
     check_seeds(config)
+    check_split(config, len(cases_in_use(spec, given)))
     return config
+
+
+def check_split(config: RunConfig, cases: int) -> None:
+    if config.fold is not None and not config.folds:
+        raise UserError('--fold', f'{config.fold} needs --folds K (the number of folds)')
+    if config.folds and not 2 <= config.folds <= cases:
+        raise UserError('--folds', f'{config.folds} is not allowed: K-fold cross-validation needs 2 <= K <= {cases}, the number of cases')
+    if config.fold is not None and not 0 <= config.fold < config.folds:
+        raise UserError('--fold', f'{config.fold} is not a fold of --folds {config.folds}: use 0..{config.folds - 1}')
+    if not 0 <= config.val_fraction < 1:
+        raise UserError('--val-fraction', f'{config.val_fraction} must be at least 0 and below 1 (0: train on every case, no validation)')
 
 
 def check_patch_size(config: RunConfig) -> None:
@@ -257,7 +272,7 @@ def configure(args: argparse.Namespace) -> tuple[RunConfig, DatasetSpec, bool]:
         spec = read_dataset(data_root)
         config = plan_run(args, spec, synthetic)
     run_dir = Path(config.run_dir)
-    if args.resume is None and (run_dir / 'last.pt').exists():
+    if args.resume is None and ((run_dir / 'last.pt').exists() or crossval.fold_folder(run_dir, 0).exists()):
         raise UserError(run_dir, 'run folder already holds a run; use --resume to continue it or choose another --run-dir')
     ranks = distributed.world_size()
     if config.batch_size % ranks:
@@ -278,34 +293,107 @@ def train(args: argparse.Namespace) -> int:
     # Rank 0 plans (and may download or write data); the other ranks take its plan.
     config, spec, created = distributed.broadcast(configure(args) if distributed.is_main() else None)
     run_dir = Path(config.run_dir)
+    if config.cross_validation:
+        return cross_validate(config, spec, started, cleanup_dir=run_dir if created else None)
+    return train_run(config, spec, started, resuming=args.resume is not None,
+                     cleanup_dir=run_dir if created else None, resume_dir=run_dir)
+
+
+def train_run(config: RunConfig, spec: DatasetSpec, started: float, resuming: bool,
+              cleanup_dir: Path | None, resume_dir: Path) -> int:
+    """Train one run (a whole run, or one fold) into ``config.run_dir``.
+
+    Args:
+        started: When set-up began; the time limit counts set-up too.
+        cleanup_dir: Removed if preparing the data fails, so a failed start leaves nothing behind.
+        resume_dir: What ``--resume`` takes to continue after an interruption.
+    """
+    run_dir = Path(config.run_dir)
     try:
         with distributed.main_process_first():  # rank 0 fills the preprocessing cache
             subjects = prepare_subjects(config, spec)
     except UserError:
-        if created and distributed.is_main():  # a failed start leaves nothing behind
-            shutil.rmtree(run_dir, ignore_errors=True)
+        if cleanup_dir is not None and distributed.is_main():
+            shutil.rmtree(cleanup_dir, ignore_errors=True)
         raise
     trainer = Trainer(config, subjects['training'], subjects['validation'])
-    if args.resume is not None:
+    if resuming:
         trainer.resume()
     else:
-        trainer.elapsed = time.perf_counter() - started  # the time limit counts set-up too
+        trainer.elapsed = time.perf_counter() - started
     if not distributed.is_main():
         trainer.fit()
         return 0
-    if args.resume is not None:
+    if resuming:
         print(f'Resuming {run_dir} after epoch {trainer.start_epoch}')
     if distributed.world_size() > 1:
         print(f'Distributed: {distributed.world_size()} processes, {config.batch_size // distributed.world_size()} patches each per step')
-    print(f'TensorBoard logs: {run_dir}  (watch with: tensorboard --logdir {run_dir.parent})')
+    print(f'TensorBoard logs: {run_dir}  (watch with: tensorboard --logdir {resume_dir.parent})')
     try:
-        best = trainer.fit()
+        final = trainer.fit()
     except KeyboardInterrupt:
-        print(f'\nInterrupted. The last completed epoch is saved; resume with: python main.py --resume {run_dir}', file=sys.stderr)
+        print(f'\nInterrupted. The last completed epoch is saved; resume with: python main.py --resume {resume_dir}', file=sys.stderr)
         return 130
-    print(f'Done. Best validation Dice {best:.4f}. Checkpoints: {run_dir / "best.pt"}, {run_dir / "last.pt"}. '
-          f'Curves: tensorboard --logdir {run_dir.parent}')
+    if not trainer.has_validation:
+        outcome = 'No validation split: best.pt holds the final weights.'
+    elif trainer.selects_best:
+        outcome = f'Best validation Dice {final:.4f}.'
+    else:
+        outcome = f'Final validation Dice {final:.4f} (best.pt holds the final weights).'
+    print(f'Done. {outcome} Checkpoints: {run_dir / "best.pt"}, {run_dir / "last.pt"}. '
+          f'Curves: tensorboard --logdir {resume_dir.parent}')
     return 0
+
+
+def cross_validate(config: RunConfig, spec: DatasetSpec, started: float, cleanup_dir: Path | None) -> int:
+    """Train folds 0..K-1 in turn, scoring each fold's validation cases as it ends; then pool the scores.
+
+    A resumed cross-validation skips the scored folds and resumes the fold it was in.
+    """
+    root = Path(config.run_dir)
+    if distributed.is_main():
+        save_config(config, root / 'config.json')
+        print(crossval.plan_line(config.folds, config.time_limit, root))
+    for fold in range(config.folds):
+        fold_dir = crossval.fold_folder(root, fold)
+        if distributed.broadcast(crossval.is_scored(fold_dir) if distributed.is_main() else None):
+            continue
+        fold_config, resuming = distributed.broadcast(fold_plan(config, spec, fold) if distributed.is_main() else None)
+        code = train_run(fold_config, spec, started, resuming, cleanup_dir if fold == 0 else None, resume_dir=root)
+        if code:
+            return code
+        if distributed.is_main():
+            fold_cases = [case for case in spec.cases if case.case_id in json.loads((fold_dir / 'splits.json').read_text())['validation']]
+            training_seconds = float(load_checkpoint(fold_dir / 'last.pt')['elapsed_seconds'])
+            crossval.score_fold(fold_dir, fold, fold_cases, config.device, training_seconds)
+        distributed.barrier()
+        started = time.perf_counter()
+    if distributed.is_main():
+        print(crossval.write_cross_validation(root, config.folds, config.labels))
+        print(f'Done. Scores: {root / "crossval.csv"}, {root / "crossval.json"}. '
+              f'The fold ensemble predicts with: python predict.py --checkpoint {root} --input ... --output ...')
+    return 0
+
+
+def fold_plan(config: RunConfig, spec: DatasetSpec, fold: int) -> tuple[RunConfig, bool]:
+    """The config of one fold of a cross-validation, and whether the fold resumes.
+
+    A fold that has started keeps its own saved config (its time share
+    included); only the settings a resume may change follow the cross-validation's.
+    """
+    fold_dir = crossval.fold_folder(Path(config.run_dir), fold)
+    if (fold_dir / 'config.json').is_file():
+        saved = load_config(fold_dir / 'config.json')
+        for setting in RESUMABLE_SETTINGS - {'time_limit', 'epochs'}:
+            setattr(saved, setting, getattr(config, setting))
+        return saved, (fold_dir / 'last.pt').is_file()
+    time_limit = 0.0
+    if config.time_limit:
+        spent, seconds_per_case = crossval.scored_seconds(Path(config.run_dir), config.folds)
+        case_ids = [c.case_id for c in cases_in_use(spec, {'max_cases': config.max_cases})]
+        validation_cases = len(split_cases(case_ids, config.data_split_seed, folds=config.folds, fold=fold)['validation'])
+        time_limit = crossval.fold_training_minutes(config.time_limit, fold, config.folds, spent, seconds_per_case, validation_cases)
+    return replace(config, fold=fold, run_dir=str(fold_dir), time_limit=time_limit), False
 
 
 if __name__ == '__main__':

@@ -26,7 +26,7 @@ from data import read_dataset
 from errors import run_cli
 from files import atomic_write_text
 from metrics import case_metrics
-from predict import back_to_input_grid, summarise
+from prediction import back_to_input_grid, summarise
 
 SPACING = (1.25, 1.25, 1.25)
 PATCH = (96, 96, 48)

@@ -2,19 +2,19 @@
 
 Every mask has the input's shape, affine, qform/sform and orientation. The
 checkpoint carries everything else: architecture, spacing, normalisation,
-patch size and label values.
+patch size and label values. Several checkpoints, or a cross-validation run
+folder, predict as one ensemble.
 
 Example:
     python predict.py --checkpoint runs/la/best.pt --input scans/ --output masks/
     python predict.py --checkpoint runs/la/best.pt --input ../shared/data/LA2018/dataset.json \\
         --subset validation --output masks/ --labels ../shared/data/LA2018/labelsTr
+    python predict.py --checkpoint runs/cv --input scans/ --output masks/   # the 5-fold ensemble
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 from dataclasses import dataclass
@@ -22,35 +22,17 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import torch
-import torchio as tio
 from scipy import ndimage
 from tqdm import tqdm
 
-from checkpoint import load_checkpoint
-from data import (
-    Preprocessing,
-    case_id_from_path,
-    check_same_grid,
-    image_subject,
-    load_nifti,
-    read_dataset,
-    read_label,
-)
+from crossval import fold_folders
+from data import case_id_from_path, read_dataset
 from errors import UserError, run_cli
-from files import atomic_write, atomic_write_text, ensure_writable_dir, save_nifti
-from inference import BLENDINGS, predict_logits, probabilities_to_labels
-from metrics import case_metrics
-from mymodel import UNet3D
-from training import select_device
+from files import atomic_write, ensure_writable_dir, save_nifti
+from inference import BLENDINGS
+from prediction import MIRRORING_TTA, Predictor, evaluate_case, write_evaluation
 
 NIFTI_SUFFIXES = ('.nii.gz', '.nii')
-METRIC_NAMES = ('dice', 'iou', 'hd95_mm', 'asd_mm', 'predicted_ml', 'reference_ml')
-
-
-# Mirroring TTA is on by default, as in nnU-Net: on LA2018 it adds 0.003 to 0.006 Dice for
-# 7 times the prediction time (BENCHMARKS.md); --no-tta is the fast path.
-MIRRORING_TTA = True
 
 
 @dataclass(frozen=True)
@@ -59,83 +41,21 @@ class InputCase:
     image: Path
 
 
-class Predictor:
-    """A trained model plus the preprocessing it was trained with.
+@dataclass(frozen=True)
+class PredictionJob:
+    """Cases and the checkpoints (one model or an ensemble) that predict them."""
 
-    Example:
-        >>> predictor = Predictor(Path('runs/la/best.pt'))  # doctest: +SKIP
-        >>> mask, probabilities, nifti = predictor.predict(Path('scan.nii.gz'))  # doctest: +SKIP
-    """
-
-    def __init__(self, checkpoint: Path, device: str = 'auto', batch_size: int = 2,
-                 overlap: float = 0.5, blending: str = 'gaussian', tta: bool = MIRRORING_TTA, keep_largest: bool = True):
-        state = load_checkpoint(checkpoint)
-        self.plan = state['plan']
-        self.device = select_device(device)
-        try:
-            self.model = UNet3D(**self.plan['model'])
-            self.model.load_state_dict(state['model'])
-        except (KeyError, TypeError, RuntimeError, AssertionError) as error:
-            first_line = str(error).strip().splitlines()[0]
-            raise UserError(checkpoint, f'checkpoint does not match the U-Net architecture ({first_line[:200]})') from None
-        self.model.to(self.device).eval()
-        self.preprocessing = Preprocessing(tuple(self.plan['target_spacing']))
-        self.patch_size = tuple(self.plan['patch_size'])
-        self.foreground_labels = tuple(sorted(int(v) for v in self.plan['labels'] if int(v) != 0))
-        self.channels = max(1, len(self.plan['modalities']))
-        self.window_options = {
-            'overlap': overlap, 'batch_size': batch_size, 'blending': blending,
-            'device': self.device, 'amp': self.device.type == 'cuda',
-        }
-        self.tta = tta
-        self.keep_largest = keep_largest
-
-    def predict(self, path: Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Image]:
-        """Return the uint8 mask and per-class probabilities in the input's grid, and the input."""
-        nifti = load_nifti(path)
-        subject = self.preprocessing.transform()(image_subject(path, nifti, self.channels))
-        logits = predict_logits(self.model, subject['image'].data, self.patch_size, tta=self.tta, **self.window_options)
-        probabilities = input_grid_probabilities(logits, subject['image'].affine, nifti)
-        mask = probabilities_to_labels(probabilities, self.foreground_labels).numpy()
-        if self.keep_largest:
-            mask = keep_largest_components(mask, self.foreground_labels)
-        return mask, probabilities.numpy(), nifti
+    checkpoints: list[Path]
+    cases: list[InputCase]
 
 
-def input_grid_probabilities(logits: torch.Tensor, affine: np.ndarray, nifti: nib.Nifti1Image) -> torch.Tensor:
-    """Per-class probabilities on the input's voxel grid: the logits resampled linearly, then the sigmoid.
-
-    As in nnU-Net, the logits are resampled, not the probabilities: a probability
-    saturates within a voxel of the boundary, so interpolating it puts the 0.5
-    crossing halfway between voxel centres, while the logits' zero crossing
-    keeps the boundary's sub-voxel position.
-    """
-    return torch.sigmoid(back_to_input_grid(logits, affine, nifti))
-
-
-def back_to_input_grid(volume: torch.Tensor, affine: np.ndarray, nifti: nib.Nifti1Image) -> torch.Tensor:
-    """Resample a ``(C, X, Y, Z)`` volume in the grid ``affine`` linearly onto the input's voxel grid."""
-    image = tio.ScalarImage(tensor=volume, affine=affine)
-    return tio.Resample((nifti.shape[:3], nifti.affine), image_interpolation='linear')(image).data
-
-
-def keep_largest_components(mask: np.ndarray, foreground_labels: tuple[int, ...]) -> np.ndarray:
-    """Keep only the largest 26-connected component of each label."""
-    result = mask.copy()
-    for value in foreground_labels:
-        components, count = ndimage.label(mask == value, structure=np.ones((3, 3, 3)))
-        if count > 1:
-            sizes = np.bincount(components.ravel())[1:]
-            result[(components > 0) & (components != 1 + int(np.argmax(sizes)))] = 0
-    return result
-
-
-def gather_inputs(source: Path, subset: str, checkpoint: Path) -> list[InputCase]:
+def gather_inputs(source: Path, subset: str) -> list[InputCase]:
     """Cases from one NIfTI file, a folder of them, or an MSD ``dataset.json``."""
+    if subset != 'all' and source.name != 'dataset.json':
+        raise UserError('--subset', f'{subset!r} selects cases of a dataset.json --input, not of {source}')
     if source.name == 'dataset.json':
         spec = read_dataset(source.parent)
-        cases = [InputCase(c.case_id, c.image) for c in spec.cases]
-        return select_subset(cases, subset, checkpoint)
+        return [InputCase(c.case_id, c.image) for c in spec.cases]
     if source.is_dir():
         files = sorted(p for p in source.iterdir() if p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith('.'))
         if not files:
@@ -146,72 +66,46 @@ def gather_inputs(source: Path, subset: str, checkpoint: Path) -> list[InputCase
     return [InputCase(case_id_from_path(source), source)]
 
 
-def select_subset(cases: list[InputCase], subset: str, checkpoint: Path) -> list[InputCase]:
+def resolve_checkpoints(paths: list[Path]) -> list[Path]:
+    """Checkpoint files: a file as given, a run folder's best.pt, or every fold's best.pt of a cross-validation."""
+    checkpoints = []
+    for path in paths:
+        if not path.is_dir():
+            checkpoints.append(path)
+        elif fold_folders(path):
+            checkpoints += [fold / 'best.pt' for fold in fold_folders(path)]
+        elif (path / 'best.pt').is_file():
+            checkpoints.append(path / 'best.pt')
+        else:
+            raise UserError(path, 'folder holds neither best.pt nor a cross-validation (fold_*/best.pt)')
+    return checkpoints
+
+
+def prediction_jobs(cases: list[InputCase], subset: str, checkpoint_paths: list[Path]) -> list[PredictionJob]:
+    """One ensemble for all cases, or, for a split's cases, the model of each case's run.
+
+    With a cross-validation folder, ``--subset validation`` predicts each fold's
+    validation cases with that fold's own model: its out-of-fold predictions.
+    """
     if subset == 'all':
-        return cases
-    splits_path = checkpoint.parent / 'splits.json'
+        return [PredictionJob(resolve_checkpoints(checkpoint_paths), cases)]
+    folds = fold_folders(checkpoint_paths[0]) if len(checkpoint_paths) == 1 and checkpoint_paths[0].is_dir() else []
+    if folds and subset == 'validation':
+        return [PredictionJob([fold / 'best.pt'], select_subset(cases, subset, fold / 'splits.json')) for fold in folds]
+    if folds:
+        raise UserError('--subset', "'training' cases of a cross-validation belong to several folds; use 'validation' (each fold's own cases) or 'all'")
+    checkpoints = resolve_checkpoints(checkpoint_paths)
+    if len(checkpoints) > 1:
+        raise UserError('--subset', f'{subset!r} needs one checkpoint or one cross-validation folder; an ensemble of {len(checkpoints)} checkpoints has no split of its own')
+    return [PredictionJob(checkpoints, select_subset(cases, subset, checkpoints[0].parent / 'splits.json'))]
+
+
+def select_subset(cases: list[InputCase], subset: str, splits_path: Path) -> list[InputCase]:
     try:
         wanted = set(json.loads(splits_path.read_text())[subset])
-    except (OSError, json.JSONDecodeError, KeyError) as error:
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
         raise UserError(splits_path, f'cannot read the {subset!r} split ({type(error).__name__})') from None
     return [case for case in cases if case.case_id in wanted]
-
-
-def evaluate_case(case_id: str, mask: np.ndarray, nifti: nib.Nifti1Image, label_path: Path,
-                  labels: dict[str, str], image_path: Path) -> list[dict]:
-    """Per-class metrics of one predicted mask against its reference label file."""
-    label_nifti = load_nifti(label_path)
-    check_same_grid(image_path, nifti, label_path, label_nifti)
-    reference = read_label(label_path, label_nifti, {int(k): v for k, v in labels.items()})[0]
-    spacing = tuple(float(z) for z in nifti.header.get_zooms()[:3])
-    rows = []
-    for value, name in sorted((int(k), v) for k, v in labels.items()):
-        if value:
-            rows.append({'case': case_id, 'label': value, 'name': name,
-                         **case_metrics(mask == value, reference == value, spacing)})
-    return rows
-
-
-def summarise(rows: list[dict]) -> dict:
-    """Mean, std and median of every metric per label; NaN distances are counted, not averaged."""
-    summary = {}
-    for value in sorted({row['label'] for row in rows}):
-        label_rows = [row for row in rows if row['label'] == value]
-        stats = {'cases': len(label_rows)}
-        for metric in METRIC_NAMES:
-            values = np.array([row[metric] for row in label_rows], dtype=float)
-            finite = values[np.isfinite(values)]
-            stats[metric] = {
-                'mean': float(finite.mean()) if finite.size else None,
-                'std': float(finite.std()) if finite.size else None,
-                'median': float(np.median(finite)) if finite.size else None,
-                'undefined': int((~np.isfinite(values)).sum()),
-            }
-        summary[str(value)] = stats
-    return summary
-
-
-def write_evaluation(rows: list[dict], output: Path) -> str:
-    """Write metrics.csv and summary.json; return a printable table."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=['case', 'label', 'name', *METRIC_NAMES], lineterminator='\n')
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(output / 'metrics.csv', buffer.getvalue())
-    summary = summarise(rows)
-    atomic_write_text(output / 'summary.json', json.dumps(summary, indent=2))
-    lines = [f'{"case":<28}{"label":>6}' + ''.join(f'{m:>14}' for m in METRIC_NAMES)]
-    for row in rows:
-        lines.append(f'{row["case"]:<28}{row["label"]:>6}' + ''.join(f'{row[m]:>14.4f}' for m in METRIC_NAMES))
-    for value, stats in summary.items():
-        means = ''.join(f'{_format(stats[m]["mean"]):>14}' for m in METRIC_NAMES)
-        stds = ''.join(f'{_format(stats[m]["std"]):>14}' for m in METRIC_NAMES)
-        lines += [f'{"mean":<28}{value:>6}' + means, f'{"std":<28}{value:>6}' + stds]
-    return '\n'.join(lines)
-
-
-def _format(value: float | None) -> str:
-    return 'n/a' if value is None else f'{value:.4f}'
 
 
 def save_overview_png(image: nib.Nifti1Image, mask: np.ndarray, path: Path) -> None:
@@ -247,11 +141,14 @@ def save_overview_png(image: nib.Nifti1Image, mask: np.ndarray, path: Path) -> N
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--checkpoint', type=Path, required=True, help='a best.pt or last.pt written by main.py')
+    parser.add_argument('--checkpoint', type=Path, nargs='+', required=True,
+                        help='a best.pt or last.pt written by main.py, a run folder (its best.pt), or several: their ensemble. '
+                             "A cross-validation run folder means every fold's best.pt")
     parser.add_argument('--input', type=Path, required=True, help='a .nii/.nii.gz scan, a folder of them, or an MSD dataset.json')
     parser.add_argument('--output', type=Path, required=True, help='folder for <case>.nii.gz masks (and metrics)')
     parser.add_argument('--subset', choices=('all', 'training', 'validation'), default='all',
-                        help="with a dataset.json input: which cases of the checkpoint's run splits.json to predict")
+                        help="with a dataset.json input: which cases of the checkpoint's run splits.json to predict "
+                             "(a cross-validation folder: each fold's validation cases, by that fold's model)")
     parser.add_argument('--labels', type=Path, help='folder of reference <case>.nii.gz label maps: evaluate the predictions')
     parser.add_argument('--tta', action=argparse.BooleanOptionalAction, default=MIRRORING_TTA,
                         help='mirroring test-time augmentation: the mean of the 8 axis flips (--no-tta: about 7x faster)')
@@ -268,19 +165,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    predictor = Predictor(args.checkpoint, args.device, args.batch_size, args.overlap, args.blending, args.tta, args.keep_largest)
-    cases = gather_inputs(args.input, args.subset, args.checkpoint)
+    jobs = prediction_jobs(gather_inputs(args.input, args.subset), args.subset, args.checkpoint)
+    predictors = [Predictor(job.checkpoints, args.device, args.batch_size, args.overlap, args.blending, args.tta, args.keep_largest)
+                  for job in jobs]
+    if len(predictors[0].models) > 1:
+        print(f'Ensemble of {len(predictors[0].models)} models: their probabilities are averaged in each input grid')
     ensure_writable_dir(args.output)
-    rows, failures = [], 0
-    for case in tqdm(cases, desc='Predicting', unit='case'):
-        try:
-            rows += predict_one(predictor, case, args)
-        except UserError as error:
-            failures += 1
-            tqdm.write(f'error: {error} (case skipped)', file=sys.stderr)
+    rows, failures, total = [], 0, sum(len(job.cases) for job in jobs)
+    with tqdm(total=total, desc='Predicting', unit='case') as progress:
+        for predictor, job in zip(predictors, jobs):
+            for case in job.cases:
+                try:
+                    rows += predict_one(predictor, case, args)
+                except UserError as error:
+                    failures += 1
+                    tqdm.write(f'error: {error} (case skipped)', file=sys.stderr)
+                progress.update()
     if rows:
         print(write_evaluation(rows, args.output))
-    print(f'Wrote {len(cases) - failures} masks to {args.output}' + (f'; {failures} case(s) failed' if failures else ''))
+    print(f'Wrote {total - failures} masks to {args.output}' + (f'; {failures} case(s) failed' if failures else ''))
     return 2 if failures else 0
 
 
@@ -297,7 +200,7 @@ def predict_one(predictor: Predictor, case: InputCase, args: argparse.Namespace)
     label_path = next((args.labels / f'{case.case_id}{s}' for s in NIFTI_SUFFIXES if (args.labels / f'{case.case_id}{s}').is_file()), None)
     if label_path is None:
         raise UserError(args.labels / f'{case.case_id}.nii.gz', 'reference label not found')
-    return evaluate_case(case.case_id, mask, nifti, label_path, predictor.plan['labels'], case.image)
+    return evaluate_case(case.case_id, mask, nifti, label_path, predictor.labels, case.image)
 
 
 if __name__ == '__main__':

@@ -123,6 +123,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.loss = build_loss(config.loss)
         self.train_loss = build_loss(config.loss, across_ranks=distributed.world_size() > 1)
+        self.has_validation = bool(val_subjects)
+        # A K-fold run's best.pt is its final model, as in nnU-Net: choosing the epoch by the
+        # cases that later score the fold would flatter the cross-validation.
+        self.selects_best = self.has_validation and not config.folds
         # Each rank validates its share of the cases; the metrics are gathered over all of them.
         self.val_subjects = val_subjects[distributed.rank()::distributed.world_size()]
         steps = config.steps_per_epoch or math.ceil(len(train_subjects) / config.batch_size)
@@ -237,11 +241,15 @@ class Trainer:
             # Logs first, checkpoint last: a kill in between is undone on resume.
             if writer is not None:
                 self.log(result, writer)
-            if result.val_dice > self.best_dice:
+            if self.selects_best and result.val_dice > self.best_dice:
                 self.best_dice = result.val_dice
                 self._save('best.pt', epoch)
+            elif not self.selects_best and not math.isnan(result.val_dice):
+                self.best_dice = result.val_dice
             self.elapsed += time.perf_counter() - started
             self._plan_remaining_epochs(epoch)
+            if not self.selects_best and epoch >= self.total_epochs:
+                self._save('best.pt', epoch)  # the final weights (written before last.pt, so a kill redoes the epoch)
             self._save('last.pt', epoch)
 
     def run_epoch(self, epoch: int) -> EpochResult:
@@ -252,12 +260,12 @@ class Trainer:
         train_loss = self.train_one_epoch(epoch)
         distributed.average_buffers(self.model)
         self.train_times.append(time.perf_counter() - started)
-        if epoch + 1 - self.last_validated_epoch >= self.val_every or epoch + 1 == self.total_epochs:
+        due = epoch + 1 - self.last_validated_epoch >= self.val_every or epoch + 1 == self.total_epochs
+        val_loss, val_dice = float('nan'), float('nan')
+        if self.has_validation and due:
             val_loss, val_dice = self.validate(epoch)
             self.val_seconds = time.perf_counter() - started - self.train_times[-1]
-        else:
-            val_loss, val_dice = float('nan'), float('nan')
-        if not math.isnan(val_dice):
+        if due or not self.has_validation:
             self.last_validated_epoch = epoch + 1
         seconds = time.perf_counter() - started
         return EpochResult(epoch + 1, train_loss, val_loss, val_dice, lr, seconds, self.elapsed + seconds)
@@ -352,10 +360,10 @@ class Trainer:
                 writer.add_image('val/image_label_prediction', self.overlay, result.epoch, dataformats='HW')
         writer.flush()
         append_metric_row(self.run_dir / 'metrics.csv', result)
+        validation = f'val loss {result.val_loss:.4f}  val Dice {result.val_dice:.4f}  ' if not math.isnan(result.val_dice) else ''
         tqdm.write(
             f'epoch {result.epoch}/{self.total_epochs}  train loss {result.train_loss:.4f}  '
-            f'val loss {result.val_loss:.4f}  val Dice {result.val_dice:.4f}  '
-            f'lr {result.lr:.2e}  {result.epoch_seconds:.1f}s'
+            f'{validation}lr {result.lr:.2e}  {result.epoch_seconds:.1f}s'
         )
 
 

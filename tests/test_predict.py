@@ -14,14 +14,14 @@ import torch
 from checkpoint import load_checkpoint
 from errors import EXIT_USER_ERROR, run_cli
 from metrics import dice
-from predict import (
+from predict import build_parser
+from predict import main as predict_main
+from prediction import (
     Predictor,
     back_to_input_grid,
-    build_parser,
-    input_grid_probabilities,
+    ensemble_probabilities,
     keep_largest_components,
 )
-from predict import main as predict_main
 
 
 def scan(dataset: Path, case: str = 'synthetic_001') -> Path:
@@ -107,7 +107,7 @@ def test_the_boundary_keeps_its_sub_voxel_position_on_the_input_grid():
     x_mm = 2.0 * torch.arange(12, dtype=torch.float32)
     logits = (4.0 * (x_mm - boundary_mm)).view(1, 12, 1, 1).expand(1, 12, 4, 4).contiguous()
     fine = nib.Nifti1Image(np.zeros((40, 8, 8), np.float32), np.diag([0.5, 1.0, 1.0, 1.0]))
-    probabilities = input_grid_probabilities(logits, coarse_affine, fine)[0, :, 2, 2]
+    probabilities = ensemble_probabilities([back_to_input_grid(logits, coarse_affine, fine)])[0, :, 2, 2]
     first_foreground_mm = 0.5 * int(torch.nonzero(probabilities > 0.5)[0])
     # Interpolating probabilities instead would put the crossing near 10.9 mm, between voxel centres.
     assert boundary_mm <= first_foreground_mm < boundary_mm + 0.5, first_foreground_mm
@@ -211,4 +211,4 @@ def test_unwritable_output_folder(trained, small_dataset_template, tmp_path, cap
 
 def test_predictor_loads_checkpoint_plan(trained):
     predictor = Predictor(trained)
-    assert predictor.patch_size == tuple(load_checkpoint(trained)['plan']['patch_size'])
+    assert predictor.models[0].patch_size == tuple(load_checkpoint(trained)['plan']['patch_size'])

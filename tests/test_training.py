@@ -109,7 +109,7 @@ def test_without_data_main_writes_and_uses_the_synthetic_dataset(tmp_path, monke
 
 
 def test_deep_supervision_is_the_default_and_its_checkpoint_predicts(small_dataset, tmp_path, monkeypatch):
-    from predict import Predictor
+    from prediction import Predictor
 
     monkeypatch.chdir(tmp_path)
     three_levels = ['--levels', '3', '--base-channels', '4', '--patch-size', '32', '32', '16',

@@ -1,0 +1,169 @@
+"""K-fold cross-validation: fold folders, time shares, out-of-fold scoring and the pooled score.
+
+A cross-validation run folder ``R`` holds ``R/config.json`` (``folds`` K,
+``fold`` None) and one complete run folder per fold, ``R/fold_0`` …
+``R/fold_{K-1}``. When a fold has trained, its validation cases are predicted
+at their original resolution by :class:`prediction.Predictor`, with
+``predict.py``'s defaults, into ``R/fold_i/validation/`` (masks,
+``metrics.csv``, ``summary.json``); ``scored.json`` is written last and marks
+the fold as finished. After the last fold, ``R/crossval.csv`` pools every
+case and ``R/crossval.json`` gives mean ± std per label, over all cases and
+per fold.
+
+Example:
+    >>> fold_folder(Path('runs/cv'), 3)
+    PosixPath('runs/cv/fold_3')
+    >>> round(fold_training_minutes(60, fold=0, folds=5, spent_seconds=0, seconds_per_case=None, cases=13), 2)
+    10.8
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from data import Case
+from errors import UserError
+from files import atomic_write_text, save_nifti
+from prediction import (
+    METRIC_NAMES,
+    Predictor,
+    evaluate_case,
+    summarise,
+    write_evaluation,
+    write_rows_csv,
+)
+
+FOLD_PREFIX = 'fold_'
+SCORED_MARKER = 'scored.json'
+# Until one fold's scoring has been timed, a fold reserves this share of its time for it
+# (on LA2018 at 0.625 mm with TTA it took about 7 %).
+FIRST_SCORING_SHARE = 0.1
+# A fold always trains at least one epoch, however little time is left.
+MINIMUM_TRAINING_SECONDS = 1.0
+
+
+def fold_folder(root: Path, fold: int) -> Path:
+    return root / f'{FOLD_PREFIX}{fold}'
+
+
+def fold_folders(root: Path) -> list[Path]:
+    """The fold folders of a cross-validation run folder that hold a best.pt, in fold order."""
+    folds = [path for path in root.glob(f'{FOLD_PREFIX}*') if path.name.removeprefix(FOLD_PREFIX).isdigit()]
+    return sorted((path for path in folds if (path / 'best.pt').is_file()), key=lambda path: int(path.name.removeprefix(FOLD_PREFIX)))
+
+
+def fold_training_minutes(total_minutes: float, fold: int, folds: int, spent_seconds: float,
+                          seconds_per_case: float | None, cases: int) -> float:
+    """A fold's training budget: an equal share of the time left to the folds not yet done, less its scoring.
+
+    Args:
+        spent_seconds: Training and scoring time of the folds already done.
+        seconds_per_case: Scoring time per case measured on earlier folds, or
+            None before any fold has been scored.
+        cases: The fold's validation cases.
+    """
+    share = (total_minutes * 60 - spent_seconds) / (folds - fold)
+    scoring = seconds_per_case * cases if seconds_per_case is not None else FIRST_SCORING_SHARE * share
+    return max(share - scoring, MINIMUM_TRAINING_SECONDS) / 60
+
+
+def plan_line(folds: int, time_limit: float, root: Path) -> str:
+    line = f'Cross-validation: {folds} folds in turn, into {fold_folder(root, 0)} … {fold_folder(root, folds - 1)}'
+    if time_limit:
+        line += (f'; the {time_limit:g}-minute limit covers them all: each fold gets an equal share of the time left, '
+                 f'of which it keeps what scoring its validation cases takes (timed on the first fold, '
+                 f'{FIRST_SCORING_SHARE:.0%} until then) and trains for the rest')
+    return line + '. Each fold then predicts its validation cases at their original resolution, with predict.py\'s defaults.'
+
+
+def is_scored(fold_dir: Path) -> bool:
+    return (fold_dir / SCORED_MARKER).is_file()
+
+
+def scored_seconds(root: Path, folds: int) -> tuple[float, float | None]:
+    """Time spent by the scored folds, and their scoring seconds per case (None if none is scored)."""
+    records = [json.loads((fold_folder(root, fold) / SCORED_MARKER).read_text())
+               for fold in range(folds) if is_scored(fold_folder(root, fold))]
+    if not records:
+        return 0.0, None
+    spent = sum(r['training_seconds'] + r['scoring_seconds'] for r in records)
+    return spent, sum(r['scoring_seconds'] for r in records) / sum(r['cases'] for r in records)
+
+
+def score_fold(fold_dir: Path, fold: int, cases: list[Case], device: str, training_seconds: float) -> None:
+    """Predict the fold's validation cases with its best.pt, evaluate them, and mark the fold as scored."""
+    started = time.perf_counter()
+    predictor = Predictor(fold_dir / 'best.pt', device=device)
+    output = fold_dir / 'validation'
+    rows = []
+    for case in tqdm(cases, desc=f'Scoring fold {fold}', unit='case', leave=False):
+        mask, _, nifti = predictor.predict(case.image)
+        save_nifti(mask, nifti.affine, output / f'{case.case_id}.nii.gz', like=nifti)
+        rows += [{'fold': fold, **row} for row in evaluate_case(case.case_id, mask, nifti, case.label, predictor.labels, case.image)]
+    write_evaluation(rows, output)
+    record = {'fold': fold, 'cases': len(cases), 'training_seconds': training_seconds,
+              'scoring_seconds': time.perf_counter() - started}
+    atomic_write_text(fold_dir / SCORED_MARKER, json.dumps(record, indent=1))
+
+
+def fold_rows(fold_dir: Path) -> list[dict]:
+    path = fold_dir / 'validation' / 'metrics.csv'
+    try:
+        with open(path, newline='') as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as error:
+        raise UserError(path, f'cannot read the fold\'s scores ({error.strerror})') from None
+    numeric = {'fold': int, 'label': int, **{metric: float for metric in METRIC_NAMES}}
+    return [{key: numeric.get(key, str)(value) for key, value in row.items()} for row in rows]
+
+
+def write_cross_validation(root: Path, folds: int, labels: dict[str, str]) -> str:
+    """Pool every fold's scores into crossval.csv and crossval.json, log them, and return a report."""
+    per_fold = {fold: fold_rows(fold_folder(root, fold)) for fold in range(folds)}
+    rows = [row for fold_rows_ in per_fold.values() for row in fold_rows_]
+    write_rows_csv(root / 'crossval.csv', rows)
+    pooled = summarise(rows)
+    document = {
+        'folds': folds,
+        'cases': len({row['case'] for row in rows}),
+        'pooled': pooled,
+        'per_fold': {str(fold): summarise(fold_rows_) for fold, fold_rows_ in per_fold.items()},
+    }
+    atomic_write_text(root / 'crossval.json', json.dumps(document, indent=2))
+    log_to_tensorboard(root, document)
+    return report(document, labels)
+
+
+def log_to_tensorboard(root: Path, document: dict) -> None:
+    with SummaryWriter(root) as writer:
+        for label, stats in document['pooled'].items():
+            for metric in METRIC_NAMES:
+                if stats[metric]['mean'] is not None:
+                    writer.add_scalar(f'crossval/{metric}/label_{label}', stats[metric]['mean'], document['folds'])
+        for fold, summary in document['per_fold'].items():
+            for label, stats in summary.items():
+                writer.add_scalar(f'crossval/dice_per_fold/label_{label}', stats['dice']['mean'], int(fold))
+
+
+def report(document: dict, labels: dict[str, str]) -> str:
+    lines = [f'Cross-validation over {document["cases"]} cases in {document["folds"]} folds, at the original resolution:']
+    for label, stats in document['pooled'].items():
+        lines.append(f'  label {label} ({labels.get(label, "?")}): ' + _metrics_text(stats))
+        for fold, summary in document['per_fold'].items():
+            lines.append(f'    fold {fold} ({summary[label]["cases"]} cases): ' + _metrics_text(summary[label]))
+    return '\n'.join(lines)
+
+
+def _metrics_text(stats: dict) -> str:
+    parts = []
+    for metric, name, unit in (('dice', 'Dice', ''), ('iou', 'IoU', ''), ('hd95_mm', 'HD95', ' mm'), ('asd_mm', 'ASD', ' mm')):
+        mean, std = stats[metric]['mean'], stats[metric]['std']
+        parts.append(f'{name} n/a' if mean is None or math.isnan(mean) else f'{name} {mean:.4f} ± {std:.4f}{unit}')
+    return ', '.join(parts)
