@@ -5,7 +5,9 @@ and (c) end-to-end training, in patches/s and voxels/s, plus the step's FLOPs
 (``torch.utils.flop_counter``), this machine's conv3d peak, and peak memory.
 ``predict`` measures (d) sliding-window inference per case; ``memory`` (e) the
 peak RSS of predicting a large scan; ``norm`` our InstanceNorm3d against
-``nn.GroupNorm`` on channels_last_3d CPU tensors. Each measurement is repeated and its
+``nn.GroupNorm`` on channels_last_3d CPU tensors; ``ensemble`` the test Dice of
+each model and of their ensemble, averaging probabilities or logits, and an
+ensemble's seconds per case against one model's. Each measurement is repeated and its
 median reported, with MONAI's equivalent measured in the same process, run
 alternately with ours, for a ratio. MONAI is a development-only dependency
 (``requirements-bench.txt``).
@@ -16,6 +18,7 @@ Example:
     python benchmark.py predict --checkpoint runs/la/best.pt --data ../shared/data/LA2018 --cases 5
     python benchmark.py memory --checkpoint runs/la/best.pt
     python benchmark.py norm
+    python benchmark.py ensemble --checkpoint runs/cv --images test/images --labels test/labels
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import main as training_cli
 from config import RunConfig
 from data import (
     Preprocessing,
+    case_id_from_path,
     image_subject,
     load_nifti,
     preprocess_cases,
@@ -51,7 +55,8 @@ from files import save_nifti
 from inference import sliding_window_logits
 from mymodel import deep_supervision_heads
 from normalization import InstanceNorm3d
-from prediction import Predictor
+from predict import NIFTI_SUFFIXES, resolve_checkpoints
+from prediction import MIRRORING_TTA, Predictor, ensemble_probabilities, evaluate_case
 from training import Trainer, mixed_precision_dtype, select_device
 
 
@@ -279,6 +284,45 @@ def predict_benchmark(args: argparse.Namespace) -> dict:
     }
 
 
+def ensemble_benchmark(args: argparse.Namespace) -> dict:
+    """Test Dice of each model alone and of their ensemble, averaging probabilities (ours) or logits; seconds per case.
+
+    Every model's input-grid logits are computed once per case, and each way of
+    combining them is thresholded and post-processed as ``predict.py`` does.
+    """
+    torch.set_grad_enabled(False)
+    checkpoints = resolve_checkpoints(args.checkpoint)
+    ensemble = Predictor(checkpoints, device=args.device, tta=args.tta)
+    images = sorted(p for p in args.images.iterdir() if p.name.endswith(NIFTI_SUFFIXES))
+    scores: dict[str, list[dict]] = {}
+    for image in images:
+        nifti = load_nifti(image)
+        logits = list(ensemble.input_grid_logits(image, nifti))
+        candidates = {f'model_{i}': torch.sigmoid(l) for i, l in enumerate(logits)}
+        candidates['mean_of_probabilities'] = ensemble_probabilities(logits)
+        candidates['mean_of_logits'] = torch.sigmoid(torch.stack(logits).mean(0))
+        case_id = case_id_from_path(image)
+        label = next(args.labels / f'{case_id}{s}' for s in NIFTI_SUFFIXES if (args.labels / f'{case_id}{s}').is_file())
+        for name, probabilities in candidates.items():
+            scores.setdefault(name, []).extend(evaluate_case(case_id, ensemble.mask(probabilities), nifti, label, ensemble.labels, image))
+    result = {'cases': len(images), 'models': [str(c) for c in checkpoints], 'tta': args.tta}
+    for metric in ('dice', 'hd95_mm', 'asd_mm'):
+        result[metric] = {name: round(float(np.nanmean([row[metric] for row in rows])), 4) for name, rows in scores.items()}
+    result['mean_of_single_models_dice'] = round(float(np.mean([result['dice'][f'model_{i}'] for i in range(len(checkpoints))])), 4)
+    if args.timing_cases:
+        single = Predictor(checkpoints[0], device=args.device, tta=args.tta)
+        timed = images[: args.timing_cases]
+        ensemble_seconds, single_seconds = interleaved_medians(
+            lambda: [ensemble.predict(image) for image in timed], lambda: [single.predict(image) for image in timed], args.repeats)
+        result.update({
+            'device': _device_name(ensemble.device),
+            'ensemble_seconds_per_case': round(ensemble_seconds / len(timed), 2),
+            'single_model_seconds_per_case': round(single_seconds / len(timed), 2),
+            'time_ratio_ensemble_over_single': round(ensemble_seconds / single_seconds, 2),
+        })
+    return result
+
+
 def norm_benchmark(args: argparse.Namespace) -> dict:
     """Forward and backward of our InstanceNorm3d against nn.GroupNorm, per U-Net stage, on channels_last_3d CPU tensors."""
     result = {'device': _device_name(torch.device('cpu'))}
@@ -348,6 +392,15 @@ def build_parser() -> argparse.ArgumentParser:
     norm.add_argument('--base-channels', type=int, default=8)
     norm.add_argument('--levels', type=int, default=4)
     norm.add_argument('--repeats', type=int, default=5, help='runs per measurement; the median is reported')
+    ensemble = commands.add_parser('ensemble', help='test Dice of each model and of the ensemble (probabilities vs logits averaged); seconds per case',
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ensemble.add_argument('--checkpoint', type=Path, nargs='+', required=True, help="checkpoints, or a cross-validation folder (every fold's best.pt)")
+    ensemble.add_argument('--images', type=Path, required=True, help='folder of test scans')
+    ensemble.add_argument('--labels', type=Path, required=True, help='folder of their reference label maps, same file names')
+    ensemble.add_argument('--tta', action=argparse.BooleanOptionalAction, default=MIRRORING_TTA, help="mirroring TTA, as predict.py's default")
+    ensemble.add_argument('--timing-cases', type=int, default=2, help='cases timed end to end, the ensemble against its first model alone (0: no timing)')
+    ensemble.add_argument('--repeats', type=int, default=3, help='timing runs; the median is reported')
+    ensemble.add_argument('--device', default='cpu')
     memory = commands.add_parser('memory', help='peak RSS of predicting one large synthetic volume',
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     memory.add_argument('--checkpoint', type=Path, required=True)
@@ -359,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {'train': train_benchmark, 'predict': predict_benchmark, 'norm': norm_benchmark, 'memory': memory_benchmark}
+    commands = {'train': train_benchmark, 'predict': predict_benchmark, 'norm': norm_benchmark, 'memory': memory_benchmark,
+                'ensemble': ensemble_benchmark}
     result = commands[args.command](args)
     print(json.dumps(result, indent=2))
     return 0

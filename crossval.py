@@ -28,6 +28,7 @@ from pathlib import Path
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from config import load_config
 from data import Case
 from errors import UserError
 from files import atomic_write_text, save_nifti
@@ -53,10 +54,23 @@ def fold_folder(root: Path, fold: int) -> Path:
     return root / f'{FOLD_PREFIX}{fold}'
 
 
-def fold_folders(root: Path) -> list[Path]:
-    """The fold folders of a cross-validation run folder that hold a best.pt, in fold order."""
-    folds = [path for path in root.glob(f'{FOLD_PREFIX}*') if path.name.removeprefix(FOLD_PREFIX).isdigit()]
-    return sorted((path for path in folds if (path / 'best.pt').is_file()), key=lambda path: int(path.name.removeprefix(FOLD_PREFIX)))
+def is_cross_validation(folder: Path) -> bool:
+    return fold_folder(folder, 0).is_dir()
+
+
+def fold_checkpoints(root: Path) -> list[Path]:
+    """Every fold's best.pt of a finished cross-validation, in fold order.
+
+    Raises:
+        UserError: A fold has no best.pt yet, so an ensemble would silently lack it.
+    """
+    folds = load_config(root / 'config.json').folds
+    checkpoints = [fold_folder(root, fold) / 'best.pt' for fold in range(folds)]
+    missing = [fold for fold, checkpoint in enumerate(checkpoints) if not checkpoint.is_file()]
+    if not folds or missing:
+        raise UserError(root, f'not a finished cross-validation: folds {missing} of {folds} have no best.pt yet '
+                              f'(finish it with: python main.py --resume {root})')
+    return checkpoints
 
 
 def fold_training_minutes(total_minutes: float, fold: int, folds: int, spent_seconds: float,

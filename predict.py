@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from crossval import fold_folders
+from crossval import fold_checkpoints, is_cross_validation
 from data import case_id_from_path, read_dataset
 from errors import UserError, run_cli
 from files import atomic_write, ensure_writable_dir, save_nifti
@@ -72,8 +72,8 @@ def resolve_checkpoints(paths: list[Path]) -> list[Path]:
     for path in paths:
         if not path.is_dir():
             checkpoints.append(path)
-        elif fold_folders(path):
-            checkpoints += [fold / 'best.pt' for fold in fold_folders(path)]
+        elif is_cross_validation(path):
+            checkpoints += fold_checkpoints(path)
         elif (path / 'best.pt').is_file():
             checkpoints.append(path / 'best.pt')
         else:
@@ -89,9 +89,10 @@ def prediction_jobs(cases: list[InputCase], subset: str, checkpoint_paths: list[
     """
     if subset == 'all':
         return [PredictionJob(resolve_checkpoints(checkpoint_paths), cases)]
-    folds = fold_folders(checkpoint_paths[0]) if len(checkpoint_paths) == 1 and checkpoint_paths[0].is_dir() else []
+    one_folder = len(checkpoint_paths) == 1 and checkpoint_paths[0].is_dir()
+    folds = fold_checkpoints(checkpoint_paths[0]) if one_folder and is_cross_validation(checkpoint_paths[0]) else []
     if folds and subset == 'validation':
-        return [PredictionJob([fold / 'best.pt'], select_subset(cases, subset, fold / 'splits.json')) for fold in folds]
+        return [PredictionJob([fold], select_subset(cases, subset, fold.parent / 'splits.json')) for fold in folds]
     if folds:
         raise UserError('--subset', "'training' cases of a cross-validation belong to several folds; use 'validation' (each fold's own cases) or 'all'")
     checkpoints = resolve_checkpoints(checkpoint_paths)

@@ -125,10 +125,12 @@ class Predictor:
         """Return the uint8 mask and per-class probabilities in the input's grid, and the input."""
         nifti = load_nifti(path)
         probabilities = ensemble_probabilities(self.input_grid_logits(path, nifti))
+        return self.mask(probabilities), probabilities.numpy(), nifti
+
+    def mask(self, probabilities: torch.Tensor) -> np.ndarray:
+        """Threshold per-class probabilities into a label map, keeping the largest component if asked."""
         mask = probabilities_to_labels(probabilities, self.foreground_labels).numpy()
-        if self.keep_largest:
-            mask = keep_largest_components(mask, self.foreground_labels)
-        return mask, probabilities.numpy(), nifti
+        return keep_largest_components(mask, self.foreground_labels) if self.keep_largest else mask
 
 
 def ensemble_probabilities(input_grid_logits: Iterable[torch.Tensor]) -> torch.Tensor:

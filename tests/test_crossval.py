@@ -225,3 +225,12 @@ def test_resuming_a_cross_validation_with_another_k_is_refused(cross_validation,
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
     assert len(errors) == 1 and '--folds 5' in errors[0] and 'used 3' in errors[0]
     assert sorted(p.name for p in cross_validation.iterdir()) == before
+
+
+def test_an_unfinished_cross_validation_is_refused_as_an_ensemble(cross_validation, small_dataset_template, tmp_path, capsys):
+    unfinished = Path(shutil.copytree(cross_validation, tmp_path / 'cv'))
+    (unfinished / 'fold_2' / 'best.pt').unlink()
+    argv = ['--checkpoint', str(unfinished), '--input', str(small_dataset_template / 'imagesTr'), '--output', str(tmp_path / 'out')]
+    assert run_cli(predict_main, argv) == EXIT_USER_ERROR
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1 and 'folds [2] of 3 have no best.pt' in errors[0] and '--resume' in errors[0]

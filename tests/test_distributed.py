@@ -152,3 +152,15 @@ def test_batch_that_ranks_cannot_share_is_refused(small_dataset, tmp_path):
     result = run_group(command, cwd=tmp_path)
     assert result.returncode != 0
     assert 'error: --batch-size: 3 patches per step cannot be shared evenly by 2 processes' in result.stderr
+
+
+def test_torchrun_cross_validation_trains_every_fold_and_scores_every_case_once(small_dataset, tmp_path):
+    run_dir = tmp_path / 'cv'
+    command = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--standalone', str(TESTS.parent / 'main.py'),
+               '--data', str(small_dataset), '--run-dir', str(run_dir), '--folds', '2', '--epochs', '1',
+               '--levels', '2', '--base-channels', '4', '--patch-size', '16', '16', '16', '--steps-per-epoch', '2']
+    result = run_group(command, cwd=tmp_path)
+    assert_ran(result)
+    assert result.stdout.count('Cross-validation over 6 cases in 2 folds') == 1, 'only rank 0 scores and reports'
+    cases = [line.split(',')[1] for line in (run_dir / 'crossval.csv').read_text().splitlines()[1:]]
+    assert sorted(cases) == sorted(f'synthetic_{i:03d}' for i in range(6))
