@@ -39,7 +39,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from data import (
+from heartseg.data import (
     Case,
     DatasetSpec,
     _resolve_inside,
@@ -49,9 +49,9 @@ from data import (
     load_nifti,
     read_dataset,
 )
-from errors import EXIT_USER_ERROR, UserError, run_cli
-from files import atomic_write, atomic_write_text, ensure_writable_dir
-from fingerprint import (
+from heartseg.errors import EXIT_USER_ERROR, UserError, run_cli
+from heartseg.files import atomic_write, atomic_write_text, ensure_writable_dir
+from heartseg.fingerprint import (
     ANISOTROPY_THRESHOLD,
     DEFAULT_LEVELS,
     MIN_SPACING_MM,

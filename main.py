@@ -24,11 +24,10 @@ from pathlib import Path
 
 import torchio as tio
 
-import crossval
-import distributed
-from checkpoint import load_checkpoint
-from config import RESUMABLE_SETTINGS, RunConfig, load_config, save_config
-from data import (
+from heartseg import crossval, distributed
+from heartseg.checkpoint import load_checkpoint
+from heartseg.config import RESUMABLE_SETTINGS, RunConfig, load_config, save_config
+from heartseg.data import (
     DatasetSpec,
     Preprocessing,
     preprocess_cases,
@@ -36,14 +35,15 @@ from data import (
     read_header,
     split_cases,
 )
-from download import TASK02_FOLDER, TASK02_URL, download_task02
-from errors import UserError, run_cli
-from files import atomic_write_text, ensure_writable_dir
-from fingerprint import plan_for_device
-from losses import LOSSES
+from heartseg.devices import mixed_precision_dtype, select_device
+from heartseg.download import TASK02_FOLDER, TASK02_URL, download_task02
+from heartseg.errors import UserError, run_cli
+from heartseg.files import atomic_write_text, ensure_writable_dir
+from heartseg.fingerprint import plan_for_device
+from heartseg.losses import LOSSES
+from heartseg.synthetic import write_synthetic_dataset
 from mymodel import NORMS
-from synthetic import write_synthetic_dataset
-from training import Trainer, mixed_precision_dtype, select_device
+from training import Trainer
 
 DATA_ROOT = Path('data')
 SYNTHETIC_FOLDER = 'SyntheticHeart'

@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from normalization import InstanceNorm3d
+from heartseg.normalization import InstanceNorm3d
 
 NORMS = ('batch', 'instance')
 FOREGROUND_PRIOR = 0.01

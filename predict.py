@@ -25,12 +25,17 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from crossval import fold_checkpoints, is_cross_validation
-from data import case_id_from_path, read_dataset
-from errors import UserError, run_cli
-from files import atomic_write, ensure_writable_dir, save_nifti
-from inference import BLENDINGS
-from prediction import MIRRORING_TTA, Predictor, evaluate_case, write_evaluation
+from heartseg.crossval import fold_checkpoints, is_cross_validation
+from heartseg.data import case_id_from_path, read_dataset
+from heartseg.errors import UserError, run_cli
+from heartseg.files import atomic_write, ensure_writable_dir, save_nifti
+from heartseg.inference import BLENDINGS
+from heartseg.prediction import (
+    MIRRORING_TTA,
+    Predictor,
+    evaluate_case,
+    write_evaluation,
+)
 
 NIFTI_SUFFIXES = ('.nii.gz', '.nii')
 

@@ -34,16 +34,22 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-import distributed
-from checkpoint import load_checkpoint, save_checkpoint
-from config import RunConfig
-from errors import UserError
-from files import atomic_write_text
-from inference import probabilities_to_labels, sliding_window_logits
-from losses import build_loss
-from metrics import dice
+from heartseg import distributed
+from heartseg.checkpoint import load_checkpoint, save_checkpoint
+from heartseg.config import RunConfig
+from heartseg.devices import mixed_precision_dtype, select_device
+from heartseg.errors import UserError
+from heartseg.files import atomic_write_text
+from heartseg.inference import probabilities_to_labels, sliding_window_logits
+from heartseg.losses import build_loss
+from heartseg.metrics import dice
+from heartseg.sampling import (
+    EpochSampler,
+    PatchDataset,
+    augmentation,
+    one_hot_foreground,
+)
 from mymodel import UNet3D
-from sampling import EpochSampler, PatchDataset, augmentation, one_hot_foreground
 
 METRIC_COLUMNS = ('epoch', 'train_loss', 'val_loss', 'val_dice', 'lr', 'epoch_seconds', 'elapsed_seconds')
 GRADIENT_CLIP_NORM = 12.0  # nnU-Net's value
@@ -55,38 +61,6 @@ EPOCH_OVERHEAD = 1.03
 
 class NonFiniteLossError(UserError):
     """The loss or gradient became NaN or Inf."""
-
-
-def mixed_precision_dtype(device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for training on ``device``, or None where mixed precision would not pay.
-
-    On a CPU with native bf16 instructions (AVX512-BF16 or AMX) bf16 convolutions
-    make a training step faster (BENCHMARKS.md); without them oneDNN emulates
-    bf16 and a step gets slower.
-    """
-    if device.type == 'cuda':
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == 'cpu' and _cpu_has_native_bf16():
-        return torch.bfloat16
-    return None
-
-
-def _cpu_has_native_bf16() -> bool:
-    probes = (getattr(torch.cpu, name, None) for name in ('_is_avx512_bf16_supported', '_is_amx_tile_supported'))
-    return any(probe() for probe in probes if probe is not None)
-
-
-def select_device(name: str) -> torch.device:
-    """``'auto'`` picks CUDA, then Apple MPS, then CPU."""
-    if name != 'auto':
-        if name.startswith('cuda') and not torch.cuda.is_available():
-            raise UserError('--device', f'{name!r} requested but CUDA is not available')
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device('cuda')
-    if torch.backends.mps.is_available():
-        return torch.device('mps')
-    return torch.device('cpu')
 
 
 def poly_lr(initial: float, epoch: int, total_epochs: int) -> float:

@@ -12,9 +12,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from errors import run_cli  # noqa: E402
+from heartseg.errors import run_cli  # noqa: E402
+from heartseg.synthetic import write_synthetic_dataset  # noqa: E402
 from main import main as train_main  # noqa: E402
-from synthetic import write_synthetic_dataset  # noqa: E402
 
 SMALL_SHAPE = (40, 40, 20)
 SMALL_SPACING = (1.5, 1.5, 3.0)

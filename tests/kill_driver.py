@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from errors import run_cli  # noqa: E402
+from heartseg.errors import run_cli  # noqa: E402
 from main import main  # noqa: E402
 
 PAUSE_SECONDS = 0.3

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from analyze_data import CaseTask, analyze_case, main
-from data import Case
-from errors import EXIT_USER_ERROR, run_cli
+from heartseg.data import Case
+from heartseg.errors import EXIT_USER_ERROR, run_cli
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 FIGURES = ('intensity_histograms.png', 'spacing_shape.png', 'structure_volumes.png', 'montage.png')

@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from errors import EXIT_USER_ERROR, run_cli
+from heartseg.errors import EXIT_USER_ERROR, run_cli
 from main import main
 from predict import main as predict_main
 
@@ -196,7 +196,7 @@ def test_output_folder_without_room_is_detected_before_training(small_dataset, t
         'import resource, signal, sys\n'
         'signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n'
         'resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 19, 1 << 19))\n'
-        'from errors import run_cli\n'
+        'from heartseg.errors import run_cli\n'
         'from main import main\n'
         f'sys.exit(run_cli(main, ["--data", {str(small_dataset)!r}, "--run-dir", {str(tmp_path / "run")!r}, "--epochs", "1"]))\n'
     )

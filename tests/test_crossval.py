@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoint import load_checkpoint
-from crossval import fold_training_minutes
-from data import read_dataset, split_cases
-from errors import EXIT_USER_ERROR, run_cli
+from heartseg.checkpoint import load_checkpoint
+from heartseg.crossval import fold_training_minutes
+from heartseg.data import read_dataset, split_cases
+from heartseg.errors import EXIT_USER_ERROR, run_cli
+from heartseg.prediction import Predictor
 from main import main
 from predict import main as predict_main
-from prediction import Predictor
 
 TESTS = Path(__file__).resolve().parent
 FOLDS = 3

@@ -16,7 +16,7 @@ import pytest
 import torch
 from ddp_worker import blob_subjects
 
-from config import RunConfig
+from heartseg.config import RunConfig
 from training import Trainer
 
 TESTS = Path(__file__).resolve().parent

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from download import download_task02, extract, fetch
-from errors import UserError
+from heartseg.download import download_task02, extract, fetch
+from heartseg.errors import UserError
 
 
 def make_archive(path: Path, members: dict[str, bytes]) -> str:
@@ -139,7 +139,7 @@ def test_main_download_flag_trains_on_the_extracted_task(small_dataset_template,
     import functools
 
     import main as main_module
-    from errors import run_cli
+    from heartseg.errors import run_cli
 
     archive = tmp_path / 'Task02_Heart.tar'
     with tarfile.open(archive, 'w') as tar:

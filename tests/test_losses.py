@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from losses import BCEDiceLoss, DeepSupervisionLoss, SoftDiceLoss, build_loss
+from heartseg.losses import BCEDiceLoss, DeepSupervisionLoss, SoftDiceLoss, build_loss
 
 
 def test_soft_dice_of_known_overlap():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from metrics import case_metrics, dice, hd95, iou, volume_ml
+from heartseg.metrics import case_metrics, dice, hd95, iou, volume_ml
 
 
 def cube(shape, start, size):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from normalization import InstanceNorm3d
+from heartseg.normalization import InstanceNorm3d
 
 
 def _pair(channels: int, dtype: torch.dtype = torch.float64) -> tuple[nn.GroupNorm, InstanceNorm3d]:

@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoint import load_checkpoint
-from errors import EXIT_USER_ERROR, run_cli
-from metrics import dice
-from predict import build_parser
-from predict import main as predict_main
-from prediction import (
+from heartseg.checkpoint import load_checkpoint
+from heartseg.errors import EXIT_USER_ERROR, run_cli
+from heartseg.metrics import dice
+from heartseg.prediction import (
     Predictor,
     back_to_input_grid,
     ensemble_probabilities,
     keep_largest_components,
 )
+from predict import build_parser
+from predict import main as predict_main
 
 
 def scan(dataset: Path, case: str = 'synthetic_001') -> Path:

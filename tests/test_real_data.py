@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 
-from errors import run_cli
+from heartseg.errors import run_cli
 from main import main
 
 DICE_FLOOR = 0.75

@@ -15,8 +15,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from checkpoint import load_checkpoint
-from errors import UserError, run_cli
+from heartseg.checkpoint import load_checkpoint
+from heartseg.errors import UserError, run_cli
 from main import main
 from training import reporting_worker_failures
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from ddp_worker import blob_subjects
 
-from sampling import EpochSampler, PatchDataset, rank_indices
+from heartseg.sampling import EpochSampler, PatchDataset, rank_indices
 
 
 @pytest.mark.parametrize('cases,batch_size', [(5, 4), (3, 3), (7, 2)])

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import training
-from checkpoint import load_checkpoint
-from data import split_cases
-from errors import run_cli
+from heartseg.checkpoint import load_checkpoint
+from heartseg.data import split_cases
+from heartseg.errors import run_cli
 from main import main
 
 TINY = ['--levels', '2', '--base-channels', '8', '--patch-size', '32', '32', '16',
@@ -109,7 +109,7 @@ def test_without_data_main_writes_and_uses_the_synthetic_dataset(tmp_path, monke
 
 
 def test_deep_supervision_is_the_default_and_its_checkpoint_predicts(small_dataset, tmp_path, monkeypatch):
-    from prediction import Predictor
+    from heartseg.prediction import Predictor
 
     monkeypatch.chdir(tmp_path)
     three_levels = ['--levels', '3', '--base-channels', '4', '--patch-size', '32', '32', '16',
@@ -123,13 +123,6 @@ def test_deep_supervision_is_the_default_and_its_checkpoint_predicts(small_datas
     assert mask.shape == nib.load(scan).shape
     assert run_cli(main, ['--data', str(small_dataset), '--run-dir', 'plain', *three_levels, '--no-deep-supervision']) == 0
     assert not any(key.startswith('deep_heads') for key in load_checkpoint(tmp_path / 'plain' / 'best.pt')['model'])
-
-
-@pytest.mark.parametrize('native_bf16', [True, False])
-def test_a_cpu_trains_in_bf16_only_with_native_bf16_instructions(monkeypatch, native_bf16):
-    monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported', lambda: native_bf16, raising=False)
-    monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: False, raising=False)
-    assert training.mixed_precision_dtype(torch.device('cpu')) == (torch.bfloat16 if native_bf16 else None)
 
 
 def test_a_split_seed_keeps_the_validation_cases_while_the_training_seed_changes(small_dataset, tmp_path, monkeypatch):

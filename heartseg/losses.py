@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distributed import all_reduce_sum
+from heartseg.distributed import all_reduce_sum
 
 LOSSES = ('bce', 'bce_dice')
 

@@ -25,14 +25,20 @@ import torch
 import torchio as tio
 from scipy import ndimage
 
-from checkpoint import load_checkpoint
-from data import Preprocessing, check_same_grid, image_subject, load_nifti, read_label
-from errors import UserError
-from files import atomic_write_text
-from inference import predict_logits, probabilities_to_labels
-from metrics import case_metrics
+from heartseg.checkpoint import load_checkpoint
+from heartseg.data import (
+    Preprocessing,
+    check_same_grid,
+    image_subject,
+    load_nifti,
+    read_label,
+)
+from heartseg.devices import select_device
+from heartseg.errors import UserError
+from heartseg.files import atomic_write_text
+from heartseg.inference import predict_logits, probabilities_to_labels
+from heartseg.metrics import case_metrics
 from mymodel import UNet3D
-from training import select_device
 
 METRIC_NAMES = ('dice', 'iou', 'hd95_mm', 'asd_mm', 'predicted_ml', 'reference_ml')
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from files import atomic_write_text, save_nifti
+from heartseg.files import atomic_write_text, save_nifti
 
 DEFAULT_SHAPE = (72, 72, 36)
 DEFAULT_SPACING = (1.4, 1.4, 2.5)

@@ -8,7 +8,7 @@ original resolution with this project's metrics. MONAI is a development-only
 dependency (``requirements-bench.txt``).
 
 Example:
-    python monai_reference.py --data ../shared/data/LA2018 --splits runs/la/splits.json --minutes 12 --output runs/monai
+    python -m benchmarks.monai_reference --data ../shared/data/LA2018 --splits runs/la/splits.json --minutes 12 --output runs/monai
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data import read_dataset
-from errors import run_cli
-from files import atomic_write_text
-from metrics import case_metrics
-from prediction import back_to_input_grid, summarise
+from heartseg.data import read_dataset
+from heartseg.errors import run_cli
+from heartseg.files import atomic_write_text
+from heartseg.metrics import case_metrics
+from heartseg.prediction import back_to_input_grid, summarise
 
 SPACING = (1.25, 1.25, 1.25)
 PATCH = (96, 96, 48)

@@ -13,12 +13,12 @@ alternately with ours, for a ratio. MONAI is a development-only dependency
 (``requirements-bench.txt``).
 
 Example:
-    python benchmark.py train --data ../shared/data/LA2018
-    python benchmark.py train --data ../shared/data/LA2018 -- --no-channels-last
-    python benchmark.py predict --checkpoint runs/la/best.pt --data ../shared/data/LA2018 --cases 5
-    python benchmark.py memory --checkpoint runs/la/best.pt
-    python benchmark.py norm
-    python benchmark.py ensemble --checkpoint runs/cv --images test/images --labels test/labels
+    python -m benchmarks.benchmark train --data ../shared/data/LA2018
+    python -m benchmarks.benchmark train --data ../shared/data/LA2018 -- --no-channels-last
+    python -m benchmarks.benchmark predict --checkpoint runs/la/best.pt --data ../shared/data/LA2018 --cases 5
+    python -m benchmarks.benchmark memory --checkpoint runs/la/best.pt
+    python -m benchmarks.benchmark norm
+    python -m benchmarks.benchmark ensemble --checkpoint runs/cv --images test/images --labels test/labels
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import main as training_cli
-from config import RunConfig
-from data import (
+from heartseg.config import RunConfig
+from heartseg.data import (
     Preprocessing,
     case_id_from_path,
     image_subject,
@@ -50,14 +50,20 @@ from data import (
     preprocess_cases,
     read_dataset,
 )
-from errors import run_cli
-from files import save_nifti
-from inference import sliding_window_logits
+from heartseg.devices import mixed_precision_dtype, select_device
+from heartseg.errors import run_cli
+from heartseg.files import save_nifti
+from heartseg.inference import sliding_window_logits
+from heartseg.normalization import InstanceNorm3d
+from heartseg.prediction import (
+    MIRRORING_TTA,
+    Predictor,
+    ensemble_probabilities,
+    evaluate_case,
+)
 from mymodel import deep_supervision_heads
-from normalization import InstanceNorm3d
 from predict import NIFTI_SUFFIXES, resolve_checkpoints
-from prediction import MIRRORING_TTA, Predictor, ensemble_probabilities, evaluate_case
-from training import Trainer, mixed_precision_dtype, select_device
+from training import Trainer
 
 
 def median_seconds(function, repeats: int) -> float:
@@ -353,7 +359,7 @@ def memory_benchmark(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(0)
     volume = rng.normal(100, 20, size=args.shape).astype(np.float32)
     save_nifti(volume, np.diag([*args.spacing, 1.0]), scan)
-    command = [sys.executable, str(Path(__file__).parent / 'predict.py'), '--checkpoint', str(args.checkpoint),
+    command = [sys.executable, str(Path(__file__).resolve().parents[1] / 'predict.py'), '--checkpoint', str(args.checkpoint),
                '--input', str(scan), '--output', str(folder / 'out'), '--device', args.device]
     started = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from errors import UserError
+from heartseg.errors import UserError
 
 TASK02_URL = 'https://msd-for-monai.s3-us-west-2.amazonaws.com/Task02_Heart.tar'
 TASK02_MD5 = '06ee59366e1e5124267b774dbd654057'

@@ -8,7 +8,7 @@ Example:
     >>> raise UserError('data/imagesTr/a.nii.gz', 'file is truncated')
     Traceback (most recent call last):
     ...
-    errors.UserError: data/imagesTr/a.nii.gz: file is truncated
+    heartseg.errors.UserError: data/imagesTr/a.nii.gz: file is truncated
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from errors import UserError
-from files import atomic_torch_save
+from heartseg.errors import UserError
+from heartseg.files import atomic_torch_save
 
 CHECKPOINT_FORMAT = 'heartseg-checkpoint-v1'
 

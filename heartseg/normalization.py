@@ -5,13 +5,13 @@ nnU-Net normalises each channel of each sample on its own (InstanceNorm).
 CPU forward keeps channels_last_3d tensors in place where
 ``nn.InstanceNorm3d`` copies them. Its CPU backward on such tensors is slow,
 though: over the default plan's stage tensors, 2.3 times slower than a few
-vectorised reductions in fp32 and 4.5 times slower in bf16 (``python
-benchmark.py norm``; BENCHMARKS.md). So on the CPU the backward pass is
+vectorised reductions in fp32 and 4.5 times slower in bf16 (``python -m
+benchmarks.benchmark norm``; BENCHMARKS.md). So on the CPU the backward pass is
 computed here, in at least fp32.
 
 Example:
     >>> import torch
-    >>> from normalization import InstanceNorm3d
+    >>> from heartseg.normalization import InstanceNorm3d
     >>> norm = InstanceNorm3d(8)
     >>> x = torch.randn(2, 8, 16, 16, 8).to(memory_format=torch.channels_last_3d)
     >>> norm(x).shape

@@ -24,9 +24,9 @@ import torch
 import torchio as tio
 from tqdm import tqdm
 
-from errors import UserError
-from files import atomic_torch_save
-from fingerprint import CaseHeader, canonical_header
+from heartseg.errors import UserError
+from heartseg.files import atomic_torch_save
+from heartseg.fingerprint import CaseHeader, canonical_header
 
 # Bump when preprocessing changes so stale cache entries are never reused.
 PREPROCESSING_VERSION = 1

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from errors import UserError
+from heartseg.errors import UserError
 
 T = TypeVar('T')
 # Long enough for rank 0 to preprocess a dataset while the others wait at a barrier.

@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from errors import UserError
-from files import atomic_write_text
-from fingerprint import DEFAULT_LEVELS
+from heartseg.errors import UserError
+from heartseg.files import atomic_write_text
+from heartseg.fingerprint import DEFAULT_LEVELS
 
 # Settings a resumed run may change; anything else must match the original run.
 RESUMABLE_SETTINGS = frozenset({'epochs', 'device', 'num_workers', 'time_limit', 'image_every', 'channels_last', 'compile'})

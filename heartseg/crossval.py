@@ -28,11 +28,11 @@ from pathlib import Path
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from config import load_config
-from data import Case
-from errors import UserError
-from files import atomic_write_text, save_nifti
-from prediction import (
+from heartseg.config import load_config
+from heartseg.data import Case
+from heartseg.errors import UserError
+from heartseg.files import atomic_write_text, save_nifti
+from heartseg.prediction import (
     METRIC_NAMES,
     Predictor,
     evaluate_case,

@@ -4,7 +4,11 @@ Each writer writes to a temporary file in the destination folder, flushes it
 to disk, then renames it over the destination, which POSIX makes atomic.
 
 Example:
-    >>> atomic_write_text(Path('/tmp/example.json'), '{}')
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / 'example.json'
+    >>> atomic_write_text(path, '{}')
+    >>> path.read_text()
+    '{}'
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from errors import UserError
+from heartseg.errors import UserError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

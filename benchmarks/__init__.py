@@ -1,0 +1,1 @@
+"""Benchmarks and the MONAI reference recipe; run from the repository root as ``python -m benchmarks.benchmark``."""
