@@ -49,23 +49,15 @@ from heartseg.sampling import (
     augmentation,
     one_hot_foreground,
 )
+from heartseg.schedule import TimeBudget, fit_epochs_to_budget, poly_lr
 from mymodel import UNet3D
 
 METRIC_COLUMNS = ('epoch', 'train_loss', 'val_loss', 'val_dice', 'lr', 'epoch_seconds', 'elapsed_seconds')
 GRADIENT_CLIP_NORM = 12.0  # nnU-Net's value
-# With --val-every 0 (automatic), validation may take this share of the time.
-VALIDATION_SHARE = 0.1
-# Logging and checkpoints add a little to each epoch's training time.
-EPOCH_OVERHEAD = 1.03
 
 
 class NonFiniteLossError(UserError):
     """The loss or gradient became NaN or Inf."""
-
-
-def poly_lr(initial: float, epoch: int, total_epochs: int) -> float:
-    """nnU-Net's polynomial decay, reaching zero at the end of training."""
-    return initial * (1 - epoch / max(total_epochs, 1)) ** 0.9
 
 
 @dataclass
@@ -310,17 +302,11 @@ class Trainer:
         """With a time limit, fit the schedule to the time left, so the LR still anneals to zero."""
         if not self.config.time_limit:
             return
-        train_seconds = float(np.median(self.train_times[-5:])) * EPOCH_OVERHEAD
-        if self.config.val_every == 0:
-            self.val_every = max(1, math.ceil(self.val_seconds / (VALIDATION_SHARE * train_seconds)))
-        seconds_per_epoch = train_seconds + self.val_seconds / self.val_every
-        # Reserve one epoch and a validation, so the run can always end on a validated epoch.
-        spare = self.config.time_limit * 60 - self.elapsed - train_seconds - self.val_seconds
-        remaining = max(0, int(spare // seconds_per_epoch))
-        if remaining == 0 and self.last_validated_epoch != completed:
-            remaining = 1
+        budget = TimeBudget(self.config.time_limit * 60, self.config.epochs, automatic_validation=self.config.val_every == 0)
+        plan = fit_epochs_to_budget(budget, completed, self.elapsed, self.train_times, self.val_seconds,
+                                    self.val_every, self.last_validated_epoch)
         # Rank 0's clock decides, so that all ranks run the same number of epochs.
-        self.total_epochs, self.val_every = distributed.broadcast((min(self.config.epochs, completed + remaining), self.val_every))
+        self.total_epochs, self.val_every = distributed.broadcast(plan)
 
     # -- logging -------------------------------------------------------------
 
