@@ -25,6 +25,7 @@ from pathlib import Path
 import torchio as tio
 
 from heartseg import crossval, distributed
+from heartseg.augmentation import STRENGTHS
 from heartseg.checkpoint import load_checkpoint
 from heartseg.config import RESUMABLE_SETTINGS, RunConfig, load_config, save_config
 from heartseg.data import (
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument('--patch-size', type=int, nargs=3, default=None, help='patch size in voxels (default: planned from the median case and the device)')
     train.add_argument('--lr', type=float, default=None, help='initial Adam learning rate, decayed polynomially (default 1e-3)')
     train.add_argument('--loss', choices=LOSSES, default=None, help='loss function (default bce_dice)')
-    train.add_argument('--augmentation', choices=('none', 'light', 'default'), default=None, help='patch augmentation strength (default: default)')
+    train.add_argument('--augmentation', choices=STRENGTHS, default=None, help='patch augmentation strength (default: default)')
     train.add_argument('--time-limit', type=float, default=None, help='wall-clock budget in minutes; the schedule is fitted so the learning rate anneals within it')
     train.add_argument('--val-every', type=int, default=None, help='validate every N epochs; 0 = automatic, about 10%% of the time (default 1; 0 with --time-limit)')
     train.add_argument('--image-every', type=int, default=None, help='log a validation overlay image every N epochs (default 5)')

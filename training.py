@@ -35,6 +35,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from heartseg import distributed
+from heartseg.augmentation import augmentation
 from heartseg.checkpoint import load_checkpoint, save_checkpoint
 from heartseg.config import RunConfig
 from heartseg.devices import mixed_precision_dtype, select_device
@@ -43,12 +44,7 @@ from heartseg.files import atomic_write_text
 from heartseg.inference import probabilities_to_labels, sliding_window_logits
 from heartseg.losses import build_loss
 from heartseg.metrics import dice
-from heartseg.sampling import (
-    EpochSampler,
-    PatchDataset,
-    augmentation,
-    one_hot_foreground,
-)
+from heartseg.sampling import EpochSampler, PatchDataset, one_hot_foreground
 from heartseg.schedule import TimeBudget, fit_epochs_to_budget, poly_lr
 from mymodel import UNet3D
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import pickle
 from pathlib import Path
@@ -134,8 +135,13 @@ def test_dataset_json_input_with_evaluation(trained, small_dataset_template, tmp
     assert probabilities.shape == (*nib.load(scan(small_dataset_template, validation[0])).shape, 1)
     summary = json.loads((output / 'summary.json').read_text())
     assert summary['1']['cases'] == len(validation)
-    assert 0 <= summary['1']['dice']['mean'] <= 1
-    assert (output / 'metrics.csv').read_text().count('\n') == len(validation) + 1
+    rows = list(csv.DictReader((output / 'metrics.csv').read_text().splitlines()))
+    assert sorted(row['case'] for row in rows) == sorted(validation)
+    for row in rows:  # each score is the Dice of the mask as written against the reference file
+        mask = np.asarray(nib.load(output / f"{row['case']}.nii.gz").dataobj) == 1
+        reference = np.asarray(nib.load(small_dataset_template / 'labelsTr' / f"{row['case']}.nii.gz").dataobj) == 1
+        assert float(row['dice']) == pytest.approx(dice(mask, reference))
+    assert summary['1']['dice']['mean'] == pytest.approx(np.mean([float(row['dice']) for row in rows]))
 
 
 def test_mirroring_tta_is_the_default_and_agrees_with_one_pass(trained, small_dataset_template):

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
@@ -15,6 +16,7 @@ from heartseg.checkpoint import load_checkpoint
 from heartseg.data import split_cases
 from heartseg.errors import run_cli
 from main import main
+from predict import main as predict_main
 
 TINY = ['--levels', '2', '--base-channels', '8', '--patch-size', '32', '32', '16',
         '--steps-per-epoch', '20', '--batch-size', '2', '--seed', '3', '--lr', '0.01']
@@ -139,3 +141,29 @@ def test_a_split_seed_keeps_the_validation_cases_while_the_training_seed_changes
         splits[name] = json.loads((tmp_path / name / 'splits.json').read_text())
     assert splits['other seed'] != splits['seed 0'], 'without --split-seed the training seed also picks the split'
     assert splits['other seed, split seed 0'] == splits['seed 0']
+
+
+def test_several_labels_train_and_predict_as_one_channel_each(small_dataset, tmp_path, monkeypatch):
+    """Label 1 is split into 1 and 2 along x: the net gets two outputs and masks keep both label values."""
+    monkeypatch.chdir(tmp_path)
+    content = json.loads((small_dataset / 'dataset.json').read_text())
+    content['labels'] = {'0': 'background', '1': 'left part', '2': 'right part'}
+    (small_dataset / 'dataset.json').write_text(json.dumps(content))
+    for path in (small_dataset / 'labelsTr').glob('*.nii.gz'):
+        label = nib.load(path)
+        values = np.asarray(label.dataobj).astype(np.uint8)
+        x = np.nonzero(values)[0]
+        values[int(np.median(x)):][values[int(np.median(x)):] == 1] = 2
+        nib.save(nib.Nifti1Image(values, label.affine), path)
+    assert run_cli(main, ['--data', str(small_dataset), '--run-dir', 'multi', '--epochs', '2', *TINY]) == 0
+    state = load_checkpoint(tmp_path / 'multi' / 'best.pt')
+    assert state['plan']['model']['out_channels'] == 2
+    output = tmp_path / 'masks'
+    argv = ['--checkpoint', str(tmp_path / 'multi' / 'best.pt'), '--input', str(small_dataset / 'dataset.json'),
+            '--subset', 'validation', '--output', str(output), '--labels', str(small_dataset / 'labelsTr'), '--no-tta']
+    assert run_cli(predict_main, argv) == 0
+    rows = read_metrics(output)
+    validation = json.loads((tmp_path / 'multi' / 'splits.json').read_text())['validation']
+    assert sorted((row['case'], row['label']) for row in rows) == sorted((case, label) for case in validation for label in ('1', '2'))
+    masks = [np.asarray(nib.load(output / f'{case}.nii.gz').dataobj) for case in validation]
+    assert set(np.unique(np.concatenate([m.ravel() for m in masks])).tolist()) <= {0, 1, 2}

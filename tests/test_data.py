@@ -1,0 +1,62 @@
+"""heartseg.data: the preprocessing cache is reused while its inputs hold, and only then."""
+
+from __future__ import annotations
+
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from heartseg import data
+from heartseg.data import Preprocessing, preprocess_case, read_dataset
+
+
+def cached_files(cache):
+    return sorted(path.name for path in cache.glob('*.pt'))
+
+
+def test_a_cached_case_is_reused_and_a_changed_file_or_spacing_is_preprocessed_again(small_dataset, tmp_path, monkeypatch):
+    spec = read_dataset(small_dataset)
+    case, cache = spec.cases[0], tmp_path / 'cache'
+    coarse = Preprocessing((3.0, 3.0, 3.0))
+    first = preprocess_case(case, spec, coarse, cache)
+    assert len(cached_files(cache)) == 1
+
+    def must_not_load(*_):
+        raise AssertionError('a cache hit must not read the NIfTI files again')
+
+    with monkeypatch.context() as patched:
+        patched.setattr(data, 'load_case', must_not_load)
+        again = preprocess_case(case, spec, coarse, cache)
+    assert np.array_equal(again['label'].numpy(), first['label'].numpy())
+
+    label = nib.load(case.label)
+    edited = np.asarray(label.dataobj).copy()
+    edited[:] = 0  # the label changes on disk: the cached volume must not be used
+    nib.save(nib.Nifti1Image(edited, label.affine), case.label)
+    os.utime(case.label, ns=(1, 1))
+    assert preprocess_case(case, spec, coarse, cache)['label'].numpy().sum() == 0
+    assert first['label'].numpy().sum() > 0
+    assert len(cached_files(cache)) == 2
+
+    finer = preprocess_case(case, spec, Preprocessing((1.5, 1.5, 3.0)), cache)
+    assert finer['image'].spatial_shape != first['image'].spatial_shape
+    assert len(cached_files(cache)) == 3
+
+
+def test_the_cache_key_changes_with_the_preprocessing_version(small_dataset, monkeypatch):
+    spec = read_dataset(small_dataset)
+    preprocessing = Preprocessing((3.0, 3.0, 3.0))
+    before = data._cache_key(spec.cases[0], preprocessing)
+    monkeypatch.setattr(data, 'PREPROCESSING_VERSION', data.PREPROCESSING_VERSION + 1)
+    assert data._cache_key(spec.cases[0], preprocessing) != before
+
+
+@pytest.mark.parametrize('folds', [0, 3])
+def test_splits_are_seeded_and_disjoint(folds):
+    case_ids = [f'c{i}' for i in range(10)]
+    first = data.split_cases(case_ids, seed=5, folds=folds, fold=0 if folds else None)
+    assert first == data.split_cases(case_ids, seed=5, folds=folds, fold=0 if folds else None)
+    assert not set(first['training']) & set(first['validation'])
+    assert sorted(first['training'] + first['validation']) == case_ids
