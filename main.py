@@ -44,7 +44,7 @@ from heartseg.fingerprint import plan_for_device
 from heartseg.losses import LOSSES
 from heartseg.synthetic import write_synthetic_dataset
 from mymodel import NORMS
-from training import Trainer
+from training import create_trainer
 
 DATA_ROOT = Path('data')
 SYNTHETIC_FOLDER = 'SyntheticHeart'
@@ -317,7 +317,7 @@ def train_run(config: RunConfig, spec: DatasetSpec, started: float, resuming: bo
         if cleanup_dir is not None and distributed.is_main():
             shutil.rmtree(cleanup_dir, ignore_errors=True)
         raise
-    trainer = Trainer(config, subjects['training'], subjects['validation'])
+    trainer = create_trainer(config, subjects['training'], subjects['validation'])
     if resuming:
         trainer.resume()
     else:

@@ -7,22 +7,14 @@ improves). A run resumes at the epoch after its last checkpoint with the
 same results as an uninterrupted run.
 
 Example:
-    >>> Trainer(config, train_subjects, val_subjects).fit()  # doctest: +SKIP
+    >>> create_trainer(config, train_subjects, val_subjects).fit()  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
-import signal
-import threading
 import time
-import traceback
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,89 +22,55 @@ import torch
 import torchio as tio
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from heartseg import distributed
-from heartseg.augmentation import augmentation
 from heartseg.checkpoint import load_checkpoint, save_checkpoint
 from heartseg.config import RunConfig
 from heartseg.devices import mixed_precision_dtype, select_device
 from heartseg.errors import UserError
-from heartseg.files import atomic_write_text
 from heartseg.inference import probabilities_to_labels, sliding_window_logits
-from heartseg.losses import build_loss
+from heartseg.loader_failures import reporting_worker_failures
 from heartseg.metrics import dice
-from heartseg.sampling import EpochSampler, PatchDataset, one_hot_foreground
-from heartseg.schedule import TimeBudget, fit_epochs_to_budget, poly_lr
-from mymodel import UNet3D
-
-METRIC_COLUMNS = ('epoch', 'train_loss', 'val_loss', 'val_dice', 'lr', 'epoch_seconds', 'elapsed_seconds')
-GRADIENT_CLIP_NORM = 12.0  # nnU-Net's value
+from heartseg.overlay import overlay_image
+from heartseg.recipe import PatchLoader, Recipe, build_patch_loader, build_recipe
+from heartseg.run_log import EpochResult, append_metric_row, keep_metric_rows
+from heartseg.sampling import one_hot_foreground
+from heartseg.schedule import TimeBudget, fit_epochs_to_budget
 
 
 class NonFiniteLossError(UserError):
     """The loss or gradient became NaN or Inf."""
 
 
-@dataclass
-class EpochResult:
-    epoch: int
-    train_loss: float
-    val_loss: float
-    val_dice: float
-    lr: float
-    epoch_seconds: float
-    elapsed_seconds: float
-
-
 class Trainer:
-    """Owns the model, optimiser and run folder for one training run."""
+    """Runs one training run: the recipe's network, loss and optimiser over the patches, into the run folder.
 
-    def __init__(self, config: RunConfig, train_subjects: list[tio.Subject], val_subjects: list[tio.Subject]):
+    Build it with :func:`create_trainer`, which turns the config into the parts.
+    """
+
+    def __init__(self, config: RunConfig, recipe: Recipe, patches: PatchLoader, val_subjects: list[tio.Subject],
+                 device: torch.device):
         self.config = config
         self.run_dir = Path(config.run_dir)
-        self.device = distributed.local_device(select_device(config.device))
+        self.device = device
         self.amp_dtype = mixed_precision_dtype(self.device) if config.amp else None
         self.amp = self.amp_dtype is not None
         if self.device.type == 'cuda':
             torch.backends.cudnn.benchmark = True  # fixed patch shapes: pick the fastest kernels once
-        torch.manual_seed(config.seed)
-        self.model = UNet3D(**config.model_spec()).to(self.device, memory_format=memory_format(config))
+        self.recipe = recipe
+        self.model = recipe.network
+        self.optimizer = recipe.optimizer
         self.forward = self._training_forward()
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.loss = build_loss(config.loss)
-        self.train_loss = build_loss(config.loss, across_ranks=distributed.world_size() > 1)
+        self.loader, self.sampler = patches.loader, patches.sampler
         self.has_validation = bool(val_subjects)
         # A K-fold run's best.pt is its final model, as in nnU-Net: choosing the epoch by the
         # cases that later score the fold would flatter the cross-validation.
         self.selects_best = self.has_validation and not config.folds
         # Each rank validates its share of the cases; the metrics are gathered over all of them.
         self.val_subjects = val_subjects[distributed.rank()::distributed.world_size()]
-        steps = config.steps_per_epoch or math.ceil(len(train_subjects) / config.batch_size)
-        self.patches = PatchDataset(
-            train_subjects,
-            config.patch_size,
-            samples_per_epoch=steps * config.batch_size,
-            seed=config.seed,
-            foreground_probability=config.foreground_probability,
-            transform=augmentation(config.augmentation),
-            foreground_labels=config.foreground_labels,
-            batch_size=config.batch_size,
-        )
-        ranks = distributed.world_size()
-        self.sampler = EpochSampler(len(self.patches), config.batch_size, distributed.rank(), ranks)
-        # Persistent workers start once per run, not once per epoch.
-        self.loader = DataLoader(
-            self.patches,
-            batch_size=config.batch_size // ranks,
-            sampler=self.sampler,
-            num_workers=config.num_workers,
-            persistent_workers=config.num_workers > 0,
-            pin_memory=self.device.type == 'cuda',
-        )
         self.start_epoch = 0
         self.total_epochs = config.epochs
         self.best_dice = -1.0
@@ -216,7 +174,7 @@ class Trainer:
 
     def run_epoch(self, epoch: int) -> EpochResult:
         started = time.perf_counter()
-        lr = poly_lr(self.config.lr, epoch, self.total_epochs)
+        lr = self.recipe.learning_rate(epoch, self.total_epochs)
         for group in self.optimizer.param_groups:
             group['lr'] = lr
         train_loss = self.train_one_epoch(epoch)
@@ -253,12 +211,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             logits = self.forward(images)
-        loss = self.train_loss(logits, targets)
+        loss = self.recipe.training_loss(logits, targets)
         if not torch.isfinite(loss) and not self.scaler.is_enabled():
             self._fail_non_finite('loss', epoch, step)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        gradient_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), GRADIENT_CLIP_NORM)
+        gradient_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.gradient_clip_norm)
         if not torch.isfinite(gradient_norm) and not self.scaler.is_enabled():
             self._fail_non_finite('gradient', epoch, step)
         # Under fp16 AMP the GradScaler skips a step whose gradients are not finite (and lowers its scale).
@@ -286,7 +244,7 @@ class Trainer:
                 device=self.device, amp=self.amp,
             )
             target = one_hot_foreground(subject['label'].data, self.config.foreground_labels)
-            losses.append(float(self.loss(logits[None], target[None])))
+            losses.append(float(self.recipe.loss(logits[None], target[None])))
             prediction = probabilities_to_labels(torch.sigmoid(logits), self.config.foreground_labels)
             reference = subject['label'].data[0]
             dices += [dice((prediction == v).numpy(), (reference == v).numpy()) for v in self.config.foreground_labels]
@@ -313,7 +271,7 @@ class Trainer:
             writer.add_scalar('loss/val', result.val_loss, result.epoch)
             writer.add_scalar('dice/val', result.val_dice, result.epoch)
             if self.overlay is not None and (result.epoch % self.config.image_every == 0 or result.epoch == 1):
-                writer.add_image('val/image_label_prediction', self.overlay, result.epoch, dataformats='HW')
+                writer.add_image('val/overlay', self.overlay, result.epoch, dataformats='HWC')
         writer.flush()
         append_metric_row(self.run_dir / 'metrics.csv', result)
         validation = f'val loss {result.val_loss:.4f}  val Dice {result.val_dice:.4f}  ' if not math.isnan(result.val_dice) else ''
@@ -323,82 +281,9 @@ class Trainer:
         )
 
 
-@contextmanager
-def reporting_worker_failures() -> Iterator[None]:
-    """A loader worker that dies (killed, or out of shared memory) becomes a one-line error.
-
-    PyTorch reports the death from a SIGCHLD handler, so it can surface anywhere in the
-    main process, not only while a batch is fetched. A batch being read when the worker
-    dies can fail first, on its broken connection, before that report.
-    """
-    hint = ('The last completed epoch is saved: resume with --resume; '
-            'if workers run out of shared memory (/dev/shm), use fewer --num-workers')
-    try:
-        yield
-    except (OSError, EOFError) as error:  # ConnectionError is an OSError
-        if not _is_broken_worker_connection(error):
-            raise
-        _ignore_further_worker_deaths()
-        raise UserError('data loader', f'DataLoader worker connection broke ({error!r}); the worker died. {hint}') from None
-    except RuntimeError as error:
-        if 'DataLoader worker' not in str(error):
-            raise
-        _ignore_further_worker_deaths()
-        reason = str(error).strip().splitlines()[0]
-        raise UserError('data loader', f'{reason} {hint}') from None
-
-
-_LOADER_SOURCE = Path(torch.utils.data.__file__).parent.as_posix()
-
-
-def _is_broken_worker_connection(error: OSError | EOFError) -> bool:
-    broken = isinstance(error, (ConnectionError, EOFError)) or 'end of file during message' in str(error)
-    # Only a batch fetch talks to the workers; a broken pipe elsewhere (stdout closed, say) is not theirs.
-    fetching = any(_LOADER_SOURCE in Path(frame.f_code.co_filename).as_posix() for frame, _ in traceback.walk_tb(error.__traceback__))
-    return broken and fetching
-
-
-def _ignore_further_worker_deaths() -> None:
-    # The loader is finished with; PyTorch's SIGCHLD handler would otherwise report the same
-    # death a second time, as a traceback, while this one is being printed. Its later loaders
-    # still notice a dead worker, through their status checks.
-    if hasattr(signal, 'SIGCHLD') and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-
-
-def memory_format(config: RunConfig) -> torch.memory_format:
-    return torch.channels_last_3d if config.channels_last else torch.contiguous_format
-
-
-def overlay_image(image: torch.Tensor, label: torch.Tensor, prediction: torch.Tensor) -> np.ndarray:
-    """Image | label | prediction, side by side, through the label's busiest axial slice."""
-    slice_index = int(label.sum(dim=(0, 1)).argmax()) if label.any() else label.shape[2] // 2
-    picture = image[:, :, slice_index].float()
-    picture = (picture - picture.min()) / (picture.max() - picture.min() + 1e-8)
-    panels = [picture, label[:, :, slice_index].float().clamp(0, 1), prediction[:, :, slice_index].float().clamp(0, 1)]
-    # Transpose and flip so anterior is up and the patient's left on the right, as viewers show RAS data.
-    return torch.cat([panel.T.flip(0) for panel in panels], dim=1).numpy()
-
-
-def keep_metric_rows(path: Path, completed_epochs: int) -> None:
-    """Drop rows of epochs after the checkpoint, so a resumed run has no duplicates."""
-    if not path.is_file():
-        atomic_write_text(path, ','.join(METRIC_COLUMNS) + '\n')
-        return
-    with open(path, newline='') as handle:
-        # A kill during an append can leave a partial last row; only complete rows are kept.
-        rows = [row for row in csv.DictReader(handle) if _complete(row) and int(row['epoch']) <= completed_epochs]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator='\n')
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
-
-
-def _complete(row: dict[str, str | None]) -> bool:
-    return None not in row and all(row.get(column) for column in METRIC_COLUMNS) and row['epoch'].isdigit()
-
-
-def append_metric_row(path: Path, result: EpochResult) -> None:
-    with open(path, 'a', newline='') as handle:
-        csv.DictWriter(handle, fieldnames=METRIC_COLUMNS, lineterminator='\n').writerow(vars(result))
+def create_trainer(config: RunConfig, train_subjects: list[tio.Subject], val_subjects: list[tio.Subject]) -> Trainer:
+    """The trainer of a run: the config turned into its recipe and patch loader (see ``heartseg/recipe.py``)."""
+    device = distributed.local_device(select_device(config.device))
+    recipe = build_recipe(config, device)
+    patches = build_patch_loader(config, train_subjects, recipe.augmentation, device)
+    return Trainer(config, recipe, patches, val_subjects, device)

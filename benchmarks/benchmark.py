@@ -63,7 +63,7 @@ from heartseg.prediction import (
 )
 from mymodel import deep_supervision_heads
 from predict import NIFTI_SUFFIXES, resolve_checkpoints
-from training import Trainer
+from training import create_trainer
 
 
 def median_seconds(function, repeats: int) -> float:
@@ -137,7 +137,7 @@ def training_setup(args: argparse.Namespace) -> tuple[RunConfig, list]:
 
 
 def our_pipeline(config: RunConfig, subjects: list) -> dict[str, Callable[[], object]]:
-    trainer = Trainer(config, subjects, [])
+    trainer = create_trainer(config, subjects, [])
     images, targets = next(iter(trainer.loader))
     return {
         'model': lambda: [trainer.train_step(images, targets, 0, step) for step in range(config.steps_per_epoch)],

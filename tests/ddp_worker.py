@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import distributed  # noqa: E402
 
 from heartseg.config import RunConfig  # noqa: E402
-from training import Trainer  # noqa: E402
+from training import create_trainer  # noqa: E402
 
 
 def blob_subjects(count: int = 4, shape: tuple[int, int, int] = (24, 24, 16)) -> list[tio.Subject]:
@@ -36,7 +36,7 @@ def main(config_path: str, output: str) -> None:
     with distributed.session('cpu'):
         config = RunConfig.from_dict(json.loads(Path(config_path).read_text()))
         subjects = blob_subjects()
-        trainer = Trainer(config, subjects, subjects[:3])
+        trainer = create_trainer(config, subjects, subjects[:3])
         trainer.fit()
         gradients = {name: parameter.grad for name, parameter in trainer.model.named_parameters()}
         torch.save({'weights': trainer.model.state_dict(), 'gradients': gradients}, Path(output) / f'rank{distributed.rank()}.pt')

@@ -17,7 +17,7 @@ import torch
 from ddp_worker import blob_subjects
 
 from heartseg.config import RunConfig
-from training import Trainer
+from training import create_trainer
 
 TESTS = Path(__file__).resolve().parent
 # Gradients of one step on the same global batch, relative to the largest gradient:
@@ -79,7 +79,7 @@ def test_two_ranks_step_like_one_process_with_the_global_batch(tmp_path):
     ddp_gradients = torch.load(tmp_path / 'rank0.pt')['gradients']
 
     subjects = blob_subjects()
-    single = Trainer(tiny_config(tmp_path / 'single', **one_step), subjects, subjects[:3])
+    single = create_trainer(tiny_config(tmp_path / 'single', **one_step), subjects, subjects[:3])
     single.fit()
     gradients = {name: parameter.grad for name, parameter in single.model.named_parameters()}
     largest = max(float(g.abs().max()) for g in gradients.values())

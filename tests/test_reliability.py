@@ -17,8 +17,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from heartseg.checkpoint import load_checkpoint
 from heartseg.errors import UserError, run_cli
+from heartseg.loader_failures import reporting_worker_failures
 from main import main
-from training import reporting_worker_failures
 
 TESTS = Path(__file__).resolve().parent
 EPOCHS = 8

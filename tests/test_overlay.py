@@ -1,0 +1,38 @@
+"""heartseg.overlay: the TensorBoard picture shows the reference in green and the prediction in red, large enough to judge."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from heartseg.overlay import LONG_SIDE_PIXELS, overlay_image
+
+
+def test_contours_are_coloured_where_the_masks_have_their_boundaries():
+    image = torch.zeros(32, 24, 6)
+    label = torch.zeros(32, 24, 6, dtype=torch.uint8)
+    prediction = torch.zeros_like(label)
+    label[4:12, 4:12, 2] = 1          # the reference alone, near the origin
+    prediction[20:28, 12:20, 2] = 1   # the prediction alone, elsewhere
+    picture = overlay_image(image, label, prediction)
+    assert picture.dtype == np.uint8 and picture.shape[2] == 3
+    assert max(picture.shape[:2]) >= LONG_SIDE_PIXELS
+    green = (picture[..., 1] == 255) & (picture[..., 0] == 0)
+    red = (picture[..., 0] == 255) & (picture[..., 1] == 0)
+    assert green.any() and red.any()
+    scale = picture.shape[1] // 32
+    # Back in voxel coordinates (x along the width, y up the height): green around x 4-11, red around x 20-27.
+    green_x = np.nonzero(green)[1] // scale
+    red_x = np.nonzero(red)[1] // scale
+    assert green_x.min() >= 4 and green_x.max() <= 11
+    assert red_x.min() >= 20 and red_x.max() <= 27
+    # Anterior (high y) is up: the red square (y 12-19) sits above the green one (y 4-11).
+    assert np.nonzero(red)[0].mean() < np.nonzero(green)[0].mean()
+
+
+def test_agreeing_contours_turn_yellow():
+    label = torch.zeros(16, 16, 4, dtype=torch.uint8)
+    label[4:12, 4:12, 1] = 1
+    picture = overlay_image(torch.randn(16, 16, 4), label, label.clone())
+    yellow = (picture[..., 0] == 255) & (picture[..., 1] == 255) & (picture[..., 2] == 0)
+    assert yellow.any() and not ((picture[..., 1] == 255) & (picture[..., 0] == 0)).any()
