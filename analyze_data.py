@@ -39,6 +39,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
+from heartseg.cli import Parser, integer
 from heartseg.data import (
     Case,
     DatasetSpec,
@@ -800,18 +801,11 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 def build_parser() -> argparse.ArgumentParser:
     summary, _, rest = __doc__.partition('\n\n')
-    parser = argparse.ArgumentParser(description=summary, epilog=rest.replace('``', ''), formatter_class=_HelpFormatter)
+    parser = Parser(description=summary, epilog=rest.replace('``', ''), formatter_class=_HelpFormatter)
     parser.add_argument('data_dir', type=Path, metavar='DATA_DIR', help='MSD-layout dataset folder: dataset.json, imagesTr/, labelsTr/ and optional imagesTs/')
     parser.add_argument('--output', type=Path, help=f'folder for the report, fingerprint.json, cases.csv and figures (default: DATA_DIR/{DEFAULT_OUTPUT_NAME})')
-    parser.add_argument('--workers', type=_positive_int, default=2, help='worker processes that read cases in parallel')
+    parser.add_argument('--workers', type=integer(1), default=2, help='worker processes that read cases in parallel')
     return parser
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'must be at least 1, got {value}')
-    return value
 
 
 def prepare_output(output: Path | None, data_dir: Path) -> Path:

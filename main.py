@@ -27,6 +27,7 @@ import torchio as tio
 from heartseg import crossval, distributed
 from heartseg.augmentation import STRENGTHS
 from heartseg.checkpoint import load_checkpoint
+from heartseg.cli import Parser, integer, number
 from heartseg.config import RESUMABLE_SETTINGS, RunConfig, load_config, save_config
 from heartseg.data import (
     DatasetSpec,
@@ -66,7 +67,7 @@ SYNTHETIC_SCHEDULE = {'epochs': 10, 'steps_per_epoch': 20}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         description=__doc__.split('\n\n')[0],
         epilog='Flags left out take defaults planned from the dataset and device; the plan is printed at start.',
     )
@@ -75,30 +76,30 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument('--download', action='store_true', help='download Task02_Heart into ./data/ first, then train on it')
     data.add_argument('--download-url', default=TASK02_URL, help='mirror to download Task02_Heart from, http(s):// or file:// (default: %(default)s)')
     data.add_argument('--cache-dir', type=Path, default=Path('cache'), help='where preprocessed volumes are cached (default: %(default)s)')
-    data.add_argument('--spacing', type=float, nargs='+', help='target spacing in mm (one value or three). Default: the dataset median (nnU-Net rule), but no finer than 1.25 mm on a CPU')
-    data.add_argument('--val-fraction', type=float, default=None, help='fraction of cases held out for validation (default 0.2); 0 trains on every case with no validation, and best.pt is the final model')
-    data.add_argument('--folds', type=int, default=None, help='K-fold cross-validation (K >= 2, overrides --val-fraction): without --fold, trains every fold in turn into RUN_DIR/fold_0..K-1, then scores all cases out of fold into RUN_DIR/crossval.csv and crossval.json')
-    data.add_argument('--fold', type=int, default=None, help='train only fold I (0..K-1) of --folds K')
-    data.add_argument('--split-seed', type=int, default=None, help='seed of the training/validation split (default: --seed); fix it to compare training seeds on one split')
-    data.add_argument('--max-cases', type=int, default=None, help='use only the first N cases (quick runs)')
+    data.add_argument('--spacing', type=number(0, inclusive=False), nargs='+', help='target spacing in mm (one value or three). Default: the dataset median (nnU-Net rule), but no finer than 1.25 mm on a CPU')
+    data.add_argument('--val-fraction', type=number(0, below=1), default=None, help='fraction of cases held out for validation (default 0.2); 0 trains on every case with no validation, and best.pt is the final model')
+    data.add_argument('--folds', type=integer(2), default=None, help='K-fold cross-validation (K >= 2, overrides --val-fraction): without --fold, trains every fold in turn into RUN_DIR/fold_0..K-1, then scores all cases out of fold into RUN_DIR/crossval.csv and crossval.json')
+    data.add_argument('--fold', type=integer(0), default=None, help='train only fold I (0..K-1) of --folds K')
+    data.add_argument('--split-seed', type=integer(0), default=None, help='seed of the training/validation split (default: --seed); fix it to compare training seeds on one split')
+    data.add_argument('--max-cases', type=integer(1), default=None, help='use only the first N cases (quick runs)')
 
     model = parser.add_argument_group('model')
-    model.add_argument('--levels', type=int, default=None, help='encoder levels above the bridge (default 4; the seed used 2)')
-    model.add_argument('--base-channels', type=int, default=None, help='channels of the first level (default 8 on a CPU, 16 on a GPU; the seed used 8)')
+    model.add_argument('--levels', type=integer(1), default=None, help='encoder levels above the bridge (default 4; the seed used 2)')
+    model.add_argument('--base-channels', type=integer(1), default=None, help='channels of the first level (default 8 on a CPU, 16 on a GPU; the seed used 8)')
     model.add_argument('--norm', choices=NORMS, default=None, help='normalisation layer (default instance; the seed used batch)')
     model.add_argument('--deep-supervision', action=argparse.BooleanOptionalAction, default=None, help='nnU-Net deep supervision: extra loss terms on the decoder at 1/2 to 1/2**(levels-2) resolution; a 2-level net has none (default on)')
 
     train = parser.add_argument_group('training')
-    train.add_argument('--epochs', type=int, default=None, help='epochs (default 100; 10 on the synthetic dataset)')
-    train.add_argument('--steps-per-epoch', type=int, default=None, help='optimiser steps per epoch (default: one patch per training case)')
-    train.add_argument('--batch-size', type=int, default=None, help='patches per optimiser step, over all torchrun processes together (default 2)')
-    train.add_argument('--patch-size', type=int, nargs=3, default=None, help='patch size in voxels (default: planned from the median case and the device)')
-    train.add_argument('--lr', type=float, default=None, help='initial Adam learning rate, decayed polynomially (default 1e-3)')
+    train.add_argument('--epochs', type=integer(1), default=None, help='epochs (default 100; 10 on the synthetic dataset)')
+    train.add_argument('--steps-per-epoch', type=integer(1), default=None, help='optimiser steps per epoch (default: one patch per training case)')
+    train.add_argument('--batch-size', type=integer(1), default=None, help='patches per optimiser step, over all torchrun processes together (default 2)')
+    train.add_argument('--patch-size', type=integer(1), nargs=3, default=None, help='patch size in voxels (default: planned from the median case and the device)')
+    train.add_argument('--lr', type=number(0, inclusive=False), default=None, help='initial Adam learning rate, decayed polynomially (default 1e-3)')
     train.add_argument('--loss', choices=LOSSES, default=None, help='loss function (default bce_dice)')
     train.add_argument('--augmentation', choices=STRENGTHS, default=None, help='patch augmentation strength (default: default)')
-    train.add_argument('--time-limit', type=float, default=None, help='wall-clock budget in minutes; the schedule is fitted so the learning rate anneals within it')
-    train.add_argument('--val-every', type=int, default=None, help='validate every N epochs; 0 = automatic, about 10%% of the time (default 1; 0 with --time-limit)')
-    train.add_argument('--image-every', type=int, default=None, help='log a validation overlay image every N epochs (default 5)')
+    train.add_argument('--time-limit', type=number(0), default=None, help='wall-clock budget in minutes; the schedule is fitted so the learning rate anneals within it (0: no limit)')
+    train.add_argument('--val-every', type=integer(0), default=None, help='validate every N epochs; 0 = automatic, about 10%% of the time (default 1; 0 with --time-limit)')
+    train.add_argument('--image-every', type=integer(1), default=None, help='log a validation overlay image every N epochs (default 5)')
 
     run = parser.add_argument_group('run')
     run.add_argument('--run-dir', type=Path, help='run folder for config, checkpoints and logs (default runs/<timestamp>)')
@@ -107,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument('--amp', action=argparse.BooleanOptionalAction, default=None, help='mixed precision: bf16 (fp16 on older GPUs) on CUDA and on CPUs with native bf16 instructions (default on)')
     run.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None, help='channels_last_3d memory format for the network (default on for a CPU, off for a GPU)')
     run.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None, help='torch.compile the training step (default off)')
-    run.add_argument('--num-workers', type=int, default=None, help='data-loader worker processes (default 0 on a CPU, up to 8 with a GPU)')
-    run.add_argument('--seed', type=int, default=None, help='random seed (default 0)')
+    run.add_argument('--num-workers', type=integer(0), default=None, help='data-loader worker processes (default 0 on a CPU, up to 8 with a GPU)')
+    run.add_argument('--seed', type=integer(0), default=None, help='random seed (default 0)')
     return parser
 
 
@@ -124,8 +125,11 @@ def explicit_settings(args: argparse.Namespace) -> dict:
         setting = FLAG_TO_SETTING.get(flag, flag)
         if value is not None and setting in names and setting not in ('data', 'run_dir', 'cache_dir'):
             given[setting] = tuple(value) if isinstance(value, list) else value
-    if 'target_spacing' in given and len(given['target_spacing']) == 1:
-        given['target_spacing'] = given['target_spacing'] * 3
+    spacing = given.get('target_spacing')
+    if spacing is not None and len(spacing) not in (1, 3):
+        raise UserError('--spacing', f'{list(spacing)} is not allowed: give one value (isotropic) or three, in mm')
+    if spacing is not None and len(spacing) == 1:
+        given['target_spacing'] = spacing * 3
     return given
 
 
@@ -176,7 +180,6 @@ def plan_run(args: argparse.Namespace, spec: DatasetSpec, synthetic: bool) -> Ru
         config.val_every = given.get('val_every', 0)  # 0: automatic, about a tenth of the time
         config.epochs = given.get('epochs', TIME_LIMITED_MAX_EPOCHS)
     check_patch_size(config)
-    check_seeds(config)
     check_split(config, len(cases_in_use(spec, given)))
     return config
 
@@ -188,21 +191,12 @@ def check_split(config: RunConfig, cases: int) -> None:
         raise UserError('--folds', f'{config.folds} is not allowed: K-fold cross-validation needs 2 <= K <= {cases}, the number of cases')
     if config.fold is not None and not 0 <= config.fold < config.folds:
         raise UserError('--fold', f'{config.fold} is not a fold of --folds {config.folds}: use 0..{config.folds - 1}')
-    if not 0 <= config.val_fraction < 1:
-        raise UserError('--val-fraction', f'{config.val_fraction} must be at least 0 and below 1 (0: train on every case, no validation)')
 
 
 def check_patch_size(config: RunConfig) -> None:
     divisor = 2**config.levels
     if any(p % divisor for p in config.patch_size):
         raise UserError('--patch-size', f'{list(config.patch_size)} must be divisible by 2**levels = {divisor}')
-
-
-def check_seeds(config: RunConfig) -> None:
-    # NumPy's generators, which draw the split and the patches, take only non-negative seeds.
-    for flag, seed in (('--seed', config.seed), ('--split-seed', config.split_seed)):
-        if seed is not None and seed < 0:
-            raise UserError(flag, f'{seed} must be a non-negative integer')
 
 
 def cases_in_use(spec: DatasetSpec, given: dict) -> tuple:

@@ -25,6 +25,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
+from heartseg.cli import Parser, integer, number
 from heartseg.crossval import fold_checkpoints, is_cross_validation
 from heartseg.data import case_id_from_path, read_dataset
 from heartseg.errors import UserError, run_cli
@@ -146,7 +147,7 @@ def save_overview_png(image: nib.Nifti1Image, mask: np.ndarray, path: Path) -> N
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = Parser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--checkpoint', type=Path, nargs='+', required=True,
                         help='a best.pt or last.pt written by main.py, a run folder (its best.pt), or several: their ensemble. '
                              "A cross-validation run folder means every fold's best.pt")
@@ -162,10 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help='keep only the largest connected component per label')
     parser.add_argument('--save-probabilities', action='store_true', help='also write <case>_probabilities.nii.gz (float32, one channel per label)')
     parser.add_argument('--png', action='store_true', help='also write <case>.png with three orthogonal slices and the mask contour')
-    parser.add_argument('--overlap', type=float, default=0.5, help='sliding-window overlap fraction')
+    parser.add_argument('--overlap', type=number(0, below=1), default=0.5, help='sliding-window overlap fraction')
     parser.add_argument('--blending', choices=BLENDINGS, default='gaussian', help='window blending weights')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N or mps')
-    parser.add_argument('--batch-size', type=int, default=2, help='windows per forward pass')
+    parser.add_argument('--batch-size', type=integer(1), default=2, help='windows per forward pass')
     return parser
 
 

@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import main as training_cli
+from heartseg.cli import Parser, integer, number
 from heartseg.config import RunConfig
 from heartseg.data import (
     Preprocessing,
@@ -370,48 +371,48 @@ def memory_benchmark(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = Parser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     commands = parser.add_subparsers(dest='command', required=True)
     train = commands.add_parser('train', help='training throughput: model only, data only, end to end; FLOPs; against MONAI',
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 epilog='Flags after -- go to main.py\'s planner, e.g. -- --batch-size 4 --no-channels-last')
     train.add_argument('--data', type=Path, required=True, help='MSD-layout dataset; its first cases feed the patches')
-    train.add_argument('--cases', type=int, default=16)
-    train.add_argument('--steps', type=int, default=16, help='optimiser steps per measurement')
-    train.add_argument('--repeats', type=int, default=3, help='runs per measurement; the median is reported')
+    train.add_argument('--cases', type=integer(1), default=16)
+    train.add_argument('--steps', type=integer(1), default=16, help='optimiser steps per measurement')
+    train.add_argument('--repeats', type=integer(1), default=3, help='runs per measurement; the median is reported')
     train.add_argument('--no-monai', action='store_true', help='skip the MONAI comparison')
     train.add_argument('main_flags', nargs='*', help='main.py flags (after --)')
     predict = commands.add_parser('predict', help='seconds per case, and our sliding window against MONAI',
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     predict.add_argument('--checkpoint', type=Path, required=True)
     predict.add_argument('--data', type=Path, required=True, help='MSD-layout dataset whose first cases are predicted')
-    predict.add_argument('--cases', type=int, default=5)
-    predict.add_argument('--repeats', type=int, default=3, help='runs per measurement; the median is reported')
-    predict.add_argument('--batch-size', type=int, default=2)
+    predict.add_argument('--cases', type=integer(1), default=5)
+    predict.add_argument('--repeats', type=integer(1), default=3, help='runs per measurement; the median is reported')
+    predict.add_argument('--batch-size', type=integer(1), default=2)
     predict.add_argument('--device', default='cpu')
     predict.add_argument('--tta', action=argparse.BooleanOptionalAction, default=False,
                          help="mirroring TTA in the end-to-end timing (predict.py's default; the 1 s per case target is without)")
     norm = commands.add_parser('norm', help="our InstanceNorm3d's forward and backward against nn.GroupNorm's, per U-Net stage (CPU)",
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    norm.add_argument('--patch-size', type=int, nargs=3, default=(96, 64, 32))
-    norm.add_argument('--batch-size', type=int, default=2)
-    norm.add_argument('--base-channels', type=int, default=8)
-    norm.add_argument('--levels', type=int, default=4)
-    norm.add_argument('--repeats', type=int, default=5, help='runs per measurement; the median is reported')
+    norm.add_argument('--patch-size', type=integer(1), nargs=3, default=(96, 64, 32))
+    norm.add_argument('--batch-size', type=integer(1), default=2)
+    norm.add_argument('--base-channels', type=integer(1), default=8)
+    norm.add_argument('--levels', type=integer(1), default=4)
+    norm.add_argument('--repeats', type=integer(1), default=5, help='runs per measurement; the median is reported')
     ensemble = commands.add_parser('ensemble', help='test Dice of each model and of the ensemble (probabilities vs logits averaged); seconds per case',
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ensemble.add_argument('--checkpoint', type=Path, nargs='+', required=True, help="checkpoints, or a cross-validation folder (every fold's best.pt)")
     ensemble.add_argument('--images', type=Path, required=True, help='folder of test scans')
     ensemble.add_argument('--labels', type=Path, required=True, help='folder of their reference label maps, same file names')
     ensemble.add_argument('--tta', action=argparse.BooleanOptionalAction, default=MIRRORING_TTA, help="mirroring TTA, as predict.py's default")
-    ensemble.add_argument('--timing-cases', type=int, default=2, help='cases timed end to end, the ensemble against its first model alone (0: no timing)')
-    ensemble.add_argument('--repeats', type=int, default=3, help='timing runs; the median is reported')
+    ensemble.add_argument('--timing-cases', type=integer(0), default=2, help='cases timed end to end, the ensemble against its first model alone (0: no timing)')
+    ensemble.add_argument('--repeats', type=integer(1), default=3, help='timing runs; the median is reported')
     ensemble.add_argument('--device', default='cpu')
     memory = commands.add_parser('memory', help='peak RSS of predicting one large synthetic volume',
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     memory.add_argument('--checkpoint', type=Path, required=True)
-    memory.add_argument('--shape', type=int, nargs=3, default=(512, 512, 300))
-    memory.add_argument('--spacing', type=float, nargs=3, default=(0.625, 0.625, 0.625))
+    memory.add_argument('--shape', type=integer(1), nargs=3, default=(512, 512, 300))
+    memory.add_argument('--spacing', type=number(0, inclusive=False), nargs=3, default=(0.625, 0.625, 0.625))
     memory.add_argument('--device', default='cpu')
     return parser
 

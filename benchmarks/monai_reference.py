@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from heartseg.cli import Parser, integer, number
 from heartseg.data import read_dataset
 from heartseg.errors import run_cli
 from heartseg.files import atomic_write_text
@@ -117,12 +118,12 @@ def evaluate_original_resolution(model, val_items: list[dict]) -> list[dict]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = Parser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--data', type=Path, required=True, help='MSD-layout dataset')
     parser.add_argument('--splits', type=Path, required=True, help="a run's splits.json, so both recipes share the split")
-    parser.add_argument('--minutes', type=float, default=25, help='training wall-clock budget')
+    parser.add_argument('--minutes', type=number(0, inclusive=False), default=25, help='training wall-clock budget')
     parser.add_argument('--output', type=Path, required=True, help='folder for curve.json and summary.json')
-    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--seed', type=integer(0), default=0)
     return parser
 
 

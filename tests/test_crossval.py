@@ -205,8 +205,8 @@ def test_training_on_every_case_saves_the_final_weights_as_best(small_dataset, t
 @pytest.mark.parametrize('flags,flag,problem', [
     (['--fold', '1'], '--fold', 'needs --folds'),
     (['--folds', '3', '--fold', '7'], '--fold', '0..2'),
-    (['--folds', '3', '--fold', '-1'], '--fold', '0..2'),
-    (['--folds', '1'], '--folds', '2 <= K <= 6'),
+    (['--folds', '3', '--fold', '-1'], '--fold', 'at least 0'),
+    (['--folds', '1'], '--folds', 'at least 2'),
     (['--folds', '7'], '--folds', '2 <= K <= 6'),
     (['--val-fraction', '1'], '--val-fraction', 'below 1'),
     (['--val-fraction', '-0.1'], '--val-fraction', 'at least 0'),

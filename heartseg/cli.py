@@ -1,0 +1,70 @@
+"""Command-line values checked where they are parsed: one line naming the flag, the value and what is allowed.
+
+Every script builds its parser with :class:`Parser`, and gives each numeric
+flag one of the value types below, so a bad value stops the script before any
+run folder or output file exists: ``run_cli`` prints the one line and exits
+with code 2.
+
+Example:
+    >>> parser = Parser(prog='demo')
+    >>> _ = parser.add_argument('--batch-size', type=integer(minimum=1))
+    >>> parser.parse_args(['--batch-size', '4']).batch_size
+    4
+    >>> integer(minimum=1)('0')
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: 0 is not allowed: an integer of at least 1 is required
+    >>> parser.parse_args(['--batch-size', 'two'])
+    Traceback (most recent call last):
+    ...
+    heartseg.errors.UserError: --batch-size: 'two' is not an integer (see demo --help)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from typing import NoReturn
+
+from heartseg.errors import UserError
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are :class:`UserError` s: one line naming the flag, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith('argument ') and ': ' in message:
+            flag, problem = message.removeprefix('argument ').split(': ', 1)
+            raise UserError(flag.split('/')[0], f'{problem} (see {self.prog} --help)')
+        raise UserError(self.prog, f'{message} (see --help)')
+
+
+def integer(minimum: int) -> Callable[[str], int]:
+    """An integer of at least ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{text!r} is not an integer') from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f'{value} is not allowed: an integer of at least {minimum} is required')
+        return value
+    parse.__name__ = f'integer >= {minimum}'
+    return parse
+
+
+def number(minimum: float, below: float | None = None, inclusive: bool = True) -> Callable[[str], float]:
+    """A finite number of at least ``minimum`` (above it if not ``inclusive``), and below ``below`` if given."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{text!r} is not a number') from None
+        low_ok = value >= minimum if inclusive else value > minimum
+        if not math.isfinite(value) or not low_ok or (below is not None and value >= below):
+            bound = f'{"at least" if inclusive else "above"} {minimum:g}' + (f' and below {below:g}' if below is not None else '')
+            raise argparse.ArgumentTypeError(f'{text} is not allowed: a finite number {bound} is required')
+        return value
+    parse.__name__ = 'number'
+    return parse
