@@ -62,7 +62,7 @@ def test_distances_match_an_independent_brute_force():
     forward, backward = distances.min(1), distances.min(0)
     result = case_metrics(a, b, spacing)
     assert result['hd95_mm'] == pytest.approx(np.percentile(np.concatenate([forward, backward]), 95))
-    assert result['asd_mm'] == pytest.approx((forward.mean() + backward.mean()) / 2)
+    assert result['asd_mm'] == pytest.approx(np.concatenate([forward, backward]).mean())
 
 
 def test_empty_cases_follow_the_documented_convention():
@@ -75,3 +75,17 @@ def test_empty_cases_follow_the_documented_convention():
     assert missed['reference_ml'] == pytest.approx(27 / 1000)
     spurious = case_metrics(full, empty, (1, 1, 1))
     assert spurious['dice'] == 0.0 and math.isnan(spurious['asd_mm'])
+
+
+@pytest.mark.parametrize('seed', range(4))
+def test_dice_hd95_and_asd_equal_medpys(seed):
+    """MedPy (a development-only dependency) is the reference the README names; its ASD pools both directions."""
+    binary = pytest.importorskip('medpy.metric.binary', reason='MedPy is in requirements-dev.txt; install it to compare')
+    rng = np.random.default_rng(seed)
+    spacing = tuple(rng.uniform(0.5, 2.0, 3))
+    prediction = ndimage.binary_dilation(rng.random((24, 20, 16)) > 0.985, iterations=3)
+    reference = ndimage.binary_dilation(rng.random((24, 20, 16)) > 0.99, iterations=2)
+    ours = case_metrics(prediction, reference, spacing)
+    assert ours['dice'] == pytest.approx(binary.dc(prediction, reference), abs=1e-12)
+    assert ours['hd95_mm'] == pytest.approx(binary.hd95(prediction, reference, voxelspacing=spacing), abs=1e-9)
+    assert ours['asd_mm'] == pytest.approx(binary.assd(prediction, reference, voxelspacing=spacing), abs=1e-9)
