@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from heartseg.files import atomic_torch_save
 from heartseg.fingerprint import CaseHeader, canonical_header
 
 # Bump when preprocessing changes so stale cache entries are never reused.
-PREPROCESSING_VERSION = 1
+PREPROCESSING_VERSION = 2
 AFFINE_TOLERANCE_MM = 1e-3
 
 
@@ -207,13 +208,17 @@ def check_same_grid(image_path: Path, image: nib.Nifti1Image, label_path: Path, 
 def read_label(path: Path, image: nib.Nifti1Image, declared: dict[int, str]) -> np.ndarray:
     """Return the label map as ``(1, X, Y, Z)`` uint8, checking its values."""
     label_data = read_voxels(path, image, channels=1)
-    values = np.unique(label_data)
+    check_label_values(path, np.unique(label_data), declared)
+    return label_data.astype(np.uint8)
+
+
+def check_label_values(path: Path, values: np.ndarray, declared: dict[int, str]) -> None:
+    """Require integer label values, each declared in ``dataset.json``."""
     if not np.array_equal(values, np.round(values)):
         raise UserError(path, f'label values must be integers, found {values[values != np.round(values)][:5].tolist()}')
     undeclared = sorted(set(values.astype(int).tolist()) - set(declared))
     if undeclared:
         raise UserError(path, f'label values {undeclared} are not declared in dataset.json labels {sorted(declared)}')
-    return label_data.astype(np.uint8)
 
 
 def load_case(case: Case, spec: DatasetSpec) -> tio.Subject:
@@ -244,28 +249,43 @@ def _cache_key(case: Case, preprocessing: Preprocessing) -> str:
     return hashlib.sha1(repr(parts).encode()).hexdigest()[:16]
 
 
+def check_headers(case: Case, spec: DatasetSpec) -> None:
+    """Check what the headers tell (files readable, dimensions, image and label on one grid) without reading voxels."""
+    image, label = load_nifti(case.image), load_nifti(case.label)
+    check_dimensions(case.image, image, len(spec.modalities))
+    check_dimensions(case.label, label, 1)
+    check_same_grid(case.image, image, case.label, label)
+
+
 def preprocess_case(case: Case, spec: DatasetSpec, preprocessing: Preprocessing, cache_dir: Path) -> tio.Subject:
-    """Return the preprocessed subject, computing and caching it on first use."""
-    if not case.image.is_file():
-        raise UserError(case.image, 'file not found')
-    if not case.label.is_file():
-        raise UserError(case.label, 'file not found')
+    """Return the preprocessed subject, computing and caching it on first use.
+
+    The case is checked whether or not its cache entry exists: its headers, and
+    its label values (kept in the entry) against the labels ``dataset.json``
+    declares now. Its voxels are read and checked when the entry is made.
+    """
+    check_headers(case, spec)
     cache_path = cache_dir / f'{case.case_id}-{_cache_key(case, preprocessing)}.pt'
     if cache_path.is_file():
         cached = torch.load(cache_path, weights_only=True)
     else:
-        subject = preprocessing.transform()(load_case(case, spec))
+        original = load_case(case, spec)
+        subject = preprocessing.transform()(original)
         cached = {
             'image': subject['image'].data.float(),
             'label': subject['label'].data.to(torch.uint8),
             'affine': torch.from_numpy(subject['image'].affine),
+            'label_values': torch.unique(original['label'].data),
         }
         atomic_torch_save(cached, cache_path)
+    label_values = cached['label_values'].numpy()
+    check_label_values(case.label, label_values, spec.labels)
     affine = cached['affine'].numpy()
     return tio.Subject(
         image=tio.ScalarImage(tensor=cached['image'], affine=affine),
         label=tio.LabelMap(tensor=cached['label'], affine=affine),
         case_id=case.case_id,
+        label_values=tuple(int(value) for value in label_values),
     )
 
 
@@ -276,13 +296,17 @@ def preprocess_cases(
     cache_dir: Path,
     show_progress: bool = True,
 ) -> list[tio.Subject]:
-    """Preprocess every case once (validating it), with a progress bar."""
+    """Preprocess every case once (validating it), with a progress bar; warn of cases without foreground."""
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(cache_dir, f'cannot create cache folder ({error.strerror})') from None
     with tqdm(cases, desc='Preprocessing', unit='case', leave=False, disable=not show_progress) as progress:
-        return [preprocess_case(case, spec, preprocessing, cache_dir) for case in progress]
+        subjects = [preprocess_case(case, spec, preprocessing, cache_dir) for case in progress]
+    for subject in subjects if show_progress else []:
+        if not any(subject['label_values']):  # some datasets hold such cases on purpose
+            tqdm.write(f'warning: case {subject["case_id"]}: its label map has no foreground voxels; it trains as background only', file=sys.stderr)
+    return subjects
 
 
 def split_cases(

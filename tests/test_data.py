@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import nibabel as nib
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 
 from heartseg import data
-from heartseg.data import Preprocessing, preprocess_case, read_dataset
+from heartseg.data import Preprocessing, preprocess_case, preprocess_cases, read_dataset
+from heartseg.errors import UserError
 
 
 def cached_files(cache):
@@ -60,3 +62,25 @@ def test_splits_are_seeded_and_disjoint(folds):
     assert first == data.split_cases(case_ids, seed=5, folds=folds, fold=0 if folds else None)
     assert not set(first['training']) & set(first['validation'])
     assert sorted(first['training'] + first['validation']) == case_ids
+
+
+def test_a_cached_case_is_still_checked_against_the_labels_dataset_json_declares_now(small_dataset, tmp_path, monkeypatch):
+    spec = read_dataset(small_dataset)
+    case, cache, preprocessing = spec.cases[0], tmp_path / 'cache', Preprocessing((3.0, 3.0, 3.0))
+    preprocess_case(case, spec, preprocessing, cache)
+    content = json.loads((small_dataset / 'dataset.json').read_text())
+    content['labels'] = {'0': 'background'}  # label 1 is no longer declared
+    (small_dataset / 'dataset.json').write_text(json.dumps(content))
+    monkeypatch.setattr(data, 'load_case', lambda *_: pytest.fail('the check must not need the voxels again'))
+    with pytest.raises(UserError, match=r'label values \[1\] are not declared'):
+        preprocess_case(case, read_dataset(small_dataset), preprocessing, cache)
+
+
+def test_a_case_without_foreground_is_named_in_a_warning(small_dataset, tmp_path, capsys):
+    spec = read_dataset(small_dataset)
+    label = nib.load(spec.cases[2].label)
+    nib.save(nib.Nifti1Image(np.zeros(label.shape, np.uint8), label.affine), spec.cases[2].label)
+    subjects = preprocess_cases(spec.cases[:3], spec, Preprocessing((3.0, 3.0, 3.0)), tmp_path / 'cache')
+    assert len(subjects) == 3
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith('warning:')]
+    assert warnings == [f'warning: case {spec.cases[2].case_id}: its label map has no foreground voxels; it trains as background only']
