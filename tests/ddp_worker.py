@@ -15,7 +15,6 @@ import torchio as tio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from heartseg import distributed  # noqa: E402
-
 from heartseg.config import RunConfig  # noqa: E402
 from training import create_trainer  # noqa: E402
 
