@@ -28,7 +28,15 @@ from heartseg import crossval, distributed
 from heartseg.augmentation import STRENGTHS
 from heartseg.checkpoint import load_checkpoint
 from heartseg.cli import Parser, integer, number
-from heartseg.config import RESUMABLE_SETTINGS, RunConfig, load_config, save_config
+from heartseg.config import (
+    DEVICE_DEFAULTS,
+    RESUMABLE_SETTINGS,
+    SYNTHETIC_SCHEDULE,
+    TIME_LIMITED_MAX_EPOCHS,
+    RunConfig,
+    load_config,
+    save_config,
+)
 from heartseg.data import (
     DatasetSpec,
     Preprocessing,
@@ -43,27 +51,13 @@ from heartseg.errors import UserError, run_cli
 from heartseg.files import atomic_write_text, ensure_writable_dir
 from heartseg.fingerprint import plan_for_device
 from heartseg.losses import LOSSES
+from heartseg.schedule import VALIDATION_SHARE
 from heartseg.synthetic import write_synthetic_dataset
 from mymodel import NORMS
 from training import create_trainer
 
 DATA_ROOT = Path('data')
 SYNTHETIC_FOLDER = 'SyntheticHeart'
-# Width of the first level per device. On a 2-core CPU, 8 channels beat 16 on LA2018
-# at an equal 12-minute budget (Dice 0.880 vs 0.871 at 0.625 mm; BENCHMARKS.md).
-BASE_CHANNELS = {'cpu': 8, 'mps': 16, 'cuda': 16}
-# channels_last_3d made the CPU training step 1.5x faster (with GroupNorm) but the
-# H100's 1.14x slower (BENCHMARKS.md).
-CHANNELS_LAST = {'cpu': True, 'mps': False, 'cuda': False}
-# Data-loader worker processes per device. On a 2-core CPU the main process keeps up
-# (the pipeline makes 16x the patches the model uses; BENCHMARKS.md); a GPU needs
-# background workers so that it never waits for patches.
-# Each torchrun process gets at most its share of the cores, less one for itself.
-NUM_WORKERS = {'cpu': 0, 'mps': 2, 'cuda': 8}
-# With --time-limit the schedule is fitted to the clock; this only caps it.
-TIME_LIMITED_MAX_EPOCHS = 10_000
-# A short schedule that reaches a useful Dice on the synthetic data within minutes on a laptop CPU.
-SYNTHETIC_SCHEDULE = {'epochs': 10, 'steps_per_epoch': 20}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,40 +71,50 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument('--download-url', default=TASK02_URL, help='mirror to download Task02_Heart from, http(s):// or file:// (default: %(default)s)')
     data.add_argument('--cache-dir', type=Path, default=Path('cache'), help='where preprocessed volumes are cached (default: %(default)s)')
     data.add_argument('--spacing', type=number(0, inclusive=False), nargs='+', help='target spacing in mm (one value or three). Default: the dataset median (nnU-Net rule), but no finer than 1.25 mm on a CPU')
-    data.add_argument('--val-fraction', type=number(0, below=1), default=None, help='fraction of cases held out for validation (default 0.2); 0 trains on every case with no validation, and best.pt is the final model')
+    data.add_argument('--val-fraction', type=number(0, below=1), default=None, help=f'fraction of cases held out for validation (default {RunConfig.val_fraction}); 0 trains on every case with no validation, and best.pt is the final model')
     data.add_argument('--folds', type=integer(2), default=None, help='K-fold cross-validation (K >= 2, overrides --val-fraction): without --fold, trains every fold in turn into RUN_DIR/fold_0..K-1, then scores all cases out of fold into RUN_DIR/crossval.csv and crossval.json')
     data.add_argument('--fold', type=integer(0), default=None, help='train only fold I (0..K-1) of --folds K')
     data.add_argument('--split-seed', type=integer(0), default=None, help='seed of the training/validation split (default: --seed); fix it to compare training seeds on one split')
     data.add_argument('--max-cases', type=integer(1), default=None, help='use only the first N cases (quick runs)')
 
     model = parser.add_argument_group('model')
-    model.add_argument('--levels', type=integer(1), default=None, help='encoder levels above the bridge (default 4; the seed used 2)')
-    model.add_argument('--base-channels', type=integer(1), default=None, help='channels of the first level (default 8 on a CPU, 16 on a GPU; the seed used 8)')
-    model.add_argument('--norm', choices=NORMS, default=None, help='normalisation layer (default instance; the seed used batch)')
-    model.add_argument('--deep-supervision', action=argparse.BooleanOptionalAction, default=None, help='nnU-Net deep supervision: extra loss terms on the decoder at 1/2 to 1/2**(levels-2) resolution; a 2-level net has none (default on)')
+    model.add_argument('--levels', type=integer(1), default=None, help=f'encoder levels above the bridge (default {RunConfig.levels}; the seed used 2)')
+    model.add_argument('--base-channels', type=integer(1), default=None, help=f'channels of the first level (default {_by_device("base_channels")}; the seed used 8)')
+    model.add_argument('--norm', choices=NORMS, default=None, help=f'normalisation layer (default {RunConfig.norm}; the seed used batch)')
+    model.add_argument('--deep-supervision', action=argparse.BooleanOptionalAction, default=None, help=f'nnU-Net deep supervision: extra loss terms on the decoder at 1/2 to 1/2**(levels-2) resolution; a 2-level net has none (default {_on(RunConfig.deep_supervision)})')
 
     train = parser.add_argument_group('training')
-    train.add_argument('--epochs', type=integer(1), default=None, help='epochs (default 100; 10 on the synthetic dataset)')
+    train.add_argument('--epochs', type=integer(1), default=None, help=f'epochs (default {RunConfig.epochs}; {SYNTHETIC_SCHEDULE["epochs"]} on the synthetic dataset)')
     train.add_argument('--steps-per-epoch', type=integer(1), default=None, help='optimiser steps per epoch (default: one patch per training case)')
-    train.add_argument('--batch-size', type=integer(1), default=None, help='patches per optimiser step, over all torchrun processes together (default 2)')
+    train.add_argument('--batch-size', type=integer(1), default=None, help=f'patches per optimiser step, over all torchrun processes together (default {RunConfig.batch_size})')
     train.add_argument('--patch-size', type=integer(1), nargs=3, default=None, help='patch size in voxels (default: planned from the median case and the device)')
-    train.add_argument('--lr', type=number(0, inclusive=False), default=None, help='initial Adam learning rate, decayed polynomially (default 1e-3)')
-    train.add_argument('--loss', choices=LOSSES, default=None, help='loss function (default bce_dice)')
-    train.add_argument('--augmentation', choices=STRENGTHS, default=None, help='patch augmentation strength (default: default)')
+    train.add_argument('--lr', type=number(0, inclusive=False), default=None, help=f'initial Adam learning rate, decayed polynomially (default {RunConfig.lr:g})')
+    train.add_argument('--loss', choices=LOSSES, default=None, help=f'loss function (default {RunConfig.loss})')
+    train.add_argument('--augmentation', choices=STRENGTHS, default=None, help=f'patch augmentation strength (default {RunConfig.augmentation})')
     train.add_argument('--time-limit', type=number(0), default=None, help='wall-clock budget in minutes; the schedule is fitted so the learning rate anneals within it (0: no limit)')
-    train.add_argument('--val-every', type=integer(0), default=None, help='validate every N epochs; 0 = automatic, about 10%% of the time (default 1; 0 with --time-limit)')
-    train.add_argument('--image-every', type=integer(1), default=None, help='log a validation overlay image every N epochs (default 5)')
+    train.add_argument('--val-every', type=integer(0), default=None, help=f'validate every N epochs; 0 = automatic, about {VALIDATION_SHARE:.0%%} of the time (default {RunConfig.val_every}; 0 with --time-limit)')
+    train.add_argument('--image-every', type=integer(1), default=None, help=f'log a validation overlay image every N epochs (default {RunConfig.image_every})')
 
     run = parser.add_argument_group('run')
     run.add_argument('--run-dir', type=Path, help='run folder for config, checkpoints and logs (default runs/<timestamp>)')
     run.add_argument('--resume', type=Path, metavar='RUN_DIR', help='continue a run from RUN_DIR/last.pt')
     run.add_argument('--device', default=None, help='auto, cpu, cuda, cuda:N or mps (default auto: cuda > mps > cpu)')
-    run.add_argument('--amp', action=argparse.BooleanOptionalAction, default=None, help='mixed precision: bf16 (fp16 on older GPUs) on CUDA and on CPUs with native bf16 instructions (default on)')
-    run.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None, help='channels_last_3d memory format for the network (default on for a CPU, off for a GPU)')
-    run.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None, help='torch.compile the training step (default off)')
-    run.add_argument('--num-workers', type=integer(0), default=None, help='data-loader worker processes (default 0 on a CPU, up to 8 with a GPU)')
-    run.add_argument('--seed', type=integer(0), default=None, help='random seed (default 0)')
+    run.add_argument('--amp', action=argparse.BooleanOptionalAction, default=None, help=f'mixed precision: bf16 (fp16 on older GPUs) on CUDA and on CPUs with native bf16 instructions (default {_on(RunConfig.amp)})')
+    run.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None, help=f'channels_last_3d memory format for the network (default {_by_device("channels_last")})')
+    run.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None, help=f'torch.compile the training step (default {_on(RunConfig.compile)})')
+    run.add_argument('--num-workers', type=integer(0), default=None, help=f'data-loader worker processes (default {_by_device("num_workers")}, at most the cores less one)')
+    run.add_argument('--seed', type=integer(0), default=None, help=f'random seed (default {RunConfig.seed})')
     return parser
+
+
+def _on(value: bool) -> str:
+    return 'on' if value else 'off'
+
+
+def _by_device(setting: str) -> str:
+    values = {device: getattr(defaults, setting) for device, defaults in DEVICE_DEFAULTS.items()}
+    shown = {device: _on(value) if isinstance(value, bool) else value for device, value in values.items()}
+    return f'{shown["cpu"]} on a CPU, {shown["cuda"]} on a GPU'
 
 
 # Flags whose names differ from RunConfig fields.
@@ -156,9 +160,9 @@ def plan_run(args: argparse.Namespace, spec: DatasetSpec, synthetic: bool) -> Ru
     """Turn flags and the dataset fingerprint into one RunConfig."""
     given = explicit_settings(args)
     device = select_device(given.get('device', 'auto'))
+    defaults = DEVICE_DEFAULTS[device.type]
     headers = [read_header(case, spec) for case in cases_in_use(spec, given)]
     levels = given.get('levels', RunConfig.levels)
-    base_channels = given.get('base_channels', BASE_CHANNELS[device.type])
     spacing, patch = plan_for_device(headers, device.type, levels, given.get('target_spacing'))
     config = RunConfig(
         data=str(spec.root),
@@ -166,10 +170,9 @@ def plan_run(args: argparse.Namespace, spec: DatasetSpec, synthetic: bool) -> Ru
         cache_dir=str(args.cache_dir),
         target_spacing=tuple(float(s) for s in spacing),
         patch_size=patch,
-        base_channels=base_channels,
-        deep_supervision=True,
-        channels_last=CHANNELS_LAST[device.type],
-        num_workers=min(NUM_WORKERS[device.type], max(0, (os.cpu_count() or 1) // distributed.world_size() - 1)),
+        base_channels=defaults.base_channels,
+        channels_last=defaults.channels_last,
+        num_workers=min(defaults.num_workers, max(0, (os.cpu_count() or 1) // distributed.world_size() - 1)),
         labels={str(k): v for k, v in spec.labels.items()},
         modalities={str(k): v for k, v in spec.modalities.items()},
         **(SYNTHETIC_SCHEDULE if synthetic else {}),

@@ -30,7 +30,12 @@ from heartseg.crossval import fold_checkpoints, is_cross_validation
 from heartseg.data import case_id_from_path, read_dataset
 from heartseg.errors import UserError, run_cli
 from heartseg.files import atomic_write, ensure_writable_dir, save_nifti
-from heartseg.inference import BLENDINGS
+from heartseg.inference import (
+    BLENDINGS,
+    DEFAULT_BLENDING,
+    DEFAULT_OVERLAP,
+    DEFAULT_WINDOW_BATCH,
+)
 from heartseg.prediction import (
     MIRRORING_TTA,
     Predictor,
@@ -163,10 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help='keep only the largest connected component per label')
     parser.add_argument('--save-probabilities', action='store_true', help='also write <case>_probabilities.nii.gz (float32, one channel per label)')
     parser.add_argument('--png', action='store_true', help='also write <case>.png with three orthogonal slices and the mask contour')
-    parser.add_argument('--overlap', type=number(0, below=1), default=0.5, help='sliding-window overlap fraction')
-    parser.add_argument('--blending', choices=BLENDINGS, default='gaussian', help='window blending weights')
+    parser.add_argument('--overlap', type=number(0, below=1), default=DEFAULT_OVERLAP, help='sliding-window overlap fraction')
+    parser.add_argument('--blending', choices=BLENDINGS, default=DEFAULT_BLENDING, help='window blending weights')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N or mps')
-    parser.add_argument('--batch-size', type=integer(1), default=2, help='windows per forward pass')
+    parser.add_argument('--batch-size', type=integer(1), default=DEFAULT_WINDOW_BATCH, help='windows per forward pass')
     return parser
 
 

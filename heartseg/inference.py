@@ -21,6 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 BLENDINGS = ('gaussian', 'hann')
+# The sliding-window defaults of validation and prediction alike.
+DEFAULT_OVERLAP = 0.5
+DEFAULT_BLENDING = 'gaussian'
+DEFAULT_WINDOW_BATCH = 2
 
 
 def blending_weights(patch_size: tuple[int, int, int], mode: str = 'gaussian') -> torch.Tensor:
@@ -57,9 +61,9 @@ def sliding_window_logits(
     model: nn.Module,
     image: torch.Tensor,
     patch_size: tuple[int, int, int],
-    overlap: float = 0.5,
-    batch_size: int = 2,
-    blending: str = 'gaussian',
+    overlap: float = DEFAULT_OVERLAP,
+    batch_size: int = DEFAULT_WINDOW_BATCH,
+    blending: str = DEFAULT_BLENDING,
     device: torch.device | str = 'cpu',
     amp: bool = False,
 ) -> torch.Tensor:

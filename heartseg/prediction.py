@@ -36,7 +36,13 @@ from heartseg.data import (
 from heartseg.devices import select_device
 from heartseg.errors import UserError
 from heartseg.files import atomic_write_text
-from heartseg.inference import predict_logits, probabilities_to_labels
+from heartseg.inference import (
+    DEFAULT_BLENDING,
+    DEFAULT_OVERLAP,
+    DEFAULT_WINDOW_BATCH,
+    predict_logits,
+    probabilities_to_labels,
+)
 from heartseg.metrics import case_metrics
 from mymodel import UNet3D
 
@@ -101,8 +107,9 @@ class Predictor:
         >>> folds = Predictor([Path(f'runs/cv/fold_{i}/best.pt') for i in range(5)])  # doctest: +SKIP
     """
 
-    def __init__(self, checkpoints: Path | Sequence[Path], device: str = 'auto', batch_size: int = 2,
-                 overlap: float = 0.5, blending: str = 'gaussian', tta: bool = MIRRORING_TTA, keep_largest: bool = True):
+    def __init__(self, checkpoints: Path | Sequence[Path], device: str = 'auto', batch_size: int = DEFAULT_WINDOW_BATCH,
+                 overlap: float = DEFAULT_OVERLAP, blending: str = DEFAULT_BLENDING, tta: bool = MIRRORING_TTA,
+                 keep_largest: bool = True):
         self.device = select_device(device)
         paths = [checkpoints] if isinstance(checkpoints, Path) else list(checkpoints)
         self.models = [load_trained_model(path, self.device) for path in paths]
