@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument('--loss', choices=LOSSES, default=None, help=f'loss function (default {RunConfig.loss})')
     train.add_argument('--augmentation', choices=STRENGTHS, default=None, help=f'patch augmentation strength (default {RunConfig.augmentation})')
     train.add_argument('--time-limit', type=number(0), default=None, help='wall-clock budget in minutes; the schedule is fitted so the learning rate anneals within it (0: no limit)')
-    train.add_argument('--val-every', type=integer(0), default=None, help=f'validate every N epochs; 0 = automatic, about {VALIDATION_SHARE:.0%%} of the time (default {RunConfig.val_every}; 0 with --time-limit)')
+    train.add_argument('--val-every', type=integer(0), default=None, help=f'validate every N epochs; 0 = automatic, about {VALIDATION_SHARE:.0%}% of the time (default {RunConfig.val_every}; 0 with --time-limit)')
     train.add_argument('--image-every', type=integer(1), default=None, help=f'log a validation overlay image every N epochs (default {RunConfig.image_every})')
 
     run = parser.add_argument_group('run')
