@@ -145,16 +145,6 @@ def test_unwritable_run_dir_is_detected_before_training(small_dataset, tmp_path,
     assert len(errors) == 1 and 'not writable' in errors[0] and str(blocker) in errors[0]
 
 
-@pytest.mark.parametrize('flag', ['--seed', '--split-seed'])
-def test_a_negative_seed_is_refused_before_a_run_folder_exists(flag, small_dataset, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    run_dir = tmp_path / 'run'
-    code, errors = run_main(['--data', str(small_dataset), '--run-dir', str(run_dir), '--epochs', '1', flag, '-1'], capsys)
-    assert code == EXIT_USER_ERROR
-    assert len(errors) == 1 and flag in errors[0] and 'non-negative' in errors[0], errors
-    assert not run_dir.exists(), 'a refused start must not leave a run folder'
-
-
 def test_resume_with_incompatible_architecture_is_refused(small_dataset, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / 'run'

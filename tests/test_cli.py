@@ -15,7 +15,7 @@ BAD_VALUES = [
     (main, ['--batch-size', '0'], '--batch-size', 'at least 1'),
     (main, ['--batch-size', 'two'], '--batch-size', "'two' is not an integer"),
     (main, ['--lr', 'nan'], '--lr', 'nan is not allowed: a finite number above 0'),
-    (main, ['--lr', '-1e-3'], '--lr', 'above 0'),
+    (main, ['--lr=-1e-3'], '--lr', 'above 0'),
     (main, ['--time-limit', '-5'], '--time-limit', 'at least 0'),
     (main, ['--time-limit', 'inf'], '--time-limit', 'finite'),
     (main, ['--val-fraction', '1.5'], '--val-fraction', 'below 1'),
