@@ -49,7 +49,7 @@ from heartseg.devices import mixed_precision_dtype, select_device
 from heartseg.download import TASK02_FOLDER, TASK02_URL, download_task02
 from heartseg.errors import UserError, run_cli
 from heartseg.files import atomic_write_text, ensure_writable_dir
-from heartseg.fingerprint import plan_for_device
+from heartseg.fingerprint import spacing_and_patch_for_device
 from heartseg.losses import LOSSES
 from heartseg.schedule import VALIDATION_SHARE
 from heartseg.synthetic import write_synthetic_dataset
@@ -156,14 +156,14 @@ def resolve_data_root(args: argparse.Namespace) -> tuple[Path, bool]:
     return synthetic, True
 
 
-def plan_run(args: argparse.Namespace, spec: DatasetSpec, synthetic: bool) -> RunConfig:
+def configure_run(args: argparse.Namespace, spec: DatasetSpec, synthetic: bool) -> RunConfig:
     """Turn flags and the dataset fingerprint into one RunConfig."""
     given = explicit_settings(args)
     device = select_device(given.get('device', 'auto'))
     defaults = DEVICE_DEFAULTS[device.type]
     headers = [read_header(case, spec) for case in cases_in_use(spec, given)]
     levels = given.get('levels', RunConfig.levels)
-    spacing, patch = plan_for_device(headers, device.type, levels, given.get('target_spacing'))
+    spacing, patch = spacing_and_patch_for_device(headers, device.type, levels, given.get('target_spacing'))
     config = RunConfig(
         data=str(spec.root),
         run_dir=str(args.run_dir or Path('runs') / datetime.now().strftime('%Y%m%d-%H%M%S')),
@@ -224,7 +224,7 @@ def _normalise(value):
     return json.loads(json.dumps(value))
 
 
-def print_plan(config: RunConfig, num_train: int, num_val: int) -> None:
+def print_run_line(config: RunConfig, num_train: int, num_val: int) -> None:
     print(
         f'Plan: {num_train} training / {num_val} validation cases, spacing {config.target_spacing} mm, '
         f'patch {list(config.patch_size)}, U-Net levels={config.levels} base={config.base_channels} '
@@ -246,7 +246,7 @@ def prepare_subjects(config: RunConfig, spec: DatasetSpec) -> dict[str, list[tio
     split = split_cases([c.case_id for c in cases], config.data_split_seed, config.val_fraction, config.folds, config.fold)
     main_rank = distributed.is_main()
     if main_rank:
-        print_plan(config, len(split['training']), len(split['validation']))
+        print_run_line(config, len(split['training']), len(split['validation']))
     by_id = {case.case_id: case for case in cases}
     preprocessing = Preprocessing(config.target_spacing)
     cache_dir = Path(config.cache_dir) / spec.name
@@ -268,7 +268,7 @@ def configure(args: argparse.Namespace) -> tuple[RunConfig, DatasetSpec, bool]:
     else:
         data_root, synthetic = resolve_data_root(args)
         spec = read_dataset(data_root)
-        config = plan_run(args, spec, synthetic)
+        config = configure_run(args, spec, synthetic)
     run_dir = Path(config.run_dir)
     if args.resume is None and ((run_dir / 'last.pt').exists() or crossval.fold_folder(run_dir, 0).exists()):
         raise UserError(run_dir, 'run folder already holds a run; use --resume to continue it or choose another --run-dir')
@@ -351,12 +351,12 @@ def cross_validate(config: RunConfig, spec: DatasetSpec, started: float, cleanup
     root = Path(config.run_dir)
     if distributed.is_main():
         save_config(config, root / 'config.json')
-        print(crossval.plan_line(config.folds, config.time_limit, root))
+        print(crossval.schedule_line(config.folds, config.time_limit, root))
     for fold in range(config.folds):
         fold_dir = crossval.fold_folder(root, fold)
         if distributed.broadcast(crossval.is_scored(fold_dir) if distributed.is_main() else None):
             continue
-        fold_config, resuming = distributed.broadcast(fold_plan(config, spec, fold) if distributed.is_main() else None)
+        fold_config, resuming = distributed.broadcast(prepare_fold(config, spec, fold) if distributed.is_main() else None)
         code = train_run(fold_config, spec, started, resuming, cleanup_dir if fold == 0 else None, resume_dir=root)
         if code:
             return code
@@ -373,7 +373,7 @@ def cross_validate(config: RunConfig, spec: DatasetSpec, started: float, cleanup
     return 0
 
 
-def fold_plan(config: RunConfig, spec: DatasetSpec, fold: int) -> tuple[RunConfig, bool]:
+def prepare_fold(config: RunConfig, spec: DatasetSpec, fold: int) -> tuple[RunConfig, bool]:
     """The config of one fold of a cross-validation, and whether the fold resumes.
 
     A fold that has started keeps its own saved config (its time share

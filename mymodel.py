@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -115,6 +116,12 @@ class UNet3D(nn.Module):
     def size_divisor(self) -> int:
         """Every spatial input size must be a multiple of this."""
         return 2**self.levels
+
+    def without_deep_supervision(self) -> UNet3D:
+        """A copy without the deep-supervision heads: the network to deploy, with the same eval-mode output."""
+        deployed = copy.deepcopy(self)
+        deployed.deep_heads = nn.ModuleList()
+        return deployed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         stages = self.features(x)

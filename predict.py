@@ -3,13 +3,15 @@
 Every mask has the input's shape, affine, qform/sform and orientation. The
 checkpoint carries everything else: architecture, spacing, normalisation,
 patch size and label values. Several checkpoints, or a cross-validation run
-folder, predict as one ensemble.
+folder, predict as one ensemble. An ONNX or TorchScript file written by
+export.py runs through the same steps.
 
 Example:
     python predict.py --checkpoint runs/la/best.pt --input scans/ --output masks/
     python predict.py --checkpoint runs/la/best.pt --input ../shared/data/LA2018/dataset.json \\
         --subset validation --output masks/ --labels ../shared/data/LA2018/labelsTr
     python predict.py --checkpoint runs/cv --input scans/ --output masks/   # the 5-fold ensemble
+    python predict.py --checkpoint la.onnx --input scans/ --output masks/   # a file from export.py
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from heartseg.cli import Parser, integer, number
-from heartseg.crossval import fold_checkpoints, is_cross_validation
+from heartseg.crossval import fold_checkpoints, is_cross_validation, resolve_checkpoints
 from heartseg.data import case_id_from_path, read_dataset
 from heartseg.errors import UserError, run_cli
 from heartseg.files import atomic_write, ensure_writable_dir, save_nifti
@@ -75,21 +77,6 @@ def gather_inputs(source: Path, subset: str) -> list[InputCase]:
     if not source.exists():
         raise UserError(source, 'input not found')
     return [InputCase(case_id_from_path(source), source)]
-
-
-def resolve_checkpoints(paths: list[Path]) -> list[Path]:
-    """Checkpoint files: a file as given, a run folder's best.pt, or every fold's best.pt of a cross-validation."""
-    checkpoints = []
-    for path in paths:
-        if not path.is_dir():
-            checkpoints.append(path)
-        elif is_cross_validation(path):
-            checkpoints += fold_checkpoints(path)
-        elif (path / 'best.pt').is_file():
-            checkpoints.append(path / 'best.pt')
-        else:
-            raise UserError(path, 'folder holds neither best.pt nor a cross-validation (fold_*/best.pt)')
-    return checkpoints
 
 
 def prediction_jobs(cases: list[InputCase], subset: str, checkpoint_paths: list[Path]) -> list[PredictionJob]:
@@ -154,8 +141,8 @@ def save_overview_png(image: nib.Nifti1Image, mask: np.ndarray, path: Path) -> N
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--checkpoint', type=Path, nargs='+', required=True,
-                        help='a best.pt or last.pt written by main.py, a run folder (its best.pt), or several: their ensemble. '
-                             "A cross-validation run folder means every fold's best.pt")
+                        help='a best.pt or last.pt written by main.py, a run folder (its best.pt), an ONNX or TorchScript '
+                             "file written by export.py, or several: their ensemble. A cross-validation run folder means every fold's best.pt")
     parser.add_argument('--input', type=Path, required=True, help='a .nii/.nii.gz scan, a folder of them, or an MSD dataset.json')
     parser.add_argument('--output', type=Path, required=True, help='folder for <case>.nii.gz masks (and metrics)')
     parser.add_argument('--subset', choices=('all', 'training', 'validation'), default='all',

@@ -121,7 +121,7 @@ class Trainer:
             return
         save_checkpoint(
             self.run_dir / name,
-            self.config.plan(),
+            self.config.model_plan(),
             epoch=epoch,
             total_epochs=self.total_epochs,
             model=self.model.state_dict(),
@@ -167,7 +167,7 @@ class Trainer:
             elif not self.selects_best and not math.isnan(result.val_dice):
                 self.best_dice = result.val_dice
             self.elapsed += time.perf_counter() - started
-            self._plan_remaining_epochs(epoch)
+            self._refit_remaining_epochs(epoch)
             if not self.selects_best and epoch >= self.total_epochs:
                 self._save('best.pt', epoch)  # the final weights (written before last.pt, so a kill redoes the epoch)
             self._save('last.pt', epoch)
@@ -252,7 +252,7 @@ class Trainer:
                 self.overlay = overlay_image(subject['image'].data[0], reference, prediction)
         return float(np.mean(distributed.gather(losses))), float(np.mean(distributed.gather(dices)))
 
-    def _plan_remaining_epochs(self, completed: int) -> None:
+    def _refit_remaining_epochs(self, completed: int) -> None:
         """With a time limit, fit the schedule to the time left, so the LR still anneals to zero."""
         if not self.config.time_limit:
             return

@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,11 +37,20 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 import main as training_cli
+from benchmarks.timing import (
+    UtilisationSampler,
+    conv3d_peak_gflops,
+    count_flops,
+    interleaved_medians,
+    median_seconds,
+    synchronised,
+    timed,
+)
 from heartseg.cli import Parser, integer, number
 from heartseg.config import RunConfig
+from heartseg.crossval import resolve_checkpoints
 from heartseg.data import (
     Preprocessing,
     case_id_from_path,
@@ -63,75 +71,15 @@ from heartseg.prediction import (
     evaluate_case,
 )
 from mymodel import deep_supervision_heads
-from predict import NIFTI_SUFFIXES, resolve_checkpoints
+from predict import NIFTI_SUFFIXES
 from training import create_trainer
-
-
-def median_seconds(function, repeats: int) -> float:
-    return statistics.median(_timed(function) for _ in range(repeats))
-
-
-def interleaved_medians(first, second, repeats: int) -> tuple[float, float]:
-    """Median times of two functions run alternately, so drift on a shared machine hits both alike."""
-    pairs = [(_timed(first), _timed(second)) for _ in range(repeats)]
-    return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
-
-
-def _timed(function) -> float:
-    started = time.perf_counter()
-    function()
-    return time.perf_counter() - started
-
-
-def conv3d_peak_gflops(device: torch.device, repeats: int) -> float:
-    """GFLOP/s of a large conv3d forward and backward in channels_last_3d: the machine's practical peak."""
-    layout = torch.channels_last_3d
-    convolution = torch.nn.Conv3d(32, 32, 3, padding=1).to(device, memory_format=layout)
-    volume = torch.randn(2, 32, 64, 64, 64, device=device).to(memory_format=layout).requires_grad_()
-    flops = count_flops(lambda: convolution(volume).sum().backward())
-    return flops / median_seconds(lambda: _synchronised(lambda: convolution(volume).sum().backward(), device), repeats) / 1e9
-
-
-def count_flops(function: Callable[[], object]) -> int:
-    with FlopCounterMode(display=False) as counter:
-        function()
-    return counter.get_total_flops()
-
-
-def _synchronised(function: Callable[[], object], device: torch.device) -> None:
-    function()
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
-class UtilisationSampler:
-    """Mean GPU utilisation (from NVML) while the block runs; NaN on other devices."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.samples, self.stop = device, [], threading.Event()
-
-    def __enter__(self) -> UtilisationSampler:
-        if self.device.type == 'cuda':
-            threading.Thread(target=self._sample, daemon=True).start()
-        return self
-
-    def _sample(self) -> None:
-        while not self.stop.wait(0.1):
-            self.samples.append(torch.cuda.utilization(self.device))
-
-    def __exit__(self, *_) -> None:
-        self.stop.set()
-
-    @property
-    def mean(self) -> float:
-        return float(np.mean(self.samples)) if self.samples else float('nan')
 
 
 def training_setup(args: argparse.Namespace) -> tuple[RunConfig, list]:
     """The run main.py would plan for ``--data`` and the extra flags, and its preprocessed cases."""
     spec = read_dataset(args.data)
     main_args = training_cli.build_parser().parse_args(['--data', str(args.data), '--run-dir', tempfile.mkdtemp(), *args.main_flags])
-    config = training_cli.plan_run(main_args, spec, synthetic=False)
+    config = training_cli.configure_run(main_args, spec, synthetic=False)
     config.steps_per_epoch = args.steps
     subjects = preprocess_cases(spec.cases[: args.cases], spec, Preprocessing(config.target_spacing), Path(config.cache_dir) / spec.name)
     return config, subjects
@@ -218,7 +166,7 @@ def train_benchmark(args: argparse.Namespace) -> dict:
         for _ in range(args.repeats):
             for name, pipeline in pipelines.items():
                 for part in MEASURED:
-                    timings[name, part].append(_timed(lambda: _synchronised(pipeline[part], device)))
+                    timings[name, part].append(timed(lambda: synchronised(pipeline[part], device)))
     for name in pipelines:
         seconds = {part: statistics.median(timings[name, part]) for part in MEASURED}
         summary = result[name]

@@ -1,20 +1,21 @@
 """Checkpoints that describe themselves and load without running pickled code.
 
 A checkpoint holds the weights, the optimiser state and, as a JSON string, the
-plan: architecture, preprocessing, patch size, labels and the training
-config. ``predict.py`` needs nothing else. Loading uses ``weights_only=True``
-so a tampered file cannot execute code.
+:class:`ModelPlan`: architecture, preprocessing, patch size, labels and the
+training config. ``predict.py`` needs nothing else. Loading uses
+``weights_only=True`` so a tampered file cannot execute code.
 
 Example:
     >>> state = load_checkpoint(Path('runs/example/best.pt'))  # doctest: +SKIP
-    >>> state['plan']['patch_size']  # doctest: +SKIP
-    [80, 80, 48]
+    >>> state['plan'].patch_size  # doctest: +SKIP
+    (80, 80, 48)
 """
 
 from __future__ import annotations
 
 import json
 import pickle
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,48 @@ from heartseg.files import atomic_torch_save
 CHECKPOINT_FORMAT = 'heartseg-checkpoint-v1'
 
 
-def save_checkpoint(path: Path, plan: dict[str, Any], **state: Any) -> None:
+@dataclass(frozen=True)
+class ModelPlan:
+    """Everything needed to rebuild a trained network and apply it to a new scan.
+
+    Example:
+        >>> plan = ModelPlan({'in_channels': 1}, (1.25, 1.25, 1.25), (80, 64, 32), {'0': 'background', '1': 'left atrium'}, {'0': 'MRI'})
+        >>> ModelPlan.from_json(plan.to_json(), 'best.pt') == plan
+        True
+    """
+
+    model: dict[str, Any]  # keyword arguments of mymodel.UNet3D
+    target_spacing: tuple[float, float, float]
+    patch_size: tuple[int, int, int]
+    labels: dict[str, str]
+    modalities: dict[str, str]
+    normalization: str = 'zscore'
+    config: dict[str, Any] = field(default_factory=dict)  # the full training RunConfig
+
+    @property
+    def channels(self) -> int:
+        return max(1, len(self.modalities))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str, path: Path | str) -> ModelPlan:
+        try:
+            values = json.loads(text)
+            values.update(target_spacing=tuple(values['target_spacing']), patch_size=tuple(values['patch_size']))
+            return cls(**values)
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+            raise UserError(path, f'invalid model plan in checkpoint ({type(error).__name__}: {error})') from None
+
+
+def save_checkpoint(path: Path, plan: ModelPlan, **state: Any) -> None:
     """Atomically write ``state`` plus the plan (stored as JSON text)."""
-    atomic_torch_save({'format': CHECKPOINT_FORMAT, 'plan': json.dumps(plan), **state}, path)
+    atomic_torch_save({'format': CHECKPOINT_FORMAT, 'plan': plan.to_json(), **state}, path)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = 'cpu') -> dict[str, Any]:
-    """Load and check a checkpoint, decoding its plan back into a dict.
+    """Load and check a checkpoint, decoding its plan back into a :class:`ModelPlan`.
 
     Raises:
         UserError: The file is missing, corrupt, not one of ours, or holds
@@ -49,5 +85,5 @@ def load_checkpoint(path: Path, map_location: str | torch.device = 'cpu') -> dic
         raise UserError(path, f'cannot read checkpoint, file may be truncated or corrupt ({type(error).__name__})') from None
     if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
         raise UserError(path, f'not a checkpoint of this project (expected format {CHECKPOINT_FORMAT!r})')
-    state['plan'] = json.loads(state['plan'])
+    state['plan'] = ModelPlan.from_json(state['plan'], path)
     return state

@@ -7,7 +7,7 @@ the run folder is its serialised form, with library versions and git commit.
 Example:
     >>> config = RunConfig(data='data/Task02_Heart', run_dir='runs/x', cache_dir='cache',
     ...                    target_spacing=(1.25, 1.25, 1.25), patch_size=(64, 64, 48))
-    >>> config.model_spec()['levels']
+    >>> config.network_kwargs()['levels']
     4
 """
 
@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from heartseg.checkpoint import ModelPlan
 from heartseg.errors import UserError
 from heartseg.files import atomic_write_text
 from heartseg.fingerprint import DEFAULT_LEVELS
@@ -109,7 +110,7 @@ class RunConfig:
     def foreground_labels(self) -> tuple[int, ...]:
         return tuple(sorted(int(value) for value in self.labels if int(value) != 0))
 
-    def model_spec(self) -> dict[str, Any]:
+    def network_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :class:`mymodel.UNet3D`: one output per foreground label."""
         return {
             'in_channels': max(1, len(self.modalities)),
@@ -120,17 +121,16 @@ class RunConfig:
             'deep_supervision': self.deep_supervision,
         }
 
-    def plan(self) -> dict[str, Any]:
+    def model_plan(self) -> ModelPlan:
         """What a checkpoint must carry to predict: model, preprocessing, labels."""
-        return {
-            'model': self.model_spec(),
-            'target_spacing': list(self.target_spacing),
-            'normalization': 'zscore',
-            'patch_size': list(self.patch_size),
-            'labels': self.labels,
-            'modalities': self.modalities,
-            'config': asdict(self),
-        }
+        return ModelPlan(
+            model=self.network_kwargs(),
+            target_spacing=self.target_spacing,
+            patch_size=self.patch_size,
+            labels=self.labels,
+            modalities=self.modalities,
+            config=asdict(self),
+        )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:

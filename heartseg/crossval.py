@@ -73,6 +73,21 @@ def fold_checkpoints(root: Path) -> list[Path]:
     return checkpoints
 
 
+def resolve_checkpoints(paths: list[Path]) -> list[Path]:
+    """Checkpoint files: a file as given, a run folder's best.pt, or every fold's best.pt of a cross-validation."""
+    checkpoints = []
+    for path in paths:
+        if not path.is_dir():
+            checkpoints.append(path)
+        elif is_cross_validation(path):
+            checkpoints += fold_checkpoints(path)
+        elif (path / 'best.pt').is_file():
+            checkpoints.append(path / 'best.pt')
+        else:
+            raise UserError(path, 'folder holds neither best.pt nor a cross-validation (fold_*/best.pt)')
+    return checkpoints
+
+
 def fold_training_minutes(total_minutes: float, fold: int, folds: int, spent_seconds: float,
                           seconds_per_case: float | None, cases: int) -> float:
     """A fold's training budget: an equal share of the time left to the folds not yet done, less its scoring.
@@ -88,7 +103,7 @@ def fold_training_minutes(total_minutes: float, fold: int, folds: int, spent_sec
     return max(share - scoring, MINIMUM_TRAINING_SECONDS) / 60
 
 
-def plan_line(folds: int, time_limit: float, root: Path) -> str:
+def schedule_line(folds: int, time_limit: float, root: Path) -> str:
     line = f'Cross-validation: {folds} folds in turn, into {fold_folder(root, 0)} … {fold_folder(root, folds - 1)}'
     if time_limit:
         line += (f'; the {time_limit:g}-minute limit covers them all: each fold gets an equal share of the time left, '

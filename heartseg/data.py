@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +29,10 @@ from tqdm import tqdm
 from heartseg.errors import UserError
 from heartseg.files import atomic_torch_save
 from heartseg.fingerprint import CaseHeader, canonical_header
+from heartseg.validation import CaseCheck
 
 # Bump when preprocessing changes so stale cache entries are never reused.
 PREPROCESSING_VERSION = 2
-AFFINE_TOLERANCE_MM = 1e-3
 
 
 @dataclass(frozen=True)
@@ -154,82 +155,30 @@ def read_dataset(root: Path, allow_duplicates: bool = False) -> DatasetSpec:
 
 def load_nifti(path: Path) -> nib.Nifti1Image:
     """Open a NIfTI header, turning every failure into a one-line error."""
-    if not path.is_file():
-        raise UserError(path, 'file not found')
-    if path.stat().st_size == 0:
-        raise UserError(path, 'file is empty (0 bytes)')
-    try:
-        image = nib.load(path)
-    except Exception as error:  # nibabel raises many unrelated types for bad files
-        raise UserError(path, f'not a readable NIfTI file ({type(error).__name__}: {error})') from None
-    if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise UserError(path, f'expected a NIfTI image, got {type(image).__name__}')
-    return image
-
-
-def check_dimensions(path: Path, image: nib.Nifti1Image, channels: int) -> None:
-    """Require a 3D image, or 4D with ``channels`` in the last axis."""
-    shape = image.shape
-    if len(shape) == 3 and channels == 1:
-        return
-    if len(shape) == 4 and shape[3] == channels:
-        return
-    wanted = '3D' if channels == 1 else f'4D with {channels} channels in the last axis'
-    raise UserError(path, f'expected a {wanted} image, got shape {shape}')
+    return CaseCheck(strict=True).open(path)
 
 
 def read_header(case: Case, spec: DatasetSpec) -> CaseHeader:
     """Check an image's header (not its voxels) and return its geometry."""
-    image = load_nifti(case.image)
-    check_dimensions(case.image, image, len(spec.modalities))
+    check = CaseCheck(case.case_id, strict=True)
+    image = check.open(case.image)
+    check.dimensions(case.image, image, len(spec.modalities))
     return canonical_header(case.case_id, image)
 
 
 def read_voxels(path: Path, image: nib.Nifti1Image, channels: int) -> np.ndarray:
-    """Return the voxel array as ``(channels, X, Y, Z)`` float32."""
-    check_dimensions(path, image, channels)
-    try:
-        data = np.asarray(image.dataobj, dtype=np.float32)
-    except Exception as error:  # truncated gzip streams fail only here
-        raise UserError(path, f'cannot read voxel data, file may be truncated or corrupt ({type(error).__name__}: {error})') from None
-    if not np.isfinite(data).all():
-        raise UserError(path, f'contains {int((~np.isfinite(data)).sum())} NaN or Inf voxels')
+    """Return the checked voxel array as ``(channels, X, Y, Z)`` float32."""
+    check = CaseCheck(strict=True)
+    check.dimensions(path, image, channels)
+    data = check.voxels(path, image, np.float32)
     return data[np.newaxis] if data.ndim == 3 else np.moveaxis(data, -1, 0)
 
 
-def check_same_grid(image_path: Path, image: nib.Nifti1Image, label_path: Path, label: nib.Nifti1Image) -> None:
-    """Require that image and label share shape and affine."""
-    if image.shape[:3] != label.shape[:3]:
-        raise UserError(label_path, f'shape {label.shape} does not match image {image_path.name} shape {image.shape}')
-    if not np.allclose(image.affine, label.affine, atol=AFFINE_TOLERANCE_MM):
-        raise UserError(label_path, f'affine does not match image {image_path.name} (max difference {np.abs(image.affine - label.affine).max():.4g})')
-
-
-def read_label(path: Path, image: nib.Nifti1Image, declared: dict[int, str]) -> np.ndarray:
+def read_label(path: Path, image: nib.Nifti1Image, declared: Collection[int]) -> np.ndarray:
     """Return the label map as ``(1, X, Y, Z)`` uint8, checking its values."""
     label_data = read_voxels(path, image, channels=1)
-    check_label_values(path, np.unique(label_data), declared)
+    CaseCheck(strict=True).label_values(path, np.unique(label_data), declared)
     return label_data.astype(np.uint8)
-
-
-def check_label_values(path: Path, values: np.ndarray, declared: dict[int, str]) -> None:
-    """Require integer label values, each declared in ``dataset.json``."""
-    if not np.array_equal(values, np.round(values)):
-        raise UserError(path, f'label values must be integers, found {values[values != np.round(values)][:5].tolist()}')
-    undeclared = sorted(set(values.astype(int).tolist()) - set(declared))
-    if undeclared:
-        raise UserError(path, f'label values {undeclared} are not declared in dataset.json labels {sorted(declared)}')
-
-
-def load_case(case: Case, spec: DatasetSpec) -> tio.Subject:
-    """Read and validate one case into a TorchIO subject in its original grid."""
-    image_nifti = load_nifti(case.image)
-    label_nifti = load_nifti(case.label)
-    check_same_grid(case.image, image_nifti, case.label, label_nifti)
-    subject = image_subject(case.image, image_nifti, channels=len(spec.modalities))
-    label = read_label(case.label, label_nifti, spec.labels)
-    subject.add_image(tio.LabelMap(tensor=torch.from_numpy(label), affine=image_nifti.affine), 'label')
-    return subject
 
 
 def image_subject(path: Path, image_nifti: nib.Nifti1Image, channels: int) -> tio.Subject:
@@ -241,6 +190,25 @@ def image_subject(path: Path, image_nifti: nib.Nifti1Image, channels: int) -> ti
     )
 
 
+def check_headers(case: Case, spec: DatasetSpec) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
+    """Open and check both headers (dimensions, one grid) without reading voxels."""
+    check = CaseCheck(case.case_id, strict=True)
+    image, label = check.open(case.image), check.open(case.label)
+    check.dimensions(case.image, image, len(spec.modalities))
+    check.dimensions(case.label, label, 1)
+    check.same_grid(case.image, image, case.label, label)
+    return image, label
+
+
+def load_case(case: Case, spec: DatasetSpec, image_nifti: nib.Nifti1Image, label_nifti: nib.Nifti1Image) -> tio.Subject:
+    """Read the voxels of a case whose headers passed :func:`check_headers` into a subject in its original grid."""
+    subject = image_subject(case.image, image_nifti, channels=len(spec.modalities))
+    # Label values are checked by the caller, against the cache entry too; here they are kept as read.
+    label = read_voxels(case.label, label_nifti, channels=1)
+    subject.add_image(tio.LabelMap(tensor=torch.from_numpy(label), affine=image_nifti.affine), 'label')
+    return subject
+
+
 def _cache_key(case: Case, preprocessing: Preprocessing) -> str:
     parts = [PREPROCESSING_VERSION, preprocessing.target_spacing]
     for path in (case.image, case.label):
@@ -249,44 +217,42 @@ def _cache_key(case: Case, preprocessing: Preprocessing) -> str:
     return hashlib.sha1(repr(parts).encode()).hexdigest()[:16]
 
 
-def check_headers(case: Case, spec: DatasetSpec) -> None:
-    """Check what the headers tell (files readable, dimensions, image and label on one grid) without reading voxels."""
-    image, label = load_nifti(case.image), load_nifti(case.label)
-    check_dimensions(case.image, image, len(spec.modalities))
-    check_dimensions(case.label, label, 1)
-    check_same_grid(case.image, image, case.label, label)
-
-
-def preprocess_case(case: Case, spec: DatasetSpec, preprocessing: Preprocessing, cache_dir: Path) -> tio.Subject:
+def preprocess_case(case: Case, spec: DatasetSpec, preprocessing: Preprocessing, cache_dir: Path, warn: bool = True) -> tio.Subject:
     """Return the preprocessed subject, computing and caching it on first use.
 
     The case is checked whether or not its cache entry exists: its headers, and
     its label values (kept in the entry) against the labels ``dataset.json``
     declares now. Its voxels are read and checked when the entry is made.
+    ``warn`` prints the case's warnings, such as a label map without foreground.
     """
-    check_headers(case, spec)
+    image_nifti, label_nifti = check_headers(case, spec)
     cache_path = cache_dir / f'{case.case_id}-{_cache_key(case, preprocessing)}.pt'
     if cache_path.is_file():
         cached = torch.load(cache_path, weights_only=True)
     else:
-        original = load_case(case, spec)
-        subject = preprocessing.transform()(original)
-        cached = {
-            'image': subject['image'].data.float(),
-            'label': subject['label'].data.to(torch.uint8),
-            'affine': torch.from_numpy(subject['image'].affine),
-            'label_values': torch.unique(original['label'].data),
-        }
+        cached = _preprocess(load_case(case, spec, image_nifti, label_nifti), preprocessing)
         atomic_torch_save(cached, cache_path)
-    label_values = cached['label_values'].numpy()
-    check_label_values(case.label, label_values, spec.labels)
+    check = CaseCheck(case.case_id, strict=True)
+    check.label_values(case.label, cached['label_values'].numpy(), spec.labels)
+    for problem in check.warnings if warn else []:
+        tqdm.write(f'warning: case {case.case_id}: {problem.file}: {problem.message}', file=sys.stderr)
     affine = cached['affine'].numpy()
     return tio.Subject(
         image=tio.ScalarImage(tensor=cached['image'], affine=affine),
         label=tio.LabelMap(tensor=cached['label'], affine=affine),
         case_id=case.case_id,
-        label_values=tuple(int(value) for value in label_values),
     )
+
+
+def _preprocess(original: tio.Subject, preprocessing: Preprocessing) -> dict[str, torch.Tensor]:
+    """The cache entry: preprocessed tensors, and the label values as read, for checking on every run."""
+    subject = preprocessing.transform()(original)
+    return {
+        'image': subject['image'].data.float(),
+        'label': subject['label'].data.to(torch.uint8),
+        'affine': torch.from_numpy(subject['image'].affine),
+        'label_values': torch.unique(original['label'].data),
+    }
 
 
 def preprocess_cases(
@@ -296,17 +262,13 @@ def preprocess_cases(
     cache_dir: Path,
     show_progress: bool = True,
 ) -> list[tio.Subject]:
-    """Preprocess every case once (validating it), with a progress bar; warn of cases without foreground."""
+    """Preprocess every case once (validating it), with a progress bar and warnings when ``show_progress``."""
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(cache_dir, f'cannot create cache folder ({error.strerror})') from None
     with tqdm(cases, desc='Preprocessing', unit='case', leave=False, disable=not show_progress) as progress:
-        subjects = [preprocess_case(case, spec, preprocessing, cache_dir) for case in progress]
-    for subject in subjects if show_progress else []:
-        if not any(subject['label_values']):  # some datasets hold such cases on purpose
-            tqdm.write(f'warning: case {subject["case_id"]}: its label map has no foreground voxels; it trains as background only', file=sys.stderr)
-    return subjects
+        return [preprocess_case(case, spec, preprocessing, cache_dir, warn=show_progress) for case in progress]
 
 
 def split_cases(

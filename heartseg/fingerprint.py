@@ -83,7 +83,7 @@ def median_resampled_shape(headers: list[CaseHeader], target_spacing: tuple[floa
     return tuple(float(s) for s in np.median(shapes, axis=0))
 
 
-def plan_patch_size(median_shape: tuple[int, ...], divisor: int, max_voxels: int) -> tuple[int, int, int]:
+def fit_patch_size(median_shape: tuple[int, ...], divisor: int, max_voxels: int) -> tuple[int, int, int]:
     """Largest patch within ``max_voxels`` that covers as much of the median case as it can.
 
     Like nnU-Net, start from the median shape (rounded down to a multiple of
@@ -99,7 +99,7 @@ def plan_patch_size(median_shape: tuple[int, ...], divisor: int, max_voxels: int
     return tuple(patch)
 
 
-def plan_for_device(
+def spacing_and_patch_for_device(
     headers: list[CaseHeader],
     device_type: str,
     levels: int = DEFAULT_LEVELS,
@@ -114,5 +114,5 @@ def plan_for_device(
     if target_spacing is None:
         suggested = suggest_target_spacing([h.spacing for h in headers])
         target_spacing = tuple(max(s, MIN_SPACING_MM[device_type]) for s in suggested)
-    patch = plan_patch_size(median_resampled_shape(headers, target_spacing), 2**levels, PATCH_VOXELS[device_type])
+    patch = fit_patch_size(median_resampled_shape(headers, target_spacing), 2**levels, PATCH_VOXELS[device_type])
     return target_spacing, patch

@@ -25,16 +25,11 @@ import torch
 import torchio as tio
 from scipy import ndimage
 
-from heartseg.checkpoint import load_checkpoint
-from heartseg.data import (
-    Preprocessing,
-    check_same_grid,
-    image_subject,
-    load_nifti,
-    read_label,
-)
+from heartseg.checkpoint import ModelPlan, load_checkpoint
+from heartseg.data import Preprocessing, image_subject, load_nifti, read_label
 from heartseg.devices import select_device
 from heartseg.errors import UserError
+from heartseg.export import Network, is_exported, load_exported
 from heartseg.files import atomic_write_text
 from heartseg.inference import (
     DEFAULT_BLENDING,
@@ -44,6 +39,7 @@ from heartseg.inference import (
     probabilities_to_labels,
 )
 from heartseg.metrics import case_metrics
+from heartseg.validation import CaseCheck
 from mymodel import UNet3D
 
 METRIC_NAMES = ('dice', 'iou', 'hd95_mm', 'asd_mm', 'predicted_ml', 'reference_ml')
@@ -56,32 +52,39 @@ MIRRORING_TTA = True
 
 @dataclass(frozen=True)
 class TrainedModel:
-    """One checkpoint's network, with the preprocessing and patch size it was trained with."""
+    """One model's network, with the preprocessing and patch size it was trained with."""
 
     checkpoint: Path
-    network: UNet3D
+    network: Network
     preprocessing: Preprocessing
     patch_size: tuple[int, int, int]
     labels: dict[str, str]
     channels: int
 
 
-def load_trained_model(checkpoint: Path, device: torch.device) -> TrainedModel:
+def load_network(checkpoint: Path, device: torch.device) -> tuple[UNet3D, ModelPlan]:
+    """The U-Net of a training checkpoint, in eval mode on ``device``, and its plan."""
     state = load_checkpoint(checkpoint)
     plan = state['plan']
     try:
-        network = UNet3D(**plan['model'])
+        network = UNet3D(**plan.model)
         network.load_state_dict(state['model'])
     except (KeyError, TypeError, RuntimeError, AssertionError) as error:
         first_line = str(error).strip().splitlines()[0]
         raise UserError(checkpoint, f'checkpoint does not match the U-Net architecture ({first_line[:200]})') from None
+    return network.to(device).eval(), plan
+
+
+def load_trained_model(path: Path, device: torch.device) -> TrainedModel:
+    """A training checkpoint, or an ONNX or TorchScript file from ``export.py``."""
+    network, plan = load_exported(path, device) if is_exported(path) else load_network(path, device)
     return TrainedModel(
-        checkpoint=checkpoint,
-        network=network.to(device).eval(),
-        preprocessing=Preprocessing(tuple(plan['target_spacing'])),
-        patch_size=tuple(plan['patch_size']),
-        labels=plan['labels'],
-        channels=max(1, len(plan['modalities'])),
+        checkpoint=path,
+        network=network,
+        preprocessing=Preprocessing(plan.target_spacing),
+        patch_size=plan.patch_size,
+        labels=plan.labels,
+        channels=plan.channels,
     )
 
 
@@ -183,8 +186,8 @@ def evaluate_case(case_id: str, mask: np.ndarray, nifti: nib.Nifti1Image, label_
                   labels: dict[str, str], image_path: Path) -> list[dict]:
     """Per-class metrics of one predicted mask against its reference label file."""
     label_nifti = load_nifti(label_path)
-    check_same_grid(image_path, nifti, label_path, label_nifti)
-    reference = read_label(label_path, label_nifti, {int(k): v for k, v in labels.items()})[0]
+    CaseCheck(case_id, strict=True).same_grid(image_path, nifti, label_path, label_nifti)
+    reference = read_label(label_path, label_nifti, [int(value) for value in labels])[0]
     spacing = tuple(float(z) for z in nifti.header.get_zooms()[:3])
     rows = []
     for value, name in sorted((int(k), v) for k, v in labels.items()):

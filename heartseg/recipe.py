@@ -68,7 +68,7 @@ def build_recipe(config: RunConfig, device: torch.device) -> Recipe:
 def build_network(config: RunConfig, device: torch.device) -> UNet3D:
     """The U-Net of the config, its initial weights drawn from the run's seed."""
     torch.manual_seed(config.seed)
-    return UNet3D(**config.model_spec()).to(device, memory_format=memory_format(config))
+    return UNet3D(**config.network_kwargs()).to(device, memory_format=memory_format(config))
 
 
 def memory_format(config: RunConfig) -> torch.memory_format:

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from analyze_data import CaseTask, analyze_case, main
+from analyze_data import main
+from heartseg.analysis import CaseTask, analyze_case
 from heartseg.data import Case
 from heartseg.errors import EXIT_USER_ERROR, run_cli
 
@@ -205,6 +206,16 @@ def test_every_planted_problem_is_reported_with_its_case(name, small_dataset, tm
     flagged = {row['case_id'] for row in rows if row['problems']}
     assert flagged == {case_id for case_id, _ in expected}
     assert all((output / name).is_file() for name in FIGURES)
+
+
+def test_an_empty_label_is_listed_as_a_warning_and_does_not_fail_the_run(small_dataset, tmp_path, capsys):
+    rewrite(label_of(small_dataset, 3), lambda data, affine: (np.zeros_like(data), affine))
+    output = tmp_path / 'report'
+    code, out, errors = run([str(small_dataset), '--output', str(output), '--workers', '1'], capsys)
+    assert code == 0 and not errors
+    fingerprint, _ = read_outputs(output)
+    assert [(p['case_id'], p['kind']) for p in fingerprint['problems']] == [('synthetic_003', 'empty_label')]
+    assert 'synthetic_003  empty_label' in out
 
 
 def test_test_split_and_shared_files_are_checked(small_dataset, tmp_path, capsys):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 import analyze_data
+import export
 import main
 import predict
-from benchmarks import benchmark
+from benchmarks import benchmark, export_check
 from heartseg.errors import EXIT_USER_ERROR, run_cli
 
 BAD_VALUES = [
@@ -38,6 +39,8 @@ BAD_VALUES = [
     (predict, ['--checkpoint', 'x.pt', '--input', 'x', '--output', 'OUT', '--batch-size', '0'], '--batch-size', 'at least 1'),
     (predict, ['--input', 'x', '--output', 'OUT'], '--checkpoint', 'arguments are required'),
     (analyze_data, ['DATA', '--workers', '0'], '--workers', 'at least 1'),
+    (export, ['--checkpoint', 'x.pt'], '--output', 'arguments are required'),
+    (export_check, ['--checkpoint', 'x.pt', '--images', 'x', '--cases', '0'], '--cases', 'at least 1'),
     (benchmark, ['train', '--data', 'DATA', '--steps', '0'], '--steps', 'at least 1'),
     (benchmark, ['ensemble', '--checkpoint', 'x', '--images', 'x', '--labels', 'x', '--repeats', '0'], '--repeats', 'at least 1'),
     (benchmark, ['ensemble', '--checkpoint', 'x', '--images', 'x', '--labels', 'x', '--timing-cases', '-1'], '--timing-cases', 'at least 0'),

@@ -83,4 +83,4 @@ def test_a_case_without_foreground_is_named_in_a_warning(small_dataset, tmp_path
     subjects = preprocess_cases(spec.cases[:3], spec, Preprocessing((3.0, 3.0, 3.0)), tmp_path / 'cache')
     assert len(subjects) == 3
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith('warning:')]
-    assert warnings == [f'warning: case {spec.cases[2].case_id}: its label map has no foreground voxels; it trains as background only']
+    assert warnings == [f'warning: case {spec.cases[2].case_id}: {spec.cases[2].label}: label map has no foreground voxels; it trains as background only']

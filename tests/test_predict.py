@@ -217,4 +217,4 @@ def test_unwritable_output_folder(trained, small_dataset_template, tmp_path, cap
 
 def test_predictor_loads_checkpoint_plan(trained):
     predictor = Predictor(trained)
-    assert predictor.models[0].patch_size == tuple(load_checkpoint(trained)['plan']['patch_size'])
+    assert predictor.models[0].patch_size == tuple(load_checkpoint(trained)['plan'].patch_size)

@@ -40,7 +40,7 @@ def test_short_run_writes_outputs_and_learns(small_dataset, tmp_path, monkeypatc
     assert dices[-1] > dices[0], f'validation Dice did not rise: {dices}'
     state = load_checkpoint(run_dir / 'best.pt')
     assert state['best_dice'] == pytest.approx(max(dices))
-    assert state['plan']['patch_size'] == [32, 32, 16]
+    assert state['plan'].patch_size == (32, 32, 16)
 
 
 def test_interrupted_run_resumes_to_identical_result(small_dataset, tmp_path, monkeypatch):
@@ -118,7 +118,7 @@ def test_deep_supervision_is_the_default_and_its_checkpoint_predicts(small_datas
                     '--epochs', '1', '--steps-per-epoch', '4']
     assert run_cli(main, ['--data', str(small_dataset), '--run-dir', 'deep', *three_levels]) == 0
     state = load_checkpoint(tmp_path / 'deep' / 'best.pt')
-    assert state['plan']['model']['deep_supervision'] is True
+    assert state['plan'].model['deep_supervision'] is True
     assert any(key.startswith('deep_heads.0.') for key in state['model']), 'a 3-level net supervises its 1/2 stage'
     scan = next((small_dataset / 'imagesTr').glob('*.nii.gz'))
     mask = Predictor(tmp_path / 'deep' / 'best.pt', tta=False).predict(scan)[0]
@@ -157,7 +157,7 @@ def test_several_labels_train_and_predict_as_one_channel_each(small_dataset, tmp
         nib.save(nib.Nifti1Image(values, label.affine), path)
     assert run_cli(main, ['--data', str(small_dataset), '--run-dir', 'multi', '--epochs', '2', *TINY]) == 0
     state = load_checkpoint(tmp_path / 'multi' / 'best.pt')
-    assert state['plan']['model']['out_channels'] == 2
+    assert state['plan'].model['out_channels'] == 2
     output = tmp_path / 'masks'
     argv = ['--checkpoint', str(tmp_path / 'multi' / 'best.pt'), '--input', str(small_dataset / 'dataset.json'),
             '--subset', 'validation', '--output', str(output), '--labels', str(small_dataset / 'labelsTr'), '--no-tta']
