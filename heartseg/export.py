@@ -131,8 +131,10 @@ def _load_onnx(path: Path, device: torch.device) -> tuple[Network, ModelPlan]:
     providers = ['CPUExecutionProvider']
     if device.type == 'cuda' and 'CUDAExecutionProvider' in runtime.get_available_providers():
         providers.insert(0, 'CUDAExecutionProvider')
+    options = runtime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # the same CPU share as the PyTorch path
     try:
-        session = runtime.InferenceSession(str(path), providers=providers)
+        session = runtime.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as error:  # onnxruntime raises its own exception types for bad files
         raise UserError(path, f'cannot read ONNX file, it may be truncated or corrupt ({type(error).__name__})') from None
     metadata = session.get_modelmeta().custom_metadata_map
