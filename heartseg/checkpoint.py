@@ -59,7 +59,7 @@ class ModelPlan:
             values.update(target_spacing=tuple(values['target_spacing']), patch_size=tuple(values['patch_size']))
             return cls(**values)
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
-            raise UserError(path, f'invalid model plan in checkpoint ({type(error).__name__}: {error})') from None
+            raise UserError(path, f'invalid model plan ({type(error).__name__}: {error})') from None
 
 
 def save_checkpoint(path: Path, plan: ModelPlan, **state: Any) -> None:
