@@ -4,7 +4,8 @@
 and (c) end-to-end training, in patches/s and voxels/s, plus the step's FLOPs
 (``torch.utils.flop_counter``), this machine's conv3d peak, and peak memory.
 ``predict`` measures (d) sliding-window inference per case; ``memory`` (e) the
-peak RSS of predicting a large scan; ``norm`` our InstanceNorm3d against
+peak RSS of predicting a large scan; ``loader`` (f) the loader alone: patches/s per worker, user and system time,
+and each transform's share of its time; ``norm`` our InstanceNorm3d against
 ``nn.GroupNorm`` on channels_last_3d CPU tensors; ``ensemble`` the test Dice of
 each model and of their ensemble, averaging probabilities or logits, and an
 ensemble's seconds per case against one model's. Each measurement is repeated and its
@@ -17,6 +18,7 @@ Example:
     python -m benchmarks.benchmark train --data ../shared/data/LA2018 -- --no-channels-last
     python -m benchmarks.benchmark predict --checkpoint runs/la/best.pt --data ../shared/data/LA2018 --cases 5
     python -m benchmarks.benchmark memory --checkpoint runs/la/best.pt
+    python -m benchmarks.benchmark loader --data ../shared/data/LA2018 --workers 1 2 -- --spacing 0.625 --patch-size 144 128 80
     python -m benchmarks.benchmark norm
     python -m benchmarks.benchmark ensemble --checkpoint runs/cv --images test/images --labels test/labels
 """
@@ -39,6 +41,7 @@ import torch
 from torch import nn
 
 import main as training_cli
+from benchmarks.loader_profile import median_throughput, transform_shares
 from benchmarks.timing import (
     UtilisationSampler,
     conv3d_peak_gflops,
@@ -191,6 +194,19 @@ MEASURED = ('model', 'data', 'end_to_end')
 PLAN_KEYS = ('target_spacing', 'patch_size', 'levels', 'base_channels', 'norm', 'deep_supervision', 'batch_size', 'num_workers', 'channels_last', 'compile', 'amp')
 
 
+def loader_benchmark(args: argparse.Namespace) -> dict:
+    """The loader without the model at each worker count, then where one worker's time goes."""
+    config, subjects = training_setup(args)
+    threads = args.worker_threads or None
+    return {
+        'plan': {k: getattr(config, k) for k in ('target_spacing', 'patch_size', 'batch_size', 'augmentation')},
+        'patches_per_measurement': config.steps_per_epoch * config.batch_size,
+        'threads_per_library_in_each_worker': threads or 'library defaults',
+        'loader': [median_throughput(config, subjects, workers, threads, args.repeats) for workers in args.workers],
+        'share_of_time': transform_shares(config, subjects, config.steps_per_epoch * config.batch_size),
+    }
+
+
 def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{device.type}, {torch.get_num_threads()} threads'
 
@@ -321,15 +337,10 @@ def memory_benchmark(args: argparse.Namespace) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     commands = parser.add_subparsers(dest='command', required=True)
-    train = commands.add_parser('train', help='training throughput: model only, data only, end to end; FLOPs; against MONAI',
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                epilog='Flags after -- go to main.py\'s planner, e.g. -- --batch-size 4 --no-channels-last')
-    train.add_argument('--data', type=Path, required=True, help='MSD-layout dataset; its first cases feed the patches')
-    train.add_argument('--cases', type=integer(1), default=16)
+    train = _planned_command(commands, 'train', 'training throughput: model only, data only, end to end; FLOPs; against MONAI',
+                             cases=16, example='--batch-size 4 --no-channels-last')
     train.add_argument('--steps', type=integer(1), default=16, help='optimiser steps per measurement')
-    train.add_argument('--repeats', type=integer(1), default=3, help='runs per measurement; the median is reported')
     train.add_argument('--no-monai', action='store_true', help='skip the MONAI comparison')
-    train.add_argument('main_flags', nargs='*', help='main.py flags (after --)')
     predict = commands.add_parser('predict', help='seconds per case, and our sliding window against MONAI',
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     predict.add_argument('--checkpoint', type=Path, required=True)
@@ -340,6 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument('--device', default='cpu')
     predict.add_argument('--tta', action=argparse.BooleanOptionalAction, default=False,
                          help="mirroring TTA in the end-to-end timing (predict.py's default; the 1 s per case target is without)")
+    loader = _planned_command(commands, 'loader', 'the loader alone: patches/s per worker, user and system time, time per transform',
+                              cases=6, example='--spacing 0.625 --patch-size 144 128 80 (the GPU plan on LA2018)')
+    loader.add_argument('--steps', type=integer(1), default=16, help='batches per measurement')
+    loader.add_argument('--workers', type=integer(0), nargs='+', default=[1, 2], help='worker counts to measure (0: the main process loads)')
+    loader.add_argument('--worker-threads', type=integer(0), default=1, help="threads per library (torch, ITK) in each worker; 0: the libraries' defaults")
     norm = commands.add_parser('norm', help="our InstanceNorm3d's forward and backward against nn.GroupNorm's, per U-Net stage (CPU)",
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     norm.add_argument('--patch-size', type=integer(1), nargs=3, default=(96, 64, 32))
@@ -365,9 +381,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _planned_command(commands, name: str, summary: str, cases: int, example: str) -> argparse.ArgumentParser:
+    """A subcommand that plans its run as main.py would, from ``--data`` and main.py's flags after ``--``."""
+    command = commands.add_parser(name, help=summary, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                  epilog=f"Flags after -- go to main.py's planner, e.g. -- {example}")
+    command.add_argument('--data', type=Path, required=True, help='MSD-layout dataset; its first cases feed the patches')
+    command.add_argument('--cases', type=integer(1), default=cases, help='how many of the first cases to use')
+    command.add_argument('--repeats', type=integer(1), default=3, help='runs per measurement; the median is reported')
+    command.add_argument('main_flags', nargs='*', help='main.py flags (after --)')
+    return command
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {'train': train_benchmark, 'predict': predict_benchmark, 'norm': norm_benchmark, 'memory': memory_benchmark,
+    commands = {'train': train_benchmark, 'loader': loader_benchmark, 'predict': predict_benchmark, 'norm': norm_benchmark, 'memory': memory_benchmark,
                 'ensemble': ensemble_benchmark}
     result = commands[args.command](args)
     print(json.dumps(result, indent=2))

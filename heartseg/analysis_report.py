@@ -20,9 +20,9 @@ from heartseg.fingerprint import (
     DEFAULT_LEVELS,
     MIN_SPACING_MM,
     PATCH_VOXELS,
+    fit_patch_size,
     median_resampled_shape,
     spacing_and_patch_for_device,
-    fit_patch_size,
     suggest_target_spacing,
 )
 from heartseg.validation import Problem

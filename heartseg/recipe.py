@@ -23,6 +23,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import SimpleITK as sitk
 import torch
 import torchio as tio
 from torch import nn
@@ -84,7 +85,8 @@ class PatchLoader:
 
 
 def build_patch_loader(config: RunConfig, subjects: list[tio.Subject], transform: tio.Transform | None,
-                       device: torch.device) -> PatchLoader:
+                       device: torch.device, worker_threads: int | None = 1) -> PatchLoader:
+    """The run's patch stream; each loader worker runs ``worker_threads`` threads per library (None: their defaults)."""
     steps = config.steps_per_epoch or math.ceil(len(subjects) / config.batch_size)
     patches = PatchDataset(
         subjects,
@@ -106,5 +108,12 @@ def build_patch_loader(config: RunConfig, subjects: list[tio.Subject], transform
         num_workers=config.num_workers,
         persistent_workers=config.num_workers > 0,
         pin_memory=device.type == 'cuda',
+        worker_init_fn=None if worker_threads is None else functools.partial(limit_threads, worker_threads),
     )
     return PatchLoader(loader, sampler)
+
+
+def limit_threads(threads: int, worker_id: int | None = None) -> None:
+    """Cap torch's and ITK's thread pools; ITK's default is every core, whatever the number of workers."""
+    torch.set_num_threads(threads)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)

@@ -8,7 +8,7 @@ import analyze_data
 import export
 import main
 import predict
-from benchmarks import benchmark, export_check
+from benchmarks import benchmark, dataset_subset, export_check
 from heartseg.errors import EXIT_USER_ERROR, run_cli
 
 BAD_VALUES = [
@@ -42,6 +42,9 @@ BAD_VALUES = [
     (export, ['--checkpoint', 'x.pt'], '--output', 'arguments are required'),
     (export_check, ['--checkpoint', 'x.pt', '--images', 'x', '--cases', '0'], '--cases', 'at least 1'),
     (benchmark, ['train', '--data', 'DATA', '--steps', '0'], '--steps', 'at least 1'),
+    (benchmark, ['loader', '--data', 'DATA', '--workers', '2', '-1'], '--workers', 'at least 0'),
+    (benchmark, ['loader', '--data', 'DATA', '--worker-threads', '-1'], '--worker-threads', 'at least 0'),
+    (dataset_subset, ['--data', 'DATA', '--output', 'OUT', '--max-mib', '0'], '--max-mib', 'above 0'),
     (benchmark, ['ensemble', '--checkpoint', 'x', '--images', 'x', '--labels', 'x', '--repeats', '0'], '--repeats', 'at least 1'),
     (benchmark, ['ensemble', '--checkpoint', 'x', '--images', 'x', '--labels', 'x', '--timing-cases', '-1'], '--timing-cases', 'at least 0'),
 ]

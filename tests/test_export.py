@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from export import main as export_main
-from heartseg.errors import EXIT_USER_ERROR, run_cli
 from heartseg.checkpoint import ModelPlan
+from heartseg.errors import EXIT_USER_ERROR, run_cli
 from heartseg.export import PLAN_KEY, export_network, is_exported, load_exported
 from heartseg.prediction import load_network
 from mymodel import UNet3D

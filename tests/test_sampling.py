@@ -1,12 +1,14 @@
-"""Patch sampling: distinct cases per batch, rank shards, and determinism."""
+"""Patch sampling: TorchIO's label-balanced distribution, distinct cases per batch, rank shards, and determinism."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+import torchio as tio
 from ddp_worker import blob_subjects
 
-from heartseg.sampling import EpochSampler, PatchDataset, rank_indices
+from heartseg.sampling import EpochSampler, PatchCorners, PatchDataset, crop, patch_seed, rank_indices
 
 
 @pytest.mark.parametrize('cases,batch_size', [(5, 4), (3, 3), (7, 2)])
@@ -36,3 +38,56 @@ def test_patches_depend_only_on_seed_epoch_and_index():
     image, target = first[position]
     assert torch.equal(image, second[position][0]) and torch.equal(target, second[position][1])
     assert not torch.equal(image, second[position + 6][0]), 'the next epoch must give another patch'
+
+
+def _label_subject(label: torch.Tensor) -> tio.Subject:
+    return tio.Subject(image=tio.ScalarImage(tensor=label.float()), label=tio.LabelMap(tensor=label))
+
+
+def _three_label_map() -> torch.Tensor:
+    """Background, a common label 1 (above the listing share) and a rare label 2, one voxel of it too near the border to centre a patch."""
+    label = torch.zeros(1, 12, 10, 9, dtype=torch.uint8)
+    label[0, 2:10, 2:9, 1:8] = 1
+    label[0, 5, 5, 4] = label[0, 6, 4, 3] = label[0, 0, 0, 0] = 2
+    return label
+
+
+def test_patch_centres_follow_torchio_label_sampler_distribution():
+    label, patch, probabilities = _three_label_map(), (4, 3, 5), {0: 0.2, 1: 0.3, 2: 0.5}
+    reference = tio.LabelSampler(patch, 'label', probabilities)
+    subject = _label_subject(label)
+    expected = reference.process_probability_map(reference.get_probability_map(subject), subject)
+    corners = PatchCorners(label, patch, probabilities)
+    assert 1 not in corners.listed and 2 in corners.listed, 'the common label is drawn by rejection, the rare one from its list'
+    rng, draws = np.random.default_rng(0), 40_000
+    drawn = np.zeros(label.shape[1:])
+    for _ in range(draws):
+        drawn[tuple(c + p // 2 for c, p in zip(corners.draw(rng), patch))] += 1
+    assert np.all(expected[drawn > 0] > 0), 'a patch was centred where TorchIO never centres one'
+    assert np.abs(drawn / draws - expected).max() < 0.01
+    for value, share in probabilities.items():
+        assert abs(drawn[label[0].numpy() == value].sum() / draws - share) < 0.01, f'label {value}'
+
+
+def test_labels_absent_from_valid_centres_are_never_drawn():
+    label = torch.zeros(1, 16, 16, 16, dtype=torch.uint8)
+    label[0, 0, 0, 0] = 1  # no 8-voxel patch can be centred here
+    corners = PatchCorners(label, (8, 8, 8), {0: 0.5, 1: 0.5})
+    rng = np.random.default_rng(1)
+    assert corners.values == [0]
+    assert all(0 <= c <= 8 for _ in range(200) for c in corners.draw(rng))
+
+
+def test_a_foreground_only_patch_stream_is_centred_on_foreground_in_its_affine():
+    label = _three_label_map()
+    affine = np.diag([0.5, 0.7, 2.0, 1.0])
+    affine[:3, 3] = (10, -20, 5)
+    subject = tio.Subject(image=tio.ScalarImage(tensor=torch.rand(1, 12, 10, 9), affine=affine), label=tio.LabelMap(tensor=label, affine=affine))
+    dataset = PatchDataset([subject], (4, 4, 4), samples_per_epoch=30, seed=0, foreground_probability=1.0, foreground_labels=(1,))
+    for index in range(30):
+        _, target = dataset[index]
+        assert target[0, 2, 2, 2] == 1, 'the centre voxel of a foreground-only patch must be foreground'
+        corner = dataset.corners[0].draw(np.random.default_rng(patch_seed(0, 0, index)))
+        patch = crop(subject, corner, (4, 4, 4))
+        assert np.allclose(patch['label'].affine[:3, 3], affine[:3, :3] @ corner + affine[:3, 3])
+        assert torch.equal(patch['label'].data[0], label[0, corner[0]:corner[0] + 4, corner[1]:corner[1] + 4, corner[2]:corner[2] + 4])

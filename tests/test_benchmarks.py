@@ -1,0 +1,49 @@
+"""Benchmark tooling: the loader profile and the dataset subset that travels to a GPU machine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import SimpleITK as sitk
+import torch
+
+from benchmarks import benchmark, dataset_subset
+from heartseg.augmentation import augmentation
+from heartseg.data import read_dataset
+from heartseg.errors import EXIT_USER_ERROR, run_cli
+
+
+def test_loader_profile_reports_each_worker_count_and_every_transform(small_dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    argv = ['loader', '--data', str(small_dataset), '--cases', '2', '--steps', '2', '--workers', '0', '1', '--repeats', '1',
+            '--', '--patch-size', '16', '16', '8', '--levels', '2']
+    assert run_cli(benchmark.main, argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [row['workers'] for row in report['loader']] == [0, 1]
+    assert all(row['patches_per_s'] > 0 and row['user_s'] + row['system_s'] > 0 for row in report['loader'])
+    shares = report['share_of_time']
+    assert set(shares) == {'crop and sampling'} | {type(t).__name__ for t in augmentation('default').transforms}
+    assert abs(sum(shares.values()) - 1) < 0.01, shares
+    assert (torch.get_num_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()) == threads, 'the profile must restore the thread pools'
+
+
+def test_subset_copies_the_leading_cases_that_fit_byte_for_byte(small_dataset, tmp_path, capsys):
+    cases = read_dataset(small_dataset).cases
+    budget = sum(c.image.stat().st_size + c.label.stat().st_size for c in cases[:3]) + 1
+    output = tmp_path / 'subset'
+    assert run_cli(dataset_subset.main, ['--data', str(small_dataset), '--output', str(output), '--max-mib', str(budget / 2**20)]) == 0
+    subset = read_dataset(output).cases
+    assert [c.case_id for c in subset] == [c.case_id for c in cases[:3]]
+    for copied, source in zip(subset, cases):
+        assert copied.image.read_bytes() == source.image.read_bytes() and copied.label.read_bytes() == source.label.read_bytes()
+    assert json.loads(capsys.readouterr().out)['cases'] == 3
+
+
+def test_a_budget_that_holds_no_case_is_one_line_and_writes_nothing(small_dataset, tmp_path, capsys):
+    output = tmp_path / 'subset'
+    assert run_cli(dataset_subset.main, ['--data', str(small_dataset), '--output', str(output), '--max-mib', '0.0001']) == EXIT_USER_ERROR
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and '--max-mib' in errors[0] and 'holds no case' in errors[0], errors
+    assert not Path(output).exists()
