@@ -48,8 +48,8 @@ class PatchCorners:
     the given probabilities, renormalised over the values found among the
     valid patch centres, then a uniform centre of that value. ``LabelSampler``
     builds a float64 probability map and its cumulative sum over the whole
-    volume for every patch, about 1 GB of fresh memory per patch for an LA2018
-    case at 0.625 mm, so its time grows with the volume, not the patch.
+    volume for every patch: a third of a loader worker's time at the GPU plan
+    on LA2018 (BENCHMARKS.md, "The data loader"), against 5 % here.
 
     Args:
         label: ``(1, X, Y, Z)`` integer label map, at least ``patch_size``.
