@@ -25,7 +25,7 @@ from pathlib import Path
 import torchio as tio
 
 from heartseg import crossval, distributed
-from heartseg.augmentation import STRENGTHS
+from heartseg.augmentation import PLACES, STRENGTHS
 from heartseg.checkpoint import load_checkpoint
 from heartseg.cli import Parser, integer, number
 from heartseg.config import (
@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument('--lr', type=number(0, inclusive=False), default=None, help=f'initial Adam learning rate, decayed polynomially (default {RunConfig.lr:g})')
     train.add_argument('--loss', choices=LOSSES, default=None, help=f'loss function (default {RunConfig.loss})')
     train.add_argument('--augmentation', choices=STRENGTHS, default=None, help=f'patch augmentation strength (default {RunConfig.augmentation})')
+    train.add_argument('--augment-on', choices=PLACES, default=None, help=f'where augmentation runs: in the loader workers, patch by patch (TorchIO), or on the training device, batch by batch, so that the workers only crop (default {RunConfig.augment_on})')
     train.add_argument('--time-limit', type=number(0), default=None, help='wall-clock budget in minutes; the schedule is fitted so the learning rate anneals within it (0: no limit)')
     train.add_argument('--val-every', type=integer(0), default=None, help=f'validate every N epochs; 0 = automatic, about {VALIDATION_SHARE:.0%}% of the time (default {RunConfig.val_every}; 0 with --time-limit)')
     train.add_argument('--image-every', type=integer(1), default=None, help=f'log a validation overlay image every N epochs (default {RunConfig.image_every})')

@@ -197,13 +197,23 @@ class Trainer:
         losses = []
         progress = tqdm(self.loader, desc=f'Epoch {epoch + 1}/{self.total_epochs}',
                         unit='step', leave=False, disable=not distributed.is_main())
-        for step, (images, targets) in enumerate(progress):
+        for step, (images, targets, augmentation) in enumerate(progress):
+            images, targets = self.augment_on_device(images, targets, augmentation)
             loss = self.train_step(images, targets, epoch, step)
             if loss is not None:
                 losses.append(loss)
                 progress.set_postfix(loss=f'{np.mean(losses):.4f}')
         losses = distributed.gather(losses)
         return float(np.mean(losses)) if losses else float('nan')
+
+    def augment_on_device(self, images: torch.Tensor, targets: torch.Tensor,
+                          parameters: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """With ``--augment-on device``, the batch moved to the training device and augmented there."""
+        if self.recipe.device_augmentation is None:
+            return images, targets
+        images = images.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        return self.recipe.device_augmentation(images, targets, parameters)
 
     def train_step(self, images: torch.Tensor, targets: torch.Tensor, epoch: int, step: int) -> float | None:
         images = images.to(self.device, non_blocking=True)
@@ -285,5 +295,6 @@ def create_trainer(config: RunConfig, train_subjects: list[tio.Subject], val_sub
     """The trainer of a run: the config turned into its recipe and patch loader (see ``heartseg/recipe.py``)."""
     device = distributed.local_device(select_device(config.device))
     recipe = build_recipe(config, device)
-    patches = build_patch_loader(config, train_subjects, recipe.augmentation, device)
+    patches = build_patch_loader(config, train_subjects, recipe.augmentation, device,
+                                 device_augmentation=recipe.device_augmentation)
     return Trainer(config, recipe, patches, val_subjects, device)

@@ -3,6 +3,8 @@
 ``train`` measures (a) model-only training steps, (b) the data pipeline alone
 and (c) end-to-end training, in patches/s and voxels/s, plus the step's FLOPs
 (``torch.utils.flop_counter``), this machine's conv3d peak, and peak memory.
+``feed`` measures (a) to (c) with GPU utilisation for each worker count and
+augmentation place, to say whether the loader keeps the model busy;
 ``predict`` measures (d) sliding-window inference per case; ``memory`` (e) the
 peak RSS of predicting a large scan; ``loader`` (f) the loader alone: patches/s per worker, user and system time,
 and each transform's share of its time; ``norm`` our InstanceNorm3d against
@@ -16,6 +18,7 @@ alternately with ours, for a ratio. MONAI is a development-only dependency
 Example:
     python -m benchmarks.benchmark train --data ../shared/data/LA2018
     python -m benchmarks.benchmark train --data ../shared/data/LA2018 -- --no-channels-last
+    python -m benchmarks.benchmark feed --data ../shared/data/LA2018 --workers 4 8 15 -- --spacing 0.625
     python -m benchmarks.benchmark predict --checkpoint runs/la/best.pt --data ../shared/data/LA2018 --cases 5
     python -m benchmarks.benchmark memory --checkpoint runs/la/best.pt
     python -m benchmarks.benchmark loader --data ../shared/data/LA2018 --workers 1 2 -- --spacing 0.625 --patch-size 144 128 80
@@ -26,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import resource
 import statistics
@@ -34,6 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +56,7 @@ from benchmarks.timing import (
     synchronised,
     timed,
 )
+from heartseg.augmentation import PLACES
 from heartseg.cli import Parser, integer, number
 from heartseg.config import RunConfig
 from heartseg.crossval import resolve_checkpoints
@@ -90,13 +96,16 @@ def training_setup(args: argparse.Namespace) -> tuple[RunConfig, list]:
 
 def our_pipeline(config: RunConfig, subjects: list) -> dict[str, Callable[[], object]]:
     trainer = create_trainer(config, subjects, [])
-    images, targets = next(iter(trainer.loader))
-    return {
+    images, targets, augmentation = next(iter(trainer.loader))
+    parts = {
         'model': lambda: [trainer.train_step(images, targets, 0, step) for step in range(config.steps_per_epoch)],
         'data': lambda: list(trainer.loader),
         'end_to_end': lambda: trainer.train_one_epoch(0),
         'one_step': lambda: trainer.train_step(images, targets, 0, 0),
     }
+    if trainer.recipe.device_augmentation is not None:
+        parts['device_augmentation'] = lambda: [trainer.augment_on_device(images, targets, augmentation) for _ in range(config.steps_per_epoch)]
+    return parts
 
 
 def monai_pipeline(config: RunConfig, subjects: list, device: torch.device) -> dict[str, Callable[[], object]]:
@@ -164,16 +173,17 @@ def train_benchmark(args: argparse.Namespace) -> dict:
     for name, pipeline in pipelines.items():
         pipeline['one_step']()  # warm-up: allocations, oneDNN/cuDNN kernel choice
         result[name] = {'step_gflop': round(count_flops(pipeline['one_step']) / 1e9, 2)}
-    timings = {(name, part): [] for name in pipelines for part in MEASURED}
+    measured = {name: [part for part in MEASURED if part in pipeline] for name, pipeline in pipelines.items()}
+    timings = {(name, part): [] for name in pipelines for part in measured[name]}
     with UtilisationSampler(device) as utilisation:
         for _ in range(args.repeats):
             for name, pipeline in pipelines.items():
-                for part in MEASURED:
+                for part in measured[name]:
                     timings[name, part].append(timed(lambda: synchronised(pipeline[part], device)))
     for name in pipelines:
-        seconds = {part: statistics.median(timings[name, part]) for part in MEASURED}
+        seconds = {part: statistics.median(timings[name, part]) for part in measured[name]}
         summary = result[name]
-        for part in MEASURED:
+        for part in measured[name]:
             summary[f'{part}_patches_per_s'] = round(patches / seconds[part], 2)
         summary['model_mvoxels_per_s'] = round(voxels / seconds['model'] / 1e6, 2)
         summary['model_gflops'] = round(summary['step_gflop'] * config.steps_per_epoch / seconds['model'], 1)
@@ -190,8 +200,34 @@ def train_benchmark(args: argparse.Namespace) -> dict:
     return result
 
 
-MEASURED = ('model', 'data', 'end_to_end')
-PLAN_KEYS = ('target_spacing', 'patch_size', 'levels', 'base_channels', 'norm', 'deep_supervision', 'batch_size', 'num_workers', 'channels_last', 'compile', 'amp')
+def feed_benchmark(args: argparse.Namespace) -> dict:
+    """Whether the loader keeps the model busy, for each augmentation place and worker count: the GPU check's question."""
+    config, subjects = training_setup(args)
+    device = select_device(config.device)
+    patches = config.steps_per_epoch * config.batch_size
+    rows = []
+    for place in args.augment_on:
+        for workers in args.workers:
+            pipeline = our_pipeline(replace(config, augment_on=place, num_workers=workers), subjects)
+            pipeline['one_step']()  # warm-up: allocations, cuDNN kernel choice
+            seconds = {part: median_seconds(lambda: synchronised(pipeline[part], device), args.repeats)
+                       for part in ('model', 'data', 'device_augmentation') if part in pipeline}
+            with UtilisationSampler(device) as utilisation:
+                seconds['end_to_end'] = median_seconds(lambda: synchronised(pipeline['end_to_end'], device), args.repeats)
+            row = {'augment_on': place, 'workers': workers}
+            row.update({f'{part}_patches_per_s': round(patches / value, 2) for part, value in seconds.items()})
+            row['end_to_end_over_model'] = round(seconds['model'] / seconds['end_to_end'], 3)
+            row['gpu_utilisation_percent'] = round(utilisation.mean, 1)
+            rows.append(row)
+            del pipeline
+            gc.collect()  # stops this loader's workers before the next count starts its own
+    return {'device': _device_name(device), 'plan': {k: getattr(config, k) for k in PLAN_KEYS if k not in ('num_workers', 'augment_on')},
+            'patches_per_measurement': patches, 'rows': rows}
+
+
+MEASURED = ('model', 'data', 'end_to_end', 'device_augmentation')  # the last with --augment-on device only
+PLAN_KEYS = ('target_spacing', 'patch_size', 'levels', 'base_channels', 'norm', 'deep_supervision', 'batch_size', 'num_workers',
+             'augment_on', 'channels_last', 'compile', 'amp')
 
 
 def loader_benchmark(args: argparse.Namespace) -> dict:
@@ -199,7 +235,7 @@ def loader_benchmark(args: argparse.Namespace) -> dict:
     config, subjects = training_setup(args)
     threads = args.worker_threads or None
     return {
-        'plan': {k: getattr(config, k) for k in ('target_spacing', 'patch_size', 'batch_size', 'augmentation')},
+        'plan': {k: getattr(config, k) for k in ('target_spacing', 'patch_size', 'batch_size', 'augmentation', 'augment_on')},
         'patches_per_measurement': config.steps_per_epoch * config.batch_size,
         'threads_per_library_in_each_worker': threads or 'library defaults',
         'loader': [median_throughput(config, subjects, workers, threads, args.repeats) for workers in args.workers],
@@ -351,6 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument('--device', default='cpu')
     predict.add_argument('--tta', action=argparse.BooleanOptionalAction, default=False,
                          help="mirroring TTA in the end-to-end timing (predict.py's default; the 1 s per case target is without)")
+    feed = _planned_command(commands, 'feed', 'whether the loader keeps the model busy: model only, loader only, end to end and GPU '
+                            'utilisation, for each augmentation place and worker count', cases=16, example='--spacing 0.625')
+    feed.add_argument('--steps', type=integer(1), default=16, help='optimiser steps per measurement')
+    feed.add_argument('--workers', type=integer(0), nargs='+', default=[4, 8], help='loader worker counts to measure')
+    feed.add_argument('--augment-on', choices=PLACES, nargs='+', default=list(PLACES), help='where augmentation runs (main.py --augment-on)')
     loader = _planned_command(commands, 'loader', 'the loader alone: patches/s per worker, user and system time, time per transform',
                               cases=6, example='--spacing 0.625 --patch-size 144 128 80 (the GPU plan on LA2018)')
     loader.add_argument('--steps', type=integer(1), default=16, help='batches per measurement')
@@ -394,7 +435,7 @@ def _planned_command(commands, name: str, summary: str, cases: int, example: str
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {'train': train_benchmark, 'loader': loader_benchmark, 'predict': predict_benchmark, 'norm': norm_benchmark, 'memory': memory_benchmark,
+    commands = {'train': train_benchmark, 'feed': feed_benchmark, 'loader': loader_benchmark, 'predict': predict_benchmark, 'norm': norm_benchmark, 'memory': memory_benchmark,
                 'ensemble': ensemble_benchmark}
     result = commands[args.command](args)
     print(json.dumps(result, indent=2))

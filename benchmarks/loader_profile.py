@@ -23,18 +23,18 @@ import SimpleITK as sitk
 import torch
 import torchio as tio
 
-from heartseg.augmentation import augmentation
 from heartseg.config import RunConfig
-from heartseg.recipe import build_patch_loader, limit_threads
+from heartseg.recipe import build_patch_loader, limit_threads, split_augmentation
 
 
 def loader_throughput(config: RunConfig, subjects: list[tio.Subject], workers: int, worker_threads: int | None) -> dict:
     """One pass over an epoch's patches by a fresh loader: patches/s, and the time its processes spent in user and system mode."""
-    transform = augmentation(config.augmentation)
-    loader = build_patch_loader(replace(config, num_workers=workers), subjects, transform, torch.device('cpu'), worker_threads).loader
+    transform, device_augmentation = split_augmentation(config)
+    loader = build_patch_loader(replace(config, num_workers=workers), subjects, transform, torch.device('cpu'), worker_threads,
+                                device_augmentation).loader
     before = _cpu_seconds()
     started = time.perf_counter()
-    patches = sum(len(images) for images, _ in loader)
+    patches = sum(len(images) for images, *_ in loader)
     del loader
     gc.collect()  # the loader and its iterator hold each other: collecting them stops the workers, whose CPU time then counts
     seconds = time.perf_counter() - started
@@ -49,17 +49,18 @@ def median_throughput(config: RunConfig, subjects: list[tio.Subject], workers: i
 
 
 def transform_shares(config: RunConfig, subjects: list[tio.Subject], patches: int) -> dict[str, float]:
-    """Share of one process's loader time in cropping (with label-balanced sampling) and in each transform."""
+    """Share of one process's loader time in each transform, and in the rest: sampling, cropping, the one-hot target."""
     totals: dict[str, float] = {}
-    pipeline = augmentation(config.augmentation)
+    pipeline, device_augmentation = split_augmentation(config)
     transforms = [] if pipeline is None else list(getattr(pipeline, 'transforms', [pipeline]))
-    dataset = build_patch_loader(replace(config, num_workers=0), subjects, _timed_chain(transforms, totals), torch.device('cpu')).loader.dataset
+    dataset = build_patch_loader(replace(config, num_workers=0), subjects, _timed_chain(transforms, totals), torch.device('cpu'),
+                                 device_augmentation=device_augmentation).loader.dataset
     with _threads_as_in_a_worker():
         started = time.perf_counter()
         for index in range(patches):
             dataset[index]
         total = time.perf_counter() - started
-    shares = {'crop and sampling': (total - sum(totals.values())) / total}
+    shares = {'crop, sampling and target': (total - sum(totals.values())) / total}
     shares.update({name: seconds / total for name, seconds in totals.items()})
     return {name: round(share, 3) for name, share in shares.items()}
 

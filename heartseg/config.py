@@ -80,6 +80,7 @@ class RunConfig:
     norm: str = 'instance'
     deep_supervision: bool = True
     augmentation: str = 'default'
+    augment_on: str = 'loader'  # or 'device': the loader workers only crop
     foreground_probability: float = 0.5
     val_fraction: float = 0.2
     folds: int = 0

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 from heartseg import distributed
 from heartseg.augmentation import augmentation
 from heartseg.config import RunConfig
+from heartseg.device_augmentation import DeviceAugmentation
 from heartseg.losses import build_loss
 from heartseg.sampling import EpochSampler, PatchDataset
 from heartseg.schedule import poly_lr
@@ -49,19 +50,22 @@ class Recipe:
     training_loss: nn.Module  # the same loss, its Dice term summed over torchrun processes
     optimizer: torch.optim.Optimizer
     learning_rate: Callable[[int, int], float]  # (epoch, total epochs) → learning rate
-    augmentation: tio.Transform | None
+    augmentation: tio.Transform | None  # in the loader workers, per patch
+    device_augmentation: DeviceAugmentation | None  # on the training device, per batch
     gradient_clip_norm: float
 
 
 def build_recipe(config: RunConfig, device: torch.device) -> Recipe:
     network = build_network(config, device)
+    loader_augmentation, device_augmentation = split_augmentation(config)
     return Recipe(
         network=network,
         loss=build_loss(config.loss),
         training_loss=build_loss(config.loss, across_ranks=distributed.world_size() > 1),
         optimizer=torch.optim.Adam(network.parameters(), lr=config.lr, weight_decay=config.weight_decay),
         learning_rate=functools.partial(poly_lr, config.lr),
-        augmentation=augmentation(config.augmentation),
+        augmentation=loader_augmentation,
+        device_augmentation=device_augmentation,
         gradient_clip_norm=GRADIENT_CLIP_NORM,
     )
 
@@ -70,6 +74,13 @@ def build_network(config: RunConfig, device: torch.device) -> UNet3D:
     """The U-Net of the config, its initial weights drawn from the run's seed."""
     torch.manual_seed(config.seed)
     return UNet3D(**config.network_kwargs()).to(device, memory_format=memory_format(config))
+
+
+def split_augmentation(config: RunConfig) -> tuple[tio.Transform | None, DeviceAugmentation | None]:
+    """The run's augmentation, for the loader workers or for the training device (``--augment-on``)."""
+    if config.augment_on == 'device' and config.augmentation != 'none':
+        return None, DeviceAugmentation(config.augmentation)
+    return augmentation(config.augmentation), None
 
 
 def memory_format(config: RunConfig) -> torch.memory_format:
@@ -85,8 +96,12 @@ class PatchLoader:
 
 
 def build_patch_loader(config: RunConfig, subjects: list[tio.Subject], transform: tio.Transform | None,
-                       device: torch.device, worker_threads: int | None = 1) -> PatchLoader:
-    """The run's patch stream; each loader worker runs ``worker_threads`` threads per library (None: their defaults)."""
+                       device: torch.device, worker_threads: int | None = 1,
+                       device_augmentation: DeviceAugmentation | None = None) -> PatchLoader:
+    """The run's patch stream; each loader worker runs ``worker_threads`` threads per library (None: their defaults).
+
+    ``transform`` runs in the loader; ``device_augmentation``'s parameters are drawn there and travel with each batch.
+    """
     steps = config.steps_per_epoch or math.ceil(len(subjects) / config.batch_size)
     patches = PatchDataset(
         subjects,
@@ -97,6 +112,7 @@ def build_patch_loader(config: RunConfig, subjects: list[tio.Subject], transform
         transform=transform,
         foreground_labels=config.foreground_labels,
         batch_size=config.batch_size,
+        device_augmentation=device_augmentation,
     )
     ranks = distributed.world_size()
     sampler = EpochSampler(len(patches), config.batch_size, distributed.rank(), ranks)

@@ -24,6 +24,8 @@ import torch
 import torchio as tio
 from torch.utils.data import Dataset, Sampler
 
+from heartseg.device_augmentation import DeviceAugmentation
+
 
 def pad_to_patch(subject: tio.Subject, patch_size: tuple[int, int, int]) -> tio.Subject:
     """Pad a subject (at its end) so that every axis is at least the patch size."""
@@ -69,12 +71,13 @@ class PatchCorners:
         self.corner_ranges = tuple(s - p + 1 for s, p in zip(shape, patch_size))
         # The label at every valid centre: corner + patch // 2, as TorchIO centres a patch.
         self.centre_labels = label[0][tuple(slice(p // 2, p // 2 + n) for p, n in zip(patch_size, self.corner_ranges))]
-        found = {value: int((self.centre_labels == value).sum()) for value, chance in probabilities.items() if chance > 0}
+        centres = {value: self.centre_labels == value for value, chance in probabilities.items() if chance > 0}
+        found = {value: int(mask.sum()) for value, mask in centres.items()}
         self.values = [value for value, count in found.items() if count]
         weights = np.array([probabilities[value] for value in self.values], dtype=np.float64)
         self.weights = weights / weights.sum() if self.values else weights
         self.listed = {
-            value: np.flatnonzero((self.centre_labels == value).numpy())
+            value: np.flatnonzero(centres[value].numpy())
             for value in self.values if found[value] < LISTED_LABEL_SHARE * self.centre_labels.numel()
         }
 
@@ -135,6 +138,11 @@ class PatchDataset(Dataset):
         foreground_labels: Label values trained as output channels.
         batch_size: Global batch size; the cases within one batch are distinct
             whenever there are at least as many cases as patches per batch.
+        device_augmentation: Optional augmentation applied later, on the
+            training device; each item carries its parameters, drawn here.
+
+    Each item is ``(image, one-hot target, device augmentation parameters)``,
+    the parameters an empty dict without ``device_augmentation``.
     """
 
     def __init__(
@@ -147,6 +155,7 @@ class PatchDataset(Dataset):
         transform: tio.Transform | None = None,
         foreground_labels: tuple[int, ...] = (1,),
         batch_size: int = 1,
+        device_augmentation: DeviceAugmentation | None = None,
     ):
         assert subjects, 'PatchDataset needs at least one subject'
         self.subjects = [pad_to_patch(subject, patch_size) for subject in subjects]
@@ -155,6 +164,7 @@ class PatchDataset(Dataset):
         self.batch_size = batch_size
         self.seed = seed
         self.transform = transform
+        self.device_augmentation = device_augmentation
         self.foreground_labels = foreground_labels
         share = foreground_probability / len(foreground_labels)
         probabilities = {0: 1 - foreground_probability, **{label: share for label in foreground_labels}}
@@ -168,15 +178,17 @@ class PatchDataset(Dataset):
         """Seeded shuffles of all cases, one after another, for one epoch."""
         return _case_order(self.seed, epoch, len(self.subjects), self.samples_per_epoch, self.batch_size)
 
-    def __getitem__(self, position: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         epoch, index = divmod(position, self.samples_per_epoch)
         case = self.case_order(epoch)[index]
         seed = patch_seed(self.seed, epoch, index)
-        patch = crop(self.subjects[case], self.corners[case].draw(np.random.default_rng(seed)), self.patch_size)
+        rng = np.random.default_rng(seed)
+        patch = crop(self.subjects[case], self.corners[case].draw(rng), self.patch_size)
         if self.transform is not None:
             with seeded(seed):
                 patch = self.transform(patch)
-        return patch['image'].data.float(), one_hot_foreground(patch['label'].data, self.foreground_labels)
+        parameters = {} if self.device_augmentation is None else self.device_augmentation.draw(rng, patch['image'].affine, self.patch_size)
+        return patch['image'].data.float(), one_hot_foreground(patch['label'].data, self.foreground_labels), parameters
 
 
 @functools.lru_cache(maxsize=4)

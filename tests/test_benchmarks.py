@@ -24,9 +24,20 @@ def test_loader_profile_reports_each_worker_count_and_every_transform(small_data
     assert [row['workers'] for row in report['loader']] == [0, 1]
     assert all(row['patches_per_s'] > 0 and row['user_s'] + row['system_s'] > 0 for row in report['loader'])
     shares = report['share_of_time']
-    assert set(shares) == {'crop and sampling'} | {type(t).__name__ for t in augmentation('default').transforms}
+    assert set(shares) == {'crop, sampling and target'} | {type(t).__name__ for t in augmentation('default').transforms}
     assert abs(sum(shares.values()) - 1) < 0.01, shares
     assert (torch.get_num_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()) == threads, 'the profile must restore the thread pools'
+
+
+def test_feed_measures_every_augmentation_place_at_every_worker_count(small_dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = ['feed', '--data', str(small_dataset), '--cases', '2', '--steps', '1', '--workers', '0', '1', '--repeats', '1',
+            '--', '--patch-size', '16', '16', '8', '--levels', '2']
+    assert run_cli(benchmark.main, argv) == 0
+    rows = json.loads(capsys.readouterr().out)['rows']
+    assert [(row['augment_on'], row['workers']) for row in rows] == [('loader', 0), ('loader', 1), ('device', 0), ('device', 1)]
+    assert all(row['model_patches_per_s'] > 0 and row['end_to_end_patches_per_s'] > 0 for row in rows)
+    assert all(('device_augmentation_patches_per_s' in row) == (row['augment_on'] == 'device') for row in rows)
 
 
 def test_subset_copies_the_leading_cases_that_fit_byte_for_byte(small_dataset, tmp_path, capsys):

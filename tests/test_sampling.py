@@ -35,7 +35,7 @@ def test_patches_depend_only_on_seed_epoch_and_index():
     sampler.set_epoch(2)
     position = list(sampler)[5]
     torch.manual_seed(123)  # the global generator must not matter
-    image, target = first[position]
+    image, target, _ = first[position]
     assert torch.equal(image, second[position][0]) and torch.equal(target, second[position][1])
     assert not torch.equal(image, second[position + 6][0]), 'the next epoch must give another patch'
 
@@ -85,7 +85,7 @@ def test_a_foreground_only_patch_stream_is_centred_on_foreground_in_its_affine()
     subject = tio.Subject(image=tio.ScalarImage(tensor=torch.rand(1, 12, 10, 9), affine=affine), label=tio.LabelMap(tensor=label, affine=affine))
     dataset = PatchDataset([subject], (4, 4, 4), samples_per_epoch=30, seed=0, foreground_probability=1.0, foreground_labels=(1,))
     for index in range(30):
-        _, target = dataset[index]
+        _, target, _ = dataset[index]
         assert target[0, 2, 2, 2] == 1, 'the centre voxel of a foreground-only patch must be foreground'
         corner = dataset.corners[0].draw(np.random.default_rng(patch_seed(0, 0, index)))
         patch = crop(subject, corner, (4, 4, 4))

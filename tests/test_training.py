@@ -73,6 +73,16 @@ def test_interrupted_run_resumes_to_identical_result(small_dataset, tmp_path, mo
     assert resumed_rows == straight_rows
 
 
+def test_augmentation_on_the_device_trains_through_loader_workers(small_dataset, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / 'run'
+    flags = ['--epochs', '3', '--augment-on', 'device', '--num-workers', '1', *TINY]
+    assert run_cli(main, ['--data', str(small_dataset), '--run-dir', str(run_dir), *flags]) == 0
+    dices = [float(r['val_dice']) for r in read_metrics(run_dir)]
+    assert dices[-1] > dices[0], f'validation Dice did not rise: {dices}'
+    assert json.loads((run_dir / 'config.json').read_text())['config']['augment_on'] == 'device'
+
+
 def test_extending_a_finished_run(small_dataset, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / 'run'
