@@ -22,6 +22,7 @@ PLACES = ('loader', 'device')
 # ahead of the model. Each is applied with probability p; ranges are TorchIO's (scale factors in
 # 1 ± scales, angles in ± degrees, log γ in ± log_gamma, bias coefficients in ± coefficients, noise std in [0, std]).
 FLIP_AXES = (0, 1, 2)
+FLIP_PROBABILITY = 0.5  # per axis
 AFFINE = {'scales': 0.15, 'degrees': 15.0, 'p': 0.3}
 GAMMA = {'log_gamma': 0.3, 'p': 0.3}
 # Order 2, not TorchIO's 3: half the polynomial terms, and the costliest transform here.
@@ -34,7 +35,7 @@ def augmentation(strength: str) -> tio.Transform | None:
     assert strength in STRENGTHS, f'augmentation strength must be one of {STRENGTHS}, got {strength!r}'
     if strength == 'none':
         return None
-    flips = tio.RandomFlip(axes=FLIP_AXES)
+    flips = tio.RandomFlip(axes=FLIP_AXES, flip_probability=FLIP_PROBABILITY)
     if strength == 'light':
         return flips
     return tio.Compose([

@@ -35,9 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from heartseg.augmentation import AFFINE, BIAS_FIELD, FLIP_AXES, GAMMA, NOISE
-
-FLIP_PROBABILITY = 0.5  # TorchIO's RandomFlip, per axis
+from heartseg.augmentation import AFFINE, BIAS_FIELD, FLIP_AXES, FLIP_PROBABILITY, GAMMA, NOISE
 
 
 class DeviceAugmentation:

@@ -11,7 +11,7 @@ from test_augmentation import two_structure_subject
 from torchio.transforms.augmentation.intensity.random_bias_field import BiasField
 from torchio.transforms.augmentation.intensity.random_gamma import Gamma
 
-from heartseg.augmentation import AFFINE, BIAS_FIELD, GAMMA, NOISE
+from heartseg.augmentation import AFFINE, BIAS_FIELD, FLIP_PROBABILITY, GAMMA, NOISE
 from heartseg.device_augmentation import DeviceAugmentation, sampling_matrix
 from heartseg.sampling import PatchDataset, one_hot_foreground
 
@@ -135,7 +135,7 @@ def test_draws_follow_torchio_s_probabilities_and_ranges():
         'bias': stacked['bias'].any(1).float().mean(),
         'noise': (stacked['noise_std'] > 0).float().mean(),
     }
-    expected = {'flip': 0.5, 'affine': AFFINE['p'], 'gamma': GAMMA['p'], 'bias': BIAS_FIELD['p'], 'noise': NOISE['p']}
+    expected = {'flip': FLIP_PROBABILITY, 'affine': AFFINE['p'], 'gamma': GAMMA['p'], 'bias': BIAS_FIELD['p'], 'noise': NOISE['p']}
     for name, rate in rates.items():
         assert torch.allclose(rate, torch.tensor(expected[name]), atol=0.03), (name, rate)
     assert stacked['gamma'].log().abs().max() <= GAMMA['log_gamma'] + 1e-6
