@@ -86,9 +86,9 @@ class DeviceAugmentation:
                  parameters: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Augment a batch: ``(B, C, X, Y, Z)`` images and one-hot targets, with the collated draws of its patches."""
         parameters = {name: value.to(images.device) for name, value in parameters.items()}
+        # _flip returns new tensors, so the transforms after it work in place without touching the loader's batch.
         images, targets = _flip(images, targets, parameters['flip'])
-        images, targets = _affine(images, targets, parameters['affine'])
-        images = images.clone()
+        _affine(images, targets, parameters['affine'])
         _gamma(images, parameters['gamma'])
         _bias_field(images, parameters['bias'])
         _noise(images, parameters['noise_std'], parameters['noise_seed'])
@@ -124,18 +124,15 @@ def _flip(images: torch.Tensor, targets: torch.Tensor, flips: torch.Tensor) -> t
     return images, targets
 
 
-def _affine(images: torch.Tensor, targets: torch.Tensor, matrices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _affine(images: torch.Tensor, targets: torch.Tensor, matrices: torch.Tensor) -> None:
     chosen = ~(matrices == torch.eye(3, device=matrices.device)).all(dim=(1, 2))
     if not chosen.any():
-        return images, targets
+        return
     theta = F.pad(matrices[chosen], (0, 1))  # no translation: the centre stays
     grid = F.affine_grid(theta, list(images[chosen].shape), align_corners=True)
     minimum = images[chosen].amin(dim=(2, 3, 4), keepdim=True)
-    moved = F.grid_sample(images[chosen] - minimum, grid, mode='bilinear', padding_mode='zeros', align_corners=True) + minimum
-    images, targets = images.clone(), targets.clone()
-    images[chosen] = moved
+    images[chosen] = F.grid_sample(images[chosen] - minimum, grid, mode='bilinear', padding_mode='zeros', align_corners=True) + minimum
     targets[chosen] = F.grid_sample(targets[chosen], grid, mode='nearest', padding_mode='zeros', align_corners=True)
-    return images, targets
 
 
 def _gamma(images: torch.Tensor, gammas: torch.Tensor) -> None:

@@ -124,6 +124,18 @@ def test_augmented_targets_stay_one_hot_and_aligned_with_their_images(seed, devi
     assert misaligned < agreement - 0.02, 'the check must notice a target two voxels off'
 
 
+def test_the_loader_s_batch_is_left_as_it_was():
+    """Every transform applies, none flips: the in-place steps must work on a copy."""
+    images, targets = smooth_image()[None], (smooth_image()[None] > 2.5).float()
+    originals = images.clone(), targets.clone()
+    parameters = neutral()
+    parameters.update(affine=torch.as_tensor(sampling_matrix([1.1, 0.9, 1.0], [10, -12, 8], np.eye(4), SHAPE), dtype=torch.float32)[None],
+                      gamma=torch.tensor([1.3]), bias=parameters['bias'] + 0.2, noise_std=torch.tensor([0.1]))
+    augmented_images, augmented_targets = DeviceAugmentation('default')(images, targets, parameters)
+    assert not torch.equal(augmented_images, images) and not torch.equal(augmented_targets, targets)
+    assert torch.equal(images, originals[0]) and torch.equal(targets, originals[1])
+
+
 def test_draws_follow_torchio_s_probabilities_and_ranges():
     augment, rng = DeviceAugmentation('default'), np.random.default_rng(0)
     draws = [augment.draw(rng, np.eye(4), (16, 16, 16)) for _ in range(4000)]
