@@ -6,7 +6,7 @@ statistics, in parallel worker processes. Then it prints a report and writes
 ``cases.csv`` (one row per case), ``report.txt`` and PNG figures into the
 output folder. Every integrity problem is listed with its case, by the same
 rules training applies; the exit status is 2 when there is any error (a
-warning, such as an empty label map, does not count), so a script can stop
+warning, such as an empty label map or a spacing outlier, does not count), so a script can stop
 before training on bad data.
 
 Shapes, spacings and bounding boxes are in canonical (RAS) axis order, as

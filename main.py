@@ -47,7 +47,7 @@ from heartseg.data import (
 )
 from heartseg.devices import mixed_precision_dtype, select_device
 from heartseg.download import TASK02_FOLDER, TASK02_URL, download_task02
-from heartseg.errors import UserError, run_cli
+from heartseg.errors import EXIT_INTERRUPTED, UserError, run_cli
 from heartseg.files import atomic_write_text, ensure_writable_dir
 from heartseg.fingerprint import spacing_and_patch_for_device
 from heartseg.losses import LOSSES
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument('--augment-on', choices=PLACES, default=None, help=f'where augmentation runs: in the loader workers, patch by patch (TorchIO), or on the training device, batch by batch, so that the workers only crop (default {RunConfig.augment_on})')
     train.add_argument('--time-limit', type=number(0), default=None, help='wall-clock budget in minutes; the schedule is fitted so the learning rate anneals within it (0: no limit)')
     train.add_argument('--val-every', type=integer(0), default=None, help=f'validate every N epochs; 0 = automatic, about {VALIDATION_SHARE:.0%}% of the time (default {RunConfig.val_every}; 0 with --time-limit)')
-    train.add_argument('--image-every', type=integer(1), default=None, help=f'log a validation overlay image every N epochs (default {RunConfig.image_every})')
+    train.add_argument('--image-every', type=integer(1), default=None, help=f'log the validation overlay image at the first validation and at validated epochs that are multiples of N (default {RunConfig.image_every})')
 
     run = parser.add_argument_group('run')
     run.add_argument('--run-dir', type=Path, help='run folder for config, checkpoints and logs (default runs/<timestamp>)')
@@ -217,6 +217,8 @@ def resume_config(args: argparse.Namespace) -> RunConfig:
             setattr(config, setting, value)
         elif _normalise(value) != _normalise(saved[setting]):
             raise UserError(args.resume, f'cannot resume with --{setting.replace("_", "-")} {value}: the run used {saved[setting]} (only {", ".join(sorted(RESUMABLE_SETTINGS))} may change)')
+    if saved['time_limit'] and config.time_limit == 0 and 'epochs' not in explicit_settings(args):
+        raise UserError('--time-limit', f'0 ends the time limit of {args.resume}: give --epochs too, the number of epochs to train in all')
     config.run_dir = str(args.resume)
     return config
 
@@ -240,7 +242,7 @@ def _precision(config: RunConfig) -> str:
     return f'{str(dtype).removeprefix("torch.")} mixed precision' if dtype else 'fp32'
 
 
-def prepare_subjects(config: RunConfig, spec: DatasetSpec) -> dict[str, list[tio.Subject]]:
+def prepare_subjects(config: RunConfig, spec: DatasetSpec, resuming: bool) -> dict[str, list[tio.Subject]]:
     """Split, preprocess (validating every case) and write the run's config."""
     run_dir = Path(config.run_dir)
     cases = cases_in_use(spec, {'max_cases': config.max_cases})
@@ -256,7 +258,7 @@ def prepare_subjects(config: RunConfig, spec: DatasetSpec) -> dict[str, list[tio
         for name, ids in split.items()
     }
     if main_rank:
-        save_config(config, run_dir / 'config.json')
+        save_config(config, run_dir / 'config.json', resuming)
         atomic_write_text(run_dir / 'splits.json', json.dumps(split, indent=1))
     return subjects
 
@@ -293,7 +295,7 @@ def train(args: argparse.Namespace) -> int:
     config, spec, created = distributed.broadcast(configure(args) if distributed.is_main() else None)
     run_dir = Path(config.run_dir)
     if config.cross_validation:
-        return cross_validate(config, spec, started, cleanup_dir=run_dir if created else None)
+        return cross_validate(config, spec, started, resuming=args.resume is not None, cleanup_dir=run_dir if created else None)
     return train_run(config, spec, started, resuming=args.resume is not None,
                      cleanup_dir=run_dir if created else None, resume_dir=run_dir)
 
@@ -310,7 +312,7 @@ def train_run(config: RunConfig, spec: DatasetSpec, started: float, resuming: bo
     run_dir = Path(config.run_dir)
     try:
         with distributed.main_process_first():  # rank 0 fills the preprocessing cache
-            subjects = prepare_subjects(config, spec)
+            subjects = prepare_subjects(config, spec, resuming)
     except UserError:
         if cleanup_dir is not None and distributed.is_main():
             shutil.rmtree(cleanup_dir, ignore_errors=True)
@@ -332,7 +334,7 @@ def train_run(config: RunConfig, spec: DatasetSpec, started: float, resuming: bo
         final = trainer.fit()
     except KeyboardInterrupt:
         print(f'\nInterrupted. The last completed epoch is saved; resume with: python main.py --resume {resume_dir}', file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     if not trainer.has_validation:
         outcome = 'No validation split: best.pt holds the final weights.'
     elif trainer.selects_best:
@@ -344,25 +346,26 @@ def train_run(config: RunConfig, spec: DatasetSpec, started: float, resuming: bo
     return 0
 
 
-def cross_validate(config: RunConfig, spec: DatasetSpec, started: float, cleanup_dir: Path | None) -> int:
+def cross_validate(config: RunConfig, spec: DatasetSpec, started: float, resuming: bool, cleanup_dir: Path | None) -> int:
     """Train folds 0..K-1 in turn, scoring each fold's validation cases as it ends; then pool the scores.
 
     A resumed cross-validation skips the scored folds and resumes the fold it was in.
     """
     root = Path(config.run_dir)
     if distributed.is_main():
-        save_config(config, root / 'config.json')
+        save_config(config, root / 'config.json', resuming)
         print(crossval.schedule_line(config.folds, config.time_limit, root))
     for fold in range(config.folds):
         fold_dir = crossval.fold_folder(root, fold)
         if distributed.broadcast(crossval.is_scored(fold_dir) if distributed.is_main() else None):
             continue
-        fold_config, resuming = distributed.broadcast(prepare_fold(config, spec, fold) if distributed.is_main() else None)
-        code = train_run(fold_config, spec, started, resuming, cleanup_dir if fold == 0 else None, resume_dir=root)
+        fold_config, fold_resumes = distributed.broadcast(prepare_fold(config, spec, fold) if distributed.is_main() else None)
+        code = train_run(fold_config, spec, started, fold_resumes, cleanup_dir if fold == 0 else None, resume_dir=root)
         if code:
             return code
         if distributed.is_main():
-            fold_cases = [case for case in spec.cases if case.case_id in json.loads((fold_dir / 'splits.json').read_text())['validation']]
+            validation_ids = set(json.loads((fold_dir / 'splits.json').read_text())['validation'])
+            fold_cases = [case for case in spec.cases if case.case_id in validation_ids]
             training_seconds = float(load_checkpoint(fold_dir / 'last.pt')['elapsed_seconds'])
             crossval.score_fold(fold_dir, fold, fold_cases, config.device, training_seconds)
         distributed.barrier()

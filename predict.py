@@ -30,7 +30,7 @@ from tqdm import tqdm
 from heartseg.cli import Parser, integer, number
 from heartseg.crossval import fold_checkpoints, is_cross_validation, resolve_checkpoints
 from heartseg.data import case_id_from_path, read_dataset
-from heartseg.errors import UserError, run_cli
+from heartseg.errors import EXIT_USER_ERROR, UserError, run_cli
 from heartseg.files import atomic_write, ensure_writable_dir, save_nifti
 from heartseg.inference import (
     BLENDINGS,
@@ -119,7 +119,7 @@ def save_overview_png(image: nib.Nifti1Image, mask: np.ndarray, path: Path) -> N
     volume = np.asarray(canonical.dataobj, dtype=np.float32)
     volume = volume[..., 0] if volume.ndim == 4 else volume
     centre = ndimage.center_of_mass(canonical_mask > 0) if canonical_mask.any() else np.array(volume.shape) / 2
-    spacing = canonical.header.get_zooms()[:3]
+    spacing = nib.affines.voxel_sizes(canonical.affine)
     figure, axes = plt.subplots(1, 3, figsize=(12, 4.5))
     views = [('axial', 2, (0, 1)), ('coronal', 1, (0, 2)), ('sagittal', 0, (1, 2))]
     low, high = np.percentile(volume, (0.5, 99.5))
@@ -169,24 +169,38 @@ def main(argv: list[str] | None = None) -> int:
                   for job in jobs]
     if len(predictors[0].models) > 1:
         print(f'Ensemble of {len(predictors[0].models)} models: their probabilities are averaged in each input grid')
+    refuse_overwriting_inputs(args.output, [case for job in jobs for case in job.cases], args.labels)
     ensure_writable_dir(args.output)
-    rows, failures, total = [], 0, sum(len(job.cases) for job in jobs)
+    rows, written, failures, total = [], 0, 0, sum(len(job.cases) for job in jobs)
     with tqdm(total=total, desc='Predicting', unit='case') as progress:
         for predictor, job in zip(predictors, jobs):
             for case in job.cases:
                 try:
-                    rows += predict_one(predictor, case, args)
+                    mask, nifti = write_prediction(predictor, case, args)
+                    written += 1
+                    if args.labels is not None:
+                        rows += evaluate_prediction(predictor, case, mask, nifti, args.labels)
                 except UserError as error:
                     failures += 1
                     tqdm.write(f'error: {error} (case skipped)', file=sys.stderr)
                 progress.update()
     if rows:
         print(write_evaluation(rows, args.output))
-    print(f'Wrote {total - failures} masks to {args.output}' + (f'; {failures} case(s) failed' if failures else ''))
-    return 2 if failures else 0
+    print(f'Wrote {written} masks to {args.output}' + (f'; {failures} case(s) failed' if failures else ''))
+    return EXIT_USER_ERROR if failures else 0
 
 
-def predict_one(predictor: Predictor, case: InputCase, args: argparse.Namespace) -> list[dict]:
+def refuse_overwriting_inputs(output: Path, cases: list[InputCase], labels: Path | None) -> None:
+    """Masks are named ``<case>.nii.gz``: in a scans' or the labels' folder they would replace the files they are judged by."""
+    output = output.resolve()
+    if labels is not None and labels.resolve() == output:
+        raise UserError(output, 'is the --labels folder: the masks would overwrite the reference labels; choose another --output')
+    if any(case.image.resolve().parent == output for case in cases):
+        raise UserError(output, 'holds the input scans: the masks could overwrite them; choose another --output')
+
+
+def write_prediction(predictor: Predictor, case: InputCase, args: argparse.Namespace) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """Predict one case and write its mask (and, if asked, its probabilities and overview)."""
     mask, probabilities, nifti = predictor.predict(case.image)
     save_nifti(mask.astype(np.uint8), nifti.affine, args.output / f'{case.case_id}.nii.gz', like=nifti)
     if args.save_probabilities:
@@ -194,11 +208,13 @@ def predict_one(predictor: Predictor, case: InputCase, args: argparse.Namespace)
                    args.output / f'{case.case_id}_probabilities.nii.gz', like=nifti)
     if args.png:
         save_overview_png(nifti, mask, args.output / f'{case.case_id}.png')
-    if args.labels is None:
-        return []
-    label_path = next((args.labels / f'{case.case_id}{s}' for s in NIFTI_SUFFIXES if (args.labels / f'{case.case_id}{s}').is_file()), None)
+    return mask, nifti
+
+
+def evaluate_prediction(predictor: Predictor, case: InputCase, mask: np.ndarray, nifti: nib.Nifti1Image, labels: Path) -> list[dict]:
+    label_path = next((labels / f'{case.case_id}{s}' for s in NIFTI_SUFFIXES if (labels / f'{case.case_id}{s}').is_file()), None)
     if label_path is None:
-        raise UserError(args.labels / f'{case.case_id}.nii.gz', 'reference label not found')
+        raise UserError(labels / f'{case.case_id}.nii.gz', 'reference label not found')
     return evaluate_case(case.case_id, mask, nifti, label_path, predictor.labels, case.image)
 
 

@@ -111,10 +111,9 @@ class Trainer:
         self.val_every = int(state['val_every'])
         self.val_seconds = float(state['val_seconds'])
         self.last_validated_epoch = int(state['last_validated_epoch'])
-        if not self.config.time_limit:
-            self.total_epochs = self.config.epochs
-        else:
-            self.total_epochs = int(state['total_epochs'])
+        self.total_epochs = int(state['total_epochs'])
+        # Planned again from the time spent: a resume may give a longer or shorter --time-limit, or none.
+        self._refit_remaining_epochs(self.start_epoch)
 
     def _save(self, name: str, epoch: int) -> None:
         if not distributed.is_main():
@@ -138,7 +137,7 @@ class Trainer:
     # -- the loop ------------------------------------------------------------
 
     def fit(self) -> float:
-        """Train to the configured number of epochs; return the best validation Dice."""
+        """Train to the configured number of epochs; return the best validation Dice (a K-fold run's: the final one)."""
         writer = None
         if distributed.is_main():
             writer = SummaryWriter(self.run_dir, purge_step=self.start_epoch + 1)
@@ -265,6 +264,7 @@ class Trainer:
     def _refit_remaining_epochs(self, completed: int) -> None:
         """With a time limit, fit the schedule to the time left, so the LR still anneals to zero."""
         if not self.config.time_limit:
+            self.total_epochs = self.config.epochs
             return
         budget = TimeBudget(self.config.time_limit * 60, self.config.epochs, automatic_validation=self.config.val_every == 0)
         plan = fit_epochs_to_budget(budget, completed, self.elapsed, self.train_times, self.val_seconds,

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from heartseg.data import Case, DatasetSpec, _resolve_inside, case_id_from_path
 from heartseg.errors import UserError
 from heartseg.fingerprint import CaseHeader, canonical_header
-from heartseg.validation import SPACING_OUTLIER_FACTOR, CaseCheck, Problem
+from heartseg.validation import SPACING_OUTLIER_FACTOR, CaseCheck, Problem, channels_first
 
 PERCENTILES = (0.5, 99.5)
 # Like nnU-Net: pool this many voxels per case, so large cases do not dominate.
@@ -163,6 +163,7 @@ def _measure(task: CaseTask, result: CaseResult, check: CaseCheck) -> None:
     image = check.voxels(task.case.image, image_nifti, np.float32)
     if image is None:
         return
+    check.intensity_spread(task.case.image, channels_first(image))
     # Reorient both with the image's affine: voxel (i, j, k) of each must stay paired.
     orientation = nib.io_orientation(image_nifti.affine)
     image = nib.orientations.apply_orientation(image, orientation)

@@ -11,8 +11,6 @@ Example::
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from pathlib import Path
@@ -24,7 +22,7 @@ from matplotlib.figure import Figure
 
 from heartseg.analysis import AXES, PERCENTILES, CaseResult
 from heartseg.data import DatasetSpec
-from heartseg.files import atomic_write, atomic_write_text
+from heartseg.files import atomic_write, atomic_write_text, write_rows_csv
 from heartseg.validation import PROBLEM_KINDS, Problem
 
 STAT_KEYS = ('min', 'max', 'mean', 'std', 'p0.5', 'p99.5')
@@ -88,12 +86,7 @@ def write_tables(output: Path, summary: dict[str, Any], results: list[CaseResult
         'cases': records,
     }
     atomic_write_text(output / 'fingerprint.json', json.dumps(to_json(fingerprint), indent=1))
-    rows = [csv_row(record, spec.foreground_labels) for record in records]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(output / 'cases.csv', buffer.getvalue())
+    write_rows_csv(output / 'cases.csv', [csv_row(record, spec.foreground_labels) for record in records])
     return [output / 'fingerprint.json', output / 'cases.csv']
 
 

@@ -224,7 +224,7 @@ def _problem_lines(problems: list[Problem]) -> list[str]:
         return ['Integrity: no problems found']
     cases = len({p.case_id for p in problems})
     lines = [f'Integrity: {len(problems)} problems in {cases} cases']
-    lines += [f'  {p.case_id}  {p.kind}  {p.file}: {p.message}' for p in problems]
+    lines += [f'  {p.case_id}  {p.kind}{" (warning)" if p.is_warning else ""}  {p.file}: {p.message}' for p in problems]
     return lines
 
 

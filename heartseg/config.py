@@ -142,10 +142,12 @@ class RunConfig:
         return config
 
 
-def provenance() -> dict[str, str]:
-    """Library versions and the git commit, for reproducing a run."""
+def provenance() -> dict[str, str | bool]:
+    """Library versions and the git commit (and whether the tree had uncommitted changes), for reproducing a run."""
     import nibabel
     import numpy
+    import scipy
+    import SimpleITK
     import torch
     import torchio
 
@@ -155,31 +157,43 @@ def provenance() -> dict[str, str]:
         'torchio': torchio.__version__,
         'numpy': numpy.__version__,
         'nibabel': nibabel.__version__,
+        'SimpleITK': SimpleITK.Version.VersionString(),
+        'scipy': scipy.__version__,
         'platform': platform.platform(),
-        'git_commit': _git_commit(),
+        'git_commit': _git('rev-parse', 'HEAD'),
+        'git_uncommitted_changes': _git('status', '--porcelain', '--untracked-files=no') not in ('', 'unknown'),
     }
 
 
-def _git_commit() -> str:
+def _git(*command: str) -> str:
     try:
-        result = subprocess.run(
-            ['git', 'rev-parse', 'HEAD'],
-            cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10,
-        )
+        result = subprocess.run(['git', *command], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return 'unknown'
     return result.stdout.strip() if result.returncode == 0 else 'unknown'
 
 
-def save_config(config: RunConfig, path: Path) -> None:
-    document = {'config': asdict(config), 'provenance': provenance()}
-    atomic_write_text(path, json.dumps(document, indent=2))
+def save_config(config: RunConfig, path: Path, resuming: bool = False) -> None:
+    """Write ``config.json``; a resumed run keeps its start's provenance and adds one entry per resume."""
+    earlier = _read_document(path).get('provenance', []) if resuming and path.is_file() else []
+    starts = [*([earlier] if isinstance(earlier, dict) else earlier), provenance()]  # a dict: one start, as versions before 2026-12 wrote
+    atomic_write_text(path, json.dumps({'config': asdict(config), 'provenance': starts}, indent=2))
+
+
+def _read_document(path: Path) -> dict:
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(path, f'invalid run config ({type(error).__name__}: {error})') from None
+    if not isinstance(document, dict) or not isinstance(document.get('config'), dict):
+        raise UserError(path, 'invalid run config: expected a JSON object with a "config" object')
+    return document
 
 
 def load_config(path: Path) -> RunConfig:
     if not path.is_file():
         raise UserError(path, 'config.json not found; is this a run folder?')
     try:
-        return RunConfig.from_dict(json.loads(path.read_text())['config'])
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        return RunConfig.from_dict(_read_document(path)['config'])
+    except (TypeError, ValueError) as error:
         raise UserError(path, f'invalid run config ({type(error).__name__}: {error})') from None

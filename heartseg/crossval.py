@@ -31,14 +31,13 @@ from tqdm import tqdm
 from heartseg.config import load_config
 from heartseg.data import Case
 from heartseg.errors import UserError
-from heartseg.files import atomic_write_text, save_nifti
+from heartseg.files import atomic_write_text, save_nifti, write_rows_csv
 from heartseg.prediction import (
     METRIC_NAMES,
     Predictor,
     evaluate_case,
     summarise,
     write_evaluation,
-    write_rows_csv,
 )
 
 FOLD_PREFIX = 'fold_'

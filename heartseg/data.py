@@ -29,10 +29,11 @@ from tqdm import tqdm
 from heartseg.errors import UserError
 from heartseg.files import atomic_torch_save
 from heartseg.fingerprint import CaseHeader, canonical_header
-from heartseg.validation import CaseCheck
+from heartseg.validation import CaseCheck, channels_first
 
 # Bump when preprocessing changes so stale cache entries are never reused.
-PREPROCESSING_VERSION = 2
+PREPROCESSING_VERSION = 3
+MAX_LABEL_VALUE = np.iinfo(np.uint8).max
 
 
 @dataclass(frozen=True)
@@ -66,12 +67,26 @@ class Preprocessing:
     target_spacing: tuple[float, float, float]
 
     def transform(self) -> tio.Transform:
-        """Canonical (RAS) orientation, resampling, then per-image z-score."""
+        """Canonical (RAS) orientation, resampling, then a z-score per image and channel."""
         return tio.Compose([
             tio.ToCanonical(),
             tio.Resample(self.target_spacing),
-            tio.ZNormalization(),
+            tio.Lambda(z_score_per_channel, types_to_apply=[tio.INTENSITY]),
         ])
+
+
+def z_score_per_channel(image: torch.Tensor) -> torch.Tensor:
+    """Each channel to zero mean and unit standard deviation on its own, as nnU-Net normalises modalities.
+
+    TorchIO's ``ZNormalization`` pools all channels, which would let one
+    modality's intensities set another's scale.
+
+    Example:
+        >>> z_score_per_channel(torch.tensor([[[[1.0, 3.0]]], [[[100.0, 300.0]]]])).flatten().tolist()
+        [-0.7071067690849304, 0.7071067690849304, -0.7071067690849304, 0.7071067690849304]
+    """
+    mean = image.mean(dim=(1, 2, 3), keepdim=True)
+    return (image - mean) / image.std(dim=(1, 2, 3), keepdim=True)
 
 
 def case_id_from_path(path: Path) -> str:
@@ -128,6 +143,8 @@ def read_dataset(root: Path, allow_duplicates: bool = False) -> DatasetSpec:
     labels = _parse_int_keys(content['labels'], json_path, 'labels')
     if 0 not in labels:
         raise UserError(json_path, '"labels" must declare 0 (background)')
+    if not all(0 <= value <= MAX_LABEL_VALUE for value in labels):
+        raise UserError(json_path, f'"labels" values must be 0 to {MAX_LABEL_VALUE} (label maps are stored as uint8), got {sorted(labels)}')
     modalities = _parse_int_keys(content['modality'], json_path, 'modality')
     training = content['training']
     if not isinstance(training, list) or not training:
@@ -170,8 +187,7 @@ def read_voxels(path: Path, image: nib.Nifti1Image, channels: int) -> np.ndarray
     """Return the checked voxel array as ``(channels, X, Y, Z)`` float32."""
     check = CaseCheck(strict=True)
     check.dimensions(path, image, channels)
-    data = check.voxels(path, image, np.float32)
-    return data[np.newaxis] if data.ndim == 3 else np.moveaxis(data, -1, 0)
+    return channels_first(check.voxels(path, image, np.float32))
 
 
 def read_label(path: Path, image: nib.Nifti1Image, declared: Collection[int]) -> np.ndarray:
@@ -184,6 +200,7 @@ def read_label(path: Path, image: nib.Nifti1Image, declared: Collection[int]) ->
 def image_subject(path: Path, image_nifti: nib.Nifti1Image, channels: int) -> tio.Subject:
     """A validated image as a TorchIO subject in its original grid."""
     image = read_voxels(path, image_nifti, channels)
+    CaseCheck(strict=True).intensity_spread(path, image)
     return tio.Subject(
         image=tio.ScalarImage(tensor=torch.from_numpy(image), affine=image_nifti.affine),
         case_id=case_id_from_path(path),
@@ -227,9 +244,8 @@ def preprocess_case(case: Case, spec: DatasetSpec, preprocessing: Preprocessing,
     """
     image_nifti, label_nifti = check_headers(case, spec)
     cache_path = cache_dir / f'{case.case_id}-{_cache_key(case, preprocessing)}.pt'
-    if cache_path.is_file():
-        cached = torch.load(cache_path, weights_only=True)
-    else:
+    cached = _read_cache_entry(cache_path) if cache_path.is_file() else None
+    if cached is None:
         cached = _preprocess(load_case(case, spec, image_nifti, label_nifti), preprocessing)
         atomic_torch_save(cached, cache_path)
     check = CaseCheck(case.case_id, strict=True)
@@ -242,6 +258,15 @@ def preprocess_case(case: Case, spec: DatasetSpec, preprocessing: Preprocessing,
         label=tio.LabelMap(tensor=cached['label'], affine=affine),
         case_id=case.case_id,
     )
+
+
+def _read_cache_entry(path: Path) -> dict[str, torch.Tensor] | None:
+    """A cache entry, or None when it is damaged (a full disk, a copy cut short): then the case is preprocessed again."""
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as error:  # torch raises many unrelated types for damaged files
+        tqdm.write(f'warning: {path}: unreadable cache entry ({type(error).__name__}); preprocessing the case again', file=sys.stderr)
+        return None
 
 
 def _preprocess(original: tio.Subject, preprocessing: Preprocessing) -> dict[str, torch.Tensor]:

@@ -32,13 +32,27 @@ def _cpu_has_native_bf16() -> bool:
 
 
 def select_device(name: str) -> torch.device:
-    """``'auto'`` picks CUDA, then Apple MPS, then CPU."""
+    """``'auto'`` picks CUDA, then Apple MPS, then CPU; a named device must exist here."""
     if name != 'auto':
-        if name.startswith('cuda') and not torch.cuda.is_available():
-            raise UserError('--device', f'{name!r} requested but CUDA is not available')
-        return torch.device(name)
+        return _named_device(name)
     if torch.cuda.is_available():
         return torch.device('cuda')
     if torch.backends.mps.is_available():
         return torch.device('mps')
     return torch.device('cpu')
+
+
+def _named_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError('--device', f"unknown device {name!r}; expected auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise UserError('--device', f'{name!r} requested but CUDA is not available')
+    if device.type == 'cuda' and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError('--device', f'{name!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s)')
+    if device.type == 'mps' and not torch.backends.mps.is_available():
+        raise UserError('--device', f'{name!r} requested but Apple MPS is not available')
+    if device.type not in ('cpu', 'cuda', 'mps'):
+        raise UserError('--device', f"device {name!r} is not supported; expected auto, cpu, cuda, cuda:N or mps")
+    return device

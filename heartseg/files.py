@@ -13,6 +13,8 @@ Example:
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -60,6 +62,15 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda temporary: temporary.write_text(text))
+
+
+def write_rows_csv(path: Path, rows: list[dict]) -> None:
+    """Write rows of one shape as a CSV file, atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator='\n')
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

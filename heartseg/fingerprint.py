@@ -43,7 +43,8 @@ class CaseHeader:
 def canonical_header(case_id: str, image: nib.Nifti1Image) -> CaseHeader:
     """Express shape and spacing in the axis order of the canonical image."""
     ornt = nib.io_orientation(image.affine)
-    zooms = np.asarray(image.header.get_zooms()[:3], dtype=float)
+    # From the affine, as the pipeline places voxels; the header's pixdim can disagree with an sform.
+    zooms = nib.affines.voxel_sizes(image.affine)
     shape = np.asarray(image.shape[:3])
     spacing = np.empty(3)
     canonical_shape = np.empty(3, dtype=int)

@@ -12,8 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,7 +28,7 @@ from heartseg.data import Preprocessing, image_subject, load_nifti, read_label
 from heartseg.devices import select_device
 from heartseg.errors import UserError
 from heartseg.export import Network, is_exported, load_exported
-from heartseg.files import atomic_write_text
+from heartseg.files import atomic_write_text, write_rows_csv
 from heartseg.inference import (
     DEFAULT_BLENDING,
     DEFAULT_OVERLAP,
@@ -188,7 +186,7 @@ def evaluate_case(case_id: str, mask: np.ndarray, nifti: nib.Nifti1Image, label_
     label_nifti = load_nifti(label_path)
     CaseCheck(case_id, strict=True).same_grid(image_path, nifti, label_path, label_nifti)
     reference = read_label(label_path, label_nifti, [int(value) for value in labels])[0]
-    spacing = tuple(float(z) for z in nifti.header.get_zooms()[:3])
+    spacing = tuple(float(z) for z in nib.affines.voxel_sizes(nifti.affine))  # the mask's grid is the affine's
     rows = []
     for value, name in sorted((int(k), v) for k, v in labels.items()):
         if value:
@@ -214,15 +212,6 @@ def summarise(rows: list[dict]) -> dict:
             }
         summary[str(value)] = stats
     return summary
-
-
-def write_rows_csv(path: Path, rows: list[dict]) -> None:
-    """Write rows of one shape as a CSV file, atomically."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator='\n')
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
 
 
 def write_evaluation(rows: list[dict], output: Path) -> str:

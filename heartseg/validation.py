@@ -38,14 +38,16 @@ PROBLEM_KINDS = {
     'not_3d': 'an image is not 3D (or 4D with one channel per modality)',
     'grid_mismatch': 'image and label differ in shape or affine',
     'non_finite': 'NaN or Inf voxels',
+    'constant_image': 'an image channel with one value in every voxel: nothing to normalise or segment',
     'non_integer_label': 'label values that are not integers',
     'undeclared_label': 'label values missing from dataset.json "labels"',
     'empty_label': 'a label map without foreground (a warning: training goes on)',
     'spacing_outlier': f'a spacing axis outside [median/{SPACING_OUTLIER_FACTOR:g}, median*{SPACING_OUTLIER_FACTOR:g}]',
     'analysis_failed': 'the analysis itself failed on this case',
 }
-# Some datasets hold cases without foreground on purpose; they train as background.
-WARNING_KINDS = frozenset({'empty_label'})
+# Some datasets hold cases without foreground on purpose; they train as background. A spacing
+# outlier is judged against the whole dataset, which training does not do: it is resampled like any case.
+WARNING_KINDS = frozenset({'empty_label', 'spacing_outlier'})
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,15 @@ class CaseCheck:
                 self.add('non_finite', path, f'contains {bad} NaN or Inf voxels')
         return data
 
+    def intensity_spread(self, path: Path, channels: np.ndarray) -> None:
+        """Every channel of a ``(C, X, Y, Z)`` image must vary: z-normalising a constant one divides by zero."""
+        finite = np.where(np.isfinite(channels), channels, np.nan)
+        spread = np.nanmax(finite, axis=(1, 2, 3)) - np.nanmin(finite, axis=(1, 2, 3))
+        constant = np.flatnonzero(spread == 0).tolist()
+        if constant:
+            where = 'every voxel' if len(channels) == 1 else f'every voxel of channel(s) {constant}'
+            self.add('constant_image', path, f'image has one value in {where}: nothing to normalise or segment')
+
     def label_values(self, path: Path, values: np.ndarray, declared: Collection[int]) -> None:
         """Label values must be integers declared in ``dataset.json``; no foreground is a warning."""
         values = values[np.isfinite(values)]
@@ -140,3 +151,8 @@ class CaseCheck:
             self.add('undeclared_label', path, f'label values {undeclared} are not declared in dataset.json labels {sorted(declared)}')
         if not np.any(values != 0):
             self.add('empty_label', path, 'label map has no foreground voxels; it trains as background only')
+
+
+def channels_first(voxels: np.ndarray) -> np.ndarray:
+    """A 3D or 4D (channels last, as NIfTI stores modalities) array as ``(C, X, Y, Z)``."""
+    return voxels[np.newaxis] if voxels.ndim == 3 else np.moveaxis(voxels, -1, 0)

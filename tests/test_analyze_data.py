@@ -208,14 +208,17 @@ def test_every_planted_problem_is_reported_with_its_case(name, small_dataset, tm
     assert all((output / name).is_file() for name in FIGURES)
 
 
-def test_an_empty_label_is_listed_as_a_warning_and_does_not_fail_the_run(small_dataset, tmp_path, capsys):
+def test_an_empty_label_and_a_spacing_outlier_are_listed_as_warnings_and_do_not_fail_the_run(small_dataset, tmp_path, capsys):
+    """Training takes both cases (one as background only, one resampled like the rest), so the check must pass too."""
     rewrite(label_of(small_dataset, 3), lambda data, affine: (np.zeros_like(data), affine))
+    rewrite(image_of(small_dataset, 4), stretch_x)
+    rewrite(label_of(small_dataset, 4), stretch_x)
     output = tmp_path / 'report'
     code, out, errors = run([str(small_dataset), '--output', str(output), '--workers', '1'], capsys)
     assert code == 0 and not errors
     fingerprint, _ = read_outputs(output)
-    assert [(p['case_id'], p['kind']) for p in fingerprint['problems']] == [('synthetic_003', 'empty_label')]
-    assert 'synthetic_003  empty_label' in out
+    assert [(p['case_id'], p['kind']) for p in fingerprint['problems']] == [('synthetic_003', 'empty_label'), ('synthetic_004', 'spacing_outlier')]
+    assert 'synthetic_003  empty_label' in out and 'synthetic_004  spacing_outlier' in out
 
 
 def test_test_split_and_shared_files_are_checked(small_dataset, tmp_path, capsys):

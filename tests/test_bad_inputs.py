@@ -114,6 +114,8 @@ BAD_INPUTS = {
     'path escapes': (lambda r: edit_json(r, set_first_entry('image', '../../etc/passwd')), 'dataset.json', 'escapes the dataset folder'),
     'absolute path': (lambda r: edit_json(r, set_first_entry('label', '/etc/passwd')), 'dataset.json', 'absolute path'),
     'no dataset.json': (lambda r: (r / 'dataset.json').unlink(), 'dataset.json', 'not found'),
+    'label value over 255': (lambda r: edit_json(r, lambda c: c['labels'].update({'300': 'too high'})), 'dataset.json', 'must be 0 to 255'),
+    'constant image': (lambda r: rewrite(image_path(r), lambda data, affine: (np.full_like(data, 3.0), affine)), FIRST, 'one value in every voxel'),
 }
 
 
@@ -154,6 +156,20 @@ def test_resume_with_incompatible_architecture_is_refused(small_dataset, tmp_pat
     code, errors = run_main(['--resume', str(run_dir), '--levels', '3'], capsys)
     assert code == EXIT_USER_ERROR
     assert len(errors) == 1 and 'cannot resume with --levels 3' in errors[0]
+
+
+@pytest.mark.parametrize('content,problem', [
+    ('{"config": ', 'invalid run config (JSONDecodeError'),
+    ('[1, 2]', 'expected a JSON object with a "config" object'),
+    ('{"config": "text"}', 'expected a JSON object with a "config" object'),
+    ('{"config": {"target_spacing": 5}}', 'invalid run config (TypeError'),
+])
+def test_resume_from_a_damaged_config_json_is_a_one_line_error(tmp_path, capsys, content, problem):
+    run_dir = tmp_path / 'run'
+    run_dir.mkdir()
+    (run_dir / 'config.json').write_text(content)
+    code, errors = run_main(['--resume', str(run_dir)], capsys)
+    assert code == EXIT_USER_ERROR and len(errors) == 1 and 'config.json' in errors[0] and problem in errors[0], errors
 
 
 IMAGE_DEFECTS = {'missing image', 'truncated image', 'not gzip or NIfTI', 'zero-byte file', 'gzip of garbage',

@@ -1,4 +1,4 @@
-"""heartseg.data: the preprocessing cache is reused while its inputs hold, and only then."""
+"""heartseg.data: the preprocessing cache is reused while its inputs hold, and only then; each channel is normalised on its own."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import os
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
+import torchio as tio
 
 from heartseg import data
 from heartseg.data import Preprocessing, preprocess_case, preprocess_cases, read_dataset
@@ -47,6 +49,20 @@ def test_a_cached_case_is_reused_and_a_changed_file_or_spacing_is_preprocessed_a
     assert len(cached_files(cache)) == 3
 
 
+@pytest.mark.parametrize('damage', [lambda path: path.write_bytes(path.read_bytes()[:100]), lambda path: path.write_bytes(b'')])
+def test_a_damaged_cache_entry_is_made_again_with_a_warning(small_dataset, tmp_path, capsys, damage):
+    spec = read_dataset(small_dataset)
+    case, cache, preprocessing = spec.cases[0], tmp_path / 'cache', Preprocessing((3.0, 3.0, 3.0))
+    first = preprocess_case(case, spec, preprocessing, cache)
+    entry, = cache.glob('*.pt')
+    damage(entry)
+    again = preprocess_case(case, spec, preprocessing, cache)
+    assert torch.equal(again['image'].data, first['image'].data)
+    assert f'warning: {entry}: unreadable cache entry' in capsys.readouterr().err
+    assert torch.equal(preprocess_case(case, spec, preprocessing, cache)['image'].data, first['image'].data)
+    assert 'unreadable' not in capsys.readouterr().err, 'the damaged entry must have been replaced'
+
+
 def test_the_cache_key_changes_with_the_preprocessing_version(small_dataset, monkeypatch):
     spec = read_dataset(small_dataset)
     preprocessing = Preprocessing((3.0, 3.0, 3.0))
@@ -84,3 +100,15 @@ def test_a_case_without_foreground_is_named_in_a_warning(small_dataset, tmp_path
     assert len(subjects) == 3
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith('warning:')]
     assert warnings == [f'warning: case {spec.cases[2].case_id}: {spec.cases[2].label}: label map has no foreground voxels; it trains as background only']
+
+
+def test_each_channel_is_z_scored_on_its_own():
+    """Two modalities a hundredfold apart in scale: pooled statistics would leave the first near a constant."""
+    rng = np.random.default_rng(0)
+    channels = np.stack([rng.normal(10, 2, (12, 12, 12)), rng.normal(1000, 200, (12, 12, 12))]).astype(np.float32)
+    subject = tio.Subject(image=tio.ScalarImage(tensor=torch.from_numpy(channels), affine=np.eye(4)),
+                          label=tio.LabelMap(tensor=torch.zeros(1, 12, 12, 12, dtype=torch.uint8), affine=np.eye(4)))
+    normalised = Preprocessing((1.0, 1.0, 1.0)).transform()(subject)['image'].data
+    assert torch.allclose(normalised.mean(dim=(1, 2, 3)), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(normalised.std(dim=(1, 2, 3)), torch.ones(2), atol=1e-5)
+    assert torch.equal(subject['label'].data, Preprocessing((1.0, 1.0, 1.0)).transform()(subject)['label'].data)

@@ -19,6 +19,7 @@ from heartseg.prediction import (
     Predictor,
     back_to_input_grid,
     ensemble_probabilities,
+    evaluate_case,
     keep_largest_components,
 )
 from predict import build_parser
@@ -114,6 +115,22 @@ def test_the_boundary_keeps_its_sub_voxel_position_on_the_input_grid():
     assert boundary_mm <= first_foreground_mm < boundary_mm + 0.5, first_foreground_mm
 
 
+def test_distances_and_volumes_use_the_affine_s_voxel_size_when_pixdim_disagrees(tmp_path):
+    """The pipeline places voxels by the affine (the sform here): millimetres must follow it, not the header's pixdim."""
+    reference = np.zeros((20, 20, 20), np.uint8)
+    reference[5:15, 5:15, 5:15] = 1
+    paths = {}
+    for name, data in (('image', reference.astype(np.float32)), ('label', reference)):
+        nifti = nib.Nifti1Image(data, np.diag([2.0, 2.0, 3.0, 1.0]))
+        nifti.header.set_zooms((1.0, 1.0, 1.0))
+        paths[name] = tmp_path / f'{name}.nii.gz'
+        nib.save(nifti, paths[name])
+    image = nib.load(paths['image'])
+    assert image.header.get_zooms() == (1.0, 1.0, 1.0)
+    row, = evaluate_case('case', np.roll(reference, 1, axis=2), image, paths['label'], {'0': 'background', '1': 'atrium'}, paths['image'])
+    assert row['hd95_mm'] == pytest.approx(3.0) and row['reference_ml'] == pytest.approx(1000 * 12 / 1000)
+
+
 def test_keep_largest_component_removes_islands():
     mask = np.zeros((20, 20, 20), np.uint8)
     mask[2:8, 2:8, 2:8] = 1
@@ -170,6 +187,13 @@ def test_unreadable_case_is_skipped_and_reported(trained, small_dataset_template
     assert (tmp_path / 'out' / 'good.nii.gz').is_file() and not (tmp_path / 'out' / 'broken.nii.gz').exists()
 
 
+def test_a_constant_scan_is_skipped_and_reported(trained, tmp_path, capsys):
+    path = tmp_path / 'blank.nii.gz'
+    nib.save(nib.Nifti1Image(np.full((40, 40, 20), 7, np.float32), np.eye(4)), path)
+    code, errors = run_predict(['--checkpoint', str(trained), '--input', str(path), '--output', str(tmp_path / 'out')], capsys)
+    assert code == EXIT_USER_ERROR and len(errors) == 1 and 'blank.nii.gz' in errors[0] and 'one value in every voxel' in errors[0]
+
+
 @pytest.mark.parametrize('shape,problem', [((40, 40, 20, 2), 'expected a 3D image'), ((40, 40), 'expected a 3D image')])
 def test_wrong_dimensions_or_channels(trained, tmp_path, capsys, shape, problem):
     path = tmp_path / 'odd.nii.gz'
@@ -213,6 +237,29 @@ def test_unwritable_output_folder(trained, small_dataset_template, tmp_path, cap
     blocker.write_text('')
     code, errors = run_predict(['--checkpoint', str(trained), '--input', str(scan(small_dataset_template)), '--output', str(blocker / 'out')], capsys)
     assert code == EXIT_USER_ERROR and 'not writable' in errors[0]
+
+
+@pytest.mark.parametrize('target', ['inputs', 'labels'])
+def test_an_output_folder_that_would_overwrite_scans_or_labels_is_refused(trained, small_dataset_template, tmp_path, capsys, target):
+    folders = {name: tmp_path / name for name in ('inputs', 'labels')}
+    for name, source in (('inputs', scan(small_dataset_template)), ('labels', small_dataset_template / 'labelsTr' / 'synthetic_001.nii.gz')):
+        folders[name].mkdir()
+        (folders[name] / 'synthetic_001.nii.gz').write_bytes(source.read_bytes())
+    before = {name: (folder / 'synthetic_001.nii.gz').read_bytes() for name, folder in folders.items()}
+    code, errors = run_predict(['--checkpoint', str(trained), '--input', str(folders['inputs']), '--labels', str(folders['labels']),
+                                '--output', str(folders[target])], capsys)
+    assert code == EXIT_USER_ERROR and len(errors) == 1 and str(folders[target]) in errors[0] and 'overwrite' in errors[0]
+    assert all((folder / 'synthetic_001.nii.gz').read_bytes() == before[name] for name, folder in folders.items())
+
+
+def test_a_case_that_fails_evaluation_still_counts_its_written_mask(trained, small_dataset_template, tmp_path, capsys):
+    labels = tmp_path / 'labels'
+    labels.mkdir()  # no reference for the one case
+    code = run_cli(predict_main, ['--checkpoint', str(trained), '--input', str(scan(small_dataset_template)), '--labels', str(labels),
+                                  '--output', str(tmp_path / 'out')])
+    printed = capsys.readouterr()
+    assert code == EXIT_USER_ERROR and 'reference label not found' in printed.err
+    assert (tmp_path / 'out' / 'synthetic_001.nii.gz').is_file() and 'Wrote 1 masks' in printed.out and '1 case(s) failed' in printed.out
 
 
 def test_predictor_loads_checkpoint_plan(trained):

@@ -14,7 +14,7 @@ import torch
 import training
 from heartseg.checkpoint import load_checkpoint
 from heartseg.data import split_cases
-from heartseg.errors import run_cli
+from heartseg.errors import EXIT_USER_ERROR, run_cli
 from main import main
 from predict import main as predict_main
 
@@ -87,8 +87,25 @@ def test_extending_a_finished_run(small_dataset, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / 'run'
     assert run_cli(main, ['--data', str(small_dataset), '--run-dir', str(run_dir), '--epochs', '1', *TINY]) == 0
+    started = json.loads((run_dir / 'config.json').read_text())['provenance']
     assert run_cli(main, ['--resume', str(run_dir), '--epochs', '2']) == 0
     assert [int(r['epoch']) for r in read_metrics(run_dir)] == [1, 2]
+    document = json.loads((run_dir / 'config.json').read_text())
+    assert document['config']['epochs'] == 2
+    assert len(started) == 1 and document['provenance'][0] == started[0] and len(document['provenance']) == 2, 'the start is kept, the resume added'
+    assert {'torch', 'torchio', 'SimpleITK', 'scipy', 'git_commit', 'git_uncommitted_changes'} <= set(started[0])
+
+
+def test_a_time_limited_run_can_be_extended_past_its_limit(small_dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / 'run'
+    assert run_cli(main, ['--data', str(small_dataset), '--run-dir', str(run_dir), '--time-limit', '0.01', *TINY]) == 0
+    first_epochs = len(read_metrics(run_dir))
+    assert run_cli(main, ['--resume', str(run_dir), '--time-limit', '0']) == EXIT_USER_ERROR
+    assert 'give --epochs too' in capsys.readouterr().err
+    assert run_cli(main, ['--resume', str(run_dir), '--time-limit', '0.25']) == 0  # 15 s in all: room for more epochs
+    epochs = [int(r['epoch']) for r in read_metrics(run_dir)]
+    assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) > first_epochs
 
 
 def test_non_finite_loss_stops_with_message_and_keeps_checkpoint(small_dataset, tmp_path, monkeypatch, capsys):

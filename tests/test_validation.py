@@ -39,6 +39,7 @@ CORRUPTIONS = {
     'not_3d': lambda case: rewrite(case.image, lambda data, affine: (np.stack([data, data], -1), affine)),
     'grid_mismatch': lambda case: rewrite(case.label, shifted),
     'non_finite': lambda case: rewrite(case.image, with_voxel(np.nan)),
+    'constant_image': lambda case: rewrite(case.image, lambda data, affine: (np.full_like(data, 5.0), affine)),
     'non_integer_label': lambda case: rewrite(case.label, with_voxel(0.5)),
     'undeclared_label': lambda case: rewrite(case.label, with_voxel(7)),
 }
