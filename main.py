@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument('--augment-on', choices=PLACES, default=None, help=f'where augmentation runs: in the loader workers, patch by patch (TorchIO), or on the training device, batch by batch, so that the workers only crop (default {RunConfig.augment_on})')
     train.add_argument('--time-limit', type=number(0), default=None, help='wall-clock budget in minutes; the schedule is fitted so the learning rate anneals within it (0: no limit)')
     train.add_argument('--val-every', type=integer(0), default=None, help=f'validate every N epochs; 0 = automatic, about {VALIDATION_SHARE:.0%}% of the time (default {RunConfig.val_every}; 0 with --time-limit)')
-    train.add_argument('--image-every', type=integer(1), default=None, help=f'log the validation overlay image at the first validation and at validated epochs that are multiples of N (default {RunConfig.image_every})')
+    train.add_argument('--image-every', type=integer(1), default=None, help=f'log the validation overlay image at the first validation, then at the first validation at least N epochs after the last image (default {RunConfig.image_every})')
 
     run = parser.add_argument_group('run')
     run.add_argument('--run-dir', type=Path, help='run folder for config, checkpoints and logs (default runs/<timestamp>)')

@@ -80,6 +80,7 @@ class Trainer:
         self.val_seconds = 0.0
         self.last_validated_epoch = 0
         self.overlay: np.ndarray | None = None
+        self.last_image_epoch: int | None = None  # the first validation of a process logs one
 
     def _training_forward(self) -> nn.Module:
         """The model as training calls it: under DDP when launched by torchrun, compiled with ``--compile``.
@@ -280,8 +281,9 @@ class Trainer:
         if not math.isnan(result.val_dice):
             writer.add_scalar('loss/val', result.val_loss, result.epoch)
             writer.add_scalar('dice/val', result.val_dice, result.epoch)
-            if self.overlay is not None and (result.epoch % self.config.image_every == 0 or result.epoch == 1):
+            if self.overlay is not None and (self.last_image_epoch is None or result.epoch - self.last_image_epoch >= self.config.image_every):
                 writer.add_image('val/overlay', self.overlay, result.epoch, dataformats='HWC')
+                self.last_image_epoch = result.epoch
         writer.flush()
         append_metric_row(self.run_dir / 'metrics.csv', result)
         validation = f'val loss {result.val_loss:.4f}  val Dice {result.val_dice:.4f}  ' if not math.isnan(result.val_dice) else ''

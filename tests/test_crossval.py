@@ -63,7 +63,7 @@ def test_folds_share_the_time_left_and_reserve_their_measured_scoring():
     assert first == pytest.approx(12 * 0.9)
     # Fold 3 of 5 after 40 minutes: 20 minutes left for 2 folds; 13 cases at 6 s each are its scoring.
     assert fold_training_minutes(60, fold=3, folds=5, spent_seconds=2400, seconds_per_case=6.0, cases=13) == pytest.approx(10 - 1.3)
-    # Overspent earlier folds shrink the later ones, down to one epoch's worth.
+    # Overspent earlier folds shrink the later ones, down to the floor of 1 s, which still trains one epoch.
     assert fold_training_minutes(60, fold=4, folds=5, spent_seconds=3700, seconds_per_case=6.0, cases=13) * 60 == pytest.approx(1.0)
 
 

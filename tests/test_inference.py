@@ -40,13 +40,23 @@ def test_an_identity_network_gives_back_its_input(shape, overlap, blending, tta)
     torch.testing.assert_close(logits, image, rtol=0, atol=1e-5)
 
 
-def test_overlapping_windows_are_blended_with_the_centre_weighted_most():
+@pytest.mark.parametrize('blending', BLENDINGS)
+def test_overlapping_windows_are_blended_with_the_centre_weighted_most(blending):
     image = torch.zeros(1, 48, 16, 16)
-    logits = sliding_window_logits(Shifted(), image, (16, 16, 16), overlap=0.5, blending='gaussian')
+    logits = sliding_window_logits(Shifted(), image, (16, 16, 16), overlap=0.5, blending=blending)
     # Voxel 15 lies at the edge of the window starting at 0 (ramp 1.0) and near the centre of the one
-    # starting at 8 (ramp 0.47): the Gaussian lets the centre dominate, where a plain mean would give 0.73.
+    # starting at 8 (ramp 0.47): both weightings let the centre dominate, where a plain mean would give 0.73.
     assert 0.45 < float(logits[0, 15, 8, 8]) < 0.55
     assert torch.isfinite(logits).all()
+
+
+def test_mirroring_averages_the_network_s_view_of_each_flip():
+    """A ramp along the first axis and its mirror image average to 0.5: each flip must really be run and undone."""
+    image = torch.zeros(1, 16, 16, 16)
+    plain = predict_logits(Shifted(), image, (16, 16, 16), tta=False)
+    mirrored = predict_logits(Shifted(), image, (16, 16, 16), tta=True)
+    torch.testing.assert_close(plain[0, :, 0, 0], torch.linspace(0, 1, 16))
+    torch.testing.assert_close(mirrored, torch.full_like(mirrored, 0.5))
 
 
 @pytest.mark.parametrize('size,patch,overlap,expected', [

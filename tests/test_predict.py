@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from heartseg.checkpoint import load_checkpoint
 from heartseg.errors import EXIT_USER_ERROR, run_cli
 from heartseg.metrics import dice
 from heartseg.prediction import (
@@ -166,8 +165,10 @@ def test_mirroring_tta_is_the_default_and_agrees_with_one_pass(trained, small_da
     assert build_parser().parse_args(required).tta and not build_parser().parse_args([*required, '--no-tta']).tta
     mirrored, single = Predictor(trained), Predictor(trained, tta=False)
     assert mirrored.tta and not single.tta
-    mask_mirrored, mask_single = mirrored.predict(scan(small_dataset_template))[0], single.predict(scan(small_dataset_template))[0]
+    predictions = [predictor.predict(scan(small_dataset_template)) for predictor in (mirrored, single)]
+    (mask_mirrored, probabilities_mirrored, _), (mask_single, probabilities_single, _) = predictions
     assert mask_mirrored.shape == mask_single.shape
+    assert not np.allclose(probabilities_mirrored, probabilities_single), 'the 8 flips must change the probabilities'
     assert 0.9 < dice(mask_mirrored == 1, mask_single == 1), 'the mean over 8 flips should refine, not change, the mask'
 
 
@@ -264,4 +265,4 @@ def test_a_case_that_fails_evaluation_still_counts_its_written_mask(trained, sma
 
 def test_predictor_loads_checkpoint_plan(trained):
     predictor = Predictor(trained)
-    assert predictor.models[0].patch_size == tuple(load_checkpoint(trained)['plan'].patch_size)
+    assert predictor.models[0].patch_size == (32, 32, 16), 'the patch size the fixture trained with (conftest.py)'

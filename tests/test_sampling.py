@@ -85,9 +85,10 @@ def test_a_foreground_only_patch_stream_is_centred_on_foreground_in_its_affine()
     subject = tio.Subject(image=tio.ScalarImage(tensor=torch.rand(1, 12, 10, 9), affine=affine), label=tio.LabelMap(tensor=label, affine=affine))
     dataset = PatchDataset([subject], (4, 4, 4), samples_per_epoch=30, seed=0, foreground_probability=1.0, foreground_labels=(1,))
     for index in range(30):
-        _, target, _ = dataset[index]
+        image, target, _ = dataset[index]
         assert target[0, 2, 2, 2] == 1, 'the centre voxel of a foreground-only patch must be foreground'
         corner = dataset.corners[0].draw(np.random.default_rng(patch_seed(0, 0, index)))
         patch = crop(subject, corner, (4, 4, 4))
+        assert torch.equal(image, patch['image'].data) and torch.equal(target[0], (patch['label'].data[0] == 1).float())
         assert np.allclose(patch['label'].affine[:3, 3], affine[:3, :3] @ corner + affine[:3, 3])
         assert torch.equal(patch['label'].data[0], label[0, corner[0]:corner[0] + 4, corner[1]:corner[1] + 4, corner[2]:corner[2] + 4])

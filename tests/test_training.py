@@ -12,8 +12,10 @@ import pytest
 import torch
 
 import training
+from heartseg import recipe
 from heartseg.checkpoint import load_checkpoint
 from heartseg.data import split_cases
+from heartseg.device_augmentation import DeviceAugmentation
 from heartseg.errors import EXIT_USER_ERROR, run_cli
 from main import main
 from predict import main as predict_main
@@ -77,7 +79,12 @@ def test_augmentation_on_the_device_trains_through_loader_workers(small_dataset,
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / 'run'
     flags = ['--epochs', '3', '--augment-on', 'device', '--num-workers', '1', *TINY]
+    batches = []
+    augment = DeviceAugmentation.__call__
+    monkeypatch.setattr(DeviceAugmentation, '__call__', lambda self, *batch: batches.append(len(batch[0])) or augment(self, *batch))
+    monkeypatch.setattr(recipe, 'augmentation', lambda *_: pytest.fail('the loader workers must only crop'))
     assert run_cli(main, ['--data', str(small_dataset), '--run-dir', str(run_dir), *flags]) == 0
+    assert batches == [2] * 3 * 20, 'every training batch of the 3 epochs of 20 steps is augmented on the device'
     dices = [float(r['val_dice']) for r in read_metrics(run_dir)]
     assert dices[-1] > dices[0], f'validation Dice did not rise: {dices}'
     assert json.loads((run_dir / 'config.json').read_text())['config']['augment_on'] == 'device'
@@ -182,7 +189,7 @@ def test_several_labels_train_and_predict_as_one_channel_each(small_dataset, tmp
         x = np.nonzero(values)[0]
         values[int(np.median(x)):][values[int(np.median(x)):] == 1] = 2
         nib.save(nib.Nifti1Image(values, label.affine), path)
-    assert run_cli(main, ['--data', str(small_dataset), '--run-dir', 'multi', '--epochs', '2', *TINY]) == 0
+    assert run_cli(main, ['--data', str(small_dataset), '--run-dir', 'multi', '--epochs', '5', *TINY]) == 0
     state = load_checkpoint(tmp_path / 'multi' / 'best.pt')
     assert state['plan'].model['out_channels'] == 2
     output = tmp_path / 'masks'
@@ -193,4 +200,17 @@ def test_several_labels_train_and_predict_as_one_channel_each(small_dataset, tmp
     validation = json.loads((tmp_path / 'multi' / 'splits.json').read_text())['validation']
     assert sorted((row['case'], row['label']) for row in rows) == sorted((case, label) for case in validation for label in ('1', '2'))
     masks = [np.asarray(nib.load(output / f'{case}.nii.gz').dataobj) for case in validation]
-    assert set(np.unique(np.concatenate([m.ravel() for m in masks])).tolist()) <= {0, 1, 2}
+    assert set(np.unique(np.concatenate([m.ravel() for m in masks])).tolist()) == {0, 1, 2}
+    assert all(float(row['dice']) > 0 for row in rows), 'each label must be found in each validation case'
+
+
+def test_the_overlay_image_follows_the_validations_it_can_use(small_dataset, tmp_path, monkeypatch):
+    """Validations at epochs 3, 6 and 9 with --image-every 5: the first, then the first at least 5 epochs later."""
+    from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
+
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / 'run'
+    flags = [*TINY, '--steps-per-epoch', '2', '--epochs', '9', '--val-every', '3', '--image-every', '5']
+    assert run_cli(main, ['--data', str(small_dataset), '--run-dir', str(run_dir), *flags]) == 0
+    events = EventAccumulator(str(run_dir), size_guidance={IMAGES: 0}).Reload()
+    assert [image.step for image in events.Images('val/overlay')] == [3, 9]
