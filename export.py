@@ -26,8 +26,8 @@ import torch
 
 from heartseg.cli import Parser
 from heartseg.crossval import resolve_checkpoints
-from heartseg.errors import run_cli
-from heartseg.export import ONNX_OPSET, export_format, export_network, optional_module
+from heartseg.errors import UserError, run_cli
+from heartseg.export import ONNX_OPSET, export_format, export_network, is_exported, optional_module
 from heartseg.files import ensure_writable_dir
 from heartseg.prediction import load_network
 
@@ -45,8 +45,13 @@ def export_targets(checkpoint: Path, output: Path) -> list[tuple[Path, Path]]:
     """(checkpoint, exported file) pairs: one, or one per fold of a cross-validation."""
     checkpoints = resolve_checkpoints([checkpoint])
     if len(checkpoints) == 1:
-        return [(checkpoints[0], output)]
-    return [(source, output.with_name(f'{output.stem}_fold{fold}{output.suffix}')) for fold, source in enumerate(checkpoints)]
+        targets = [(checkpoints[0], output)]
+    else:
+        targets = [(source, output.with_name(f'{output.stem}_fold{fold}{output.suffix}')) for fold, source in enumerate(checkpoints)]
+    for _, target in targets:
+        if target.exists() and not is_exported(target):  # a checkpoint, above all: its run could not resume
+            raise UserError(target, 'exists and is not a file export.py wrote; refusing to overwrite it, choose another --output')
+    return targets
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ from dataclasses import asdict, fields, replace
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import torchio as tio
 
 from heartseg import crossval, distributed
@@ -49,7 +50,7 @@ from heartseg.devices import mixed_precision_dtype, select_device
 from heartseg.download import TASK02_FOLDER, TASK02_URL, download_task02
 from heartseg.errors import EXIT_INTERRUPTED, UserError, run_cli
 from heartseg.files import atomic_write_text, ensure_writable_dir
-from heartseg.fingerprint import spacing_and_patch_for_device
+from heartseg.fingerprint import CaseHeader, resampled_shape, spacing_and_patch_for_device
 from heartseg.losses import LOSSES
 from heartseg.schedule import VALIDATION_SHARE
 from heartseg.synthetic import write_synthetic_dataset
@@ -58,6 +59,9 @@ from training import create_trainer
 
 DATA_ROOT = Path('data')
 SYNTHETIC_FOLDER = 'SyntheticHeart'
+MAX_SEED = 2**32 - 1  # what every library's generator takes
+MAX_TIME_LIMIT_MINUTES = 366 * 24 * 60  # a year; larger budgets overflow the schedule's arithmetic
+MAX_RESAMPLED_VOXELS = 2**30  # 4 GiB as float32; the largest LA2018 case has 3.2 million voxels at 0.625 mm
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument('--val-fraction', type=number(0, below=1), default=None, help=f'fraction of cases held out for validation (default {RunConfig.val_fraction}); 0 trains on every case with no validation, and best.pt is the final model')
     data.add_argument('--folds', type=integer(2), default=None, help='K-fold cross-validation (K >= 2, overrides --val-fraction): without --fold, trains every fold in turn into RUN_DIR/fold_0..K-1, then scores all cases out of fold into RUN_DIR/crossval.csv and crossval.json')
     data.add_argument('--fold', type=integer(0), default=None, help='train only fold I (0..K-1) of --folds K')
-    data.add_argument('--split-seed', type=integer(0), default=None, help='seed of the training/validation split (default: --seed); fix it to compare training seeds on one split')
+    data.add_argument('--split-seed', type=integer(0, MAX_SEED), default=None, help='seed of the training/validation split (default: --seed); fix it to compare training seeds on one split')
     data.add_argument('--max-cases', type=integer(1), default=None, help='use only the first N cases (quick runs)')
 
     model = parser.add_argument_group('model')
@@ -92,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument('--loss', choices=LOSSES, default=None, help=f'loss function (default {RunConfig.loss})')
     train.add_argument('--augmentation', choices=STRENGTHS, default=None, help=f'patch augmentation strength (default {RunConfig.augmentation})')
     train.add_argument('--augment-on', choices=PLACES, default=None, help=f'where augmentation runs: in the loader workers, patch by patch (TorchIO), or on the training device, batch by batch, so that the workers only crop (default {RunConfig.augment_on})')
-    train.add_argument('--time-limit', type=number(0), default=None, help='wall-clock budget in minutes; the schedule is fitted so the learning rate anneals within it (0: no limit)')
+    train.add_argument('--time-limit', type=number(0, below=MAX_TIME_LIMIT_MINUTES), default=None, help='wall-clock budget in minutes; the schedule is fitted so the learning rate anneals within it (0: no limit)')
     train.add_argument('--val-every', type=integer(0), default=None, help=f'validate every N epochs; 0 = automatic, about {VALIDATION_SHARE:.0%}% of the time (default {RunConfig.val_every}; 0 with --time-limit)')
     train.add_argument('--image-every', type=integer(1), default=None, help=f'log the validation overlay image at the first validation, then at the first validation at least N epochs after the last image (default {RunConfig.image_every})')
 
@@ -104,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None, help=f'channels_last_3d memory format for the network (default {_by_device("channels_last")})')
     run.add_argument('--compile', action=argparse.BooleanOptionalAction, default=None, help=f'torch.compile the training step (default {_on(RunConfig.compile)})')
     run.add_argument('--num-workers', type=integer(0), default=None, help=f'data-loader worker processes (default {_by_device("num_workers")}, at most the cores less one)')
-    run.add_argument('--seed', type=integer(0), default=None, help=f'random seed (default {RunConfig.seed})')
+    run.add_argument('--seed', type=integer(0, MAX_SEED), default=None, help=f'random seed (default {RunConfig.seed})')
     return parser
 
 
@@ -165,8 +169,9 @@ def configure_run(args: argparse.Namespace, spec: DatasetSpec, synthetic: bool) 
     headers = [read_header(case, spec) for case in cases_in_use(spec, given)]
     levels = given.get('levels', RunConfig.levels)
     spacing, patch = spacing_and_patch_for_device(headers, device.type, levels, given.get('target_spacing'))
+    check_resampled_sizes(headers, spacing)
     config = RunConfig(
-        data=str(spec.root),
+        data=str(spec.root.resolve()),  # absolute: --resume may run from another folder
         run_dir=str(args.run_dir or Path('runs') / datetime.now().strftime('%Y%m%d-%H%M%S')),
         cache_dir=str(args.cache_dir),
         target_spacing=tuple(float(s) for s in spacing),
@@ -197,6 +202,15 @@ def check_split(config: RunConfig, cases: int) -> None:
         raise UserError('--fold', f'{config.fold} is not a fold of --folds {config.folds}: use 0..{config.folds - 1}')
 
 
+def check_resampled_sizes(headers: list[CaseHeader], spacing: tuple[float, float, float]) -> None:
+    """Every case keeps at least one voxel per axis at ``spacing``, and the largest fits in memory."""
+    shapes = np.array([resampled_shape(header, spacing) for header in headers])
+    if shapes.min() < 1:
+        raise UserError('--spacing', f'{list(spacing)} mm is coarser than a whole case: one shrinks to {shapes[shapes.min(axis=1).argmin()].tolist()} voxels')
+    if shapes.prod(axis=1).max() > MAX_RESAMPLED_VOXELS:
+        raise UserError('--spacing', f'{list(spacing)} mm makes the largest case {shapes.prod(axis=1).max():.3g} voxels, over the {MAX_RESAMPLED_VOXELS:.3g} one case may have')
+
+
 def check_patch_size(config: RunConfig) -> None:
     divisor = 2**config.levels
     if any(p % divisor for p in config.patch_size):
@@ -217,6 +231,8 @@ def resume_config(args: argparse.Namespace) -> RunConfig:
             setattr(config, setting, value)
         elif _normalise(value) != _normalise(saved[setting]):
             raise UserError(args.resume, f'cannot resume with --{setting.replace("_", "-")} {value}: the run used {saved[setting]} (only {", ".join(sorted(RESUMABLE_SETTINGS))} may change)')
+    if args.data is not None and args.data.resolve() != Path(config.data).resolve():
+        raise UserError('--data', f'{args.data} is not the dataset {args.resume} trains on ({config.data}); a resumed run keeps its data')
     if saved['time_limit'] and config.time_limit == 0 and 'epochs' not in explicit_settings(args):
         raise UserError('--time-limit', f'0 ends the time limit of {args.resume}: give --epochs too, the number of epochs to train in all')
     config.run_dir = str(args.resume)

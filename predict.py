@@ -52,6 +52,7 @@ NIFTI_SUFFIXES = ('.nii.gz', '.nii')
 class InputCase:
     case_id: str
     image: Path
+    label: Path | None = None  # the reference a dataset.json names
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def gather_inputs(source: Path, subset: str) -> list[InputCase]:
         raise UserError('--subset', f'{subset!r} selects cases of a dataset.json --input, not of {source}')
     if source.name == 'dataset.json':
         spec = read_dataset(source.parent)
-        return [InputCase(c.case_id, c.image) for c in spec.cases]
+        return [InputCase(c.case_id, c.image, c.label) for c in spec.cases]
     if source.is_dir():
         files = sorted(p for p in source.iterdir() if p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith('.'))
         if not files:
@@ -104,7 +105,10 @@ def select_subset(cases: list[InputCase], subset: str, splits_path: Path) -> lis
         wanted = set(json.loads(splits_path.read_text())[subset])
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
         raise UserError(splits_path, f'cannot read the {subset!r} split ({type(error).__name__})') from None
-    return [case for case in cases if case.case_id in wanted]
+    selected = [case for case in cases if case.case_id in wanted]
+    if not selected:
+        raise UserError(splits_path, f'none of its {len(wanted)} {subset!r} cases is in the --input dataset; is it the dataset the run trained on?')
+    return selected
 
 
 def save_overview_png(image: nib.Nifti1Image, mask: np.ndarray, path: Path) -> None:
@@ -197,6 +201,8 @@ def refuse_overwriting_inputs(output: Path, cases: list[InputCase], labels: Path
         raise UserError(output, 'is the --labels folder: the masks would overwrite the reference labels; choose another --output')
     if any(case.image.resolve().parent == output for case in cases):
         raise UserError(output, 'holds the input scans: the masks could overwrite them; choose another --output')
+    if any(case.label is not None and case.label.resolve().parent == output for case in cases):
+        raise UserError(output, "holds the dataset's reference labels: the masks would overwrite them; choose another --output")
 
 
 def write_prediction(predictor: Predictor, case: InputCase, args: argparse.Namespace) -> tuple[np.ndarray, nib.Nifti1Image]:

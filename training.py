@@ -235,10 +235,10 @@ class Trainer:
         return float(loss.detach()) if torch.isfinite(loss) else None
 
     def _fail_non_finite(self, what: str, epoch: int, step: int) -> None:
+        kept = 'the last good checkpoint is kept' if epoch > 0 else 'no epoch completed, so there is no checkpoint'
         raise NonFiniteLossError(
-            self.run_dir / 'last.pt',
-            f'non-finite {what} at epoch {epoch + 1}, step {step + 1}; training stopped, '
-            f'the last good checkpoint is kept (try a lower --lr)',
+            self.run_dir / 'last.pt' if epoch > 0 else self.run_dir,
+            f'non-finite {what} at epoch {epoch + 1}, step {step + 1}; training stopped, {kept} (try a lower --lr)',
         )
 
     @torch.no_grad()

@@ -69,7 +69,8 @@ from heartseg.data import (
     read_dataset,
 )
 from heartseg.devices import mixed_precision_dtype, select_device
-from heartseg.errors import run_cli
+from heartseg.errors import UserError, run_cli
+from heartseg.export import optional_module
 from heartseg.files import save_nifti
 from heartseg.inference import sliding_window_logits
 from heartseg.normalization import InstanceNorm3d
@@ -108,8 +109,13 @@ def our_pipeline(config: RunConfig, subjects: list) -> dict[str, Callable[[], ob
     return parts
 
 
+def require_monai() -> None:
+    optional_module('monai', 'The comparison with MONAI', 'pip install -r requirements-bench.txt')
+
+
 def monai_pipeline(config: RunConfig, subjects: list, device: torch.device) -> dict[str, Callable[[], object]]:
     """MONAI's equivalent: DynUNet of the same depth, widths and deep supervision, MONAI transforms and loader, DiceCE."""
+    require_monai()
     from monai import transforms as mt
     from monai.data import DataLoader, Dataset
     from monai.losses import DeepSupervisionLoss, DiceCELoss
@@ -247,11 +253,12 @@ def _device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{device.type}, {torch.get_num_threads()} threads'
 
 
+@torch.no_grad()  # without leaving grad mode off for whatever runs next in this process
 def predict_benchmark(args: argparse.Namespace) -> dict:
     """Seconds per case end to end (read → preprocess → infer → resample back → write), and the window loop against MONAI's."""
+    require_monai()
     from monai.inferers import sliding_window_inference
 
-    torch.set_grad_enabled(False)
     predictor = Predictor(args.checkpoint, device=args.device, batch_size=args.batch_size, tta=args.tta, keep_largest=True)
     cases = read_dataset(args.data).cases[: args.cases]
     output = Path(tempfile.mkdtemp())
@@ -291,15 +298,17 @@ def predict_benchmark(args: argparse.Namespace) -> dict:
     }
 
 
+@torch.no_grad()  # without leaving grad mode off for whatever runs next in this process
 def ensemble_benchmark(args: argparse.Namespace) -> dict:
     """Test Dice of each model alone and of their ensemble, averaging probabilities (ours) or logits; seconds per case.
 
     Every model's input-grid logits are computed once per case, and each way of
     combining them is thresholded and post-processed as ``predict.py`` does.
     """
-    torch.set_grad_enabled(False)
     checkpoints = resolve_checkpoints(args.checkpoint)
     ensemble = Predictor(checkpoints, device=args.device, tta=args.tta)
+    if not args.images.is_dir():
+        raise UserError(args.images, 'not a folder of NIfTI scans')
     images = sorted(p for p in args.images.iterdir() if p.name.endswith(NIFTI_SUFFIXES))
     scores: dict[str, list[dict]] = {}
     for image in images:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = 'cpu') -> dic
     """
     if not path.is_file():
         raise UserError(path, 'checkpoint not found')
+    _check_archive(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
@@ -87,3 +89,19 @@ def load_checkpoint(path: Path, map_location: str | torch.device = 'cpu') -> dic
         raise UserError(path, f'not a checkpoint of this project (expected format {CHECKPOINT_FORMAT!r})')
     state['plan'] = ModelPlan.from_json(state['plan'], path)
     return state
+
+
+def is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive: a zip, as checkpoints are, but with the model's code in it."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.split('/')[1:2] == ['code'] for name in archive.namelist())
+
+
+def _check_archive(path: Path) -> None:
+    """Tell other files from checkpoints before unpickling: torch's messages for them are misleading."""
+    if not zipfile.is_zipfile(path):
+        raise UserError(path, 'cannot read checkpoint: not a PyTorch archive; the file may be truncated or corrupt, or of another kind')
+    if is_torchscript(path):
+        raise UserError(path, 'is an exported TorchScript model, not a training checkpoint (predict.py --checkpoint takes it)')

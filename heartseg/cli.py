@@ -40,15 +40,16 @@ class Parser(argparse.ArgumentParser):
         raise UserError(self.prog, f'{message} (see --help)')
 
 
-def integer(minimum: int) -> Callable[[str], int]:
-    """An integer of at least ``minimum``."""
+def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An integer of at least ``minimum``, and at most ``maximum`` if given."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f'{text!r} is not an integer') from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f'{value} is not allowed: an integer of at least {minimum} is required')
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f'of at least {minimum}' if maximum is None else f'from {minimum} to {maximum}'
+            raise argparse.ArgumentTypeError(f'{value} is not allowed: an integer {bound} is required')
         return value
     parse.__name__ = f'integer >= {minimum}'
     return parse

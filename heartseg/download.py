@@ -17,6 +17,7 @@ import shutil
 import tarfile
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -28,6 +29,7 @@ TASK02_URL = 'https://msd-for-monai.s3-us-west-2.amazonaws.com/Task02_Heart.tar'
 TASK02_MD5 = '06ee59366e1e5124267b774dbd654057'
 TASK02_FOLDER = 'Task02_Heart'
 CHUNK_BYTES = 1 << 20
+URL_SCHEMES = ('http', 'https', 'file')
 
 
 def md5_of(path: Path) -> str:
@@ -40,6 +42,8 @@ def md5_of(path: Path) -> str:
 
 def fetch(url: str, destination: Path, md5: str) -> Path:
     """Download ``url`` to ``destination``, resuming a ``.part`` file, then verify it."""
+    if urllib.parse.urlsplit(url).scheme not in URL_SCHEMES:
+        raise UserError('--download-url', f'{url!r} is not a URL this can fetch; expected one starting with ' + ', '.join(f'{s}://' for s in URL_SCHEMES))
     if destination.is_file() and md5_of(destination) == md5:
         return destination
     partial = destination.with_name(destination.name + '.part')

@@ -23,7 +23,6 @@ from __future__ import annotations
 import importlib
 import io
 import warnings
-import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,7 +31,7 @@ from types import ModuleType
 import torch
 from torch import nn
 
-from heartseg.checkpoint import ModelPlan
+from heartseg.checkpoint import ModelPlan, is_torchscript
 from heartseg.errors import UserError
 from heartseg.files import atomic_write
 from mymodel import UNet3D
@@ -58,12 +57,7 @@ def export_format(path: Path) -> str:
 
 def is_exported(path: Path) -> bool:
     """Whether ``path`` is an ONNX file or a TorchScript archive rather than a training checkpoint."""
-    if path.suffix in ONNX_SUFFIXES:
-        return True
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.split('/')[1:2] == ['code'] for name in archive.namelist())
+    return path.suffix in ONNX_SUFFIXES or is_torchscript(path)
 
 
 def export_network(network: UNet3D, plan: ModelPlan, path: Path) -> None:
@@ -155,9 +149,9 @@ class OnnxNetwork:
         return torch.from_numpy(logits).to(image.device)
 
 
-def optional_module(name: str, purpose: str) -> ModuleType:
+def optional_module(name: str, purpose: str, install: str = INSTALL_HINT) -> ModuleType:
     """Import an optional package, or say in one line how to install it."""
     try:
         return importlib.import_module(name)
     except ImportError:
-        raise UserError(name, f'{purpose} needs the optional package {name!r}: {INSTALL_HINT}') from None
+        raise UserError(name, f'{purpose} needs the optional package {name!r}: {install}') from None

@@ -36,6 +36,7 @@ PROBLEM_KINDS = {
     'unreadable_file': 'a file is empty, truncated or not NIfTI',
     'duplicate_entry': 'a case or label file is listed more than once',
     'not_3d': 'an image is not 3D (or 4D with one channel per modality)',
+    'invalid_affine': 'an affine with NaN or Inf values, or one that maps the voxel axes onto fewer than 3 directions',
     'grid_mismatch': 'image and label differ in shape or affine',
     'non_finite': 'NaN or Inf voxels',
     'constant_image': 'an image channel with one value in every voxel: nothing to normalise or segment',
@@ -97,6 +98,11 @@ class CaseCheck:
             return self.add('unreadable_file', path, f'not a readable NIfTI file ({type(error).__name__}: {error})')
         if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
             return self.add('unreadable_file', path, f'expected a NIfTI image, got {type(image).__name__}')
+        voxel_to_world = image.affine[:3, :3]
+        if not np.isfinite(image.affine).all():
+            return self.add('invalid_affine', path, 'affine (sform/qform) holds NaN or Inf values: the scan has no usable geometry')
+        if np.linalg.matrix_rank(voxel_to_world) < 3:
+            return self.add('invalid_affine', path, 'affine (sform/qform) is not invertible, a voxel axis has no size or direction: the scan has no usable geometry')
         return image
 
     def dimensions(self, path: Path, image: nib.Nifti1Image, channels: int) -> bool:

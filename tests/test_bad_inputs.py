@@ -13,6 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from test_validation import flatten_sform
 
 from heartseg.errors import EXIT_USER_ERROR, run_cli
 from main import main
@@ -116,6 +117,7 @@ BAD_INPUTS = {
     'no dataset.json': (lambda r: (r / 'dataset.json').unlink(), 'dataset.json', 'not found'),
     'label value over 255': (lambda r: edit_json(r, lambda c: c['labels'].update({'300': 'too high'})), 'dataset.json', 'must be 0 to 255'),
     'constant image': (lambda r: rewrite(image_path(r), lambda data, affine: (np.full_like(data, 3.0), affine)), FIRST, 'one value in every voxel'),
+    'singular affine': (lambda r: flatten_sform(image_path(r)), FIRST, 'affine (sform/qform) is not invertible'),
 }
 
 
@@ -156,6 +158,8 @@ def test_resume_with_incompatible_architecture_is_refused(small_dataset, tmp_pat
     code, errors = run_main(['--resume', str(run_dir), '--levels', '3'], capsys)
     assert code == EXIT_USER_ERROR
     assert len(errors) == 1 and 'cannot resume with --levels 3' in errors[0]
+    code, errors = run_main(['--resume', str(run_dir), '--data', str(tmp_path)], capsys)
+    assert code == EXIT_USER_ERROR and len(errors) == 1 and 'a resumed run keeps its data' in errors[0]
 
 
 @pytest.mark.parametrize('content,problem', [
@@ -172,8 +176,15 @@ def test_resume_from_a_damaged_config_json_is_a_one_line_error(tmp_path, capsys,
     assert code == EXIT_USER_ERROR and len(errors) == 1 and 'config.json' in errors[0] and problem in errors[0], errors
 
 
+@pytest.mark.parametrize('spacing,problem', [('1000', 'coarser than a whole case'), ('0.001', 'one case may have')])
+def test_a_spacing_no_case_survives_is_refused_before_the_run_folder_exists(small_dataset, tmp_path, capsys, spacing, problem):
+    code, errors = run_main(['--data', str(small_dataset), '--run-dir', str(tmp_path / 'run'), '--spacing', spacing], capsys)
+    assert code == EXIT_USER_ERROR and len(errors) == 1 and '--spacing' in errors[0] and problem in errors[0], errors
+    assert not (tmp_path / 'run').exists()
+
+
 IMAGE_DEFECTS = {'missing image', 'truncated image', 'not gzip or NIfTI', 'zero-byte file', 'gzip of garbage',
-                 'NaN voxels', 'Inf voxels', '4D image', '2D image'}
+                 'NaN voxels', 'Inf voxels', '4D image', '2D image', 'constant image', 'singular affine'}
 # predict.py finds reference labels by case id in --labels, so a missing one reads differently.
 PREDICT_PROBLEMS = {'missing label': 'reference label not found'}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -58,3 +59,14 @@ def test_a_budget_that_holds_no_case_is_one_line_and_writes_nothing(small_datase
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 1 and '--max-mib' in errors[0] and 'holds no case' in errors[0], errors
     assert not Path(output).exists()
+
+
+def test_a_missing_images_folder_or_monai_is_one_line(trained, small_dataset, tmp_path, monkeypatch, capsys):
+    argv = ['ensemble', '--checkpoint', str(trained), '--images', str(tmp_path / 'absent'), '--labels', str(tmp_path)]
+    assert run_cli(benchmark.main, argv) == EXIT_USER_ERROR
+    assert capsys.readouterr().err.strip() == f'error: {tmp_path / "absent"}: not a folder of NIfTI scans'
+    monkeypatch.setitem(sys.modules, 'monai', None)  # makes `import monai` fail, as where it is not installed
+    assert run_cli(benchmark.main, ['predict', '--checkpoint', str(trained), '--data', str(small_dataset)]) == EXIT_USER_ERROR
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and 'pip install -r requirements-bench.txt' in errors[0], errors
+    assert torch.is_grad_enabled(), 'a benchmark must not leave grad mode off for what runs next'

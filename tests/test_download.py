@@ -102,6 +102,13 @@ def test_file_url_works(tmp_path):
     assert (folder / 'dataset.json').is_file()
 
 
+@pytest.mark.parametrize('url', ['example.com/Task02_Heart.tar', 'ftp://example.com/Task02_Heart.tar'])
+def test_a_url_without_a_fetchable_scheme_is_refused_before_anything_is_written(tmp_path, url):
+    with pytest.raises(UserError, match='is not a URL this can fetch') as error:
+        fetch(url, tmp_path / 'data' / 'Task02_Heart.tar', md5='0' * 32)
+    assert error.value.where == '--download-url' and not (tmp_path / 'data').exists()
+
+
 def test_tampered_archive_is_deleted_and_reported(server, tmp_path):
     served, url = server
     make_archive(served / 'Task02_Heart.tar', task02_members())
@@ -151,4 +158,4 @@ def test_main_download_flag_trains_on_the_extracted_task(small_dataset_template,
             '--steps-per-epoch', '2', '--levels', '2', '--base-channels', '4', '--patch-size', '16', '16', '16']
     assert run_cli(main_module.main, argv) == 0
     assert (tmp_path / 'data' / 'Task02_Heart' / 'dataset.json').is_file()
-    assert json.loads((tmp_path / 'runs' / 'task02' / 'config.json').read_text())['config']['data'] == 'data/Task02_Heart'
+    assert json.loads((tmp_path / 'runs' / 'task02' / 'config.json').read_text())['config']['data'] == str((tmp_path / 'data' / 'Task02_Heart').resolve())

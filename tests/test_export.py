@@ -118,6 +118,25 @@ def test_bad_output_is_refused_in_one_line_and_nothing_is_written(output, proble
     assert sorted(tmp_path.iterdir()) == before
 
 
+def test_a_checkpoint_or_a_torchscript_file_is_never_overwritten_or_taken_as_a_checkpoint(trained, tmp_path, capsys):
+    run_dir = tmp_path / 'run'
+    run_dir.mkdir()
+    checkpoint = run_dir / 'best.pt'
+    checkpoint.write_bytes(trained.read_bytes())
+    (run_dir / 'last.pt').write_bytes(trained.read_bytes())
+    for target in ('best.pt', 'last.pt'):
+        assert run_cli(export_main, ['--checkpoint', str(checkpoint), '--output', str(run_dir / target)]) == EXIT_USER_ERROR
+        assert 'refusing to overwrite' in capsys.readouterr().err
+        assert (run_dir / target).read_bytes() == trained.read_bytes()
+    exported = tmp_path / 'model.pt'
+    assert run_cli(export_main, ['--checkpoint', str(checkpoint), '--output', str(exported)]) == 0
+    assert run_cli(export_main, ['--checkpoint', str(checkpoint), '--output', str(exported)]) == 0, 'an earlier export may be replaced'
+    capsys.readouterr()
+    assert run_cli(export_main, ['--checkpoint', str(exported), '--output', str(tmp_path / 'again.onnx')]) == EXIT_USER_ERROR
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 1 and 'is an exported TorchScript model, not a training checkpoint' in errors[0], errors
+
+
 def test_a_missing_optional_package_names_the_install_command(trained, tmp_path, capsys, monkeypatch):
     real_import = importlib.import_module
 

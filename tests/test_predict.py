@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import pickle
 from pathlib import Path
 
 import nibabel as nib
@@ -221,8 +220,10 @@ class Exploit:
 
 @pytest.mark.filterwarnings('ignore:Detected pickle protocol')
 @pytest.mark.parametrize('content,problem', [
-    (lambda path: path.write_bytes(pickle.dumps({'format': Exploit()})), 'refusing to load'),
+    (lambda path: torch.save({'format': Exploit()}, path), 'refusing to load'),
     (lambda path: path.write_bytes(b''), 'truncated or corrupt'),
+    (lambda path: path.write_text('{"config": {}}'), 'not a PyTorch archive'),
+    (lambda path: path.write_bytes(torch.save({'a': 1}, path) or path.read_bytes()[:300]), 'truncated or corrupt'),
     (lambda path: torch.save({'weights': torch.zeros(2)}, path), 'not a checkpoint of this project'),
 ])
 def test_untrusted_or_foreign_checkpoints_are_refused(small_dataset_template, tmp_path, capsys, content, problem):
@@ -251,6 +252,24 @@ def test_an_output_folder_that_would_overwrite_scans_or_labels_is_refused(traine
                                 '--output', str(folders[target])], capsys)
     assert code == EXIT_USER_ERROR and len(errors) == 1 and str(folders[target]) in errors[0] and 'overwrite' in errors[0]
     assert all((folder / 'synthetic_001.nii.gz').read_bytes() == before[name] for name, folder in folders.items())
+
+
+def test_an_output_folder_holding_the_dataset_s_labels_is_refused(trained, small_dataset, tmp_path, capsys):
+    labels = small_dataset / 'labelsTr'
+    before = {path.name: path.read_bytes() for path in labels.iterdir()}
+    code, errors = run_predict(['--checkpoint', str(trained), '--input', str(small_dataset / 'dataset.json'), '--output', str(labels)], capsys)
+    assert code == EXIT_USER_ERROR and len(errors) == 1 and "reference labels" in errors[0]
+    assert {path.name: path.read_bytes() for path in labels.iterdir()} == before
+
+
+def test_a_subset_that_matches_no_case_of_the_input_is_an_error(trained, small_dataset, tmp_path, capsys):
+    content = json.loads((small_dataset / 'dataset.json').read_text())
+    validation = set(json.loads((trained.parent / 'splits.json').read_text())['validation'])
+    content['training'] = [entry for entry in content['training'] if Path(entry['image']).name.split('.')[0] not in validation]
+    (small_dataset / 'dataset.json').write_text(json.dumps(content))
+    code, errors = run_predict(['--checkpoint', str(trained), '--input', str(small_dataset / 'dataset.json'), '--subset', 'validation',
+                                '--output', str(tmp_path / 'out')], capsys)
+    assert code == EXIT_USER_ERROR and len(errors) == 1 and 'splits.json' in errors[0] and "'validation' cases is in the --input" in errors[0]
 
 
 def test_a_case_that_fails_evaluation_still_counts_its_written_mask(trained, small_dataset_template, tmp_path, capsys):

@@ -115,21 +115,27 @@ def test_a_time_limited_run_can_be_extended_past_its_limit(small_dataset, tmp_pa
     assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) > first_epochs
 
 
-def test_non_finite_loss_stops_with_message_and_keeps_checkpoint(small_dataset, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize('poisoned_epoch', [0, 1])
+def test_non_finite_loss_stops_with_message_and_keeps_checkpoint(small_dataset, tmp_path, monkeypatch, capsys, poisoned_epoch):
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / 'run'
     original_step = training.Trainer.train_step
 
     def poisoned_step(self, images, targets, epoch, step):
-        if epoch == 1 and step == 2:
+        if epoch == poisoned_epoch and step == 2:
             images = images * float('nan')
         return original_step(self, images, targets, epoch, step)
 
     monkeypatch.setattr(training.Trainer, 'train_step', poisoned_step)
     code = run_cli(main, ['--data', str(small_dataset), '--run-dir', str(run_dir), '--epochs', '2', *TINY])
     assert code == 2
-    assert 'non-finite loss at epoch 2, step 3' in capsys.readouterr().err
-    assert load_checkpoint(run_dir / 'last.pt')['epoch'] == 1
+    error = capsys.readouterr().err
+    assert f'non-finite loss at epoch {poisoned_epoch + 1}, step 3' in error
+    if poisoned_epoch:
+        assert f'{run_dir / "last.pt"}: ' in error and 'the last good checkpoint is kept' in error
+        assert load_checkpoint(run_dir / 'last.pt')['epoch'] == 1
+    else:
+        assert 'no epoch completed, so there is no checkpoint' in error and not (run_dir / 'last.pt').exists()
 
 
 def test_without_data_main_writes_and_uses_the_synthetic_dataset(tmp_path, monkeypatch, capsys):

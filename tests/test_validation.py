@@ -33,10 +33,19 @@ def shifted(data, affine):
     return data, affine
 
 
+def flatten_sform(path: Path) -> None:
+    """An sform whose third voxel axis has no size, beside a valid qform: readers take the sform."""
+    image = nib.load(path)
+    flattened = nib.Nifti1Image(np.asarray(image.dataobj), image.affine)
+    flattened.set_sform(image.affine * np.array([1.0, 1.0, 0.0, 1.0]), code=2)
+    nib.save(flattened, path)
+
+
 CORRUPTIONS = {
     'missing_file': lambda case: case.image.unlink(),
     'unreadable_file': lambda case: case.label.write_bytes(gzip.compress(b'not nifti' * 50)),
     'not_3d': lambda case: rewrite(case.image, lambda data, affine: (np.stack([data, data], -1), affine)),
+    'invalid_affine': lambda case: flatten_sform(case.image),
     'grid_mismatch': lambda case: rewrite(case.label, shifted),
     'non_finite': lambda case: rewrite(case.image, with_voxel(np.nan)),
     'constant_image': lambda case: rewrite(case.image, lambda data, affine: (np.full_like(data, 5.0), affine)),
