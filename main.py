@@ -207,8 +207,9 @@ def check_resampled_sizes(headers: list[CaseHeader], spacing: tuple[float, float
     shapes = np.array([resampled_shape(header, spacing) for header in headers])
     if shapes.min() < 1:
         raise UserError('--spacing', f'{list(spacing)} mm is coarser than a whole case: one shrinks to {shapes[shapes.min(axis=1).argmin()].tolist()} voxels')
-    if shapes.prod(axis=1).max() > MAX_RESAMPLED_VOXELS:
-        raise UserError('--spacing', f'{list(spacing)} mm makes the largest case {shapes.prod(axis=1).max():.3g} voxels, over the {MAX_RESAMPLED_VOXELS:.3g} one case may have')
+    largest = shapes.prod(axis=1).max()
+    if largest > MAX_RESAMPLED_VOXELS:
+        raise UserError('--spacing', f'{list(spacing)} mm makes the largest case {largest:.3g} voxels, over the {MAX_RESAMPLED_VOXELS:.3g} one case may have')
 
 
 def check_patch_size(config: RunConfig) -> None:

@@ -98,10 +98,9 @@ class CaseCheck:
             return self.add('unreadable_file', path, f'not a readable NIfTI file ({type(error).__name__}: {error})')
         if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
             return self.add('unreadable_file', path, f'expected a NIfTI image, got {type(image).__name__}')
-        voxel_to_world = image.affine[:3, :3]
         if not np.isfinite(image.affine).all():
             return self.add('invalid_affine', path, 'affine (sform/qform) holds NaN or Inf values: the scan has no usable geometry')
-        if np.linalg.matrix_rank(voxel_to_world) < 3:
+        if np.linalg.matrix_rank(image.affine[:3, :3]) < 3:
             return self.add('invalid_affine', path, 'affine (sform/qform) is not invertible, a voxel axis has no size or direction: the scan has no usable geometry')
         return image
 
