@@ -208,12 +208,12 @@ class Trainer:
 
     def augment_on_device(self, images: torch.Tensor, targets: torch.Tensor,
                           parameters: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """With ``--augment-on device``, the batch moved to the training device and augmented there."""
-        if self.recipe.device_augmentation is None:
+        """With ``--augment-on device``, the batch moved to the training device and its intensities augmented there."""
+        augmentation = self.recipe.augmentation
+        if augmentation is None or not augmentation.on_device or not parameters:
             return images, targets
         images = images.to(self.device, non_blocking=True)
-        targets = targets.to(self.device, non_blocking=True)
-        return self.recipe.device_augmentation(images, targets, parameters)
+        return augmentation.apply_intensity(images, parameters), targets
 
     def train_step(self, images: torch.Tensor, targets: torch.Tensor, epoch: int, step: int) -> float | None:
         images = images.to(self.device, non_blocking=True)
@@ -297,6 +297,5 @@ def create_trainer(config: RunConfig, train_subjects: list[tio.Subject], val_sub
     """The trainer of a run: the config turned into its recipe and patch loader (see ``heartseg/recipe.py``)."""
     device = distributed.local_device(select_device(config.device))
     recipe = build_recipe(config, device)
-    patches = build_patch_loader(config, train_subjects, recipe.augmentation, device,
-                                 device_augmentation=recipe.device_augmentation)
+    patches = build_patch_loader(config, train_subjects, recipe.augmentation, device)
     return Trainer(config, recipe, patches, val_subjects, device)

@@ -104,7 +104,7 @@ def our_pipeline(config: RunConfig, subjects: list) -> dict[str, Callable[[], ob
         'end_to_end': lambda: trainer.train_one_epoch(0),
         'one_step': lambda: trainer.train_step(images, targets, 0, 0),
     }
-    if trainer.recipe.device_augmentation is not None:
+    if trainer.recipe.augmentation is not None and trainer.recipe.augmentation.on_device:
         parts['device_augmentation'] = lambda: [trainer.augment_on_device(images, targets, augmentation) for _ in range(config.steps_per_epoch)]
     return parts
 
@@ -272,7 +272,7 @@ def predict_benchmark(args: argparse.Namespace) -> dict:
     end_to_end = median_seconds(predict_all, args.repeats) / len(cases)
 
     model = predictor.models[0]
-    subject = model.preprocessing.transform()(image_subject(cases[0].image, load_nifti(cases[0].image), predictor.channels))
+    subject = model.preprocessing(image_subject(cases[0].image, load_nifti(cases[0].image), predictor.channels))
     image = subject['image'].data
     options = predictor.window_options
     ours = lambda: sliding_window_logits(model.network, image, model.patch_size, **options)  # noqa: E731

@@ -49,7 +49,7 @@ def patch_difference(checkpoint: Path, exported: Path, image: Path) -> float:
     """Largest absolute logit difference between PyTorch and the exported file on the first patch of ``image``."""
     network, plan = load_network(checkpoint, torch.device('cpu'))
     loaded = Predictor([exported], device='cpu').models[0].network
-    subject = Preprocessing(plan.target_spacing).transform()(image_subject(image, load_nifti(image), plan.channels))
+    subject = Preprocessing.for_plan(plan, checkpoint)(image_subject(image, load_nifti(image), plan.channels))
     patch = subject['image'].data[(slice(None), *(slice(0, size) for size in plan.patch_size))][None]
     with torch.no_grad():
         return float((loaded(patch) - network(patch)).abs().max())

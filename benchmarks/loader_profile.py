@@ -1,4 +1,4 @@
-"""What feeds the model: loader-only throughput per worker, CPU and system time, page faults, each transform's share.
+"""What feeds the model: loader-only throughput per worker, CPU and system time, page faults, the augmentation's share.
 
 ``benchmark.py loader`` runs these. The loader is timed without the model, so
 the numbers say what the CPU side can deliver to a GPU; the workers' user and
@@ -15,23 +15,24 @@ import gc
 import resource
 import statistics
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import replace
+from unittest import mock
 
 import SimpleITK as sitk
 import torch
 import torchio as tio
 
+from heartseg import sampling
 from heartseg.config import RunConfig
-from heartseg.recipe import build_patch_loader, limit_threads, split_augmentation
+from heartseg.recipe import build_augmentation, build_patch_loader, limit_threads
 
 
 def loader_throughput(config: RunConfig, subjects: list[tio.Subject], workers: int, worker_threads: int | None) -> dict:
     """One pass over an epoch's patches by a fresh loader: patches/s, and the time its processes spent in user and system mode."""
-    transform, device_augmentation = split_augmentation(config)
-    loader = build_patch_loader(replace(config, num_workers=workers), subjects, transform, torch.device('cpu'), worker_threads,
-                                device_augmentation).loader
+    loader = build_patch_loader(replace(config, num_workers=workers), subjects, build_augmentation(config), torch.device('cpu'),
+                                worker_threads).loader
     before = _cpu_seconds()
     started = time.perf_counter()
     patches = sum(len(images) for images, *_ in loader)
@@ -48,21 +49,40 @@ def median_throughput(config: RunConfig, subjects: list[tio.Subject], workers: i
     return {'workers': workers, **{key: round(statistics.median(run[key] for run in runs), 3) for key in runs[0]}}
 
 
+SPATIAL = 'patch sampling: crop, rotation, scaling, mirroring'
+INTENSITY = 'intensity augmentation'
+
+
 def transform_shares(config: RunConfig, subjects: list[tio.Subject], patches: int) -> dict[str, float]:
-    """Share of one process's loader time in each transform, and in the rest: sampling, cropping, the one-hot target."""
+    """Share of one process's loader time in the patch sampling, the intensity augmentation (in the loader only), and the rest."""
     totals: dict[str, float] = {}
-    pipeline, device_augmentation = split_augmentation(config)
-    transforms = [] if pipeline is None else list(getattr(pipeline, 'transforms', [pipeline]))
-    dataset = build_patch_loader(replace(config, num_workers=0), subjects, _timed_chain(transforms, totals), torch.device('cpu'),
-                                 device_augmentation=device_augmentation).loader.dataset
-    with _threads_as_in_a_worker():
+    augmentation = build_augmentation(config)
+    dataset = build_patch_loader(replace(config, num_workers=0), subjects, augmentation, torch.device('cpu')).loader.dataset
+    with _threads_as_in_a_worker(), ExitStack() as timers:
+        timers.enter_context(_timed(sampling, 'sample_patch', SPATIAL, totals))
+        if augmentation is not None:
+            timers.enter_context(_timed(augmentation, 'intensity', INTENSITY, totals))
         started = time.perf_counter()
         for index in range(patches):
             dataset[index]
         total = time.perf_counter() - started
-    shares = {'crop, sampling and target': (total - sum(totals.values())) / total}
+    shares = {'label-balanced corners and the one-hot target': (total - sum(totals.values())) / total}
     shares.update({name: seconds / total for name, seconds in totals.items()})
     return {name: round(share, 3) for name, share in shares.items()}
+
+
+def _timed(owner: object, attribute: str, name: str, totals: dict[str, float]) -> AbstractContextManager:
+    """While active, the seconds spent in ``owner.attribute`` add up in ``totals[name]``."""
+    original = getattr(owner, attribute)
+
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            totals[name] = totals.get(name, 0.0) + time.perf_counter() - started
+
+    return mock.patch.object(owner, attribute, timed)
 
 
 @contextmanager
@@ -74,17 +94,6 @@ def _threads_as_in_a_worker() -> Iterator[None]:
     finally:
         torch.set_num_threads(torch_threads)
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(itk_threads)
-
-
-def _timed_chain(transforms: list[tio.Transform], totals: dict[str, float]) -> Callable[[tio.Subject], tio.Subject]:
-    def apply(subject: tio.Subject) -> tio.Subject:
-        for transform in transforms:
-            started = time.perf_counter()
-            subject = transform(subject)
-            name = type(transform).__name__
-            totals[name] = totals.get(name, 0.0) + time.perf_counter() - started
-        return subject
-    return apply
 
 
 def _cpu_seconds() -> tuple[float, float, int]:

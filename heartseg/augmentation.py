@@ -1,48 +1,258 @@
-"""Patch augmentation with TorchIO: the one place to change what the network sees in training.
+"""Training augmentation as tensor operations: one implementation, in the loader or on the training device.
 
-Spatial transforms move the image and its label together (the label resampled
-nearest, so it stays integer); intensity transforms touch the image only. The
-settings below are also those of ``heartseg/device_augmentation.py``, which
-applies the same transforms to whole batches on the training device.
+The transforms and ranges are nnU-Net v2's (``nnUNetTrainer.get_training_transforms``):
+
+- **Spatial** (rotation, scaling, mirroring) always runs in the loader, where
+  the case's whole volume is. The patch is sampled from the volume around it,
+  as nnU-Net cuts a larger region before rotating, so rotation and scaling
+  bring in real voxels: only where a voxel's source lies outside the whole
+  volume is it padding (the case's minimum, labelled background). Labels are
+  sampled nearest, so they stay exact; without rotation or scaling the patch
+  is an exact crop.
+- **Intensity** (noise, blur, brightness, contrast, simulated low resolution,
+  gamma and inverted gamma) runs in the loader, patch by patch, or on the
+  training device, batch by batch (``--augment-on``). Gamma rescales each
+  channel to [0, 1], applies γ, then restores its mean and spread, so it suits
+  z-scored images, whose negative values a plain power would warp.
+
+Every random number comes from the patch's own seeded generator, in the loader,
+so the patch stream is a pure function of ``(seed, epoch, index)`` in both places.
 
 Example:
-    >>> [type(transform).__name__ for transform in augmentation('default').transforms]
-    ['RandomFlip', 'RandomAffine', 'RandomGamma', 'RandomBiasField', 'RandomNoise']
+    >>> augment = Augmentation('default')
+    >>> rng = np.random.default_rng(0)
+    >>> volume, label = torch.randn(1, 40, 40, 40), torch.zeros(1, 40, 40, 40, dtype=torch.uint8)
+    >>> image, label = sample_patch(volume, label, (4, 4, 4), (32, 32, 32), np.eye(3), augment.draw_spatial(rng))
+    >>> augment.intensity(image, augment.draw_intensity(rng, channels=1)).shape, label.unique().tolist()
+    (torch.Size([1, 32, 32, 32]), [0])
 """
 
 from __future__ import annotations
 
-import torchio as tio
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
 
 STRENGTHS = ('none', 'light', 'default')
-# Where the transforms run: in the loader workers, patch by patch, or on the training device, batch by batch.
+# Where the intensity transforms run: in the loader workers, patch by patch, or on the training device, batch by batch.
 PLACES = ('loader', 'device')
 
-# nnU-Net's family (flips, small affine, gamma, bias field, noise) at probabilities that keep a 2-core CPU
-# ahead of the model. Each is applied with probability p; ranges are TorchIO's (scale factors in
-# 1 ± scales, angles in ± degrees, log γ in ± log_gamma, bias coefficients in ± coefficients, noise std in [0, std]).
+# nnU-Net v2's transforms and ranges. Each transform is applied with probability p.
 FLIP_AXES = (0, 1, 2)
 FLIP_PROBABILITY = 0.5  # per axis
-AFFINE = {'scales': 0.15, 'degrees': 15.0, 'p': 0.3}
-GAMMA = {'log_gamma': 0.3, 'p': 0.3}
-# Order 2, not TorchIO's 3: half the polynomial terms, and the costliest transform here.
-BIAS_FIELD = {'coefficients': 0.3, 'order': 2, 'p': 0.2}
-NOISE = {'std': 0.1, 'p': 0.2}
+ROTATION = {'degrees': 30.0, 'p': 0.2}  # all three angles drawn together, about the patch centre, in millimetres
+SCALING = {'zoom': (0.7, 1.4), 'p': 0.2}  # the content magnified by one factor on every axis
+NOISE = {'variance': (0.0, 0.1), 'p': 0.1}
+BLUR = {'sigma': (0.5, 1.0), 'p': 0.2, 'p_per_channel': 0.5}  # sigma in voxels, drawn per axis
+BRIGHTNESS = {'factor': (0.75, 1.25), 'p': 0.15}
+CONTRAST = {'factor': (0.75, 1.25), 'p': 0.15}  # about the mean, clipped to the channel's range
+LOW_RESOLUTION = {'zoom': (0.5, 1.0), 'p': 0.25, 'p_per_channel': 0.5}  # down nearest, up trilinear
+GAMMA = {'gamma': (0.7, 1.5), 'p': 0.3, 'p_inverted': 0.1}
 
 
-def augmentation(strength: str) -> tio.Transform | None:
-    """Patch augmentation: ``'none'``, ``'light'`` (flips) or ``'default'`` (all of the above)."""
-    assert strength in STRENGTHS, f'augmentation strength must be one of {STRENGTHS}, got {strength!r}'
-    if strength == 'none':
-        return None
-    flips = tio.RandomFlip(axes=FLIP_AXES, flip_probability=FLIP_PROBABILITY)
-    if strength == 'light':
-        return flips
-    return tio.Compose([
-        flips,
-        tio.RandomAffine(scales=AFFINE['scales'], degrees=AFFINE['degrees'], isotropic=False,
-                         default_pad_value='minimum', p=AFFINE['p']),
-        tio.RandomGamma(log_gamma=GAMMA['log_gamma'], p=GAMMA['p']),
-        tio.RandomBiasField(coefficients=BIAS_FIELD['coefficients'], order=BIAS_FIELD['order'], p=BIAS_FIELD['p']),
-        tio.RandomNoise(std=(0, NOISE['std']), p=NOISE['p']),
-    ])
+@dataclass(frozen=True)
+class SpatialDraw:
+    """One patch's spatial augmentation: the mirrored axes, and the content motion in world millimetres (None: none)."""
+
+    flips: tuple[bool, bool, bool]
+    motion: np.ndarray | None
+
+
+UNCHANGED = SpatialDraw((False, False, False), None)
+
+
+class Augmentation:
+    """Draw per patch (in the loader), and apply the intensity transforms in either place (:func:`sample_patch` the spatial ones).
+
+    Args:
+        strength: ``'light'`` (mirroring) or ``'default'`` (everything above).
+        place: Where :meth:`apply_intensity` runs, ``'loader'`` or ``'device'``.
+    """
+
+    def __init__(self, strength: str, place: str = 'loader'):
+        assert strength in STRENGTHS[1:], f"augmentation strength must be 'light' or 'default', got {strength!r}"
+        assert place in PLACES, f'augmentation place must be one of {PLACES}, got {place!r}'
+        self.full = strength == 'default'
+        self.on_device = place == 'device'
+
+    # -- spatial, in the loader ----------------------------------------------
+
+    def draw_spatial(self, rng: np.random.Generator) -> SpatialDraw:
+        flips = tuple(axis in FLIP_AXES and bool(rng.random() < FLIP_PROBABILITY) for axis in range(3))
+        rotation, zoom = np.eye(3), 1.0
+        if self.full and rng.random() < ROTATION['p']:
+            rotation = rotation_matrix(rng.uniform(-ROTATION['degrees'], ROTATION['degrees'], 3))
+        if self.full and rng.random() < SCALING['p']:
+            zoom = float(rng.uniform(*SCALING['zoom']))
+        moved = zoom != 1.0 or not np.array_equal(rotation, np.eye(3))
+        return SpatialDraw(flips, zoom * rotation if moved else None)
+
+    # -- intensity, in the loader or on the device -----------------------------
+
+    def draw_intensity(self, rng: np.random.Generator, channels: int) -> dict[str, torch.Tensor]:
+        """One patch's intensity parameters (``'default'`` only); neutral values where a transform is not applied."""
+        def applied(p: float) -> bool:
+            return bool(rng.random() < p)
+
+        def per_channel(p: float, low: float, high: float, neutral: float = 1.0) -> torch.Tensor:
+            return torch.tensor([rng.uniform(low, high) if applied(p) else neutral for _ in range(channels)], dtype=torch.float32)
+
+        def factor(transform: dict, key: str) -> torch.Tensor:
+            return torch.tensor(rng.uniform(*transform[key]) if applied(transform['p']) else 1.0, dtype=torch.float32)
+
+        variance = rng.uniform(*NOISE['variance']) if applied(NOISE['p']) else 0.0
+        blur = np.zeros((channels, 3))
+        if applied(BLUR['p']):
+            blur = np.array([rng.uniform(*BLUR['sigma'], 3) if applied(BLUR['p_per_channel']) else np.zeros(3) for _ in range(channels)])
+        brightness, contrast = factor(BRIGHTNESS, 'factor'), factor(CONTRAST, 'factor')
+        low_resolution = per_channel(LOW_RESOLUTION['p_per_channel'], *LOW_RESOLUTION['zoom']) if applied(LOW_RESOLUTION['p']) else torch.ones(channels)
+        inverted_gamma = per_channel(1.0, *GAMMA['gamma']) if applied(GAMMA['p_inverted']) else torch.ones(channels)
+        gamma = per_channel(1.0, *GAMMA['gamma']) if applied(GAMMA['p']) else torch.ones(channels)
+        return {
+            'noise_std': torch.tensor(math.sqrt(variance), dtype=torch.float32), 'noise_seed': torch.tensor(int(rng.integers(2**62))),
+            'blur_sigma': torch.tensor(blur, dtype=torch.float32), 'brightness': brightness, 'contrast': contrast,
+            'low_resolution': low_resolution, 'inverted_gamma': inverted_gamma, 'gamma': gamma,
+        }
+
+    def intensity(self, image: torch.Tensor, parameters: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One ``(C, X, Y, Z)`` patch augmented with its parameters, in nnU-Net's order; a new tensor."""
+        return _intensity(image.clone(), {name: value.to(image.device) for name, value in parameters.items()})
+
+    def apply_intensity(self, images: torch.Tensor, parameters: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A ``(B, C, X, Y, Z)`` batch augmented with the collated parameters of its patches; a new tensor."""
+        return torch.stack([self.intensity(image, {name: value[index] for name, value in parameters.items()})
+                            for index, image in enumerate(images)])
+
+
+def sample_patch(image: torch.Tensor, label: torch.Tensor, corner: tuple[int, int, int], patch_size: tuple[int, int, int],
+                 voxel_to_world: np.ndarray, draw: SpatialDraw) -> tuple[torch.Tensor, torch.Tensor]:
+    """The patch at ``corner``, rotated and scaled about its centre with content from the volume around it, then mirrored."""
+    if draw.motion is None:
+        window = (slice(None), *(slice(c, c + p) for c, p in zip(corner, patch_size)))
+        image, label = image[window], label[window]
+    else:
+        image, label = resample_patch(image, label, corner, patch_size, source_offsets(draw.motion, voxel_to_world))
+    axes = [axis + 1 for axis, flipped in enumerate(draw.flips) if flipped]
+    return (image.flip(axes), label.flip(axes)) if axes else (image, label)
+
+
+def rotation_matrix(degrees: np.ndarray) -> np.ndarray:
+    """Rotation about x, then y, then z, by the given angles in degrees (world axes)."""
+    x, y, z = np.radians(degrees)
+    about_x = np.array([[1, 0, 0], [0, np.cos(x), -np.sin(x)], [0, np.sin(x), np.cos(x)]])
+    about_y = np.array([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
+    about_z = np.array([[np.cos(z), -np.sin(z), 0], [np.sin(z), np.cos(z), 0], [0, 0, 1]])
+    return about_z @ about_y @ about_x
+
+
+def source_offsets(motion: np.ndarray, voxel_to_world: np.ndarray) -> np.ndarray:
+    """The 3×3 map from an output voxel's offset to its source voxel's offset, both from the patch centre.
+
+    The content moves by ``motion`` in world millimetres, so sampling needs its
+    inverse, expressed in the case's voxels (whose spacing may differ per axis).
+    """
+    to_world = np.asarray(voxel_to_world, dtype=np.float64)
+    return np.linalg.inv(to_world) @ np.linalg.inv(motion) @ to_world
+
+
+def resample_patch(image: torch.Tensor, label: torch.Tensor, corner: tuple[int, int, int], patch_size: tuple[int, int, int],
+                   offsets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample a patch centred where the crop at ``corner`` is, each output voxel from ``offsets`` times its offset.
+
+    Only the region of the volume that the patch's sources span is cut (and
+    padded where it leaves the volume), so the cost follows the patch, not the case.
+    """
+    half = (np.asarray(patch_size) - 1) / 2
+    centre = np.asarray(corner) + half
+    reach = np.abs(offsets) @ half
+    low = np.floor(centre - reach).astype(int)
+    size = np.ceil(centre + reach).astype(int) + 1 - low
+    region_image = padded_region(image, low, size, image.amin(dim=(1, 2, 3)))
+    region_label = padded_region(label.float(), low, size, torch.zeros(1))
+    # grid_sample's normalised coordinates (align_corners=True): -1 and 1 at the region's outer voxel centres.
+    scale = np.maximum(size - 1, 1) / 2
+    linear = np.diag(1 / scale) @ offsets @ np.diag(half)
+    translation = (centre - low) / scale - 1
+    # grid_sample orders its coordinates (Z, Y, X) for a (C, X, Y, Z) tensor.
+    theta = torch.tensor(np.concatenate([linear[::-1, ::-1], translation[::-1, None]], axis=1), dtype=torch.float32)
+    grid = F.affine_grid(theta[None], [1, 1, *patch_size], align_corners=True)
+    sampled_image = F.grid_sample(region_image[None], grid, mode='bilinear', padding_mode='border', align_corners=True)[0]
+    sampled_label = F.grid_sample(region_label[None], grid, mode='nearest', padding_mode='border', align_corners=True)[0]
+    return sampled_image, sampled_label.to(label.dtype)
+
+
+def padded_region(volume: torch.Tensor, low: np.ndarray, size: np.ndarray, pad_values: torch.Tensor) -> torch.Tensor:
+    """``volume[:, low:low + size]``, each channel padded with its ``pad_values`` entry where the region leaves the volume."""
+    region = pad_values.to(volume.dtype).view(-1, 1, 1, 1).expand(volume.shape[0], *size.tolist()).clone()
+    start = np.maximum(low, 0)
+    stop = np.minimum(low + size, volume.shape[1:])
+    if np.all(stop > start):
+        target = (slice(None), *(slice(a - o, b - o) for a, b, o in zip(start, stop, low)))
+        region[target] = volume[(slice(None), *(slice(a, b) for a, b in zip(start, stop)))]
+    return region
+
+
+def _intensity(image: torch.Tensor, parameters: dict[str, torch.Tensor]) -> torch.Tensor:
+    """nnU-Net's intensity transforms on one ``(C, X, Y, Z)`` patch, in its order."""
+    std = float(parameters['noise_std'])
+    if std > 0:
+        generator = torch.Generator(image.device).manual_seed(int(parameters['noise_seed']))
+        image += torch.randn(image.shape, generator=generator, device=image.device) * std
+    for channel, sigmas in enumerate(parameters['blur_sigma'].tolist()):
+        if any(sigmas):
+            image[channel] = _gaussian_blur(image[channel], sigmas)
+    image *= parameters['brightness']
+    if float(parameters['contrast']) != 1:
+        image[:] = _contrast(image, parameters['contrast'])
+    for channel, zoom in enumerate(parameters['low_resolution'].tolist()):
+        if zoom != 1:
+            image[channel] = _low_resolution(image[channel], zoom)
+    for channel, gamma in enumerate(parameters['inverted_gamma'].tolist()):
+        if gamma != 1:
+            image[channel] = -_gamma_retaining_statistics(-image[channel], gamma)
+    for channel, gamma in enumerate(parameters['gamma'].tolist()):
+        if gamma != 1:
+            image[channel] = _gamma_retaining_statistics(image[channel], gamma)
+    return image
+
+
+def _gaussian_blur(channel: torch.Tensor, sigmas: list[float]) -> torch.Tensor:
+    """Separable Gaussian blur of an ``(X, Y, Z)`` volume, ``sigmas`` in voxels per axis, edges replicated."""
+    volume = channel[None, None]
+    for axis, sigma in enumerate(sigmas):
+        radius = max(1, math.ceil(3 * sigma))
+        offsets = torch.arange(-radius, radius + 1, dtype=volume.dtype, device=volume.device)
+        kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+        shape = [1, 1, 1, 1, 1]
+        shape[axis + 2] = kernel.numel()
+        padding = [0, 0] * 3
+        padding[2 * (2 - axis):2 * (2 - axis) + 2] = [radius, radius]  # F.pad lists the last axis first
+        volume = F.conv3d(F.pad(volume, padding, mode='replicate'), (kernel / kernel.sum()).view(shape))
+    return volume[0, 0]
+
+
+def _contrast(image: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Each channel's deviations from its mean scaled by ``factor``, clipped to the range it had."""
+    dims = (1, 2, 3)
+    mean = image.mean(dim=dims, keepdim=True)
+    low, high = image.amin(dim=dims, keepdim=True), image.amax(dim=dims, keepdim=True)
+    return torch.maximum(torch.minimum((image - mean) * factor + mean, high), low)
+
+
+def _low_resolution(channel: torch.Tensor, zoom: float) -> torch.Tensor:
+    """An ``(X, Y, Z)`` volume downsampled by ``zoom`` (nearest) and brought back to its shape (trilinear)."""
+    shape = channel.shape
+    smaller = [max(1, round(n * zoom)) for n in shape]
+    coarse = F.interpolate(channel[None, None], size=smaller, mode='nearest-exact')
+    return F.interpolate(coarse, size=shape, mode='trilinear', align_corners=False)[0, 0]
+
+
+def _gamma_retaining_statistics(channel: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``γ`` on the channel rescaled to [0, 1], then its original mean and standard deviation restored."""
+    mean, std = channel.mean(), channel.std()
+    low, spread = channel.min(), channel.max() - channel.min()
+    powered = ((channel - low) / (spread + 1e-7)) ** gamma * (spread + 1e-7) + low
+    return (powered - powered.mean()) / (powered.std() + 1e-8) * std + mean

@@ -44,6 +44,8 @@ class ModelPlan:
     labels: dict[str, str]
     modalities: dict[str, str]
     normalization: str = 'zscore'
+    # heartseg.data.PREPROCESSING_VERSION at training; plans written before it was recorded were version 3
+    preprocessing_version: int = 3
     config: dict[str, Any] = field(default_factory=dict)  # the full training RunConfig
 
     @property

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from heartseg.checkpoint import ModelPlan
+from heartseg.data import PREPROCESSING_VERSION
 from heartseg.errors import UserError
 from heartseg.files import atomic_write_text
 from heartseg.fingerprint import DEFAULT_LEVELS
@@ -130,6 +131,7 @@ class RunConfig:
             patch_size=self.patch_size,
             labels=self.labels,
             modalities=self.modalities,
+            preprocessing_version=PREPROCESSING_VERSION,
             config=asdict(self),
         )
 

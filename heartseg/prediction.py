@@ -79,7 +79,7 @@ def load_trained_model(path: Path, device: torch.device) -> TrainedModel:
     return TrainedModel(
         checkpoint=path,
         network=network,
-        preprocessing=Preprocessing(plan.target_spacing),
+        preprocessing=Preprocessing.for_plan(plan, path),
         patch_size=plan.patch_size,
         labels=plan.labels,
         channels=plan.channels,
@@ -130,7 +130,7 @@ class Predictor:
         preprocessed: dict[Preprocessing, tio.Subject] = {}  # folds of one run share their preprocessing
         for model in self.models:
             if model.preprocessing not in preprocessed:
-                preprocessed[model.preprocessing] = model.preprocessing.transform()(image_subject(path, nifti, self.channels))
+                preprocessed[model.preprocessing] = model.preprocessing(image_subject(path, nifti, self.channels))
             image = preprocessed[model.preprocessing]['image']
             logits = predict_logits(model.network, image.data, model.patch_size, tta=self.tta, **self.window_options)
             yield back_to_input_grid(logits, image.affine, nifti)

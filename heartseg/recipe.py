@@ -30,9 +30,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from heartseg import distributed
-from heartseg.augmentation import augmentation
+from heartseg.augmentation import Augmentation
 from heartseg.config import RunConfig
-from heartseg.device_augmentation import DeviceAugmentation
 from heartseg.losses import build_loss
 from heartseg.sampling import EpochSampler, PatchDataset
 from heartseg.schedule import poly_lr
@@ -50,22 +49,19 @@ class Recipe:
     training_loss: nn.Module  # the same loss, its Dice term summed over torchrun processes
     optimizer: torch.optim.Optimizer
     learning_rate: Callable[[int, int], float]  # (epoch, total epochs) → learning rate
-    augmentation: tio.Transform | None  # in the loader workers, per patch
-    device_augmentation: DeviceAugmentation | None  # on the training device, per batch
+    augmentation: Augmentation | None  # spatial in the loader; intensity there or on the training device
     gradient_clip_norm: float
 
 
 def build_recipe(config: RunConfig, device: torch.device) -> Recipe:
     network = build_network(config, device)
-    loader_augmentation, device_augmentation = split_augmentation(config)
     return Recipe(
         network=network,
         loss=build_loss(config.loss),
         training_loss=build_loss(config.loss, across_ranks=distributed.world_size() > 1),
         optimizer=torch.optim.Adam(network.parameters(), lr=config.lr, weight_decay=config.weight_decay),
         learning_rate=functools.partial(poly_lr, config.lr),
-        augmentation=loader_augmentation,
-        device_augmentation=device_augmentation,
+        augmentation=build_augmentation(config),
         gradient_clip_norm=GRADIENT_CLIP_NORM,
     )
 
@@ -76,11 +72,9 @@ def build_network(config: RunConfig, device: torch.device) -> UNet3D:
     return UNet3D(**config.network_kwargs()).to(device, memory_format=memory_format(config))
 
 
-def split_augmentation(config: RunConfig) -> tuple[tio.Transform | None, DeviceAugmentation | None]:
-    """The run's augmentation, for the loader workers or for the training device (``--augment-on``)."""
-    if config.augment_on == 'device' and config.augmentation != 'none':
-        return None, DeviceAugmentation(config.augmentation)
-    return augmentation(config.augmentation), None
+def build_augmentation(config: RunConfig) -> Augmentation | None:
+    """The run's augmentation, its intensity transforms where ``--augment-on`` says."""
+    return None if config.augmentation == 'none' else Augmentation(config.augmentation, config.augment_on)
 
 
 def memory_format(config: RunConfig) -> torch.memory_format:
@@ -95,12 +89,12 @@ class PatchLoader:
     sampler: EpochSampler
 
 
-def build_patch_loader(config: RunConfig, subjects: list[tio.Subject], transform: tio.Transform | None,
-                       device: torch.device, worker_threads: int | None = 1,
-                       device_augmentation: DeviceAugmentation | None = None) -> PatchLoader:
+def build_patch_loader(config: RunConfig, subjects: list[tio.Subject], augmentation: Augmentation | None,
+                       device: torch.device, worker_threads: int | None = 1) -> PatchLoader:
     """The run's patch stream; each loader worker runs ``worker_threads`` threads per library (None: their defaults).
 
-    ``transform`` runs in the loader; ``device_augmentation``'s parameters are drawn there and travel with each batch.
+    ``augmentation`` is drawn and its spatial part applied in the loader; with
+    ``--augment-on device`` its intensity parameters travel with each batch.
     """
     steps = config.steps_per_epoch or math.ceil(len(subjects) / config.batch_size)
     patches = PatchDataset(
@@ -109,10 +103,9 @@ def build_patch_loader(config: RunConfig, subjects: list[tio.Subject], transform
         samples_per_epoch=steps * config.batch_size,
         seed=config.seed,
         foreground_probability=config.foreground_probability,
-        transform=transform,
+        augmentation=augmentation,
         foreground_labels=config.foreground_labels,
         batch_size=config.batch_size,
-        device_augmentation=device_augmentation,
     )
     ranks = distributed.world_size()
     sampler = EpochSampler(len(patches), config.batch_size, distributed.rank(), ranks)

@@ -1,4 +1,4 @@
-"""Training patches: label-balanced sampling, TorchIO crops, each patch seeded by its position.
+"""Training patches: label-balanced sampling, the spatial augmentation, each patch seeded by its position.
 
 Every patch is a pure function of ``(seed, epoch, index)``: each item seeds its
 own random generator, so the patch stream is the same with or without loader
@@ -17,25 +17,19 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 import torch
 import torchio as tio
 from torch.utils.data import Dataset, Sampler
 
-from heartseg.device_augmentation import DeviceAugmentation
+from heartseg.augmentation import UNCHANGED, Augmentation, padded_region, sample_patch
 
 
-def pad_to_patch(subject: tio.Subject, patch_size: tuple[int, int, int]) -> tio.Subject:
-    """Pad a subject (at its end) so that every axis is at least the patch size."""
-    shape = subject.spatial_shape
-    if all(s >= p for s, p in zip(shape, patch_size)):
-        return subject
-    padding = []
-    for s, p in zip(shape, patch_size):
-        padding += [0, max(0, p - s)]
-    return tio.Pad(padding, padding_mode='minimum')(subject)
+def pad_to_patch(volume: torch.Tensor, patch_size: tuple[int, int, int], value: torch.Tensor) -> torch.Tensor:
+    """A ``(C, X, Y, Z)`` volume padded at its end, each channel with its ``value``, so that every axis is at least the patch size."""
+    shape = np.maximum(volume.shape[1:], patch_size)
+    return volume if np.array_equal(shape, volume.shape[1:]) else padded_region(volume, np.zeros(3, int), shape, value)
 
 
 # A label covering less than this share of a case's valid patch centres has its voxels listed once;
@@ -98,14 +92,6 @@ class PatchCorners:
         return tuple(int(rng.integers(n)) for n in self.corner_ranges)
 
 
-def crop(subject: tio.Subject, corner: tuple[int, int, int], patch_size: tuple[int, int, int]) -> tio.Subject:
-    """The patch of ``subject`` at ``corner``, its affine moved with it (TorchIO copies only the patch)."""
-    bounds = []
-    for start, size, extent in zip(corner, patch_size, subject.spatial_shape):
-        bounds += [start, extent - start - size]
-    return tio.Crop(bounds)(subject)
-
-
 def patch_seed(seed: int, epoch: int, index: int) -> int:
     """One patch's 63-bit seed, the same under every Python and NumPy version (``hash()`` of a tuple is not).
 
@@ -114,14 +100,6 @@ def patch_seed(seed: int, epoch: int, index: int) -> int:
         (7896617691693857887, 4324601099084218337)
     """
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
-@contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Run a block with a private, seeded torch generator state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 class PatchDataset(Dataset):
@@ -134,15 +112,14 @@ class PatchDataset(Dataset):
             new seeded order.
         seed: Base seed for the patch stream.
         foreground_probability: Chance that a patch is centred on foreground.
-        transform: Optional augmentation applied to each patch.
+        augmentation: Optional augmentation: its spatial part is applied here,
+            its intensity part here too, or later on the training device.
         foreground_labels: Label values trained as output channels.
         batch_size: Global batch size; the cases within one batch are distinct
             whenever there are at least as many cases as patches per batch.
-        device_augmentation: Optional augmentation applied later, on the
-            training device; each item carries its parameters, drawn here.
 
-    Each item is ``(image, one-hot target, device augmentation parameters)``,
-    the parameters an empty dict without ``device_augmentation``.
+    Each item is ``(image, one-hot target, intensity parameters)``, the
+    parameters an empty dict unless the intensity transforms run on the device.
     """
 
     def __init__(
@@ -152,43 +129,48 @@ class PatchDataset(Dataset):
         samples_per_epoch: int,
         seed: int,
         foreground_probability: float = 0.5,
-        transform: tio.Transform | None = None,
+        augmentation: Augmentation | None = None,
         foreground_labels: tuple[int, ...] = (1,),
         batch_size: int = 1,
-        device_augmentation: DeviceAugmentation | None = None,
     ):
         assert subjects, 'PatchDataset needs at least one subject'
-        self.subjects = [pad_to_patch(subject, patch_size) for subject in subjects]
+        images = [subject['image'].data.float() for subject in subjects]
+        # Padding is each case's minimum, labelled background, as beyond the volume in a rotated patch.
+        self.images = [pad_to_patch(image, patch_size, image.amin(dim=(1, 2, 3))) for image in images]
+        self.labels = [pad_to_patch(subject['label'].data, patch_size, torch.zeros(1)) for subject in subjects]
+        self.voxel_to_world = [subject['image'].affine[:3, :3] for subject in subjects]
         self.patch_size = patch_size
         self.samples_per_epoch = samples_per_epoch
         self.batch_size = batch_size
         self.seed = seed
-        self.transform = transform
-        self.device_augmentation = device_augmentation
+        self.augmentation = augmentation
         self.foreground_labels = foreground_labels
         share = foreground_probability / len(foreground_labels)
         probabilities = {0: 1 - foreground_probability, **{label: share for label in foreground_labels}}
         # Located here, before loader workers fork, so that they share them.
-        self.corners = [PatchCorners(subject['label'].data, patch_size, probabilities) for subject in self.subjects]
+        self.corners = [PatchCorners(label, patch_size, probabilities) for label in self.labels]
 
     def __len__(self) -> int:
         return self.samples_per_epoch
 
     def case_order(self, epoch: int) -> tuple[int, ...]:
         """Seeded shuffles of all cases, one after another, for one epoch."""
-        return _case_order(self.seed, epoch, len(self.subjects), self.samples_per_epoch, self.batch_size)
+        return _case_order(self.seed, epoch, len(self.images), self.samples_per_epoch, self.batch_size)
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         epoch, index = divmod(position, self.samples_per_epoch)
         case = self.case_order(epoch)[index]
-        seed = patch_seed(self.seed, epoch, index)
-        rng = np.random.default_rng(seed)
-        patch = crop(self.subjects[case], self.corners[case].draw(rng), self.patch_size)
-        if self.transform is not None:
-            with seeded(seed):
-                patch = self.transform(patch)
-        parameters = {} if self.device_augmentation is None else self.device_augmentation.draw(rng, patch['image'].affine, self.patch_size)
-        return patch['image'].data.float(), one_hot_foreground(patch['label'].data, self.foreground_labels), parameters
+        rng = np.random.default_rng(patch_seed(self.seed, epoch, index))
+        corner = self.corners[case].draw(rng)
+        augmentation = self.augmentation
+        draw = UNCHANGED if augmentation is None else augmentation.draw_spatial(rng)
+        image, label = sample_patch(self.images[case], self.labels[case], corner, self.patch_size, self.voxel_to_world[case], draw)
+        parameters: dict[str, torch.Tensor] = {}
+        if augmentation is not None and augmentation.full:
+            parameters = augmentation.draw_intensity(rng, channels=image.shape[0])
+            if not augmentation.on_device:
+                image, parameters = augmentation.intensity(image, parameters), {}
+        return image, one_hot_foreground(label, self.foreground_labels), parameters
 
 
 @functools.lru_cache(maxsize=4)

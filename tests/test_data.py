@@ -108,7 +108,7 @@ def test_each_channel_is_z_scored_on_its_own():
     channels = np.stack([rng.normal(10, 2, (12, 12, 12)), rng.normal(1000, 200, (12, 12, 12))]).astype(np.float32)
     subject = tio.Subject(image=tio.ScalarImage(tensor=torch.from_numpy(channels), affine=np.eye(4)),
                           label=tio.LabelMap(tensor=torch.zeros(1, 12, 12, 12, dtype=torch.uint8), affine=np.eye(4)))
-    normalised = Preprocessing((1.0, 1.0, 1.0)).transform()(subject)['image'].data
+    normalised = Preprocessing((1.0, 1.0, 1.0))(subject)['image'].data
     assert torch.allclose(normalised.mean(dim=(1, 2, 3)), torch.zeros(2), atol=1e-5)
     assert torch.allclose(normalised.std(dim=(1, 2, 3)), torch.ones(2), atol=1e-5)
-    assert torch.equal(subject['label'].data, Preprocessing((1.0, 1.0, 1.0)).transform()(subject)['label'].data)
+    assert torch.equal(subject['label'].data, Preprocessing((1.0, 1.0, 1.0))(subject)['label'].data)

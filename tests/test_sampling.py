@@ -8,7 +8,7 @@ import torch
 import torchio as tio
 from ddp_worker import blob_subjects
 
-from heartseg.sampling import EpochSampler, PatchCorners, PatchDataset, crop, patch_seed, rank_indices
+from heartseg.sampling import EpochSampler, PatchCorners, PatchDataset, pad_to_patch, patch_seed, rank_indices
 
 
 @pytest.mark.parametrize('cases,batch_size', [(5, 4), (3, 3), (7, 2)])
@@ -88,7 +88,16 @@ def test_a_foreground_only_patch_stream_is_centred_on_foreground_in_its_affine()
         image, target, _ = dataset[index]
         assert target[0, 2, 2, 2] == 1, 'the centre voxel of a foreground-only patch must be foreground'
         corner = dataset.corners[0].draw(np.random.default_rng(patch_seed(0, 0, index)))
-        patch = crop(subject, corner, (4, 4, 4))
-        assert torch.equal(image, patch['image'].data) and torch.equal(target[0], (patch['label'].data[0] == 1).float())
-        assert np.allclose(patch['label'].affine[:3, 3], affine[:3, :3] @ corner + affine[:3, 3])
-        assert torch.equal(patch['label'].data[0], label[0, corner[0]:corner[0] + 4, corner[1]:corner[1] + 4, corner[2]:corner[2] + 4])
+        window = (slice(None), *(slice(c, c + 4) for c in corner))
+        assert torch.equal(image, subject['image'].data[window]), 'without augmentation a patch is the exact crop at its corner'
+        assert torch.equal(target[0], (label[window][0] == 1).float())
+
+
+def test_padding_to_the_patch_fills_labels_with_background_and_images_with_their_value():
+    label = torch.ones(1, 3, 5, 2, dtype=torch.uint8)
+    padded = pad_to_patch(label, (4, 4, 4), torch.zeros(1))
+    assert padded.shape == (1, 4, 5, 4) and padded.dtype == torch.uint8
+    assert torch.equal(padded[:, :3, :, :2], label) and int(padded.sum()) == label.numel(), 'padding must be background, not 1'
+    image = torch.stack([torch.full((3, 5, 2), 2.0), torch.full((3, 5, 2), -1.0)])
+    padded = pad_to_patch(image, (4, 4, 4), torch.tensor([-3.0, -4.0]))
+    assert torch.equal(padded[0, 3], torch.full((5, 4), -3.0)) and torch.equal(padded[1, :, :, 3], torch.full((4, 5), -4.0))

@@ -12,10 +12,9 @@ import pytest
 import torch
 
 import training
-from heartseg import recipe
 from heartseg.checkpoint import load_checkpoint
 from heartseg.data import split_cases
-from heartseg.device_augmentation import DeviceAugmentation
+from heartseg.augmentation import Augmentation
 from heartseg.errors import EXIT_USER_ERROR, run_cli
 from main import main
 from predict import main as predict_main
@@ -80,9 +79,14 @@ def test_augmentation_on_the_device_trains_through_loader_workers(small_dataset,
     run_dir = tmp_path / 'run'
     flags = ['--epochs', '3', '--augment-on', 'device', '--num-workers', '1', *TINY]
     batches = []
-    augment = DeviceAugmentation.__call__
-    monkeypatch.setattr(DeviceAugmentation, '__call__', lambda self, *batch: batches.append(len(batch[0])) or augment(self, *batch))
-    monkeypatch.setattr(recipe, 'augmentation', lambda *_: pytest.fail('the loader workers must only crop'))
+    augment = Augmentation.apply_intensity
+    monkeypatch.setattr(Augmentation, 'apply_intensity', lambda self, batch, params: batches.append(len(batch)) or augment(self, batch, params))
+    intensity = Augmentation.intensity
+
+    def only_on_the_device(self, image, params):
+        assert torch.utils.data.get_worker_info() is None, 'the loader workers must only sample and draw'
+        return intensity(self, image, params)
+    monkeypatch.setattr(Augmentation, 'intensity', only_on_the_device)
     assert run_cli(main, ['--data', str(small_dataset), '--run-dir', str(run_dir), *flags]) == 0
     assert batches == [2] * 3 * 20, 'every training batch of the 3 epochs of 20 steps is augmented on the device'
     dices = [float(r['val_dice']) for r in read_metrics(run_dir)]
