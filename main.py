@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument('--deep-supervision', action=argparse.BooleanOptionalAction, default=None, help=f'nnU-Net deep supervision: extra loss terms on the decoder at 1/2 to 1/2**(levels-2) resolution; a 2-level net has none (default {_on(RunConfig.deep_supervision)})')
 
     train = parser.add_argument_group('training')
-    train.add_argument('--epochs', type=integer(1), default=None, help=f'epochs (default {RunConfig.epochs}; {SYNTHETIC_SCHEDULE["epochs"]} on the synthetic dataset)')
+    train.add_argument('--epochs', type=integer(1), default=None, help=f'epochs in all (default {RunConfig.epochs}; {SYNTHETIC_SCHEDULE["epochs"]} on the synthetic dataset). With --resume the poly LR follows the new total, jumping back up to lr*(1-done/N)^0.9: a warm restart')
     train.add_argument('--steps-per-epoch', type=integer(1), default=None, help='optimiser steps per epoch (default: one patch per training case)')
     train.add_argument('--batch-size', type=integer(1), default=None, help=f'patches per optimiser step, over all torchrun processes together (default {RunConfig.batch_size})')
     train.add_argument('--patch-size', type=integer(1), nargs=3, default=None, help='patch size in voxels (default: planned from the median case and the device)')
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = parser.add_argument_group('run')
     run.add_argument('--run-dir', type=Path, help='run folder for config, checkpoints and logs (default runs/<timestamp>)')
-    run.add_argument('--resume', type=Path, metavar='RUN_DIR', help='continue a run from RUN_DIR/last.pt')
+    run.add_argument('--resume', type=Path, metavar='RUN_DIR', help='continue a run from RUN_DIR/last.pt (from epoch 0 with its config.json if it stopped before its first checkpoint)')
     run.add_argument('--device', default=None, help='auto, cpu, cuda, cuda:N or mps (default auto: cuda > mps > cpu)')
     run.add_argument('--amp', action=argparse.BooleanOptionalAction, default=None, help=f'mixed precision: bf16 (fp16 on older GPUs) on CUDA and on CPUs with native bf16 instructions (default {_on(RunConfig.amp)})')
     run.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None, help=f'channels_last_3d memory format for the network (default {_by_device("channels_last")})')
@@ -313,8 +313,11 @@ def train(args: argparse.Namespace) -> int:
     run_dir = Path(config.run_dir)
     if config.cross_validation:
         return cross_validate(config, spec, started, resuming=args.resume is not None, cleanup_dir=run_dir if created else None)
-    return train_run(config, spec, started, resuming=args.resume is not None,
-                     cleanup_dir=run_dir if created else None, resume_dir=run_dir)
+    resuming = args.resume is not None and (run_dir / 'last.pt').is_file()
+    if args.resume is not None and not resuming and distributed.is_main():
+        # A job requeued after preemption resumes with the same command, even if the kill came before any checkpoint.
+        print(f'{run_dir}: no checkpoint yet (stopped before its first epoch ended); starting from epoch 0 with its config.json')
+    return train_run(config, spec, started, resuming, cleanup_dir=run_dir if created else None, resume_dir=run_dir)
 
 
 def train_run(config: RunConfig, spec: DatasetSpec, started: float, resuming: bool,

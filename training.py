@@ -251,7 +251,7 @@ class Trainer:
             logits = sliding_window_logits(
                 self.model, subject['image'].data, self.config.patch_size,
                 overlap=self.config.val_overlap, batch_size=self.config.batch_size,
-                device=self.device, amp=self.amp,
+                device=self.device, amp_dtype=self.amp_dtype,
             )
             target = one_hot_foreground(subject['label'].data, self.config.foreground_labels)
             losses.append(float(self.recipe.loss(logits[None], target[None])))

@@ -277,7 +277,7 @@ def predict_benchmark(args: argparse.Namespace) -> dict:
     options = predictor.window_options
     ours = lambda: sliding_window_logits(model.network, image, model.patch_size, **options)  # noqa: E731
     def theirs() -> torch.Tensor:
-        with torch.autocast(predictor.device.type, enabled=options['amp']):
+        with torch.autocast(predictor.device.type, dtype=options['amp_dtype'], enabled=options['amp_dtype'] is not None and predictor.device.type == 'cuda'):
             return sliding_window_inference(
                 image[None], model.patch_size, options['batch_size'], model.network, overlap=options['overlap'],
                 mode='gaussian', sigma_scale=0.125, padding_mode='constant', cval=float(image.min()),

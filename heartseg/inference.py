@@ -65,7 +65,7 @@ def sliding_window_logits(
     batch_size: int = DEFAULT_WINDOW_BATCH,
     blending: str = DEFAULT_BLENDING,
     device: torch.device | str = 'cpu',
-    amp: bool = False,
+    amp_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Blend window logits over ``image`` of shape ``(C, X, Y, Z)``.
 
@@ -87,7 +87,8 @@ def sliding_window_logits(
     for first in range(0, len(starts), batch_size):
         corners = starts[first:first + batch_size]
         windows = torch.stack([_window(padded, corner, patch_size) for corner in corners]).to(device)
-        with torch.autocast(device.type, enabled=amp and device.type == 'cuda'):
+        # On CUDA the training dtype (devices.mixed_precision_dtype); CPU inference stays fp32.
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None and device.type == 'cuda'):
             logits = model(windows).float()
         if accumulated is None:
             accumulated = torch.zeros((logits.shape[1], *shape), device=device)

@@ -25,7 +25,7 @@ from scipy import ndimage
 
 from heartseg.checkpoint import ModelPlan, load_checkpoint
 from heartseg.data import Preprocessing, image_subject, load_nifti, read_label
-from heartseg.devices import select_device
+from heartseg.devices import mixed_precision_dtype, select_device
 from heartseg.errors import UserError
 from heartseg.export import Network, is_exported, load_exported
 from heartseg.files import atomic_write_text, write_rows_csv
@@ -120,7 +120,7 @@ class Predictor:
         self.channels = self.models[0].channels
         self.window_options = {
             'overlap': overlap, 'batch_size': batch_size, 'blending': blending,
-            'device': self.device, 'amp': self.device.type == 'cuda',
+            'device': self.device, 'amp_dtype': mixed_precision_dtype(self.device),
         }
         self.tta = tta
         self.keep_largest = keep_largest
@@ -208,6 +208,7 @@ def summarise(rows: list[dict]) -> dict:
                 'mean': float(finite.mean()) if finite.size else None,
                 'std': float(finite.std()) if finite.size else None,
                 'median': float(np.median(finite)) if finite.size else None,
+                'count': int(finite.size),  # the cases averaged; the undefined ones (an empty mask) are left out
                 'undefined': int((~np.isfinite(values)).sum()),
             }
         summary[str(value)] = stats
@@ -225,7 +226,8 @@ def write_evaluation(rows: list[dict], output: Path) -> str:
     for value, stats in summary.items():
         means = ''.join(f'{_format(stats[m]["mean"]):>14}' for m in METRIC_NAMES)
         stds = ''.join(f'{_format(stats[m]["std"]):>14}' for m in METRIC_NAMES)
-        lines += [f'{"mean":<28}{value:>6}' + means, f'{"std":<28}{value:>6}' + stds]
+        counts = ''.join(f'{str(stats[m]["count"]) + " of " + str(stats["cases"]):>14}' for m in METRIC_NAMES)
+        lines += [f'{"mean":<28}{value:>6}' + means, f'{"std":<28}{value:>6}' + stds, f'{"cases averaged":<28}{value:>6}' + counts]
     return '\n'.join(lines)
 
 

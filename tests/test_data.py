@@ -112,3 +112,24 @@ def test_each_channel_is_z_scored_on_its_own():
     assert torch.allclose(normalised.mean(dim=(1, 2, 3)), torch.zeros(2), atol=1e-5)
     assert torch.allclose(normalised.std(dim=(1, 2, 3)), torch.ones(2), atol=1e-5)
     assert torch.equal(subject['label'].data, Preprocessing((1.0, 1.0, 1.0))(subject)['label'].data)
+
+
+@pytest.mark.parametrize('target_spacing', [1.25, 1.0])  # 2x, as at the CPU plan, and a non-integer factor
+def test_a_resampled_label_keeps_its_image_s_centre_of_mass(target_spacing):
+    """Nearest-neighbour labels move by a quarter of a coarse voxel at 2x; one-hot linear + arg max stays with the image."""
+    grid = np.stack(np.meshgrid(*(np.arange(n) for n in (48, 44, 40)), indexing='ij')).astype(float)
+    radii, centre = np.array([11.0, 8.0, 9.5]), np.array([22.3, 20.6, 19.1])
+    mask = (((grid - centre[:, None, None, None]) / radii[:, None, None, None]) ** 2).sum(0) <= 1
+    affine = np.diag([0.625, 0.625, 0.625, 1.0])
+    affine[:3, 3] = (-61.2, 17.9, 33.4)
+    subject = tio.Subject(image=tio.ScalarImage(tensor=torch.from_numpy(mask[None].astype(np.float32)), affine=affine),
+                          label=tio.LabelMap(tensor=torch.from_numpy(mask[None].astype(np.uint8)), affine=affine))
+    resampled = Preprocessing((target_spacing,) * 3)(subject)
+    image = resampled['image'].data[0].double()
+    weights = (image - image.min()) / (image.max() - image.min())  # undoes the z-score, which is affine in the intensities
+    indices = torch.stack(torch.meshgrid(*(torch.arange(n, dtype=torch.float64) for n in image.shape), indexing='ij'))
+    image_centre = (indices * weights).sum(dim=(1, 2, 3)) / weights.sum()
+    label = resampled['label'].data[0] == 1
+    label_centre = indices[:, label].mean(dim=1)
+    error = (image_centre - label_centre).abs().max()
+    assert error < 0.05, f'label centre {label_centre.tolist()} is {error:.3f} voxel from its image\'s {image_centre.tolist()}'

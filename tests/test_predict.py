@@ -19,6 +19,7 @@ from heartseg.prediction import (
     ensemble_probabilities,
     evaluate_case,
     keep_largest_components,
+    write_evaluation,
 )
 from predict import build_parser
 from predict import main as predict_main
@@ -285,3 +286,13 @@ def test_a_case_that_fails_evaluation_still_counts_its_written_mask(trained, sma
 def test_predictor_loads_checkpoint_plan(trained):
     predictor = Predictor(trained)
     assert predictor.models[0].patch_size == (32, 32, 16), 'the patch size the fixture trained with (conftest.py)'
+
+
+def test_the_printed_summary_says_how_many_cases_each_mean_averages(tmp_path):
+    rows = [{'case': name, 'label': 1, 'dice': dice, 'iou': dice, 'hd95_mm': hd95, 'asd_mm': hd95 / 3, 'predicted_ml': 1.0, 'reference_ml': 1.0}
+            for name, dice, hd95 in (('a', 0.9, 3.0), ('b', 0.0, float('nan')), ('c', 0.8, 5.0))]
+    table = write_evaluation(rows, tmp_path)
+    counts = next(line for line in table.splitlines() if line.startswith('cases averaged')).split()
+    assert counts[3:] == ['3', 'of', '3', '3', 'of', '3', '2', 'of', '3', '2', 'of', '3', '3', 'of', '3', '3', 'of', '3']
+    summary = json.loads((tmp_path / 'summary.json').read_text())['1']
+    assert summary['hd95_mm']['mean'] == 4.0 and summary['hd95_mm']['count'] == 2 and summary['hd95_mm']['undefined'] == 1

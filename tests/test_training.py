@@ -94,6 +94,23 @@ def test_augmentation_on_the_device_trains_through_loader_workers(small_dataset,
     assert json.loads((run_dir / 'config.json').read_text())['config']['augment_on'] == 'device'
 
 
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_epoch_zero(small_dataset, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / 'run'
+
+    def killed(self, epoch):
+        raise KeyboardInterrupt
+    original = training.Trainer.run_epoch
+    monkeypatch.setattr(training.Trainer, 'run_epoch', killed)
+    assert run_cli(main, ['--data', str(small_dataset), '--run-dir', str(run_dir), '--epochs', '2', *TINY]) == 130
+    assert (run_dir / 'config.json').is_file() and not (run_dir / 'last.pt').exists()
+    monkeypatch.setattr(training.Trainer, 'run_epoch', original)
+    capsys.readouterr()
+    assert run_cli(main, ['--resume', str(run_dir)]) == 0
+    assert f'{run_dir}: no checkpoint yet (stopped before its first epoch ended); starting from epoch 0 with its config.json' in capsys.readouterr().out
+    assert load_checkpoint(run_dir / 'last.pt')['epoch'] == 2 and [int(r['epoch']) for r in read_metrics(run_dir)] == [1, 2]
+
+
 def test_extending_a_finished_run(small_dataset, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / 'run'
