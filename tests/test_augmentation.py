@@ -151,7 +151,9 @@ def test_gamma_keeps_a_z_scored_image_s_mean_spread_and_order():
 
 
 def test_contrast_keeps_the_range_and_blur_and_low_resolution_smooth():
-    image = torch.randn(1, 16, 16, 16)
+    # Offset from 0, so that zero padding or an unnormalised kernel would move the mean; a nearest 2x
+    # subsample of 16**3 unit-variance voxels keeps it within 0.2 (4.5 standard errors).
+    image = torch.randn(1, 16, 16, 16, generator=torch.Generator().manual_seed(0)) + 5
     augmentation = Augmentation('default')
     neutral = {key: torch.ones(1) for key in ('gamma', 'inverted_gamma', 'low_resolution')}
     neutral.update(noise_std=torch.tensor(0.0), noise_seed=torch.tensor(0), blur_sigma=torch.zeros(1, 3),
@@ -162,7 +164,7 @@ def test_contrast_keeps_the_range_and_blur_and_low_resolution_smooth():
     for smoothed in (augmentation.intensity(image, {**neutral, 'blur_sigma': torch.tensor([[1.0, 0.5, 1.0]])}),
                      augmentation.intensity(image, {**neutral, 'low_resolution': torch.tensor([0.5])})):
         assert smoothed.shape == image.shape and smoothed.std() < 0.8 * image.std()
-        assert abs(float(smoothed.mean() - image.mean())) < 0.05
+        assert abs(float(smoothed.mean() - image.mean())) < 0.2
     noisy = augmentation.intensity(image, {**neutral, 'noise_std': torch.tensor(0.3), 'noise_seed': torch.tensor(5)})
     assert abs(float((noisy - image).std()) - 0.3) < 0.01
     assert torch.equal(noisy, augmentation.intensity(image, {**neutral, 'noise_std': torch.tensor(0.3), 'noise_seed': torch.tensor(5)}))

@@ -6,25 +6,29 @@ from dataclasses import replace
 
 import SimpleITK as sitk
 import torch
-import torchio as tio
 from ddp_worker import blob_subjects
 
+from heartseg.augmentation import Augmentation
 from heartseg.config import RunConfig
 from heartseg.recipe import build_patch_loader
 
 
-def _thread_counts(subject: tio.Subject) -> tio.Subject:
-    """Write the thread counts this process sees into the patch, so that the batch carries them back."""
-    counts = torch.tensor([torch.get_num_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()], dtype=torch.float32)
-    subject['image'].set_data(counts.repeat(subject['image'].data.numel() // 2 + 1)[: subject['image'].data.numel()].reshape(subject['image'].shape))
-    return subject
+class ThreadCounts(Augmentation):
+    """Writes the thread counts its process sees into the patch, so that the batch carries them back."""
+
+    def __init__(self):
+        super().__init__('default')
+
+    def intensity(self, image: torch.Tensor, parameters: dict[str, torch.Tensor]) -> torch.Tensor:
+        counts = torch.tensor([torch.get_num_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()], dtype=torch.float32)
+        return counts.repeat(image.numel() // 2 + 1)[: image.numel()].reshape(image.shape)
 
 
 def test_loader_workers_run_one_thread_per_library():
     config = RunConfig(data='d', run_dir='r', cache_dir='c', target_spacing=(1.0,) * 3, patch_size=(16, 16, 16), levels=2,
                        batch_size=2, steps_per_epoch=1, num_workers=1, labels={'0': 'background', '1': 'blob'}, modalities={'0': 'MRI'})
-    images, *_ = next(iter(build_patch_loader(config, blob_subjects(2), _thread_counts, torch.device('cpu')).loader))
+    images, *_ = next(iter(build_patch_loader(config, blob_subjects(2), ThreadCounts(), torch.device('cpu')).loader))
     assert images.flatten()[:2].tolist() == [1.0, 1.0], 'torch and ITK threads in a worker'
-    defaults = build_patch_loader(replace(config, num_workers=1), blob_subjects(2), _thread_counts, torch.device('cpu'), worker_threads=None)
+    defaults = build_patch_loader(replace(config, num_workers=1), blob_subjects(2), ThreadCounts(), torch.device('cpu'), worker_threads=None)
     images, *_ = next(iter(defaults.loader))
     assert images.flatten()[1].item() == sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), "without a limit, ITK's default"
