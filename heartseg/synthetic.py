@@ -21,24 +21,17 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from heartseg.augmentation import rotation_matrix
 from heartseg.files import atomic_write_text, save_nifti
 
 DEFAULT_SHAPE = (72, 72, 36)
 DEFAULT_SPACING = (1.4, 1.4, 2.5)
 
 
-def _rotation(angles_degrees: np.ndarray) -> np.ndarray:
-    x, y, z = np.deg2rad(angles_degrees)
-    rx = np.array([[1, 0, 0], [0, np.cos(x), -np.sin(x)], [0, np.sin(x), np.cos(x)]])
-    ry = np.array([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
-    rz = np.array([[np.cos(z), -np.sin(z), 0], [np.sin(z), np.cos(z), 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
 def synthetic_affine(rng: np.random.Generator, shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> np.ndarray:
     """An oblique affine whose voxel axes are flipped like a scanner's LPS-ish storage."""
     flips = np.diag([-1.0, -1.0, 1.0])
-    rotation = _rotation(rng.uniform(-12, 12, size=3)) @ flips
+    rotation = rotation_matrix(rng.uniform(-12, 12, size=3)) @ flips
     affine = np.eye(4)
     affine[:3, :3] = rotation * np.asarray(spacing)
     affine[:3, 3] = -affine[:3, :3] @ (np.asarray(shape) / 2)
