@@ -136,7 +136,8 @@ def test_each_transform_is_drawn_with_its_probability_and_within_its_range():
 
 
 def test_gamma_keeps_a_z_scored_image_s_mean_spread_and_order():
-    image = torch.randn(1, 12, 12, 12)
+    image = torch.randn(1, 12, 12, 12, generator=torch.Generator().manual_seed(0))
+    in_image_order = image.flatten().argsort()
     augmentation = Augmentation('default')
     for gamma in (0.7, 1.5):
         for name in ('gamma', 'inverted_gamma'):
@@ -146,7 +147,9 @@ def test_gamma_keeps_a_z_scored_image_s_mean_spread_and_order():
             parameters[name] = torch.tensor([gamma])
             augmented = augmentation.intensity(image, parameters)
             assert abs(float(augmented.mean() - image.mean())) < 1e-4 and abs(float(augmented.std() - image.std())) < 1e-4
-            assert torch.equal(augmented.flatten().argsort(), image.flatten().argsort()), 'gamma must be monotonic'
+            # Order, not argsort equality: float rounding may tie two voxels a few ulps apart.
+            steps = augmented.flatten()[in_image_order].diff()
+            assert float(steps.min()) > -1e-6, f'{name} {gamma} is not monotonic: a step of {float(steps.min()):.2g}'
             assert not torch.allclose(augmented, image, atol=1e-2), f'{name} {gamma} changed nothing'
 
 
