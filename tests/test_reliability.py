@@ -121,7 +121,10 @@ def start_training(tmp_path):
 
     def start(arguments: list[str]) -> subprocess.Popen:
         command = [sys.executable, str(TESTS.parent / 'main.py'), *arguments]
-        processes.append(subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        # A shell without job control starts background jobs (a CI runner's, nohup's) with SIGINT ignored; a child
+        # inheriting that never gets Python's KeyboardInterrupt handler, so Ctrl-C is restored to what a terminal gives.
+        processes.append(subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)))
         return processes[-1]
 
     yield start
