@@ -30,6 +30,8 @@ from heartseg.augmentation import PLACES, STRENGTHS
 from heartseg.checkpoint import load_checkpoint
 from heartseg.cli import Parser, integer, number
 from heartseg.config import (
+    DEFAULT_LENGTH_VALIDATIONS,
+    DEFAULT_TRAINING_STEPS,
     DEVICE_DEFAULTS,
     RESUMABLE_SETTINGS,
     SYNTHETIC_SCHEDULE,
@@ -88,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument('--deep-supervision', action=argparse.BooleanOptionalAction, default=None, help=f'nnU-Net deep supervision: extra loss terms on the decoder at 1/2 to 1/2**(levels-2) resolution; a 2-level net has none (default {_on(RunConfig.deep_supervision)})')
 
     train = parser.add_argument_group('training')
-    train.add_argument('--epochs', type=integer(1), default=None, help=f'epochs in all (default {RunConfig.epochs}; {SYNTHETIC_SCHEDULE["epochs"]} on the synthetic dataset). With --resume the poly LR follows the new total, jumping back up to lr*(1-done/N)^0.9: a warm restart')
+    train.add_argument('--epochs', type=integer(1), default=None, help=f'epochs in all (default: as many as make {DEFAULT_TRAINING_STEPS:,} optimiser steps, validating about {DEFAULT_LENGTH_VALIDATIONS} times; {SYNTHETIC_SCHEDULE["epochs"]} epochs on the synthetic dataset). With --resume the poly LR follows the new total, jumping back up to lr*(1-done/N)^0.9: a warm restart')
     train.add_argument('--steps-per-epoch', type=integer(1), default=None, help='optimiser steps per epoch (default: one patch per training case)')
     train.add_argument('--batch-size', type=integer(1), default=None, help=f'patches per optimiser step, over all torchrun processes together (default {RunConfig.batch_size})')
     train.add_argument('--patch-size', type=integer(1), nargs=3, default=None, help='patch size in voxels (default: planned from the median case and the device)')
@@ -97,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument('--augmentation', choices=STRENGTHS, default=None, help=f"nnU-Net's transforms: none, light (mirroring) or default (rotation, scaling, mirroring, noise, blur, brightness, contrast, low resolution, gamma) (default {RunConfig.augmentation})")
     train.add_argument('--augment-on', choices=PLACES, default=None, help=f'where the intensity transforms run: in the loader workers, patch by patch, or on the training device, batch by batch; rotation, scaling and mirroring always run in the loader, which holds the volume around each patch (default {RunConfig.augment_on})')
     train.add_argument('--time-limit', type=number(0, below=MAX_TIME_LIMIT_MINUTES), default=None, help='wall-clock budget in minutes; the schedule is fitted so the learning rate anneals within it (0: no limit)')
-    train.add_argument('--val-every', type=integer(0), default=None, help=f'validate every N epochs; 0 = automatic, about {VALIDATION_SHARE:.0%}% of the time (default {RunConfig.val_every}; 0 with --time-limit)')
+    train.add_argument('--val-every', type=integer(0), default=None, help=f'validate every N epochs; 0 = automatic, about {VALIDATION_SHARE:.0%}% of the time (default {RunConfig.val_every}; 0 with --time-limit; about {DEFAULT_LENGTH_VALIDATIONS} validations at the default length)')
     train.add_argument('--image-every', type=integer(1), default=None, help=f'log the validation overlay image at the first validation, then at the first validation at least N epochs after the last image (default {RunConfig.image_every})')
 
     run = parser.add_argument_group('run')
@@ -190,7 +192,22 @@ def configure_run(args: argparse.Namespace, spec: DatasetSpec, synthetic: bool) 
         config.epochs = given.get('epochs', TIME_LIMITED_MAX_EPOCHS)
     check_patch_size(config)
     check_split(config, len(cases_in_use(spec, given)))
+    if not (synthetic or config.time_limit or 'epochs' in given):
+        config.epochs = default_epochs(config, training_cases(config, spec))
+        config.val_every = given.get('val_every', max(1, round(config.epochs / DEFAULT_LENGTH_VALIDATIONS)))
     return config
+
+
+def default_epochs(config: RunConfig, training_cases: int) -> int:
+    """The epochs that make up the default number of optimiser steps."""
+    return max(1, round(DEFAULT_TRAINING_STEPS / config.steps_in_epoch(training_cases)))
+
+
+def training_cases(config: RunConfig, spec: DatasetSpec) -> int:
+    """How many cases the split trains on (fold 0's, for a whole cross-validation)."""
+    case_ids = [case.case_id for case in cases_in_use(spec, {'max_cases': config.max_cases})]
+    split = split_cases(case_ids, config.data_split_seed, config.val_fraction, config.folds, config.fold or 0)
+    return len(split['training'])
 
 
 def check_split(config: RunConfig, cases: int) -> None:
@@ -248,10 +265,16 @@ def print_run_line(config: RunConfig, num_train: int, num_val: int) -> None:
     print(
         f'Plan: {num_train} training / {num_val} validation cases, spacing {config.target_spacing} mm, '
         f'patch {list(config.patch_size)}, U-Net levels={config.levels} base={config.base_channels} '
-        f'norm={config.norm}{" deep-supervision" if config.deep_supervision else ""}, loss {config.loss}, batch {config.batch_size}, epochs {config.epochs}'
-        + (f' (time limit {config.time_limit:g} min)' if config.time_limit else '')
+        f'norm={config.norm}{" deep-supervision" if config.deep_supervision else ""}, loss {config.loss}, batch {config.batch_size}, '
+        + (f'epochs fitted to the time limit of {config.time_limit:g} min' if config.time_limit else _length(config, num_train))
         + f', {_precision(config)}'
     )
+
+
+def _length(config: RunConfig, num_train: int) -> str:
+    steps = config.steps_in_epoch(num_train)
+    source = f' (the default length, BENCHMARKS.md "Training length")' if config.epochs == default_epochs(config, num_train) else ''
+    return f'epochs {config.epochs} x {steps} steps = {config.epochs * steps:,} steps{source}'
 
 
 def _precision(config: RunConfig) -> str:

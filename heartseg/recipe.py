@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -96,7 +95,7 @@ def build_patch_loader(config: RunConfig, subjects: list[tio.Subject], augmentat
     ``augmentation`` is drawn and its spatial part applied in the loader; with
     ``--augment-on device`` its intensity parameters travel with each batch.
     """
-    steps = config.steps_per_epoch or math.ceil(len(subjects) / config.batch_size)
+    steps = config.steps_in_epoch(len(subjects))
     patches = PatchDataset(
         subjects,
         config.patch_size,

@@ -13,9 +13,11 @@ import torch
 
 import training
 from heartseg.checkpoint import load_checkpoint
-from heartseg.data import split_cases
+from heartseg.config import DEFAULT_LENGTH_VALIDATIONS, DEFAULT_TRAINING_STEPS, TIME_LIMITED_MAX_EPOCHS
+from heartseg.data import read_dataset, split_cases
 from heartseg.augmentation import Augmentation
 from heartseg.errors import EXIT_USER_ERROR, run_cli
+import main as main_script
 from main import main
 from predict import main as predict_main
 
@@ -241,3 +243,24 @@ def test_the_overlay_image_follows_the_validations_it_can_use(small_dataset, tmp
     assert run_cli(main, ['--data', str(small_dataset), '--run-dir', str(run_dir), *flags]) == 0
     events = EventAccumulator(str(run_dir), size_guidance={IMAGES: 0}).Reload()
     assert [image.step for image in events.Images('val/overlay')] == [3, 9]
+
+
+@pytest.mark.parametrize('flags', [[], ['--max-cases', '4'], ['--steps-per-epoch', '7'], ['--folds', '3']], ids=['6 cases', '4 cases', '7 steps an epoch', '3 folds'])
+def test_the_default_length_is_a_number_of_steps_whatever_the_dataset_size(flags, small_dataset, capsys):
+    args = main_script.build_parser().parse_args(['--data', str(small_dataset), *flags])
+    spec = read_dataset(small_dataset)
+    config = main_script.configure_run(args, spec, synthetic=False)
+    steps = DEFAULT_TRAINING_STEPS
+    training_cases = main_script.training_cases(config, spec)
+    per_epoch = config.steps_in_epoch(training_cases)
+    assert abs(config.epochs * per_epoch - steps) <= per_epoch / 2, f'{config.epochs} epochs of {per_epoch} steps, expected about {steps} steps'
+    assert abs(config.epochs / config.val_every - DEFAULT_LENGTH_VALIDATIONS) <= 1, f'validating every {config.val_every} of {config.epochs} epochs'
+    main_script.print_run_line(config, training_cases, 1)
+    assert f'= {config.epochs * per_epoch:,} steps (the default length' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('flags, epochs, val_every', [(['--epochs', '7'], 7, 1), (['--epochs', '7', '--val-every', '3'], 7, 3), (['--time-limit', '5'], TIME_LIMITED_MAX_EPOCHS, 0)])
+def test_a_given_length_overrides_the_default_one(flags, epochs, val_every, small_dataset):
+    args = main_script.build_parser().parse_args(['--data', str(small_dataset), *flags])
+    config = main_script.configure_run(args, read_dataset(small_dataset), synthetic=False)
+    assert (config.epochs, config.val_every) == (epochs, val_every)
