@@ -273,7 +273,7 @@ def print_run_line(config: RunConfig, num_train: int, num_val: int) -> None:
 
 def _length(config: RunConfig, num_train: int) -> str:
     steps = config.steps_in_epoch(num_train)
-    source = f' (the default length, BENCHMARKS.md "Training length")' if config.epochs == default_epochs(config, num_train) else ''
+    source = ' (the default length, BENCHMARKS.md "Training length")' if config.epochs == default_epochs(config, num_train) else ''
     return f'epochs {config.epochs} x {steps} steps = {config.epochs * steps:,} steps{source}'
 
 
