@@ -52,9 +52,10 @@ DEVICE_DEFAULTS = {
 # The default length, in optimiser steps (main.py turns it into epochs). Steps, not epochs, as in
 # nnU-Net: an epoch is one patch per training case, so a fixed epoch count trains a 16-case dataset
 # a quarter as long as a 64-case one. On the LA2018 learning curve at the CPU plan (BENCHMARKS.md,
-# "Training length"), the test Dice rose 0.0064 from 1,920 to 3,840 steps and 0.0058 more by
-# 10,000, the longest point measured. The GPU plan's patch covers the same field of view at twice
-# the resolution, so a step shows the network as much anatomy, and it gets the same steps.
+# "Training length"), the test Dice rose 0.0064 from 1,920 to 3,840 steps, 0.0041 more by 7,680,
+# and 0.0017 more by 10,000: inside the ±0.002 that a new patch stream alone moves it. The GPU
+# plan's patch covers the same field of view at twice the resolution, so a step shows the network
+# as much anatomy, and it gets the same steps.
 DEFAULT_TRAINING_STEPS = 10_000
 # A run of the default length validates about this many times (every epoch would dominate a small
 # dataset's run, whose epochs are a few steps each); the last epoch always validates.
