@@ -168,7 +168,8 @@ def configure_run(args: argparse.Namespace, spec: DatasetSpec, synthetic: bool) 
     given = explicit_settings(args)
     device = select_device(given.get('device', 'auto'))
     defaults = DEVICE_DEFAULTS[device.type]
-    headers = [read_header(case, spec) for case in cases_in_use(spec, given)]
+    cases = cases_in_use(spec, given)
+    headers = [read_header(case, spec) for case in cases]
     levels = given.get('levels', RunConfig.levels)
     spacing, patch = spacing_and_patch_for_device(headers, device.type, levels, given.get('target_spacing'))
     check_resampled_sizes(headers, spacing)
@@ -191,9 +192,9 @@ def configure_run(args: argparse.Namespace, spec: DatasetSpec, synthetic: bool) 
         config.val_every = given.get('val_every', 0)  # 0: automatic, about a tenth of the time
         config.epochs = given.get('epochs', TIME_LIMITED_MAX_EPOCHS)
     check_patch_size(config)
-    check_split(config, len(cases_in_use(spec, given)))
+    check_split(config, len(cases))
     if not (synthetic or config.time_limit or 'epochs' in given):
-        config.epochs = default_epochs(config, training_cases(config, spec))
+        config.epochs = default_epochs(config, training_cases(config, [case.case_id for case in cases]))
         config.val_every = given.get('val_every', max(1, round(config.epochs / DEFAULT_LENGTH_VALIDATIONS)))
     return config
 
@@ -203,9 +204,8 @@ def default_epochs(config: RunConfig, training_cases: int) -> int:
     return max(1, round(DEFAULT_TRAINING_STEPS / config.steps_in_epoch(training_cases)))
 
 
-def training_cases(config: RunConfig, spec: DatasetSpec) -> int:
-    """How many cases the split trains on (fold 0's, for a whole cross-validation)."""
-    case_ids = [case.case_id for case in cases_in_use(spec, {'max_cases': config.max_cases})]
+def training_cases(config: RunConfig, case_ids: list[str]) -> int:
+    """How many of ``case_ids`` the split trains on (fold 0's, for a whole cross-validation)."""
     split = split_cases(case_ids, config.data_split_seed, config.val_fraction, config.folds, config.fold or 0)
     return len(split['training'])
 
