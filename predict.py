@@ -1,4 +1,4 @@
-"""Predict label masks for new scans, in each scan's exact grid, and evaluate them.
+"""Predict label masks for new scans, in each scan's exact grid, say how far to trust each, and evaluate them.
 
 Every mask has the input's shape, affine, qform/sform and orientation. The
 checkpoint carries everything else: architecture, spacing, normalisation,
@@ -6,12 +6,19 @@ patch size and label values. Several checkpoints, or a cross-validation run
 folder, predict as one ensemble. An ONNX or TorchScript file written by
 export.py runs through the same steps.
 
+Quality control is on by default: qc.csv gives each mask a predicted Dice, a
+flag and the reasons, and review.html shows the cases worst first
+(heartseg/qc.py). A stopped run over a folder, started again with the same
+command, skips the cases it finished. ``torchrun --nproc_per_node=N predict.py``
+shares the cases out over N processes, one GPU each.
+
 Example:
     python predict.py --checkpoint runs/la/best.pt --input scans/ --output masks/
     python predict.py --checkpoint runs/la/best.pt --input ../shared/data/LA2018/dataset.json \\
         --subset validation --output masks/ --labels ../shared/data/LA2018/labelsTr
     python predict.py --checkpoint runs/cv --input scans/ --output masks/   # the 5-fold ensemble
     python predict.py --checkpoint la.onnx --input scans/ --output masks/   # a file from export.py
+    torchrun --nproc_per_node=4 predict.py --checkpoint runs/la --input scans/ --output masks/
 """
 
 from __future__ import annotations
@@ -19,33 +26,36 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
-from scipy import ndimage
 from tqdm import tqdm
 
+from heartseg import distributed
 from heartseg.cli import Parser, integer, number
 from heartseg.crossval import fold_checkpoints, is_cross_validation, resolve_checkpoints
 from heartseg.data import case_id_from_path, read_dataset
 from heartseg.errors import EXIT_USER_ERROR, UserError, run_cli
-from heartseg.files import atomic_write, ensure_writable_dir, save_nifti
+from heartseg.files import ensure_writable_dir, save_nifti
 from heartseg.inference import (
     BLENDINGS,
     DEFAULT_BLENDING,
     DEFAULT_OVERLAP,
     DEFAULT_WINDOW_BATCH,
 )
-from heartseg.prediction import (
-    MIRRORING_TTA,
-    Predictor,
-    evaluate_case,
-    write_evaluation,
-)
+from heartseg.prediction import MIRRORING_TTA, Predictor, read_reference, score_case
+from heartseg.prediction_folder import PredictionFolder
+from heartseg.qc import assess, measure, uncertainty_map
+from heartseg.review import orthogonal_views, save_png
 
 NIFTI_SUFFIXES = ('.nii.gz', '.nii')
+OVERVIEW_HEIGHT = 360  # pixels of --png's pictures; the review page's thumbnails are smaller
+# Reading and resampling the next case in a thread while this one predicts made a 2-core CPU 11 % slower
+# (the two compete for the cores; BENCHMARKS.md "Quality control"), so it is off unless asked for.
+PREFETCH = False
 
 
 @dataclass(frozen=True)
@@ -111,37 +121,6 @@ def select_subset(cases: list[InputCase], subset: str, splits_path: Path) -> lis
     return selected
 
 
-def save_overview_png(image: nib.Nifti1Image, mask: np.ndarray, path: Path) -> None:
-    """Axial, coronal and sagittal slices through the structure, with its contour."""
-    import matplotlib
-
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    canonical = nib.as_closest_canonical(image)
-    canonical_mask = np.asarray(nib.as_closest_canonical(nib.Nifti1Image(mask, image.affine)).dataobj)
-    volume = np.asarray(canonical.dataobj, dtype=np.float32)
-    volume = volume[..., 0] if volume.ndim == 4 else volume
-    centre = ndimage.center_of_mass(canonical_mask > 0) if canonical_mask.any() else np.array(volume.shape) / 2
-    spacing = nib.affines.voxel_sizes(canonical.affine)
-    figure, axes = plt.subplots(1, 3, figsize=(12, 4.5))
-    views = [('axial', 2, (0, 1)), ('coronal', 1, (0, 2)), ('sagittal', 0, (1, 2))]
-    low, high = np.percentile(volume, (0.5, 99.5))
-    for axis, (title, slice_axis, (h, v)) in zip(axes, views):
-        index = [slice(None)] * 3
-        index[slice_axis] = int(round(centre[slice_axis]))
-        picture, outline = volume[tuple(index)].T, canonical_mask[tuple(index)].T
-        aspect = spacing[v] / spacing[h]
-        axis.imshow(picture, cmap='gray', origin='lower', vmin=low, vmax=high, aspect=aspect)
-        if outline.any():
-            axis.contour(outline > 0, levels=[0.5], colors='red', linewidths=1)
-        axis.set_title(title)
-        axis.axis('off')
-    figure.tight_layout()
-    atomic_write(path, lambda temporary: figure.savefig(temporary, format='png', dpi=80))
-    plt.close(figure)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--checkpoint', type=Path, nargs='+', required=True,
@@ -159,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help='keep only the largest connected component per label')
     parser.add_argument('--save-probabilities', action='store_true', help='also write <case>_probabilities.nii.gz (float32, one channel per label)')
     parser.add_argument('--png', action='store_true', help='also write <case>.png with three orthogonal slices and the mask contour')
+    parser.add_argument('--qc', action=argparse.BooleanOptionalAction, default=True,
+                        help='quality control: qc.csv (predicted Dice, flag and reasons per case), summary.json\'s "qc" and review.html')
+    parser.add_argument('--save-uncertainty', action='store_true',
+                        help='also write <case>_uncertainty.nii.gz: per-voxel entropy (bits) of the mean probability over TTA and models')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='predict every case again; without it, a run over a folder that was stopped skips the cases it finished')
+    parser.add_argument('--prefetch', action=argparse.BooleanOptionalAction, default=PREFETCH,
+                        help='read and resample the next scan in a background thread while the current one predicts')
     parser.add_argument('--overlap', type=number(0, below=1), default=DEFAULT_OVERLAP, help='sliding-window overlap fraction')
     parser.add_argument('--blending', choices=BLENDINGS, default=DEFAULT_BLENDING, help='window blending weights')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N or mps')
@@ -168,30 +155,121 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with distributed.session(args.device):
+        return predict(args)
+
+
+def predict(args: argparse.Namespace) -> int:
     jobs = prediction_jobs(gather_inputs(args.input, args.subset), args.subset, args.checkpoint)
-    predictors = [Predictor(job.checkpoints, args.device, args.batch_size, args.overlap, args.blending, args.tta, args.keep_largest)
-                  for job in jobs]
-    if len(predictors[0].models) > 1:
-        print(f'Ensemble of {len(predictors[0].models)} models: their probabilities are averaged in each input grid')
-    refuse_overwriting_inputs(args.output, [case for job in jobs for case in job.cases], args.labels)
-    ensure_writable_dir(args.output)
-    rows, written, failures, total = [], 0, 0, sum(len(job.cases) for job in jobs)
-    with tqdm(total=total, desc='Predicting', unit='case') as progress:
-        for predictor, job in zip(predictors, jobs):
-            for case in job.cases:
-                try:
-                    mask, nifti = write_prediction(predictor, case, args)
-                    written += 1
-                    if args.labels is not None:
-                        rows += evaluate_prediction(predictor, case, mask, nifti, args.labels)
-                except UserError as error:
-                    failures += 1
-                    tqdm.write(f'error: {error} (case skipped)', file=sys.stderr)
-                progress.update()
-    if rows:
-        print(write_evaluation(rows, args.output))
-    print(f'Wrote {written} masks to {args.output}' + (f'; {failures} case(s) failed' if failures else ''))
-    return EXIT_USER_ERROR if failures else 0
+    cases = [case for job in jobs for case in job.cases]
+    refuse_overwriting_inputs(args.output, cases, args.labels)
+    folder = PredictionFolder(args.output)
+    todo = [(job, case) for job in jobs for case in job.cases if args.overwrite or not is_done(folder, case, args)]
+    mine = todo[distributed.rank()::distributed.world_size()]
+    predictors = {id(job): Predictor(job.checkpoints, args.device, args.batch_size, args.overlap, args.blending, args.tta, args.keep_largest)
+                  for job in {id(job): job for job, _ in mine}.values()}
+    ensure_writable_dir(args.output)  # only once the models load: a refused ensemble leaves no folder behind
+    announce(len(cases), len(todo), predictors)
+    pairs = [(predictors[id(job)], case) for job, case in mine]
+    loads = prefetched(pairs, lambda pair: pair[0].load(pair[1].image), args.prefetch)
+    for (predictor, case), loading in tqdm(zip(pairs, loads), total=len(pairs), desc='Predicting', unit='case',
+                                           disable=not distributed.is_main()):
+        record = {'case': case.case_id, 'status': 'failed', 'image': str(case.image), 'mask_written': False}
+        try:
+            predict_case(predictor, case, loading, folder, args, record)
+        except UserError as error:
+            record['error'] = str(error)
+            tqdm.write(f'error: {error} (case skipped)', file=sys.stderr)
+        folder.write_record(record)
+    distributed.barrier()
+    records = [folder.read_record(c.case_id) or {} for c in cases]
+    failed = sum(record.get('status') != 'ok' for record in records)
+    if distributed.is_main():
+        for line in folder.finish([c.case_id for c in cases], metrics=args.labels is not None, qc=args.qc):
+            print(line)
+        written = sum(bool(record.get('mask_written')) for record in records)
+        print(f'Wrote {written} masks to {args.output}' + (f'; {failed} case(s) failed' if failed else ''))
+    return EXIT_USER_ERROR if failed else 0
+
+
+def announce(total: int, todo: int, predictors: dict) -> None:
+    """Say what this run will do: how many cases are left, over how many processes, by what ensemble."""
+    if not distributed.is_main():
+        return
+    if todo < total:
+        print(f'{total - todo} of {total} cases already predicted in this folder (use --overwrite to redo them)')
+    if distributed.world_size() > 1:
+        print(f'Distributed: {distributed.world_size()} processes share {todo} cases')
+    models = max((len(p.models) for p in predictors.values()), default=1)
+    if models > 1:
+        print(f'Ensemble of {models} models: their probabilities are averaged in each input grid')
+
+
+def prefetched(items: list, load, ahead: bool) -> Iterator[Future]:
+    """``load(item)`` for each item, as futures; with ``ahead``, the next item loads in a thread while this one is used."""
+    if not ahead:
+        for item in items:
+            yield _settled(load, item)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix='prefetch') as pool:
+        pending = None
+        for item in items:
+            upcoming = pool.submit(load, item)
+            if pending is not None:
+                yield pending
+            pending = upcoming
+        if pending is not None:
+            yield pending
+
+
+def _settled(load, item) -> Future:
+    future: Future = Future()
+    try:
+        future.set_result(load(item))
+    except Exception as error:  # handed to the consumer, as a thread's future would
+        future.set_exception(error)
+    return future
+
+
+def wanted_files(folder: PredictionFolder, case_id: str, args: argparse.Namespace) -> list[Path]:
+    """The files this command writes for one case."""
+    options = ((True, folder.mask), (args.save_probabilities, folder.probabilities), (args.save_uncertainty, folder.uncertainty),
+               (args.png, folder.overview), (args.qc, folder.thumbnail))
+    return [path(case_id) for wanted, path in options if wanted]
+
+
+def is_done(folder: PredictionFolder, case: InputCase, args: argparse.Namespace) -> bool:
+    return folder.is_done(case.case_id, wanted_files(folder, case.case_id, args), metrics=args.labels is not None, qc=args.qc)
+
+
+def predict_case(predictor: Predictor, case: InputCase, loading: Future, folder: PredictionFolder, args: argparse.Namespace,
+                 record: dict) -> None:
+    """Predict one case and write its files, filling in its record: metrics and QC row when asked, then status ``ok``."""
+    prediction = predictor.predict_loaded(loading.result())
+    mask, nifti = prediction.mask, prediction.nifti
+    save_nifti(mask.astype(np.uint8), nifti.affine, folder.mask(case.case_id), like=nifti)
+    record['mask_written'] = True
+    if args.save_probabilities:
+        save_nifti(np.moveaxis(prediction.probabilities, 0, -1).astype(np.float32), nifti.affine, folder.probabilities(case.case_id), like=nifti)
+    if args.save_uncertainty:
+        save_nifti(uncertainty_map(prediction.probabilities), nifti.affine, folder.uncertainty(case.case_id), like=nifti)
+    reference = read_reference(label_file(args.labels, case), nifti, predictor.labels, case.image) if args.labels else None
+    if args.png:
+        save_png(orthogonal_views(nifti, mask, reference, height=OVERVIEW_HEIGHT), folder.overview(case.case_id))
+    if reference is not None:
+        record['metrics'] = score_case(case.case_id, mask, reference, nifti, predictor.labels)
+    if args.qc:
+        measures = measure(mask, prediction.probabilities, nifti.affine, predictor.foreground_labels, prediction.signals, predictor.training_cases)
+        record['qc'] = assess(measures).row(case.case_id)
+        save_png(orthogonal_views(nifti, mask, reference), folder.thumbnail(case.case_id))
+    record['status'] = 'ok'
+
+
+def label_file(labels: Path, case: InputCase) -> Path:
+    found = next((labels / f'{case.case_id}{s}' for s in NIFTI_SUFFIXES if (labels / f'{case.case_id}{s}').is_file()), None)
+    if found is None:
+        raise UserError(labels / f'{case.case_id}.nii.gz', 'reference label not found')
+    return found
 
 
 def refuse_overwriting_inputs(output: Path, cases: list[InputCase], labels: Path | None) -> None:
@@ -203,25 +281,6 @@ def refuse_overwriting_inputs(output: Path, cases: list[InputCase], labels: Path
         raise UserError(output, 'holds the input scans: the masks could overwrite them; choose another --output')
     if any(case.label is not None and case.label.resolve().parent == output for case in cases):
         raise UserError(output, "holds the dataset's reference labels: the masks would overwrite them; choose another --output")
-
-
-def write_prediction(predictor: Predictor, case: InputCase, args: argparse.Namespace) -> tuple[np.ndarray, nib.Nifti1Image]:
-    """Predict one case and write its mask (and, if asked, its probabilities and overview)."""
-    mask, probabilities, nifti = predictor.predict(case.image)
-    save_nifti(mask.astype(np.uint8), nifti.affine, args.output / f'{case.case_id}.nii.gz', like=nifti)
-    if args.save_probabilities:
-        save_nifti(np.moveaxis(probabilities, 0, -1).astype(np.float32), nifti.affine,
-                   args.output / f'{case.case_id}_probabilities.nii.gz', like=nifti)
-    if args.png:
-        save_overview_png(nifti, mask, args.output / f'{case.case_id}.png')
-    return mask, nifti
-
-
-def evaluate_prediction(predictor: Predictor, case: InputCase, mask: np.ndarray, nifti: nib.Nifti1Image, labels: Path) -> list[dict]:
-    label_path = next((labels / f'{case.case_id}{s}' for s in NIFTI_SUFFIXES if (labels / f'{case.case_id}{s}').is_file()), None)
-    if label_path is None:
-        raise UserError(labels / f'{case.case_id}.nii.gz', 'reference label not found')
-    return evaluate_case(case.case_id, mask, nifti, label_path, predictor.labels, case.image)
 
 
 if __name__ == '__main__':

@@ -34,6 +34,7 @@ from heartseg.inference import probabilities_to_labels, sliding_window_logits
 from heartseg.loader_failures import reporting_worker_failures
 from heartseg.metrics import dice
 from heartseg.overlay import overlay_image
+from heartseg.qc import summarise_training_cases
 from heartseg.recipe import PatchLoader, Recipe, build_patch_loader, build_recipe
 from heartseg.run_log import EpochResult, append_metric_row, keep_metric_rows
 from heartseg.sampling import one_hot_foreground
@@ -51,8 +52,9 @@ class Trainer:
     """
 
     def __init__(self, config: RunConfig, recipe: Recipe, patches: PatchLoader, val_subjects: list[tio.Subject],
-                 device: torch.device):
+                 device: torch.device, training_cases: dict | None = None):
         self.config = config
+        self.training_cases = training_cases or {}  # saved in every checkpoint, for predict.py's quality control
         self.run_dir = Path(config.run_dir)
         self.device = device
         self.amp_dtype = mixed_precision_dtype(self.device) if config.amp else None
@@ -121,7 +123,7 @@ class Trainer:
             return
         save_checkpoint(
             self.run_dir / name,
-            self.config.model_plan(),
+            self.config.model_plan(self.training_cases),
             epoch=epoch,
             total_epochs=self.total_epochs,
             model=self.model.state_dict(),
@@ -298,4 +300,4 @@ def create_trainer(config: RunConfig, train_subjects: list[tio.Subject], val_sub
     device = distributed.local_device(select_device(config.device))
     recipe = build_recipe(config, device)
     patches = build_patch_loader(config, train_subjects, recipe.augmentation, device)
-    return Trainer(config, recipe, patches, val_subjects, device)
+    return Trainer(config, recipe, patches, val_subjects, device, summarise_training_cases(train_subjects))

@@ -10,7 +10,8 @@ peak RSS of predicting a large scan; ``loader`` (f) the loader alone: patches/s 
 and each transform's share of its time; ``norm`` our InstanceNorm3d against
 ``nn.GroupNorm`` on channels_last_3d CPU tensors; ``ensemble`` the test Dice of
 each model and of their ensemble, averaging probabilities or logits, and an
-ensemble's seconds per case against one model's. Each measurement is repeated and its
+ensemble's seconds per case against one model's; ``qc`` predict.py's seconds per
+case with and without quality control and the background prefetch. Each measurement is repeated and its
 median reported, with MONAI's equivalent measured in the same process, run
 alternately with ours, for a ratio. MONAI is a development-only dependency
 (``requirements-bench.txt``).
@@ -24,6 +25,7 @@ Example:
     python -m benchmarks.benchmark loader --data ../shared/data/LA2018 --workers 1 2 -- --spacing 0.625 --patch-size 144 128 80
     python -m benchmarks.benchmark norm
     python -m benchmarks.benchmark ensemble --checkpoint runs/cv --images test/images --labels test/labels
+    python -m benchmarks.benchmark qc --checkpoint runs/la/best.pt --images test/images --cases 4
 """
 
 from __future__ import annotations
@@ -312,8 +314,9 @@ def ensemble_benchmark(args: argparse.Namespace) -> dict:
     images = sorted(p for p in args.images.iterdir() if p.name.endswith(NIFTI_SUFFIXES))
     scores: dict[str, list[dict]] = {}
     for image in images:
-        nifti = load_nifti(image)
-        logits = list(ensemble.input_grid_logits(image, nifti))
+        loaded = ensemble.load(image)
+        nifti = loaded.nifti
+        logits = list(ensemble.input_grid_logits(loaded, []))
         candidates = {f'model_{i}': torch.sigmoid(l) for i, l in enumerate(logits)}
         candidates['mean_of_probabilities'] = ensemble_probabilities(logits)
         candidates['mean_of_logits'] = torch.sigmoid(torch.stack(logits).mean(0))
@@ -336,6 +339,56 @@ def ensemble_benchmark(args: argparse.Namespace) -> dict:
             'single_model_seconds_per_case': round(single_seconds / len(timed), 2),
             'time_ratio_ensemble_over_single': round(ensemble_seconds / single_seconds, 2),
         })
+    return result
+
+
+QC_VARIANTS = {
+    'no_qc_no_prefetch': ['--no-qc', '--no-prefetch'],
+    'qc_no_prefetch': ['--no-prefetch'],
+    'no_qc_prefetch': ['--no-qc', '--prefetch'],
+    'qc_prefetch': ['--prefetch'],
+}
+
+
+def qc_benchmark(args: argparse.Namespace) -> dict:
+    """Seconds per case of ``predict.py`` with and without QC, and with and without the background prefetch.
+
+    Every variant predicts the same cases into a fresh folder, in turn within each
+    repeat, so drift on a shared machine hits all alike.
+    """
+    import os
+    from contextlib import redirect_stdout
+    from io import StringIO
+
+    import predict
+
+    os.environ['TQDM_DISABLE'] = '1'
+    images = sorted(p for p in args.images.iterdir() if p.name.endswith(NIFTI_SUFFIXES))[: args.cases] if args.images.is_dir() else []
+    if not images:
+        raise UserError(args.images, 'not a folder of NIfTI scans')
+    folder = Path(tempfile.mkdtemp())
+    for image in images:
+        (folder / 'in').mkdir(exist_ok=True)
+        (folder / 'in' / image.name).symlink_to(image.resolve())
+    result: dict = {'cases': len(images), 'device': _device_name(select_device(args.device))}
+    for tta in ('--tta', '--no-tta'):
+        times: dict[str, list[float]] = {name: [] for name in QC_VARIANTS}
+        for repeat in range(args.repeats + 1):  # the first round warms caches and is not counted
+            for name, flags in QC_VARIANTS.items():
+                argv = ['--checkpoint', str(args.checkpoint), '--input', str(folder / 'in'), '--output', str(folder / f'out_{name}'),
+                        '--device', args.device, '--overwrite', tta, *flags]
+                with redirect_stdout(StringIO()):
+                    seconds = timed(lambda: predict.main(argv))
+                if repeat:
+                    times[name].append(seconds / len(images))
+        medians = {name: statistics.median(values) for name, values in times.items()}
+        result[tta.removeprefix('--').replace('-', '_')] = {
+            'seconds_per_case': {name: round(value, 3) for name, value in medians.items()},
+            'qc_added_seconds_per_case': round(medians['qc_no_prefetch'] - medians['no_qc_no_prefetch'], 3),
+            'qc_time_ratio': round(medians['qc_no_prefetch'] / medians['no_qc_no_prefetch'], 3),
+            'qc_time_ratio_with_prefetch': round(medians['qc_prefetch'] / medians['no_qc_prefetch'], 3),
+            'prefetch_speed_ratio': round(medians['qc_no_prefetch'] / medians['qc_prefetch'], 3),
+        }
     return result
 
 
@@ -422,6 +475,13 @@ def build_parser() -> argparse.ArgumentParser:
     ensemble.add_argument('--timing-cases', type=integer(0), default=2, help='cases timed end to end, the ensemble against its first model alone (0: no timing)')
     ensemble.add_argument('--repeats', type=integer(1), default=3, help='timing runs; the median is reported')
     ensemble.add_argument('--device', default='cpu')
+    qc = commands.add_parser('qc', help="predict.py's seconds per case with and without quality control and the background prefetch",
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    qc.add_argument('--checkpoint', type=Path, required=True)
+    qc.add_argument('--images', type=Path, required=True, help='folder of scans; its first --cases are predicted')
+    qc.add_argument('--cases', type=integer(1), default=4)
+    qc.add_argument('--repeats', type=integer(1), default=3, help='runs per variant after one warm-up; the median is reported')
+    qc.add_argument('--device', default='cpu')
     memory = commands.add_parser('memory', help='peak RSS of predicting one large synthetic volume',
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     memory.add_argument('--checkpoint', type=Path, required=True)
@@ -445,7 +505,7 @@ def _planned_command(commands, name: str, summary: str, cases: int, example: str
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {'train': train_benchmark, 'feed': feed_benchmark, 'loader': loader_benchmark, 'predict': predict_benchmark, 'norm': norm_benchmark, 'memory': memory_benchmark,
-                'ensemble': ensemble_benchmark}
+                'ensemble': ensemble_benchmark, 'qc': qc_benchmark}
     result = commands[args.command](args)
     print(json.dumps(result, indent=2))
     return 0

@@ -1,8 +1,8 @@
 """Checkpoints that describe themselves and load without running pickled code.
 
 A checkpoint holds the weights, the optimiser state and, as a JSON string, the
-:class:`ModelPlan`: architecture, preprocessing, patch size, labels and the
-training config. ``predict.py`` needs nothing else. Loading uses
+:class:`ModelPlan`: architecture, preprocessing, patch size, labels, the
+training config and a summary of the training cases for quality control. ``predict.py`` needs nothing else. Loading uses
 ``weights_only=True`` so a tampered file cannot execute code.
 
 Example:
@@ -47,6 +47,8 @@ class ModelPlan:
     # heartseg.data.PREPROCESSING_VERSION at training; plans written before it was recorded were version 3
     preprocessing_version: int = 3
     config: dict[str, Any] = field(default_factory=dict)  # the full training RunConfig
+    # heartseg.qc.summarise_training_cases of the training cases; empty in checkpoints written before it was recorded
+    training_cases: dict[str, Any] = field(default_factory=dict)
 
     @property
     def channels(self) -> int:

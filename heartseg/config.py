@@ -139,8 +139,8 @@ class RunConfig:
             'deep_supervision': self.deep_supervision,
         }
 
-    def model_plan(self) -> ModelPlan:
-        """What a checkpoint must carry to predict: model, preprocessing, labels."""
+    def model_plan(self, training_cases: dict[str, Any] | None = None) -> ModelPlan:
+        """What a checkpoint must carry to predict: model, preprocessing, labels, and what QC compares new cases with."""
         return ModelPlan(
             model=self.network_kwargs(),
             target_spacing=self.target_spacing,
@@ -149,6 +149,7 @@ class RunConfig:
             modalities=self.modalities,
             preprocessing_version=PREPROCESSING_VERSION,
             config=asdict(self),
+            training_cases=training_cases or {},
         )
 
     @classmethod

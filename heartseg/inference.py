@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -115,17 +116,26 @@ def probabilities_to_labels(probabilities: torch.Tensor, foreground_labels: tupl
     return torch.where(best_probability > 0.5, values[best_channel], torch.zeros((), dtype=torch.uint8))
 
 
-def predict_logits(model: nn.Module, image: torch.Tensor, patch_size: tuple[int, int, int], tta: bool = False, **window_options) -> torch.Tensor:
-    """Sliding-window logits, averaged over the 8 axis mirrorings when ``tta``.
+MIRRORINGS = tuple(axes for r in range(4) for axes in itertools.combinations((1, 2, 3), r))
+
+
+def mirrored_logits(model: nn.Module, image: torch.Tensor, patch_size: tuple[int, int, int], tta: bool = False,
+                    **window_options) -> Iterator[torch.Tensor]:
+    """Sliding-window logits of the image and, when ``tta``, of its 7 other axis mirrorings, each flipped back.
 
     Args:
         window_options: Passed on to :func:`sliding_window_logits`.
     """
-    mirrorings = [()] if not tta else [axes for r in range(4) for axes in itertools.combinations((1, 2, 3), r)]
-    total = None
-    for axes in mirrorings:
+    for axes in MIRRORINGS if tta else ((),):
         flipped = image.flip(axes) if axes else image
         logits = sliding_window_logits(model, flipped, patch_size, **window_options)
-        logits = logits.flip(axes) if axes else logits
+        yield logits.flip(axes) if axes else logits
+
+
+def predict_logits(model: nn.Module, image: torch.Tensor, patch_size: tuple[int, int, int], tta: bool = False, **window_options) -> torch.Tensor:
+    """Sliding-window logits, averaged over the 8 axis mirrorings when ``tta``."""
+    total, count = None, 0
+    for logits in mirrored_logits(model, image, patch_size, tta, **window_options):
         total = logits if total is None else total + logits
-    return total / len(mirrorings)
+        count += 1
+    return total / count

@@ -24,8 +24,9 @@ import torchio as tio
 from scipy import ndimage
 
 from heartseg.checkpoint import ModelPlan, load_checkpoint
-from heartseg.data import Preprocessing, image_subject, load_nifti, read_label
+from heartseg.data import Preprocessing, case_id_from_path, image_subject, load_nifti, read_label
 from heartseg.devices import mixed_precision_dtype, select_device
+from heartseg.distributed import local_device
 from heartseg.errors import UserError
 from heartseg.export import Network, is_exported, load_exported
 from heartseg.files import atomic_write_text, write_rows_csv
@@ -33,10 +34,11 @@ from heartseg.inference import (
     DEFAULT_BLENDING,
     DEFAULT_OVERLAP,
     DEFAULT_WINDOW_BATCH,
-    predict_logits,
+    mirrored_logits,
     probabilities_to_labels,
 )
 from heartseg.metrics import case_metrics
+from heartseg.qc import intensity_quantiles, mean_pairwise_dice
 from heartseg.validation import CaseCheck
 from mymodel import UNet3D
 
@@ -49,6 +51,25 @@ MIRRORING_TTA = True
 
 
 @dataclass(frozen=True)
+class LoadedCase:
+    """A scan read and preprocessed for each model: what a background worker prepares while the last case predicts."""
+
+    path: Path
+    nifti: nib.Nifti1Image
+    preprocessed: dict[Preprocessing, tio.Subject]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A mask and probabilities ``(C, X, Y, Z)`` in the input's grid, and what :mod:`heartseg.qc` measures from prediction."""
+
+    mask: np.ndarray
+    probabilities: np.ndarray
+    nifti: nib.Nifti1Image
+    signals: dict
+
+
+@dataclass(frozen=True)
 class TrainedModel:
     """One model's network, with the preprocessing and patch size it was trained with."""
 
@@ -58,6 +79,7 @@ class TrainedModel:
     patch_size: tuple[int, int, int]
     labels: dict[str, str]
     channels: int
+    training_cases: dict  # heartseg.qc.summarise_training_cases at training; empty for older checkpoints
 
 
 def load_network(checkpoint: Path, device: torch.device) -> tuple[UNet3D, ModelPlan]:
@@ -83,6 +105,7 @@ def load_trained_model(path: Path, device: torch.device) -> TrainedModel:
         patch_size=plan.patch_size,
         labels=plan.labels,
         channels=plan.channels,
+        training_cases=plan.training_cases,
     )
 
 
@@ -111,13 +134,14 @@ class Predictor:
     def __init__(self, checkpoints: Path | Sequence[Path], device: str = 'auto', batch_size: int = DEFAULT_WINDOW_BATCH,
                  overlap: float = DEFAULT_OVERLAP, blending: str = DEFAULT_BLENDING, tta: bool = MIRRORING_TTA,
                  keep_largest: bool = True):
-        self.device = select_device(device)
+        self.device = local_device(select_device(device))  # under torchrun, this process's own GPU
         paths = [checkpoints] if isinstance(checkpoints, Path) else list(checkpoints)
         self.models = [load_trained_model(path, self.device) for path in paths]
         check_ensemble(self.models)
         self.labels = self.models[0].labels
         self.foreground_labels = tuple(sorted(int(v) for v in self.labels if int(v) != 0))
         self.channels = self.models[0].channels
+        self.training_cases = self.models[0].training_cases
         self.window_options = {
             'overlap': overlap, 'batch_size': batch_size, 'blending': blending,
             'device': self.device, 'amp_dtype': mixed_precision_dtype(self.device),
@@ -125,39 +149,78 @@ class Predictor:
         self.tta = tta
         self.keep_largest = keep_largest
 
-    def input_grid_logits(self, path: Path, nifti: nib.Nifti1Image) -> Iterator[torch.Tensor]:
-        """Each model's logits ``(C, X, Y, Z)``, resampled linearly onto the input's voxel grid."""
+    def load(self, path: Path) -> LoadedCase:
+        """Read a scan and preprocess it as each model was trained (once per distinct preprocessing)."""
+        nifti = load_nifti(path)
         preprocessed: dict[Preprocessing, tio.Subject] = {}  # folds of one run share their preprocessing
         for model in self.models:
             if model.preprocessing not in preprocessed:
                 preprocessed[model.preprocessing] = model.preprocessing(image_subject(path, nifti, self.channels))
-            image = preprocessed[model.preprocessing]['image']
-            logits = predict_logits(model.network, image.data, model.patch_size, tta=self.tta, **self.window_options)
-            yield back_to_input_grid(logits, image.affine, nifti)
+        return LoadedCase(path, nifti, preprocessed)
+
+    def model_logits(self, model: TrainedModel, image: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """One model's (TTA-averaged) logits in its own grid, and the agreement of its mirrored predictions."""
+        total, masks = None, []
+        for logits in mirrored_logits(model.network, image, model.patch_size, tta=self.tta, **self.window_options):
+            total = logits if total is None else total + logits
+            masks.append(logits > 0)
+        return total / len(masks), mean_pairwise_dice(torch.stack(masks))
+
+    def input_grid_logits(self, case: LoadedCase, tta_agreements: list[float]) -> Iterator[torch.Tensor]:
+        """Each model's logits ``(C, X, Y, Z)``, resampled linearly onto the input's voxel grid; each model's TTA agreement is appended."""
+        for model in self.models:
+            image = case.preprocessed[model.preprocessing]['image']
+            logits, agreement = self.model_logits(model, image.data)
+            tta_agreements.append(agreement)
+            yield back_to_input_grid(logits, image.affine, case.nifti)
+
+    def predict_loaded(self, case: LoadedCase) -> Prediction:
+        """Predict a loaded case: the ensemble's probabilities and mask in the input grid, and the signals QC reads."""
+        tta_agreements: list[float] = []
+        model_masks: list[torch.Tensor] = []
+        probabilities = ensemble_probabilities(self.input_grid_logits(case, tta_agreements), model_masks)
+        mask, components, removed_voxels = self.mask_and_components(probabilities)
+        signals = {
+            'tta_agreement': float(np.mean(tta_agreements)),
+            'model_agreement': mean_pairwise_dice(torch.stack(model_masks)),
+            'components': components,
+            'removed_voxels': removed_voxels,
+            'intensity_quantiles': intensity_quantiles(case.preprocessed[self.models[0].preprocessing]['image'].data),
+        }
+        return Prediction(mask, probabilities.numpy(), case.nifti, signals)
 
     def predict(self, path: Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Image]:
         """Return the uint8 mask and per-class probabilities in the input's grid, and the input."""
-        nifti = load_nifti(path)
-        probabilities = ensemble_probabilities(self.input_grid_logits(path, nifti))
-        return self.mask(probabilities), probabilities.numpy(), nifti
+        prediction = self.predict_loaded(self.load(path))
+        return prediction.mask, prediction.probabilities, prediction.nifti
 
     def mask(self, probabilities: torch.Tensor) -> np.ndarray:
         """Threshold per-class probabilities into a label map, keeping the largest component if asked."""
-        mask = probabilities_to_labels(probabilities, self.foreground_labels).numpy()
-        return keep_largest_components(mask, self.foreground_labels) if self.keep_largest else mask
+        return self.mask_and_components(probabilities)[0]
+
+    def mask_and_components(self, probabilities: torch.Tensor) -> tuple[np.ndarray, int, int]:
+        """The mask, the number of connected components before keep-largest, and how many voxels keep-largest removed."""
+        thresholded = probabilities_to_labels(probabilities, self.foreground_labels).numpy()
+        mask, components = largest_components(thresholded, self.foreground_labels, self.keep_largest)
+        return mask, components, int((thresholded > 0).sum() - (mask > 0).sum())
 
 
-def ensemble_probabilities(input_grid_logits: Iterable[torch.Tensor]) -> torch.Tensor:
+def ensemble_probabilities(input_grid_logits: Iterable[torch.Tensor], member_masks: list[torch.Tensor] | None = None) -> torch.Tensor:
     """The models' mean probability (nnU-Net's ensembling); one model's is the sigmoid of its logits.
 
     The logits are resampled to the input grid before the sigmoid, as in nnU-Net:
     a probability saturates within a voxel of the boundary, so interpolating it
     puts the 0.5 crossing halfway between voxel centres, while the logits' zero
     crossing keeps the boundary's sub-voxel position.
+
+    Args:
+        member_masks: If given, each model's own thresholded mask is appended to it.
     """
     total, count = None, 0
     for logits in input_grid_logits:
         probabilities = torch.sigmoid(logits)
+        if member_masks is not None:
+            member_masks.append(probabilities > 0.5)
         total = probabilities if total is None else total.add_(probabilities)
         count += 1
     return total / count
@@ -171,21 +234,36 @@ def back_to_input_grid(volume: torch.Tensor, affine: np.ndarray, nifti: nib.Nift
 
 def keep_largest_components(mask: np.ndarray, foreground_labels: tuple[int, ...]) -> np.ndarray:
     """Keep only the largest 26-connected component of each label."""
-    result = mask.copy()
+    return largest_components(mask, foreground_labels)[0]
+
+
+def largest_components(mask: np.ndarray, foreground_labels: tuple[int, ...], keep_largest: bool = True) -> tuple[np.ndarray, int]:
+    """The mask with only each label's largest 26-connected component (if ``keep_largest``), and the number of components it had."""
+    result, total = mask.copy(), 0
     for value in foreground_labels:
         components, count = ndimage.label(mask == value, structure=np.ones((3, 3, 3)))
-        if count > 1:
+        total += count
+        if count > 1 and keep_largest:
             sizes = np.bincount(components.ravel())[1:]
             result[(components > 0) & (components != 1 + int(np.argmax(sizes)))] = 0
-    return result
+    return result, total
 
 
 def evaluate_case(case_id: str, mask: np.ndarray, nifti: nib.Nifti1Image, label_path: Path,
                   labels: dict[str, str], image_path: Path) -> list[dict]:
     """Per-class metrics of one predicted mask against its reference label file."""
+    return score_case(case_id, mask, read_reference(label_path, nifti, labels, image_path), nifti, labels)
+
+
+def read_reference(label_path: Path, nifti: nib.Nifti1Image, labels: dict[str, str], image_path: Path) -> np.ndarray:
+    """A reference label map, checked to lie in the scan's grid and to hold only the model's label values."""
     label_nifti = load_nifti(label_path)
-    CaseCheck(case_id, strict=True).same_grid(image_path, nifti, label_path, label_nifti)
-    reference = read_label(label_path, label_nifti, [int(value) for value in labels])[0]
+    CaseCheck(case_id_from_path(image_path), strict=True).same_grid(image_path, nifti, label_path, label_nifti)
+    return read_label(label_path, label_nifti, [int(value) for value in labels])[0]
+
+
+def score_case(case_id: str, mask: np.ndarray, reference: np.ndarray, nifti: nib.Nifti1Image, labels: dict[str, str]) -> list[dict]:
+    """Per-class metrics of one predicted mask against its reference, both in the grid of ``nifti``."""
     spacing = tuple(float(z) for z in nib.affines.voxel_sizes(nifti.affine))  # the mask's grid is the affine's
     rows = []
     for value, name in sorted((int(k), v) for k, v in labels.items()):
@@ -215,15 +293,16 @@ def summarise(rows: list[dict]) -> dict:
     return summary
 
 
-def write_evaluation(rows: list[dict], output: Path) -> str:
-    """Write metrics.csv and summary.json; return a printable table."""
+def write_evaluation(rows: list[dict], output: Path, extra: dict | None = None) -> str:
+    """Write metrics.csv and summary.json (plus ``extra``'s keys); return a printable table."""
     write_rows_csv(output / 'metrics.csv', rows)
-    summary = summarise(rows)
+    per_label = summarise(rows)
+    summary = {**per_label, **(extra or {})}
     atomic_write_text(output / 'summary.json', json.dumps(summary, indent=2))
     lines = [f'{"case":<28}{"label":>6}' + ''.join(f'{m:>14}' for m in METRIC_NAMES)]
     for row in rows:
         lines.append(f'{row["case"]:<28}{row["label"]:>6}' + ''.join(f'{row[m]:>14.4f}' for m in METRIC_NAMES))
-    for value, stats in summary.items():
+    for value, stats in per_label.items():
         means = ''.join(f'{_format(stats[m]["mean"]):>14}' for m in METRIC_NAMES)
         stds = ''.join(f'{_format(stats[m]["std"]):>14}' for m in METRIC_NAMES)
         counts = ''.join(f'{str(stats[m]["count"]) + " of " + str(stats["cases"]):>14}' for m in METRIC_NAMES)

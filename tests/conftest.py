@@ -55,7 +55,7 @@ def trained(small_dataset_template, tmp_path_factory) -> Path:
     """A tiny model trained for a few seconds on the small dataset; returns its best.pt."""
     run_dir = tmp_path_factory.mktemp('trained') / 'run'
     argv = ['--data', str(small_dataset_template), '--run-dir', str(run_dir), '--cache-dir', str(run_dir.parent / 'cache'),
-            '--epochs', '3', '--steps-per-epoch', '20', '--levels', '2', '--base-channels', '8',
+            '--epochs', '5', '--steps-per-epoch', '30', '--levels', '2', '--base-channels', '8',
             '--patch-size', '32', '32', '16', '--lr', '0.01']
     assert run_cli(train_main, argv) == 0
     return run_dir / 'best.pt'

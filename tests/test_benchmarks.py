@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import SimpleITK as sitk
+import numpy as np
+import pytest
 import torch
 
 from benchmarks import benchmark, dataset_subset
@@ -70,3 +72,32 @@ def test_a_missing_images_folder_or_monai_is_one_line(trained, small_dataset, tm
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 1 and 'pip install -r requirements-bench.txt' in errors[0], errors
     assert torch.is_grad_enabled(), 'a benchmark must not leave grad mode off for what runs next'
+
+
+def test_every_damaged_copy_keeps_its_label_on_the_image_s_grid():
+    import torchio as tio
+
+    from benchmarks.degraded_set import DAMAGES, variants
+
+    image = torch.rand(1, 24, 20, 16) * 100
+    label = torch.zeros(1, 24, 20, 16, dtype=torch.uint8)
+    label[0, 6:18, 5:15, 3:13] = 1
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    subject = tio.Subject(image=tio.ScalarImage(tensor=image, affine=affine), label=tio.LabelMap(tensor=label, affine=affine))
+    damaged = dict(variants(subject, 'case'))
+    assert len(damaged) == 1 + sum(len(strengths) for _, strengths in DAMAGES.values())
+    for name, copy in damaged.items():
+        assert copy['image'].shape == copy['label'].shape and np.allclose(copy['image'].affine, copy['label'].affine), name
+        assert copy['label'].data.any(), f'{name} lost the structure'
+    assert damaged['case__slices2']['image'].spacing[2] == pytest.approx(5.0)
+    assert damaged['case__fov2']['label'].data.any(dim=(0, 1, 2)).sum() == 10 - 4, 'the cut removes 40 % of the extent'
+    assert not torch.equal(damaged['case__noise1']['image'].data, image)
+
+
+def test_the_risk_coverage_area_orders_oracle_below_random_and_auroc_is_one_for_a_perfect_score():
+    from benchmarks.qc_fit import auroc, aurc
+
+    true = np.array([0.95, 0.9, 0.5, 0.2])
+    risk = 1 - true
+    assert aurc(true, risk) < risk.mean() < aurc(-true, risk)
+    assert auroc(true, true < 0.8) == 1.0 and auroc(-true, true < 0.8) == 0.0
