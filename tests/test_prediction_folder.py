@@ -104,3 +104,15 @@ def test_two_torchrun_processes_write_what_one_process_writes(trained, small_dat
             except ValueError:
                 assert first[key] == second[key], key
     assert (tmp_path / 'two' / 'review.html').is_file()
+
+
+def test_prefetching_the_next_case_changes_no_mask(trained, small_dataset_template, tmp_path):
+    folder = scans(small_dataset_template, tmp_path / 'scans')
+    (folder / 'broken.nii.gz').write_bytes(b'not a nifti')  # a failed load still reaches the case it belongs to
+    for name in ('plain', 'prefetched'):
+        flags = ['--prefetch'] if name == 'prefetched' else ['--no-prefetch']
+        assert run_cli(predict_main, [*arguments(trained, folder, tmp_path / name), *flags]) != 0
+    for case in CASES:
+        plain, prefetched = (np.asarray(nib.load(tmp_path / name / f'{case}.nii.gz').dataobj) for name in ('plain', 'prefetched'))
+        assert np.array_equal(plain, prefetched), case
+    assert qc_cases(tmp_path / 'prefetched') == ['broken', *CASES]
