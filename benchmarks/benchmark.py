@@ -356,19 +356,17 @@ def qc_benchmark(args: argparse.Namespace) -> dict:
     Every variant predicts the same cases into a fresh folder, in turn within each
     repeat, so drift on a shared machine hits all alike.
     """
-    import os
     from contextlib import redirect_stdout
     from io import StringIO
 
     import predict
 
-    os.environ['TQDM_DISABLE'] = '1'
     images = sorted(p for p in args.images.iterdir() if p.name.endswith(NIFTI_SUFFIXES))[: args.cases] if args.images.is_dir() else []
     if not images:
         raise UserError(args.images, 'not a folder of NIfTI scans')
     folder = Path(tempfile.mkdtemp())
+    (folder / 'in').mkdir()
     for image in images:
-        (folder / 'in').mkdir(exist_ok=True)
         (folder / 'in' / image.name).symlink_to(image.resolve())
     result: dict = {'cases': len(images), 'device': _device_name(select_device(args.device))}
     for tta in ('--tta', '--no-tta'):
