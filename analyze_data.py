@@ -1,4 +1,4 @@
-"""Analyse an MSD-layout dataset: per-case statistics, a training plan and integrity problems.
+"""Analyse a dataset (MSD or nnU-Net v2 layout): per-case statistics, a training plan and integrity problems.
 
 Checks each case's header first and reads its voxels once, only for the
 statistics, in parallel worker processes. Then it prints a report and writes
@@ -23,7 +23,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from heartseg.analysis import analyze_cases, attach_problems, duplicate_problems, read_test_cases, spacing_outliers, unique_tasks
+from heartseg.analysis import analyze_cases, attach_problems, duplicate_problems, spacing_outliers, unique_tasks
 from heartseg.analysis_files import write_figures, write_tables
 from heartseg.analysis_report import format_report, summarise
 from heartseg.cli import Parser, integer
@@ -45,7 +45,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 def build_parser() -> argparse.ArgumentParser:
     summary, _, rest = __doc__.partition('\n\n')
     parser = Parser(description=summary, epilog=rest.replace('``', ''), formatter_class=_HelpFormatter)
-    parser.add_argument('data_dir', type=Path, metavar='DATA_DIR', help='MSD-layout dataset folder: dataset.json, imagesTr/, labelsTr/ and optional imagesTs/')
+    parser.add_argument('data_dir', type=Path, metavar='DATA_DIR', help='dataset folder, MSD or nnU-Net v2 raw layout: dataset.json, imagesTr/, labelsTr/ and optional imagesTs/')
     parser.add_argument('--output', type=Path, help=f'folder for the report, fingerprint.json, cases.csv and figures (default: DATA_DIR/{DEFAULT_OUTPUT_NAME})')
     parser.add_argument('--workers', type=integer(1), default=2, help='worker processes that read cases in parallel')
     return parser
@@ -67,7 +67,7 @@ def prepare_output(output: Path | None, data_dir: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     spec = read_dataset(args.data_dir, allow_duplicates=True)
-    entries = [('training', case) for case in spec.cases] + [('test', case) for case in read_test_cases(args.data_dir)]
+    entries = [('training', case) for case in spec.cases] + [('test', case) for case in spec.test_cases]
     output = prepare_output(args.output, args.data_dir)
     results = analyze_cases(unique_tasks(entries, spec), args.workers)
     attach_problems(results, duplicate_problems(entries, args.data_dir))

@@ -1,7 +1,7 @@
 """Export a trained model to ONNX or TorchScript, to deploy it outside this code.
 
 The output's suffix picks the format: .onnx is ONNX (opset 18, dynamic batch
-and spatial axes, which must be multiples of 2**levels), .pt or .ts is traced
+and spatial axes, each a multiple of its total pooling), .pt or .ts is traced
 TorchScript. The deep-supervision heads are left out. The file carries the
 model plan (spacing, patch size, labels, input channels, normalisation), so
 ``predict.py --checkpoint FILE`` runs it exactly as it runs the checkpoint. A

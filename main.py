@@ -1,4 +1,4 @@
-"""Train a 3D U-Net on Task02_Heart or any MSD-layout dataset.
+"""Train a 3D U-Net on Task02_Heart or any MSD or nnU-Net v2 dataset.
 
 With no ``--data`` and no ``./data/Task02_Heart`` it writes a built-in
 synthetic dataset under ``./data/`` and trains on it with a short CPU
@@ -8,6 +8,8 @@ Example:
     python main.py --data ../shared/data/LA2018 --run-dir runs/la --time-limit 30
     python main.py --resume runs/la --epochs 200
     python main.py --data ../shared/data/LA2018 --folds 5 --run-dir runs/cv --time-limit 60
+    python main.py --data Dataset002_Heart --splits splits_final.json --folds 5 --fold 0 --run-dir runs/cv/fold_0
+    python main.py --score-folds runs/cv
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import torchio as tio
 
 from heartseg import crossval, distributed
 from heartseg.augmentation import PLACES, STRENGTHS
-from heartseg.checkpoint import load_checkpoint
 from heartseg.cli import Parser, integer, number
 from heartseg.config import (
     DEFAULT_LENGTH_VALIDATIONS,
@@ -46,7 +47,6 @@ from heartseg.data import (
     preprocess_cases,
     read_dataset,
     read_header,
-    split_cases,
 )
 from heartseg.devices import mixed_precision_dtype, select_device
 from heartseg.download import TASK02_FOLDER, TASK02_URL, download_task02
@@ -54,9 +54,11 @@ from heartseg.errors import EXIT_INTERRUPTED, UserError, run_cli
 from heartseg.files import atomic_write_text, ensure_writable_dir
 from heartseg.fingerprint import CaseHeader, resampled_shape, spacing_and_patch_for_device
 from heartseg.losses import LOSSES
+from heartseg.outputs import KINDS, planned_kind
 from heartseg.schedule import VALIDATION_SHARE
+from heartseg.splits import Split, read_splits_file, split_cases
 from heartseg.synthetic import write_synthetic_dataset
-from mymodel import NORMS
+from mymodel import NORMS, isotropic_pooling, total_pooling
 from training import create_trainer
 
 DATA_ROOT = Path('data')
@@ -64,6 +66,7 @@ SYNTHETIC_FOLDER = 'SyntheticHeart'
 MAX_SEED = 2**32 - 1  # what every library's generator takes
 MAX_TIME_LIMIT_MINUTES = 366 * 24 * 60  # a year; larger budgets overflow the schedule's arithmetic
 MAX_RESAMPLED_VOXELS = 2**30  # 4 GiB as float32; the largest LA2018 case has 3.2 million voxels at 0.625 mm
+POOLINGS = ('per-axis', 'isotropic')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog='Flags left out take defaults planned from the dataset and device; the plan is printed at start.',
     )
     data = parser.add_argument_group('data')
-    data.add_argument('--data', type=Path, help=f'MSD-layout dataset folder (dataset.json, imagesTr/, labelsTr/). Default: ./data/{TASK02_FOLDER} if present, else the built-in synthetic dataset')
+    data.add_argument('--data', type=Path, help=f'dataset folder: MSD (dataset.json, imagesTr/, labelsTr/) or nnU-Net v2 raw (Dataset002_Heart/). Default: ./data/{TASK02_FOLDER} if present, else the built-in synthetic dataset')
     data.add_argument('--download', action='store_true', help='download Task02_Heart into ./data/ first, then train on it')
     data.add_argument('--download-url', default=TASK02_URL, help='mirror to download Task02_Heart from, http(s):// or file:// (default: %(default)s)')
     data.add_argument('--cache-dir', type=Path, default=Path('cache'), help='where preprocessed volumes are cached (default: %(default)s)')
@@ -80,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument('--val-fraction', type=number(0, below=1), default=None, help=f'fraction of cases held out for validation (default {RunConfig.val_fraction}); 0 trains on every case with no validation, and best.pt is the final model')
     data.add_argument('--folds', type=integer(2), default=None, help='K-fold cross-validation (K >= 2, overrides --val-fraction): without --fold, trains every fold in turn into RUN_DIR/fold_0..K-1, then scores all cases out of fold into RUN_DIR/crossval.csv and crossval.json')
     data.add_argument('--fold', type=integer(0), default=None, help='train only fold I (0..K-1) of --folds K')
+    data.add_argument('--splits', type=Path, default=None, help="folds from a file: nnU-Net's splits_final.json (a list of {train, val}) or a splits.json (one {training, validation} or a list); --folds defaults to its number of folds")
+    data.add_argument('--group-by-prefix', action='store_true', default=None, help='seeded splits keep the cases of one patient together: those whose ids agree up to the last "_" (ACDC\'s patient001_frame01 and patient001_frame12)')
     data.add_argument('--split-seed', type=integer(0, MAX_SEED), default=None, help='seed of the training/validation split (default: --seed); fix it to compare training seeds on one split')
     data.add_argument('--max-cases', type=integer(1), default=None, help='use only the first N cases (quick runs)')
 
@@ -87,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument('--levels', type=integer(1), default=None, help=f'encoder levels above the bridge (default {RunConfig.levels}; the seed used 2)')
     model.add_argument('--base-channels', type=integer(1), default=None, help=f'channels of the first level (default {_by_device("base_channels")}; the seed used 8)')
     model.add_argument('--norm', choices=NORMS, default=None, help=f'normalisation layer (default {RunConfig.norm}; the seed used batch)')
+    model.add_argument('--output', choices=KINDS, default=None, help='output channels: softmax over background and mutually exclusive structures (cross-entropy + Dice, arg max), or one sigmoid per structure (default: softmax for several structures, sigmoid for one or for nnU-Net v2 regions)')
+    model.add_argument('--pooling', choices=POOLINGS, default=POOLINGS[0], help='per-axis: no pooling, and kernel 1, along an axis while its spacing is over twice the finest (nnU-Net\'s plan for thick slices); isotropic: 2x2x2 at every level (default: %(default)s; the same network on isotropic data)')
     model.add_argument('--deep-supervision', action=argparse.BooleanOptionalAction, default=None, help=f'nnU-Net deep supervision: extra loss terms on the decoder at 1/2 to 1/2**(levels-2) resolution; a 2-level net has none (default {_on(RunConfig.deep_supervision)})')
 
     train = parser.add_argument_group('training')
@@ -105,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group('run')
     run.add_argument('--run-dir', type=Path, help='run folder for config, checkpoints and logs (default runs/<timestamp>)')
     run.add_argument('--resume', type=Path, metavar='RUN_DIR', help='continue a run from RUN_DIR/last.pt (from epoch 0 with its config.json if it stopped before its first checkpoint)')
+    run.add_argument('--score-folds', type=Path, metavar='RUN_DIR', help='score and pool folds trained apart (each with --folds K --fold I --run-dir RUN_DIR/fold_I): predicts the validation cases of every fold not yet scored, then writes RUN_DIR/crossval.csv and crossval.json; trains nothing')
     run.add_argument('--device', default=None, help='auto, cpu, cuda, cuda:N or mps (default auto: cuda > mps > cpu)')
     run.add_argument('--amp', action=argparse.BooleanOptionalAction, default=None, help=f'mixed precision: bf16 (fp16 on older GPUs) on CUDA and on CPUs with native bf16 instructions (default {_on(RunConfig.amp)})')
     run.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None, help=f'channels_last_3d memory format for the network (default {_by_device("channels_last")})')
@@ -135,7 +143,7 @@ def explicit_settings(args: argparse.Namespace) -> dict:
     for flag, value in vars(args).items():
         setting = FLAG_TO_SETTING.get(flag, flag)
         if value is not None and setting in names and setting not in ('data', 'run_dir', 'cache_dir'):
-            given[setting] = tuple(value) if isinstance(value, list) else value
+            given[setting] = tuple(value) if isinstance(value, list) else str(value) if isinstance(value, Path) else value
     spacing = given.get('target_spacing')
     if spacing is not None and len(spacing) not in (1, 3):
         raise UserError('--spacing', f'{list(spacing)} is not allowed: give one value (isotropic) or three, in mm')
@@ -156,7 +164,7 @@ def resolve_data_root(args: argparse.Namespace) -> tuple[Path, bool]:
     print(
         f'NOTICE: no --data given and no ./data/{TASK02_FOLDER}; training on the built-in SYNTHETIC dataset '
         f'in {synthetic}/.\n        For real data, run `python main.py --download` (Task02_Heart) or '
-        '`python main.py --data PATH` with any MSD-layout folder.'
+        '`python main.py --data PATH` with any MSD or nnU-Net v2 folder.'
     )
     if not (synthetic / 'dataset.json').is_file():
         write_synthetic_dataset(synthetic)
@@ -171,7 +179,8 @@ def configure_run(args: argparse.Namespace, spec: DatasetSpec, synthetic: bool) 
     cases = cases_in_use(spec, given)
     headers = [read_header(case, spec) for case in cases]
     levels = given.get('levels', RunConfig.levels)
-    spacing, patch = spacing_and_patch_for_device(headers, device.type, levels, given.get('target_spacing'))
+    spacing, patch, network = spacing_and_patch_for_device(headers, device.type, levels, given.get('target_spacing'),
+                                                           per_axis=args.pooling == 'per-axis')
     check_resampled_sizes(headers, spacing)
     config = RunConfig(
         data=str(spec.root.resolve()),  # absolute: --resume may run from another folder
@@ -184,10 +193,19 @@ def configure_run(args: argparse.Namespace, spec: DatasetSpec, synthetic: bool) 
         num_workers=min(defaults.num_workers, max(0, (os.cpu_count() or 1) // distributed.world_size() - 1)),
         labels={str(k): v for k, v in spec.labels.items()},
         modalities={str(k): v for k, v in spec.modalities.items()},
+        regions=[dict(region) for region in spec.regions],
+        output=planned_kind([r['values'] for r in spec.regions] or [[v] for v in spec.foreground_labels]),
+        pool_sizes=network.pool_sizes,
+        kernel_sizes=network.kernel_sizes,
         **(SYNTHETIC_SCHEDULE if synthetic else {}),
     )
     for setting, value in given.items():
         setattr(config, setting, value)
+    if spec.regions and config.output == 'softmax':
+        raise UserError('--output', f'softmax needs mutually exclusive structures; {spec.root / "dataset.json"} declares overlapping regions, which take sigmoid channels')
+    if config.splits:
+        config.splits = str(Path(config.splits).resolve())  # absolute: --resume may run from another folder
+        config.folds = folds_in_splits_file(config, cases, given.get('folds'))
     if config.time_limit:
         config.val_every = given.get('val_every', 0)  # 0: automatic, about a tenth of the time
         config.epochs = given.get('epochs', TIME_LIMITED_MAX_EPOCHS)
@@ -206,8 +224,24 @@ def default_epochs(config: RunConfig, training_cases: int) -> int:
 
 def training_cases(config: RunConfig, case_ids: list[str]) -> int:
     """How many of ``case_ids`` the split trains on (fold 0's, for a whole cross-validation)."""
-    split = split_cases(case_ids, config.data_split_seed, config.val_fraction, config.folds, config.fold or 0)
-    return len(split['training'])
+    return len(run_split(config, case_ids, config.fold or 0)['training'])
+
+
+def run_split(config: RunConfig, case_ids: list[str], fold: int | None) -> Split:
+    """The run's split of ``case_ids``: fold ``fold`` of the splits file, or the seeded split."""
+    if config.splits:
+        splits = read_splits_file(Path(config.splits), case_ids)
+        return splits[fold or 0]
+    return split_cases(case_ids, config.data_split_seed, config.val_fraction, config.folds, fold, config.group_by_prefix)
+
+
+def folds_in_splits_file(config: RunConfig, cases: tuple, given_folds: int | None) -> int:
+    """The folds of ``--splits`` (0 for a file of one split: a holdout); a different ``--folds`` is refused."""
+    in_file = len(read_splits_file(Path(config.splits), [case.case_id for case in cases]))
+    folds = in_file if in_file > 1 else 0
+    if given_folds is not None and given_folds != folds:
+        raise UserError('--folds', f'{given_folds} does not match {config.splits}, which holds {in_file} fold{"s" if in_file > 1 else ""}')
+    return folds
 
 
 def check_split(config: RunConfig, cases: int) -> None:
@@ -230,9 +264,9 @@ def check_resampled_sizes(headers: list[CaseHeader], spacing: tuple[float, float
 
 
 def check_patch_size(config: RunConfig) -> None:
-    divisor = 2**config.levels
-    if any(p % divisor for p in config.patch_size):
-        raise UserError('--patch-size', f'{list(config.patch_size)} must be divisible by 2**levels = {divisor}')
+    divisors = total_pooling(config.pool_sizes or isotropic_pooling(config.levels))
+    if any(p % d for p, d in zip(config.patch_size, divisors)):
+        raise UserError('--patch-size', f'{list(config.patch_size)} must be divisible per axis by {list(divisors)}, each axis\'s total pooling over {config.levels} levels')
 
 
 def cases_in_use(spec: DatasetSpec, given: dict) -> tuple:
@@ -265,10 +299,17 @@ def print_run_line(config: RunConfig, num_train: int, num_val: int) -> None:
     print(
         f'Plan: {num_train} training / {num_val} validation cases, spacing {config.target_spacing} mm, '
         f'patch {list(config.patch_size)}, U-Net levels={config.levels} base={config.base_channels} '
-        f'norm={config.norm}{" deep-supervision" if config.deep_supervision else ""}, loss {config.loss}, batch {config.batch_size}, '
+        f'norm={config.norm}{" deep-supervision" if config.deep_supervision else ""}{_pooling(config)}, '
+        f'{config.outputs.channels} {config.output} outputs, loss {config.loss}, batch {config.batch_size}, '
         + (f'epochs fitted to the time limit of {config.time_limit:g} min' if config.time_limit else _length(config, num_train))
         + f', {_precision(config)}'
     )
+
+
+def _pooling(config: RunConfig) -> str:
+    if config.pool_sizes is None:
+        return ''
+    return ' pooling ' + ','.join('x'.join(map(str, pool)) for pool in config.pool_sizes)
 
 
 def _length(config: RunConfig, num_train: int) -> str:
@@ -286,7 +327,7 @@ def prepare_subjects(config: RunConfig, spec: DatasetSpec, resuming: bool) -> di
     """Split, preprocess (validating every case) and write the run's config."""
     run_dir = Path(config.run_dir)
     cases = cases_in_use(spec, {'max_cases': config.max_cases})
-    split = split_cases([c.case_id for c in cases], config.data_split_seed, config.val_fraction, config.folds, config.fold)
+    split = run_split(config, [c.case_id for c in cases], config.fold)
     main_rank = distributed.is_main()
     if main_rank:
         print_run_line(config, len(split['training']), len(split['validation']))
@@ -330,6 +371,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(args: argparse.Namespace) -> int:
+    if args.score_folds is not None:
+        if distributed.is_main():
+            print(crossval.score_trained_folds(args.score_folds, args.device or 'auto'))
+            print(f'Done. Scores: {args.score_folds / "crossval.csv"}, {args.score_folds / "crossval.json"}.')
+        return 0
     started = time.perf_counter()
     # Rank 0 plans (and may download or write data); the other ranks take its plan.
     config, spec, created = distributed.broadcast(configure(args) if distributed.is_main() else None)
@@ -407,10 +453,7 @@ def cross_validate(config: RunConfig, spec: DatasetSpec, started: float, resumin
         if code:
             return code
         if distributed.is_main():
-            validation_ids = set(json.loads((fold_dir / 'splits.json').read_text())['validation'])
-            fold_cases = [case for case in spec.cases if case.case_id in validation_ids]
-            training_seconds = float(load_checkpoint(fold_dir / 'last.pt')['elapsed_seconds'])
-            crossval.score_fold(fold_dir, fold, fold_cases, config.device, training_seconds)
+            crossval.score_trained_fold(fold_dir, fold, list(spec.cases), config.device)
         distributed.barrier()
         started = time.perf_counter()
     if distributed.is_main():
@@ -436,7 +479,7 @@ def prepare_fold(config: RunConfig, spec: DatasetSpec, fold: int) -> tuple[RunCo
     if config.time_limit:
         spent, seconds_per_case = crossval.scored_seconds(Path(config.run_dir), config.folds)
         case_ids = [c.case_id for c in cases_in_use(spec, {'max_cases': config.max_cases})]
-        validation_cases = len(split_cases(case_ids, config.data_split_seed, folds=config.folds, fold=fold)['validation'])
+        validation_cases = len(run_split(config, case_ids, fold)['validation'])
         time_limit = crossval.fold_training_minutes(config.time_limit, fold, config.folds, spent, seconds_per_case, validation_cases)
     return replace(config, fold=fold, run_dir=str(fold_dir), time_limit=time_limit), False
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -40,6 +41,16 @@ def _activation(norm: str) -> nn.Module:
     return nn.ReLU(inplace=True) if norm == 'batch' else nn.LeakyReLU(0.01, inplace=True)
 
 
+def isotropic_pooling(levels: int) -> list[tuple[int, int, int]]:
+    """The default: 2 along every axis at every level."""
+    return [(2, 2, 2)] * levels
+
+
+def total_pooling(pool_sizes: Sequence[Sequence[int]]) -> tuple[int, int, int]:
+    """The product of every level's pooling, per axis: what each patch axis must be a multiple of."""
+    return tuple(math.prod(pool[axis] for pool in pool_sizes) for axis in range(3))
+
+
 def deep_supervision_heads(levels: int) -> int:
     """Extra logit heads under deep supervision: decoder stages 1/2 to 1/2**(levels - 2)."""
     # As in nnU-Net, the coarsest decoder stage stays unsupervised: too coarse to help.
@@ -47,14 +58,15 @@ def deep_supervision_heads(levels: int) -> int:
 
 
 class ConvBlock(nn.Sequential):
-    """Two 3x3x3 convolutions, each followed by normalisation and activation."""
+    """Two convolutions (3x3x3 unless ``kernel_size`` says otherwise per axis), each followed by normalisation and activation."""
 
-    def __init__(self, in_channels: int, out_channels: int, norm: str):
+    def __init__(self, in_channels: int, out_channels: int, norm: str, kernel_size: Sequence[int] = (3, 3, 3)):
+        kernel, padding = tuple(kernel_size), tuple(k // 2 for k in kernel_size)
         super().__init__(
-            nn.Conv3d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.Conv3d(in_channels, out_channels, kernel, padding=padding, bias=False),
             _norm(norm, out_channels),
             _activation(norm),
-            nn.Conv3d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.Conv3d(out_channels, out_channels, kernel, padding=padding, bias=False),
             _norm(norm, out_channels),
             _activation(norm),
         )
@@ -66,14 +78,26 @@ class UNet3D(nn.Module):
     Args:
         in_channels: Number of image channels.
         out_channels: Number of output logits, one per foreground class.
-        levels: Number of encoder stages above the bridge. Input sizes must be
-            divisible by ``2 ** levels``.
+        levels: Number of encoder stages above the bridge. Each input axis must
+            be divisible by its total pooling (:attr:`size_divisors`).
         base_channels: Channels of the first stage; each stage below doubles it.
         norm: ``'batch'`` (the seed) or ``'instance'`` (nnU-Net).
         deep_supervision: Add logit heads to the decoder stages at 1/2 to
             1/2**(levels - 2) resolution, as nnU-Net does. In training mode the
             forward pass then returns a list of logits, finest first; in eval
             mode it returns the full-resolution logits alone.
+        pool_sizes: Per level, the pooling (and transposed-convolution
+            stride) along each axis, as nnU-Net plans thick-slice data:
+            ``[(2, 2, 1), (2, 2, 2)]`` keeps the slices at the first level.
+            Default: 2 on every axis at every level.
+        kernel_sizes: Per stage (each level, then the bridge), the convolution
+            kernel along each axis; 1 along an axis too coarse to convolve
+            across. Default: 3 everywhere.
+
+    Example:
+        >>> thick = UNet3D(levels=2, pool_sizes=[(2, 2, 1), (2, 2, 2)], kernel_sizes=[(3, 3, 1), (3, 3, 3), (3, 3, 3)])
+        >>> thick.size_divisors, thick(torch.zeros(1, 1, 16, 16, 6)).shape
+        ((4, 4, 2), torch.Size([1, 1, 16, 16, 6]))
     """
 
     def __init__(
@@ -84,38 +108,51 @@ class UNet3D(nn.Module):
         base_channels: int = 8,
         norm: str = 'batch',
         deep_supervision: bool = False,
+        pool_sizes: Sequence[Sequence[int]] | None = None,
+        kernel_sizes: Sequence[Sequence[int]] | None = None,
     ):
         super().__init__()
         assert levels >= 1, f'levels must be at least 1, got {levels}'
         assert base_channels >= 1, f'base_channels must be positive, got {base_channels}'
         assert norm in NORMS, f'norm must be one of {NORMS}, got {norm!r}'
+        pools = [tuple(p) for p in pool_sizes] if pool_sizes is not None else isotropic_pooling(levels)
+        kernels = [tuple(k) for k in kernel_sizes] if kernel_sizes is not None else [(3, 3, 3)] * (levels + 1)
+        assert len(pools) == levels and all(len(p) == 3 and set(p) <= {1, 2} for p in pools), f'pool_sizes must give 1 or 2 per axis for each of the {levels} levels, got {pools}'
+        assert len(kernels) == levels + 1 and all(len(k) == 3 and set(k) <= {1, 3} for k in kernels), f'kernel_sizes must give 1 or 3 per axis for each of the {levels + 1} stages, got {kernels}'
         widths = [base_channels * 2**i for i in range(levels + 1)]
         self.levels = levels
+        self.pool_sizes = pools
         self.encoders = nn.ModuleList()
         previous = in_channels
-        for width in widths[:-1]:
-            self.encoders.append(ConvBlock(previous, width, norm))
+        for width, kernel in zip(widths[:-1], kernels):
+            self.encoders.append(ConvBlock(previous, width, norm, kernel))
             previous = width
-        self.pool = nn.MaxPool3d(2)
-        self.bridge = ConvBlock(widths[-2], widths[-1], norm)
+        # Pooling holds no weights, so the state dict is the same with or without per-axis pooling.
+        self.pools = nn.ModuleList(nn.MaxPool3d(pool) for pool in pools)
+        self.bridge = ConvBlock(widths[-2], widths[-1], norm, kernels[-1])
         self.upsamplers = nn.ModuleList()
         self.decoders = nn.ModuleList()
-        for deep, shallow in zip(widths[:0:-1], widths[-2::-1]):
-            self.upsamplers.append(nn.ConvTranspose3d(deep, shallow, 2, stride=2))
-            self.decoders.append(ConvBlock(2 * shallow, shallow, norm))
+        for deep, shallow, pool, kernel in zip(widths[:0:-1], widths[-2::-1], pools[::-1], kernels[-2::-1]):
+            self.upsamplers.append(nn.ConvTranspose3d(deep, shallow, pool, stride=pool))
+            self.decoders.append(ConvBlock(2 * shallow, shallow, norm, kernel))
         self.head = nn.Conv3d(widths[0], out_channels, 1)
         supervised = widths[1:1 + deep_supervision_heads(levels)] if deep_supervision else []
         self.deep_heads = nn.ModuleList(nn.Conv3d(width, out_channels, 1) for width in supervised)
         # Start from a small foreground prior (RetinaNet's trick): a random
         # half-foreground guess on a 2%-foreground volume swamps the Dice term
         # with false positives and stalls early training.
+        self.set_head_bias(torch.full((out_channels,), math.log(FOREGROUND_PRIOR / (1 - FOREGROUND_PRIOR))))
+
+    @torch.no_grad()
+    def set_head_bias(self, bias: torch.Tensor) -> None:
+        """Start every logit head at ``bias`` per channel (``heartseg.outputs.Outputs.initial_bias`` gives a softmax's)."""
         for head in [self.head, *self.deep_heads]:
-            nn.init.constant_(head.bias, math.log(FOREGROUND_PRIOR / (1 - FOREGROUND_PRIOR)))
+            head.bias.copy_(bias)
 
     @property
-    def size_divisor(self) -> int:
-        """Every spatial input size must be a multiple of this."""
-        return 2**self.levels
+    def size_divisors(self) -> tuple[int, int, int]:
+        """Each spatial input axis must be a multiple of its entry: the product of its pooling."""
+        return total_pooling(self.pool_sizes)
 
     def without_deep_supervision(self) -> UNet3D:
         """A copy without the deep-supervision heads: the network to deploy, with the same eval-mode output."""
@@ -133,15 +170,15 @@ class UNet3D(nn.Module):
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Return every stage's output: encoders, bridge, then decoders."""
-        divisor = self.size_divisor
-        assert all(s % divisor == 0 for s in x.shape[2:]), (
-            f'spatial size {tuple(x.shape[2:])} must be divisible by {divisor}'
+        divisors = self.size_divisors
+        assert all(s % d == 0 for s, d in zip(x.shape[2:], divisors)), (
+            f'spatial size {tuple(x.shape[2:])} must be divisible by {divisors} per axis'
         )
         skips = []
-        for encoder in self.encoders:
+        for encoder, pool in zip(self.encoders, self.pools):
             x = encoder(x)
             skips.append(x)
-            x = self.pool(x)
+            x = pool(x)
         x = self.bridge(x)
         stages = [*skips, x]
         for upsample, decoder, skip in zip(self.upsamplers, self.decoders, reversed(skips)):

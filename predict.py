@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from heartseg import distributed
@@ -58,6 +60,9 @@ OVERVIEW_HEIGHT = 360  # pixels of --png's pictures; the review page's thumbnail
 PREFETCH = False
 
 
+CHANNEL_SUFFIX = re.compile(r'_(\d{4})')
+
+
 @dataclass(frozen=True)
 class InputCase:
     case_id: str
@@ -74,20 +79,42 @@ class PredictionJob:
 
 
 def gather_inputs(source: Path, subset: str) -> list[InputCase]:
-    """Cases from one NIfTI file, a folder of them, or an MSD ``dataset.json``."""
+    """Cases from one NIfTI file, a folder of them, a dataset folder's test scans, or a ``dataset.json``'s training cases."""
     if subset != 'all' and source.name != 'dataset.json':
         raise UserError('--subset', f'{subset!r} selects cases of a dataset.json --input, not of {source}')
     if source.name == 'dataset.json':
         spec = read_dataset(source.parent)
         return [InputCase(c.case_id, c.image, c.label) for c in spec.cases]
+    if (source / 'dataset.json').is_file():
+        test_cases = read_dataset(source).test_cases
+        if not test_cases:
+            raise UserError(source, f'dataset holds no test scans (imagesTs/); to predict its training cases, give {source / "dataset.json"}')
+        return [InputCase(c.case_id, c.image) for c in test_cases]
     if source.is_dir():
         files = sorted(p for p in source.iterdir() if p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith('.'))
         if not files:
             raise UserError(source, 'folder holds no .nii or .nii.gz files')
-        return [InputCase(case_id_from_path(p), p) for p in files]
+        return [InputCase(case_id, p) for case_id, p in zip(folder_case_ids(files), files)]
     if not source.exists():
         raise UserError(source, 'input not found')
     return [InputCase(case_id_from_path(source), source)]
+
+
+def folder_case_ids(files: list[Path]) -> list[str]:
+    """Case ids of a folder's scans; nnU-Net's channel suffix ``_0000`` is dropped when every file has it, as nnU-Net names its outputs.
+
+    Example:
+        >>> folder_case_ids([Path('heart_001_0000.nii.gz'), Path('heart_002_0000.nii.gz')])
+        ['heart_001', 'heart_002']
+    """
+    names = [case_id_from_path(path) for path in files]
+    channels = [CHANNEL_SUFFIX.fullmatch(name[-5:]) for name in names]
+    if all(channels):
+        later = next((path for path, match in zip(files, channels) if match.group(1) != '0000'), None)
+        if later is not None:
+            raise UserError(later, 'a second channel file (nnU-Net naming <case>_0001); multi-channel nnU-Net v2 inputs are not supported yet')
+        return [name[:-5] for name in names]
+    return names
 
 
 def prediction_jobs(cases: list[InputCase], subset: str, checkpoint_paths: list[Path]) -> list[PredictionJob]:
@@ -126,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--checkpoint', type=Path, nargs='+', required=True,
                         help='a best.pt or last.pt written by main.py, a run folder (its best.pt), an ONNX or TorchScript '
                              "file written by export.py, or several: their ensemble. A cross-validation run folder means every fold's best.pt")
-    parser.add_argument('--input', type=Path, required=True, help='a .nii/.nii.gz scan, a folder of them, or an MSD dataset.json')
+    parser.add_argument('--input', type=Path, required=True, help="a .nii/.nii.gz scan, a folder of them (nnU-Net's <case>_0000 names give <case> masks), a dataset folder (its test scans, imagesTs/), or a dataset.json (its training cases, with their labels); MSD or nnU-Net v2 layout")
     parser.add_argument('--output', type=Path, required=True, help='folder for <case>.nii.gz masks (and metrics)')
     parser.add_argument('--subset', choices=('all', 'training', 'validation'), default='all',
                         help="with a dataset.json input: which cases of the checkpoint's run splits.json to predict "
@@ -169,7 +196,7 @@ def predict(args: argparse.Namespace) -> int:
     predictors = {id(job): Predictor(job.checkpoints, args.device, args.batch_size, args.overlap, args.blending, args.tta, args.keep_largest)
                   for job in {id(job): job for job, _ in mine}.values()}
     ensure_writable_dir(args.output)  # only once the models load: a refused ensemble leaves no folder behind
-    announce(len(cases), len(todo), predictors)
+    announce(len(cases), len(todo), predictors, args.qc)
     pairs = [(predictors[id(job)], case) for job, case in mine]
     loads = prefetched(pairs, lambda pair: pair[0].load(pair[1].image), args.prefetch)
     for (predictor, case), loading in tqdm(zip(pairs, loads), total=len(pairs), desc='Predicting', unit='case',
@@ -192,8 +219,8 @@ def predict(args: argparse.Namespace) -> int:
     return EXIT_USER_ERROR if failed else 0
 
 
-def announce(total: int, todo: int, predictors: dict) -> None:
-    """Say what this run will do: how many cases are left, over how many processes, by what ensemble."""
+def announce(total: int, todo: int, predictors: dict, qc: bool) -> None:
+    """Say what this run will do: how many cases are left, over how many processes, by what ensemble, and how far to trust QC."""
     if not distributed.is_main():
         return
     if todo < total:
@@ -203,6 +230,10 @@ def announce(total: int, todo: int, predictors: dict) -> None:
     models = max((len(p.models) for p in predictors.values()), default=1)
     if models > 1:
         print(f'Ensemble of {models} models: their probabilities are averaged in each input grid')
+    structures = max(len(p.outputs.structures) for p in predictors.values())
+    if qc and structures > 1:
+        print(f'Note: QC\'s predicted Dice and flags were fitted on one-structure masks; with {structures} structures '
+              'the agreement and confidence run lower, so treat the flags as uncalibrated')
 
 
 def prefetched(items: list, load, ahead: bool) -> Iterator[Future]:
@@ -259,7 +290,8 @@ def predict_case(predictor: Predictor, case: InputCase, loading: Future, folder:
     if reference is not None:
         record['metrics'] = score_case(case.case_id, mask, reference, nifti, predictor.labels)
     if args.qc:
-        measures = measure(mask, prediction.probabilities, nifti.affine, predictor.foreground_labels, prediction.signals, predictor.training_cases)
+        structures = predictor.outputs.structure_masks(torch.from_numpy(mask)).numpy()
+        measures = measure(mask, prediction.probabilities, nifti.affine, structures, prediction.signals, predictor.training_cases)
         record['qc'] = assess(measures).row(case.case_id)
         save_png(orthogonal_views(nifti, mask, reference), folder.thumbnail(case.case_id))
     record['status'] = 'ok'

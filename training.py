@@ -30,14 +30,13 @@ from heartseg.checkpoint import load_checkpoint, save_checkpoint
 from heartseg.config import RunConfig
 from heartseg.devices import mixed_precision_dtype, select_device
 from heartseg.errors import UserError
-from heartseg.inference import probabilities_to_labels, sliding_window_logits
+from heartseg.inference import sliding_window_logits
 from heartseg.loader_failures import reporting_worker_failures
 from heartseg.metrics import dice
 from heartseg.overlay import overlay_image
 from heartseg.qc import summarise_training_cases
 from heartseg.recipe import PatchLoader, Recipe, build_patch_loader, build_recipe
 from heartseg.run_log import EpochResult, append_metric_row, keep_metric_rows
-from heartseg.sampling import one_hot_foreground
 from heartseg.schedule import TimeBudget, fit_epochs_to_budget
 
 
@@ -249,19 +248,20 @@ class Trainer:
         self.model.eval()
         losses, dices = [], []
         self.overlay = None
+        outputs = self.config.outputs
         for subject in tqdm(self.val_subjects, desc='Validating', unit='case', leave=False, disable=not distributed.is_main()):
             logits = sliding_window_logits(
                 self.model, subject['image'].data, self.config.patch_size,
                 overlap=self.config.val_overlap, batch_size=self.config.batch_size,
                 device=self.device, amp_dtype=self.amp_dtype,
             )
-            target = one_hot_foreground(subject['label'].data, self.config.foreground_labels)
-            losses.append(float(self.recipe.loss(logits[None], target[None])))
-            prediction = probabilities_to_labels(torch.sigmoid(logits), self.config.foreground_labels)
+            losses.append(float(self.recipe.loss(logits[None], outputs.target(subject['label'].data)[None])))
+            prediction = outputs.label_map(outputs.probabilities(logits))
             reference = subject['label'].data[0]
-            dices += [dice((prediction == v).numpy(), (reference == v).numpy()) for v in self.config.foreground_labels]
+            pairs = zip(outputs.structure_masks(prediction), outputs.structure_masks(reference))
+            dices += [dice(predicted.numpy(), expected.numpy()) for predicted, expected in pairs]
             if self.overlay is None:
-                self.overlay = overlay_image(subject['image'].data[0], reference, prediction)
+                self.overlay = overlay_image(subject['image'].data[0], reference, prediction, outputs.paint_values)
         return float(np.mean(distributed.gather(losses))), float(np.mean(distributed.gather(dices)))
 
     def _refit_remaining_epochs(self, completed: int) -> None:

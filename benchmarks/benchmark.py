@@ -317,9 +317,10 @@ def ensemble_benchmark(args: argparse.Namespace) -> dict:
         loaded = ensemble.load(image)
         nifti = loaded.nifti
         logits = list(ensemble.input_grid_logits(loaded, []))
-        candidates = {f'model_{i}': torch.sigmoid(l) for i, l in enumerate(logits)}
-        candidates['mean_of_probabilities'] = ensemble_probabilities(logits)
-        candidates['mean_of_logits'] = torch.sigmoid(torch.stack(logits).mean(0))
+        outputs = ensemble.outputs
+        candidates = {f'model_{i}': outputs.probabilities(l) for i, l in enumerate(logits)}
+        candidates['mean_of_probabilities'] = ensemble_probabilities(logits, outputs)
+        candidates['mean_of_logits'] = outputs.probabilities(torch.stack(logits).mean(0))
         case_id = case_id_from_path(image)
         label = next(args.labels / f'{case_id}{s}' for s in NIFTI_SUFFIXES if (args.labels / f'{case_id}{s}').is_file())
         for name, probabilities in candidates.items():

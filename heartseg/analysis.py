@@ -13,7 +13,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import math
 import zlib
 from collections import Counter
@@ -26,7 +25,7 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from heartseg.data import Case, DatasetSpec, _resolve_inside, case_id_from_path
+from heartseg.data import Case, DatasetSpec
 from heartseg.errors import UserError
 from heartseg.fingerprint import CaseHeader, canonical_header
 from heartseg.validation import SPACING_OUTLIER_FACTOR, CaseCheck, Problem, channels_first
@@ -79,19 +78,6 @@ class CaseResult:
 
 # ---------------------------------------------------------------------------
 # Reading the case list
-
-
-def read_test_cases(root: Path) -> list[Case]:
-    """Test images from dataset.json ``"test"``, or else every file in ``imagesTs/``."""
-    json_path = root / 'dataset.json'
-    listed = json.loads(json_path.read_text()).get('test') or []
-    if not isinstance(listed, list):
-        raise UserError(json_path, f'"test" must be a list, got {type(listed).__name__}')
-    if not listed and (root / 'imagesTs').is_dir():
-        listed = sorted(p.relative_to(root).as_posix() for p in (root / 'imagesTs').glob('*.nii*'))
-    paths = [entry.get('image') if isinstance(entry, dict) else entry for entry in listed]
-    images = [_resolve_inside(root, path, json_path, 'test') for path in paths]
-    return [Case(case_id_from_path(image), image) for image in images]
 
 
 def duplicate_problems(entries: list[tuple[str, Case]], root: Path) -> list[Problem]:

@@ -22,13 +22,11 @@ from heartseg.fingerprint import (
     PATCH_VOXELS,
     fit_patch_size,
     median_resampled_shape,
+    plan_network,
     spacing_and_patch_for_device,
     suggest_target_spacing,
 )
 from heartseg.validation import Problem
-
-# main.py's default U-Net has 4 levels, so every patch axis must divide by 2**4.
-PATCH_DIVISOR = 2**DEFAULT_LEVELS
 
 
 def geometry_summary(results: list[CaseResult]) -> dict[str, Any] | None:
@@ -53,9 +51,10 @@ def plan_summary(results: list[CaseResult]) -> dict[str, Any] | None:
         return None
     target = suggest_target_spacing([h.spacing for h in headers])
     median_spacing = np.median([h.spacing for h in headers], axis=0)
-    cpu_spacing, cpu_patch = spacing_and_patch_for_device(headers, 'cpu')
+    cpu_spacing, cpu_patch, _ = spacing_and_patch_for_device(headers, 'cpu')
     median_shape = median_resampled_shape(headers, target)
-    patch = fit_patch_size(median_shape, PATCH_DIVISOR, PATCH_VOXELS['cpu'])
+    network = plan_network(target, DEFAULT_LEVELS)
+    patch = fit_patch_size(median_shape, network.divisors, PATCH_VOXELS['cpu'])
     # The same test suggest_target_spacing makes, repeated here only to explain it in the report.
     anisotropic = median_spacing.max() / median_spacing.min() > ANISOTROPY_THRESHOLD
     return {
@@ -65,11 +64,16 @@ def plan_summary(results: list[CaseResult]) -> dict[str, Any] | None:
         'median_resampled_shape': list(median_shape),
         'patch_size': list(patch),
         'patch_extent_mm': [p * s for p, s in zip(patch, target)],
-        'patch_divisor': PATCH_DIVISOR,
+        'patch_divisor': list(network.divisors),
+        'pool_sizes': network.pool_sizes,
         'patch_voxel_budget': PATCH_VOXELS['cpu'],
         'cpu_training_spacing': list(cpu_spacing),
         'cpu_training_patch_size': list(cpu_patch),
     }
+
+
+def _pooling(pool_sizes: list[list[int]] | None) -> str:
+    return ', '.join('x'.join(map(str, pool)) for pool in pool_sizes) if pool_sizes else '2x2x2 at every level'
 
 
 def intensity_summary(results: list[CaseResult]) -> dict[str, Any]:
@@ -182,9 +186,11 @@ def _plan_lines(plan: dict[str, Any] | None, extent: dict[str, list[float]] | No
         f'  target spacing {_vector(plan["target_spacing"])} mm: the median spacing per axis over training cases; '
         f'an axis more than {ANISOTROPY_THRESHOLD:g}x the finest would use its 10th percentile instead ({rule}).',
         f'  patch size {plan["patch_size"]} voxels = {_vector(plan["patch_extent_mm"])} mm: the median case shape after resampling, '
-        f'{_vector(plan["median_resampled_shape"])}, rounded down to multiples of {plan["patch_divisor"]} (a 4-level U-Net), '
-        f'then the longest axis shrunk by {plan["patch_divisor"]} until it fits main.py\'s CPU budget of {budget:,} voxels '
-        '(main.py may adjust for its device, e.g. a larger patch budget on a GPU).',
+        f'{_vector(plan["median_resampled_shape"])}, rounded down to multiples of {plan["patch_divisor"]} per axis '
+        f'(each axis\'s total pooling in a 4-level U-Net), then the longest axis shrunk by its multiple until it fits '
+        f'main.py\'s CPU budget of {budget:,} voxels (main.py may adjust for its device, e.g. a larger patch budget on a GPU).',
+        f'  network pooling per level: {_pooling(plan["pool_sizes"])} (an axis over twice the finest spacing is not pooled, '
+        'and its kernel is 1 there).',
         f'  main.py on a CPU trains at {_vector(plan["cpu_training_spacing"])} mm (no finer than {MIN_SPACING_MM["cpu"]:g} mm there) '
         f'with patch {plan["cpu_training_patch_size"]}.',
     ]

@@ -6,9 +6,10 @@ the run folder is its serialised form, with library versions and git commit.
 
 Example:
     >>> config = RunConfig(data='data/Task02_Heart', run_dir='runs/x', cache_dir='cache',
-    ...                    target_spacing=(1.25, 1.25, 1.25), patch_size=(64, 64, 48))
-    >>> config.network_kwargs()['levels']
-    4
+    ...                    target_spacing=(1.25, 1.25, 1.25), patch_size=(64, 64, 48),
+    ...                    labels={'0': 'background', '1': 'left atrium'})
+    >>> config.network_kwargs()['levels'], config.outputs.kind
+    (4, 'sigmoid')
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from heartseg.errors import UserError
 from heartseg.files import atomic_write_text
 from heartseg.fingerprint import DEFAULT_LEVELS
 from heartseg.inference import DEFAULT_OVERLAP
+from heartseg.outputs import LEGACY_KIND, Outputs, outputs_from_config
 
 
 @dataclass(frozen=True)
@@ -88,15 +90,22 @@ class RunConfig:
     lr: float = 1e-3
     weight_decay: float = 3e-5
     loss: str = 'bce_dice'
+    output: str = LEGACY_KIND  # 'sigmoid' or 'softmax' (heartseg.outputs); main.py plans it from the labels
+    regions: list[dict[str, Any]] = field(default_factory=list)  # nnU-Net v2 regions: {'name', 'values', 'paint'} each
     levels: int = DEFAULT_LEVELS
     base_channels: int = DEVICE_DEFAULTS['cpu'].base_channels
     norm: str = 'instance'
     deep_supervision: bool = True
+    # Per level, the pooling along each axis; None: 2 on every axis (the seed, and plans before per-axis planning).
+    pool_sizes: list[list[int]] | None = None
+    kernel_sizes: list[list[int]] | None = None  # per stage (levels, then the bridge); None: 3 on every axis
     augmentation: str = 'default'
     augment_on: str = 'loader'  # or 'device': the loader workers only crop
     foreground_probability: float = 0.5
     val_fraction: float = 0.2
     folds: int = 0
+    splits: str | None = None  # a splits file (nnU-Net's splits_final.json or a splits.json) that gives the folds
+    group_by_prefix: bool = False  # seeded splits keep cases that share a prefix (up to the last '_') in one fold
     fold: int | None = None  # with folds: None trains every fold in turn (a cross-validation)
     max_cases: int = 0
     val_every: int = 1
@@ -128,16 +137,25 @@ class RunConfig:
     def foreground_labels(self) -> tuple[int, ...]:
         return tuple(sorted(int(value) for value in self.labels if int(value) != 0))
 
+    @property
+    def outputs(self) -> Outputs:
+        """What the network's output channels mean (sigmoid or softmax, which structures)."""
+        return outputs_from_config(asdict(self))
+
     def network_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :class:`mymodel.UNet3D`: one output per foreground label."""
-        return {
+        """Keyword arguments of :class:`mymodel.UNet3D`: the outputs' channels, and the per-axis plan if there is one."""
+        kwargs = {
             'in_channels': max(1, len(self.modalities)),
-            'out_channels': len(self.foreground_labels),
+            'out_channels': self.outputs.channels,
             'levels': self.levels,
             'base_channels': self.base_channels,
             'norm': self.norm,
             'deep_supervision': self.deep_supervision,
         }
+        # Left out when unplanned, so that an isotropic plan's checkpoint stays loadable by older versions.
+        if self.pool_sizes is not None:
+            kwargs.update(pool_sizes=self.pool_sizes, kernel_sizes=self.kernel_sizes)
+        return kwargs
 
     def model_plan(self, training_cases: dict[str, Any] | None = None) -> ModelPlan:
         """What a checkpoint must carry to predict: model, preprocessing, labels, and what QC compares new cases with."""

@@ -10,6 +10,10 @@ the fold as finished. After the last fold, ``R/crossval.csv`` pools every
 case and ``R/crossval.json`` gives mean ± std per label, over all cases and
 per fold.
 
+Folds trained apart (``--folds K --fold I --run-dir R/fold_I``, one per GPU or
+per job) are scored and pooled afterwards by :func:`score_trained_folds`
+(``python main.py --score-folds R``), into the same files.
+
 Example:
     >>> fold_folder(Path('runs/cv'), 3)
     PosixPath('runs/cv/fold_3')
@@ -23,13 +27,15 @@ import csv
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from heartseg.config import load_config
-from heartseg.data import Case
+from heartseg.checkpoint import load_checkpoint
+from heartseg.config import load_config, save_config
+from heartseg.data import Case, read_dataset
 from heartseg.errors import UserError
 from heartseg.files import atomic_write_text, save_nifti, write_rows_csv
 from heartseg.prediction import (
@@ -139,6 +145,76 @@ def score_fold(fold_dir: Path, fold: int, cases: list[Case], device: str, traini
     record = {'fold': fold, 'cases': len(cases), 'training_seconds': training_seconds,
               'scoring_seconds': time.perf_counter() - started}
     atomic_write_text(fold_dir / SCORED_MARKER, json.dumps(record, indent=1))
+
+
+def score_trained_fold(fold_dir: Path, fold: int, cases: list[Case], device: str) -> None:
+    """Score a fold whose training has ended: its validation cases (from its splits.json), timed by its last.pt."""
+    validation_ids = set(json.loads((fold_dir / 'splits.json').read_text())['validation'])
+    training_seconds = float(load_checkpoint(fold_dir / 'last.pt')['elapsed_seconds'])
+    score_fold(fold_dir, fold, [case for case in cases if case.case_id in validation_ids], device, training_seconds)
+
+
+def score_trained_folds(root: Path, device: str = 'auto') -> str:
+    """Score every fold of ``root`` not yet scored, then pool them all into crossval.csv and crossval.json.
+
+    The folds may have been trained apart, in any order. ``root/config.json``
+    is written from fold 0's if missing, so that ``predict.py --checkpoint
+    root`` ensembles the folds.
+
+    Raises:
+        UserError: A fold is missing or unfinished, the folds disagree on K or
+            the dataset, or their validation sets do not partition the cases.
+    """
+    configs = _fold_configs(root)
+    folds = configs[0].folds
+    spec = read_dataset(Path(configs[0].data))
+    _check_validation_partition(root, folds)
+    for fold in tqdm(range(folds), desc='Scoring folds', unit='fold', leave=False):
+        if not is_scored(fold_folder(root, fold)):
+            score_trained_fold(fold_folder(root, fold), fold, list(spec.cases), device)
+    if not (root / 'config.json').is_file():
+        save_config(replace(configs[0], fold=None, run_dir=str(root), time_limit=0.0), root / 'config.json')
+    return write_cross_validation(root, folds, configs[0].labels)
+
+
+def _fold_configs(root: Path) -> list:
+    """Every fold's config, in fold order, once each fold is checked to be fold I of the same K, on the same data, and finished."""
+    if not root.is_dir():
+        raise UserError(root, 'folder not found')
+    found = sorted(int(p.name[len(FOLD_PREFIX):]) for p in root.glob(f'{FOLD_PREFIX}*') if p.name[len(FOLD_PREFIX):].isdigit())
+    if not found:
+        raise UserError(root, f'holds no {FOLD_PREFIX}I folders; train each fold with: python main.py --folds K --fold I --run-dir {root}/{FOLD_PREFIX}I')
+    configs = {fold: load_config(fold_folder(root, fold) / 'config.json') for fold in found}
+    first = configs[found[0]]
+    for fold, config in configs.items():
+        folder = fold_folder(root, fold)
+        if (config.folds, config.fold) != (first.folds, fold):
+            raise UserError(folder, f'trained as fold {config.fold} of {config.folds}, not as fold {fold} of {first.folds} ({FOLD_PREFIX}{found[0]} is one of {first.folds})')
+        if config.data != first.data:
+            raise UserError(folder, f'trained on {config.data}, {FOLD_PREFIX}{found[0]} on {first.data}')
+        if not _finished(folder):
+            raise UserError(folder, f'has not finished training; finish it with: python main.py --resume {folder}')
+    missing = sorted(set(range(first.folds)) - set(found))
+    if missing:
+        raise UserError(root, f'folds {missing} of {first.folds} are missing; train them with --folds {first.folds} --fold I --run-dir {root}/{FOLD_PREFIX}I')
+    return [configs[fold] for fold in range(first.folds)]
+
+
+def _finished(fold_dir: Path) -> bool:
+    if not (fold_dir / 'best.pt').is_file() or not (fold_dir / 'last.pt').is_file():
+        return False
+    state = load_checkpoint(fold_dir / 'last.pt')
+    return state['epoch'] >= state['total_epochs']
+
+
+def _check_validation_partition(root: Path, folds: int) -> None:
+    seen: dict[str, int] = {}
+    for fold in range(folds):
+        path = fold_folder(root, fold) / 'splits.json'
+        for case_id in json.loads(path.read_text())['validation']:
+            if case_id in seen:
+                raise UserError(path, f'case {case_id!r} validates in folds {seen[case_id]} and {fold}; the folds come from different splits (another --split-seed or --splits file?)')
+            seen[case_id] = fold
 
 
 def fold_rows(fold_dir: Path) -> list[dict]:

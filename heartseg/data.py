@@ -1,4 +1,14 @@
-"""From an MSD-layout folder to validated, preprocessed TorchIO subjects.
+"""From a dataset folder (MSD or nnU-Net v2 layout) to validated, preprocessed TorchIO subjects.
+
+Two layouts, told apart by :func:`read_dataset` alone:
+
+- **MSD** (Medical Segmentation Decathlon, nnU-Net v1): ``dataset.json`` with
+  ``modality``, ``labels`` keyed by value and a ``training`` list of
+  image/label paths; multi-channel images are 4D files.
+- **nnU-Net v2 raw**: ``dataset.json`` with ``channel_names``, ``labels`` as
+  ``{name: value}`` (a list of values is a region), ``numTraining`` and
+  ``file_ending``; ``imagesTr/<case>_0000<ending>`` and
+  ``labelsTr/<case><ending>``; test scans in ``imagesTs/``.
 
 The data flows one way: ``dataset.json`` → :class:`Case` list → validated
 volumes → preprocessed subjects (canonical orientation, target spacing,
@@ -37,6 +47,9 @@ from heartseg.validation import CaseCheck, channels_first
 PREPROCESSING_VERSION = 4
 PER_CHANNEL_SINCE = 3
 MAX_LABEL_VALUE = np.iinfo(np.uint8).max
+MSD, NNUNET_V2 = 'msd', 'nnunet_v2'
+NIFTI_ENDINGS = ('.nii.gz', '.nii')
+V2_REQUIRED_KEYS = ('channel_names', 'labels', 'numTraining', 'file_ending')
 
 
 @dataclass(frozen=True)
@@ -50,13 +63,21 @@ class Case:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """What ``dataset.json`` declares about an MSD-layout dataset."""
+    """What ``dataset.json`` declares about a dataset, in either layout.
+
+    ``regions`` are nnU-Net v2's overlapping label sets, each
+    ``{'name', 'values', 'paint'}`` (``paint`` from ``regions_class_order``);
+    empty for plain labels.
+    """
 
     root: Path
     name: str
     labels: dict[int, str]
     modalities: dict[int, str]
     cases: tuple[Case, ...]
+    layout: str = MSD
+    test_cases: tuple[Case, ...] = ()
+    regions: tuple[dict, ...] = ()
 
     @property
     def foreground_labels(self) -> list[int]:
@@ -183,33 +204,43 @@ def _parse_int_keys(mapping: object, json_path: Path, key: str) -> dict[int, str
 
 
 def read_dataset(root: Path, allow_duplicates: bool = False) -> DatasetSpec:
-    """Read and check ``root/dataset.json`` without opening any image.
+    """Read and check ``root/dataset.json`` (MSD or nnU-Net v2 layout) without opening any image.
 
     Args:
         allow_duplicates: Keep a case listed twice instead of raising, so
             ``analyze_data.py`` can report it among the other problems.
 
     Raises:
-        UserError: The file is missing or invalid JSON, a key is missing, a
-            case is listed twice, or a path is absolute or escapes ``root``.
+        UserError: The file is missing or invalid JSON, a key is missing or
+            invalid, a case is listed twice, or a path is absolute or escapes ``root``.
     """
     json_path = root / 'dataset.json'
     if not json_path.is_file():
-        raise UserError(json_path, 'dataset.json not found; expected an MSD-layout folder (dataset.json, imagesTr/, labelsTr/)')
+        raise UserError(json_path, 'dataset.json not found; expected an MSD folder (dataset.json, imagesTr/, labelsTr/) or an nnU-Net v2 raw folder')
     try:
         content = json.loads(json_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserError(json_path, f'invalid JSON: {error}') from None
     if not isinstance(content, dict):
         raise UserError(json_path, 'top level must be a JSON object')
+    if 'channel_names' in content or 'file_ending' in content:
+        return _read_nnunet_v2(root, json_path, content)
+    return _read_msd(root, json_path, content, allow_duplicates)
+
+
+def _check_label_values(values: Collection[int], json_path: Path) -> None:
+    if 0 not in values:
+        raise UserError(json_path, '"labels" must declare 0 (background)')
+    if not all(0 <= value <= MAX_LABEL_VALUE for value in values):
+        raise UserError(json_path, f'"labels" values must be 0 to {MAX_LABEL_VALUE} (label maps are stored as uint8), got {sorted(values)}')
+
+
+def _read_msd(root: Path, json_path: Path, content: dict, allow_duplicates: bool) -> DatasetSpec:
     for key in ('labels', 'modality', 'training'):
         if key not in content:
-            raise UserError(json_path, f'missing required key "{key}"')
+            raise UserError(json_path, f'missing required key "{key}" (an MSD dataset.json; nnU-Net v2 ones have {", ".join(V2_REQUIRED_KEYS)})')
     labels = _parse_int_keys(content['labels'], json_path, 'labels')
-    if 0 not in labels:
-        raise UserError(json_path, '"labels" must declare 0 (background)')
-    if not all(0 <= value <= MAX_LABEL_VALUE for value in labels):
-        raise UserError(json_path, f'"labels" values must be 0 to {MAX_LABEL_VALUE} (label maps are stored as uint8), got {sorted(labels)}')
+    _check_label_values(labels, json_path)
     modalities = _parse_int_keys(content['modality'], json_path, 'modality')
     training = content['training']
     if not isinstance(training, list) or not training:
@@ -232,7 +263,88 @@ def read_dataset(root: Path, allow_duplicates: bool = False) -> DatasetSpec:
         labels=labels,
         modalities=modalities,
         cases=tuple(cases),
+        test_cases=_msd_test_cases(root, json_path, content),
     )
+
+
+def _msd_test_cases(root: Path, json_path: Path, content: dict) -> tuple[Case, ...]:
+    """Test images from ``"test"``, or else every NIfTI file in ``imagesTs/``."""
+    listed = content.get('test') or []
+    if not isinstance(listed, list):
+        raise UserError(json_path, f'"test" must be a list, got {type(listed).__name__}')
+    if not listed and (root / 'imagesTs').is_dir():
+        listed = sorted(p.relative_to(root).as_posix() for p in (root / 'imagesTs').glob('*.nii*'))
+    paths = [entry.get('image') if isinstance(entry, dict) else entry for entry in listed]
+    images = [_resolve_inside(root, path, json_path, 'test') for path in paths]
+    return tuple(Case(case_id_from_path(image), image) for image in images)
+
+
+def _read_nnunet_v2(root: Path, json_path: Path, content: dict) -> DatasetSpec:
+    """An nnU-Net v2 raw dataset: cases found in ``imagesTr/`` by their ``_0000`` channel file."""
+    for key in V2_REQUIRED_KEYS:
+        if key not in content:
+            raise UserError(json_path, f'missing required key "{key}" (an nnU-Net v2 dataset.json needs {", ".join(V2_REQUIRED_KEYS)})')
+    if 'dataset' in content:
+        raise UserError(json_path, '"dataset" (cases listed with their own paths) is not supported; keep the files in imagesTr/ and labelsTr/')
+    ending = content['file_ending']
+    if ending not in NIFTI_ENDINGS:
+        raise UserError(json_path, f'"file_ending" {ending!r} is not supported; only NIfTI ({" or ".join(NIFTI_ENDINGS)}) is read')
+    modalities = _parse_int_keys(content['channel_names'], json_path, 'channel_names')
+    if sorted(modalities) != list(range(len(modalities))):
+        raise UserError(json_path, f'"channel_names" keys must be 0..{len(modalities) - 1}, got {sorted(modalities)}')
+    if len(modalities) > 1:
+        raise UserError(json_path, f'"channel_names" declares {len(modalities)} channels; multi-channel nnU-Net v2 datasets (one file per channel) are not supported yet, single-channel ones and MSD 4D files are')
+    labels, regions = _parse_v2_labels(content, json_path)
+    cases = _v2_cases(root, 'imagesTr', ending, json_path, with_labels=True)
+    declared = content['numTraining']
+    if not isinstance(declared, int) or declared != len(cases):
+        raise UserError(json_path, f'"numTraining" is {declared!r} but {root / "imagesTr"} holds {len(cases)} cases (<case>_0000{ending})')
+    return DatasetSpec(
+        root=root,
+        name=str(content.get('name', root.name)),
+        labels=labels,
+        modalities=modalities,
+        cases=cases,
+        layout=NNUNET_V2,
+        test_cases=_v2_cases(root, 'imagesTs', ending, json_path, with_labels=False) if (root / 'imagesTs').is_dir() else (),
+        regions=regions,
+    )
+
+
+def _parse_v2_labels(content: dict, json_path: Path) -> tuple[dict[int, str], tuple[dict, ...]]:
+    """``{name: value or [values]}`` → labels by value, and the regions (with their paint order) if any."""
+    mapping = content['labels']
+    if not isinstance(mapping, dict) or not mapping:
+        raise UserError(json_path, '"labels" must be a non-empty object of {name: value}')
+    parsed: dict[str, tuple[int, ...]] = {}
+    for name, value in mapping.items():
+        values = value if isinstance(value, list) else [value]
+        if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise UserError(json_path, f'"labels" entry {name!r} must be an integer or a list of integers, got {value!r}')
+        parsed[name] = tuple(values)
+    all_values = {v for values in parsed.values() for v in values}
+    _check_label_values(all_values, json_path)
+    if not any(len(values) > 1 for values in parsed.values()):
+        return {values[0]: name for name, values in parsed.items()}, ()
+    structures = [(name, values) for name, values in parsed.items() if values != (0,)]
+    order = content.get('regions_class_order')
+    if not isinstance(order, list) or len(order) != len(structures) or not all(isinstance(v, int) for v in order):
+        raise UserError(json_path, f'"labels" declares regions, so "regions_class_order" must list one label value per region ({len(structures)}), got {order!r}')
+    regions = tuple({'name': name, 'values': list(values), 'paint': paint} for (name, values), paint in zip(structures, order))
+    names = {region['paint']: region['name'] for region in regions}
+    return {value: names.get(value, 'background' if value == 0 else f'label {value}') for value in sorted(all_values | set(order))}, regions
+
+
+def _v2_cases(root: Path, folder: str, ending: str, json_path: Path, with_labels: bool) -> tuple[Case, ...]:
+    images = root / folder
+    if not images.is_dir():
+        raise UserError(images, f'folder not found; an nnU-Net v2 dataset keeps its scans as {folder}/<case>_0000{ending}')
+    channel_suffix = f'_0000{ending}'
+    case_ids = sorted(p.name[: -len(channel_suffix)] for p in images.iterdir() if p.name.endswith(channel_suffix) and not p.name.startswith('.'))
+    if with_labels and not case_ids:
+        raise UserError(images, f'holds no <case>{channel_suffix} files')
+    return tuple(Case(case_id, images / f'{case_id}{channel_suffix}',
+                      root / 'labelsTr' / f'{case_id}{ending}' if with_labels else None) for case_id in case_ids)
 
 
 def load_nifti(path: Path) -> nib.Nifti1Image:
@@ -359,34 +471,3 @@ def preprocess_cases(
         raise UserError(cache_dir, f'cannot create cache folder ({error.strerror})') from None
     with tqdm(cases, desc='Preprocessing', unit='case', leave=False, disable=not show_progress) as progress:
         return [preprocess_case(case, spec, preprocessing, cache_dir, warn=show_progress) for case in progress]
-
-
-def split_cases(
-    case_ids: list[str],
-    seed: int,
-    val_fraction: float = 0.2,
-    folds: int = 0,
-    fold: int | None = None,
-) -> dict[str, list[str]]:
-    """Seeded train/validation split: a holdout fraction, or fold ``fold`` of ``folds``.
-
-    ``val_fraction`` 0 trains on every case, with no validation (nnU-Net's fold "all").
-    The K folds' validation sets partition the cases.
-
-    Example:
-        >>> split_cases(['a', 'b', 'c', 'd', 'e'], seed=0, folds=5, fold=0)['validation']
-        ['c']
-        >>> split_cases(['a', 'b'], seed=0, val_fraction=0)
-        {'training': ['a', 'b'], 'validation': []}
-    """
-    order = np.random.default_rng(seed).permutation(sorted(case_ids)).tolist()
-    if folds:
-        assert fold is not None and 0 <= fold < folds, f'fold must be in [0, {folds}), got {fold}'
-        validation = order[fold::folds]
-    else:
-        assert 0 <= val_fraction < 1, f'val_fraction must be in [0, 1), got {val_fraction}'
-        validation = order[: max(1, round(len(order) * val_fraction))] if val_fraction else []
-    training = [case_id for case_id in order if case_id not in validation]
-    if not training or (not validation and (folds or val_fraction)):
-        raise UserError('dataset.json', f'{len(case_ids)} cases are too few to split into training and validation')
-    return {'training': sorted(training), 'validation': sorted(validation)}

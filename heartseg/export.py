@@ -3,7 +3,7 @@
 The file's suffix picks the format: ``.onnx`` (opset :data:`ONNX_OPSET`, the
 plan in ``metadata_props``) or ``.pt`` / ``.ts`` (traced TorchScript, the plan
 as an extra file). Both take a ``(N, C, X, Y, Z)`` float32 image of any batch
-size and any spatial size divisible by ``2**levels``, and return the
+size and any spatial size divisible per axis by the network's total pooling, and return the
 full-resolution logits: the deep-supervision heads are left out. Loading an
 exported file gives the same :class:`ExportedModel` a checkpoint gives, so
 ``predict.py`` runs it through the same preprocessing, sliding window, TTA and

@@ -84,19 +84,62 @@ def median_resampled_shape(headers: list[CaseHeader], target_spacing: tuple[floa
     return tuple(float(s) for s in np.median(shapes, axis=0))
 
 
-def fit_patch_size(median_shape: tuple[int, ...], divisor: int, max_voxels: int) -> tuple[int, int, int]:
+@dataclass(frozen=True)
+class NetworkPlan:
+    """The U-Net's pooling and kernels per axis, planned from the target spacing (nnU-Net's rule).
+
+    ``pool_sizes`` and ``kernel_sizes`` are None for the isotropic plan (2 and
+    3 on every axis), the network every version before per-axis planning built.
+    """
+
+    pool_sizes: list[list[int]] | None
+    kernel_sizes: list[list[int]] | None
+    divisors: tuple[int, int, int]
+
+
+# An axis is pooled, and convolved across, once its spacing is within this factor of the finest.
+POOLING_SPACING_RATIO = 2.0
+
+
+def plan_network(target_spacing: tuple[float, float, float], levels: int, per_axis: bool = True) -> NetworkPlan:
+    """Pooling and kernel sizes per level: an axis is not pooled while its spacing is over twice the finest, and its kernel is 1 then.
+
+    Each pooling doubles the spacing of the axes it pools, so a thick-slice
+    axis joins in once the in-plane axes have caught up with it.
+
+    Example:
+        >>> plan_network((0.625, 0.625, 5.0), levels=4).pool_sizes
+        [[2, 2, 1], [2, 2, 1], [2, 2, 2], [2, 2, 2]]
+        >>> plan_network((1.25, 1.25, 1.25), levels=4)
+        NetworkPlan(pool_sizes=None, kernel_sizes=None, divisors=(16, 16, 16))
+    """
+    spacing = np.asarray(target_spacing, dtype=float)
+    pools, kernels = [], []
+    for _ in range(levels + 1):
+        joined = spacing <= POOLING_SPACING_RATIO * spacing.min() * (1 + 1e-6) if per_axis else np.ones(3, bool)
+        kernels.append([3 if axis else 1 for axis in joined])
+        pools.append([2 if axis else 1 for axis in joined])
+        spacing = spacing * np.where(joined, 2, 1)
+    pools = pools[:levels]  # the bridge is not pooled
+    divisors = tuple(int(np.prod([pool[axis] for pool in pools])) for axis in range(3))
+    if all(p == [2, 2, 2] for p in pools) and all(k == [3, 3, 3] for k in kernels):
+        return NetworkPlan(None, None, divisors)
+    return NetworkPlan(pools, kernels, divisors)
+
+
+def fit_patch_size(median_shape: tuple[int, ...], divisors: tuple[int, ...], max_voxels: int) -> tuple[int, int, int]:
     """Largest patch within ``max_voxels`` that covers as much of the median case as it can.
 
     Like nnU-Net, start from the median shape (rounded down to a multiple of
-    the network's divisor, so patches are not mostly padding) and shrink the
-    longest axis until the budget fits.
+    each axis's divisor, its total pooling, so patches are not mostly
+    padding) and shrink the longest axis until the budget fits.
     """
-    patch = [max(divisor, int(s) // divisor * divisor) for s in median_shape]
+    patch = [max(divisor, int(s) // divisor * divisor) for s, divisor in zip(median_shape, divisors)]
     while np.prod(patch) > max_voxels:
         longest = int(np.argmax(patch))
-        if patch[longest] <= divisor:
+        if patch[longest] <= divisors[longest]:
             break
-        patch[longest] -= divisor
+        patch[longest] -= divisors[longest]
     return tuple(patch)
 
 
@@ -105,15 +148,20 @@ def spacing_and_patch_for_device(
     device_type: str,
     levels: int = DEFAULT_LEVELS,
     target_spacing: tuple[float, float, float] | None = None,
-) -> tuple[tuple[float, float, float], tuple[int, int, int]]:
-    """Target spacing and patch size that training uses on ``device_type``.
+    per_axis: bool = True,
+) -> tuple[tuple[float, float, float], tuple[int, int, int], NetworkPlan]:
+    """Target spacing, patch size and network plan that training uses on ``device_type``.
 
     The spacing is :func:`suggest_target_spacing`, floored at the device's
-    ``MIN_SPACING_MM``, unless ``target_spacing`` is given; the patch is
-    planned from the median resampled case within the device's budget.
+    ``MIN_SPACING_MM``, unless ``target_spacing`` is given; the network is
+    planned per axis from it (:func:`plan_network`; ``per_axis`` False pools
+    every axis), and the patch from the median resampled case within the
+    device's budget.
     """
     if target_spacing is None:
         suggested = suggest_target_spacing([h.spacing for h in headers])
+        # The floor applies to the in-plane (finest) axes; a thick-slice axis already coarser keeps its spacing.
         target_spacing = tuple(max(s, MIN_SPACING_MM[device_type]) for s in suggested)
-    patch = fit_patch_size(median_resampled_shape(headers, target_spacing), 2**levels, PATCH_VOXELS[device_type])
-    return target_spacing, patch
+    network = plan_network(target_spacing, levels, per_axis)
+    patch = fit_patch_size(median_resampled_shape(headers, target_spacing), network.divisors, PATCH_VOXELS[device_type])
+    return target_spacing, patch, network

@@ -105,17 +105,6 @@ def _window(volume: torch.Tensor, corner: tuple[int, ...], patch_size: tuple[int
     return volume[(slice(None), *(slice(c, c + p) for c, p in zip(corner, patch_size)))]
 
 
-def probabilities_to_labels(probabilities: torch.Tensor, foreground_labels: tuple[int, ...]) -> torch.Tensor:
-    """Per-class sigmoid probabilities ``(C, ...)`` → label map of label values.
-
-    A voxel takes the most probable foreground class when that probability
-    exceeds 0.5, and background otherwise.
-    """
-    best_probability, best_channel = probabilities.max(dim=0)
-    values = torch.tensor(foreground_labels, dtype=torch.uint8)
-    return torch.where(best_probability > 0.5, values[best_channel], torch.zeros((), dtype=torch.uint8))
-
-
 MIRRORINGS = tuple(axes for r in range(4) for axes in itertools.combinations((1, 2, 3), r))
 
 

@@ -1,8 +1,13 @@
-"""Segmentation losses on per-class sigmoid logits.
+"""Segmentation losses: cross-entropy and soft Dice on the output channels that :mod:`heartseg.outputs` defines.
+
+``bce`` is the cross-entropy alone and ``bce_dice`` adds soft Dice, as
+nnU-Net's ``DC_and_BCE_loss`` (sigmoid channels) and ``DC_and_CE_loss``
+(softmax, its Dice over the structures, not background) do.
 
 Example:
     >>> import torch
-    >>> loss = build_loss('bce_dice')
+    >>> from heartseg.outputs import Outputs
+    >>> loss = build_loss('bce_dice', Outputs('sigmoid', ((1,),)))
     >>> float(loss(torch.full((1, 1, 4, 4, 4), 10.0), torch.ones(1, 1, 4, 4, 4))) < 0.01
     True
 """
@@ -14,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from heartseg.distributed import all_reduce_sum
+from heartseg.outputs import Outputs
 
 LOSSES = ('bce', 'bce_dice')
 
@@ -26,13 +32,16 @@ class SoftDiceLoss(nn.Module):
     nnU-Net, so N ranks train exactly like one process with the same batch.
     """
 
-    def __init__(self, smooth: float = 1e-5, across_ranks: bool = False):
+    def __init__(self, outputs: Outputs, smooth: float = 1e-5, across_ranks: bool = False):
         super().__init__()
+        self.outputs = outputs
         self.smooth = smooth
         self.across_ranks = across_ranks
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        probabilities = torch.sigmoid(logits.float())
+        first = self.outputs.first_structure_channel
+        probabilities = self.outputs.probabilities(logits, dim=1)[:, first:]
+        target = target[:, first:]
         reduce_axes = [0, *range(2, logits.ndim)]
         intersection = (probabilities * target).sum(reduce_axes)
         total = probabilities.sum(reduce_axes) + target.sum(reduce_axes)
@@ -42,27 +51,44 @@ class SoftDiceLoss(nn.Module):
         return 1 - dice.mean()
 
 
-class BCEDiceLoss(nn.Module):
-    """Binary cross-entropy plus soft Dice, equally weighted."""
+class CrossEntropyLoss(nn.Module):
+    """Binary cross-entropy per sigmoid channel, or categorical cross-entropy over softmax channels.
 
-    def __init__(self, across_ranks: bool = False):
+    The target may be soft (deep supervision's pooled targets): both forms take probabilities.
+    """
+
+    def __init__(self, outputs: Outputs):
         super().__init__()
-        self.bce = nn.BCEWithLogitsLoss()
-        self.dice = SoftDiceLoss(across_ranks=across_ranks)
+        self.softmax = outputs.kind == 'softmax'
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.bce(logits.float(), target) + self.dice(logits, target)
+        if self.softmax:
+            return F.cross_entropy(logits.float(), target)
+        return F.binary_cross_entropy_with_logits(logits.float(), target)
+
+
+class BCEDiceLoss(nn.Module):
+    """Cross-entropy plus soft Dice, equally weighted."""
+
+    def __init__(self, outputs: Outputs, across_ranks: bool = False):
+        super().__init__()
+        self.cross_entropy = CrossEntropyLoss(outputs)
+        self.dice = SoftDiceLoss(outputs, across_ranks=across_ranks)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.cross_entropy(logits, target) + self.dice(logits, target)
 
 
 class DeepSupervisionLoss(nn.Module):
     """nnU-Net's deep supervision: a loss on each scale's logits, weights halving per scale.
 
-    Scale ``k`` is compared with the target average-pooled by ``2**k``, a soft
+    Each coarser scale is compared with the target average-pooled to its
+    shape (per axis, so an unpooled thick-slice axis keeps its slices), a soft
     target that keeps partial-volume information at coarse scales. A single
     tensor of logits is scored by the wrapped loss alone.
 
     Example:
-        >>> loss = DeepSupervisionLoss(BCEDiceLoss())
+        >>> loss = DeepSupervisionLoss(BCEDiceLoss(Outputs('sigmoid', ((1,),))))
         >>> target = torch.ones(1, 1, 8, 8, 8)
         >>> logits = [torch.full((1, 1, 8, 8, 8), 10.0), torch.full((1, 1, 4, 4, 4), 10.0)]
         >>> float(loss(logits, target)) < 0.01
@@ -77,18 +103,18 @@ class DeepSupervisionLoss(nn.Module):
         scales = [logits] if isinstance(logits, torch.Tensor) else logits
         weights = [0.5**scale for scale in range(len(scales))]
         losses = [
-            self.loss(scale_logits.float(), F.avg_pool3d(target, 2**scale) if scale else target)
+            self.loss(scale_logits.float(), F.adaptive_avg_pool3d(target, scale_logits.shape[2:]) if scale else target)
             for scale, scale_logits in enumerate(scales)
         ]
         return sum(weight * loss for weight, loss in zip(weights, losses)) / sum(weights)
 
 
-def build_loss(name: str, across_ranks: bool = False) -> nn.Module:
-    """The named loss, accepting deep supervision's list of logits.
+def build_loss(name: str, outputs: Outputs, across_ranks: bool = False) -> nn.Module:
+    """The named loss on ``outputs``' channels, accepting deep supervision's list of logits.
 
     ``across_ranks`` pools the Dice term over all DDP ranks' patches.
     """
     assert name in LOSSES, f'loss must be one of {LOSSES}, got {name!r}'
-    # BCE is a mean over voxels: DDP's gradient averaging already makes it global.
-    loss = nn.BCEWithLogitsLoss() if name == 'bce' else BCEDiceLoss(across_ranks)
+    # Cross-entropy is a mean over voxels: DDP's gradient averaging already makes it global.
+    loss = CrossEntropyLoss(outputs) if name == 'bce' else BCEDiceLoss(outputs, across_ranks)
     return DeepSupervisionLoss(loss)

@@ -35,9 +35,9 @@ from heartseg.inference import (
     DEFAULT_OVERLAP,
     DEFAULT_WINDOW_BATCH,
     mirrored_logits,
-    probabilities_to_labels,
 )
 from heartseg.metrics import case_metrics
+from heartseg.outputs import Outputs, outputs_from_config
 from heartseg.qc import intensity_quantiles, mean_pairwise_dice
 from heartseg.validation import CaseCheck
 from mymodel import UNet3D
@@ -78,6 +78,7 @@ class TrainedModel:
     preprocessing: Preprocessing
     patch_size: tuple[int, int, int]
     labels: dict[str, str]
+    outputs: Outputs
     channels: int
     training_cases: dict  # heartseg.qc.summarise_training_cases at training; empty for older checkpoints
 
@@ -104,18 +105,20 @@ def load_trained_model(path: Path, device: torch.device) -> TrainedModel:
         preprocessing=Preprocessing.for_plan(plan, path),
         patch_size=plan.patch_size,
         labels=plan.labels,
+        outputs=outputs_from_config({**plan.config, 'labels': plan.labels}),
         channels=plan.channels,
         training_cases=plan.training_cases,
     )
 
 
 def check_ensemble(models: list[TrainedModel]) -> None:
-    """Models can be averaged only when they agree on the labels and the input channels."""
+    """Models can be averaged only when they agree on the labels, the outputs and the input channels."""
     first = models[0]
     for other in models[1:]:
-        for what, ours, theirs in (('labels', first.labels, other.labels), ('input channels', first.channels, other.channels)):
+        for what, ours, theirs in (('labels', first.labels, other.labels), ('outputs', first.outputs, other.outputs),
+                                   ('input channels', first.channels, other.channels)):
             if ours != theirs:
-                raise UserError(other.checkpoint, f'its {what} {theirs} differ from {first.checkpoint}\'s {ours}; an ensemble needs the same labels and input channels')
+                raise UserError(other.checkpoint, f'its {what} {theirs} differ from {first.checkpoint}\'s {ours}; an ensemble needs the same labels, outputs and input channels')
 
 
 class Predictor:
@@ -139,6 +142,7 @@ class Predictor:
         self.models = [load_trained_model(path, self.device) for path in paths]
         check_ensemble(self.models)
         self.labels = self.models[0].labels
+        self.outputs = self.models[0].outputs
         self.foreground_labels = tuple(sorted(int(v) for v in self.labels if int(v) != 0))
         self.channels = self.models[0].channels
         self.training_cases = self.models[0].training_cases
@@ -163,7 +167,7 @@ class Predictor:
         total, masks = None, []
         for logits in mirrored_logits(model.network, image, model.patch_size, tta=self.tta, **self.window_options):
             total = logits if total is None else total + logits
-            masks.append(logits > 0)
+            masks.append(self.outputs.logit_masks(logits))
         return total / len(masks), mean_pairwise_dice(torch.stack(masks))
 
     def input_grid_logits(self, case: LoadedCase, tta_agreements: list[float]) -> Iterator[torch.Tensor]:
@@ -178,7 +182,7 @@ class Predictor:
         """Predict a loaded case: the ensemble's probabilities and mask in the input grid, and the signals QC reads."""
         tta_agreements: list[float] = []
         model_masks: list[torch.Tensor] = []
-        probabilities = ensemble_probabilities(self.input_grid_logits(case, tta_agreements), model_masks)
+        probabilities = ensemble_probabilities(self.input_grid_logits(case, tta_agreements), self.outputs, model_masks)
         mask, components, removed_voxels = self.mask_and_components(probabilities)
         signals = {
             'tta_agreement': float(np.mean(tta_agreements)),
@@ -187,28 +191,29 @@ class Predictor:
             'removed_voxels': removed_voxels,
             'intensity_quantiles': intensity_quantiles(case.preprocessed[self.models[0].preprocessing]['image'].data),
         }
-        return Prediction(mask, probabilities.numpy(), case.nifti, signals)
+        return Prediction(mask, self.outputs.structure_probabilities(probabilities).numpy(), case.nifti, signals)
 
     def predict(self, path: Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Image]:
-        """Return the uint8 mask and per-class probabilities in the input's grid, and the input."""
+        """Return the uint8 mask and per-structure probabilities in the input's grid, and the input."""
         prediction = self.predict_loaded(self.load(path))
         return prediction.mask, prediction.probabilities, prediction.nifti
 
     def mask(self, probabilities: torch.Tensor) -> np.ndarray:
-        """Threshold per-class probabilities into a label map, keeping the largest component if asked."""
+        """The label map of the output probabilities ``(C, ...)``, keeping the largest component if asked."""
         return self.mask_and_components(probabilities)[0]
 
     def mask_and_components(self, probabilities: torch.Tensor) -> tuple[np.ndarray, int, int]:
         """The mask, the number of connected components before keep-largest, and how many voxels keep-largest removed."""
-        thresholded = probabilities_to_labels(probabilities, self.foreground_labels).numpy()
+        thresholded = self.outputs.label_map(probabilities).numpy()
         mask, components = largest_components(thresholded, self.foreground_labels, self.keep_largest)
         return mask, components, int((thresholded > 0).sum() - (mask > 0).sum())
 
 
-def ensemble_probabilities(input_grid_logits: Iterable[torch.Tensor], member_masks: list[torch.Tensor] | None = None) -> torch.Tensor:
-    """The models' mean probability (nnU-Net's ensembling); one model's is the sigmoid of its logits.
+def ensemble_probabilities(input_grid_logits: Iterable[torch.Tensor], outputs: Outputs,
+                           member_masks: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """The models' mean probability (nnU-Net's ensembling); one model's is the sigmoid or softmax of its logits.
 
-    The logits are resampled to the input grid before the sigmoid, as in nnU-Net:
+    The logits are resampled to the input grid before the sigmoid or softmax, as in nnU-Net:
     a probability saturates within a voxel of the boundary, so interpolating it
     puts the 0.5 crossing halfway between voxel centres, while the logits' zero
     crossing keeps the boundary's sub-voxel position.
@@ -218,9 +223,9 @@ def ensemble_probabilities(input_grid_logits: Iterable[torch.Tensor], member_mas
     """
     total, count = None, 0
     for logits in input_grid_logits:
-        probabilities = torch.sigmoid(logits)
+        probabilities = outputs.probabilities(logits)
         if member_masks is not None:
-            member_masks.append(probabilities > 0.5)
+            member_masks.append(outputs.logit_masks(logits))
         total = probabilities if total is None else total.add_(probabilities)
         count += 1
     return total / count

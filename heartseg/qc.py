@@ -137,13 +137,10 @@ def mean_pairwise_dice(masks: torch.Tensor) -> float:
     return float(dices.mean())
 
 
-def soft_dice(probabilities: np.ndarray, mask: np.ndarray, foreground_labels: Sequence[int]) -> float:
-    """Agreement of the probabilities ``(C, ...)`` with the mask they produced: 1 when every voxel is certain."""
-    overlap = total = 0.0
-    for channel, value in enumerate(foreground_labels):
-        inside = mask == value
-        overlap += float(probabilities[channel][inside].sum())
-        total += float(probabilities[channel].sum()) + float(inside.sum())
+def soft_dice(probabilities: np.ndarray, structure_masks: np.ndarray) -> float:
+    """Agreement of the structure probabilities ``(S, ...)`` with the masks ``(S, ...)`` they produced: 1 when every voxel is certain."""
+    overlap = float((probabilities * structure_masks).sum())
+    total = float(probabilities.sum()) + float(structure_masks.sum())
     return 1.0 if total == 0 else 2 * overlap / total
 
 
@@ -237,11 +234,12 @@ def assess(measures: dict) -> QualityReport:
     return QualityReport(estimate, flag, reasons, measures)
 
 
-def measure(mask: np.ndarray, probabilities: np.ndarray, affine: np.ndarray, foreground_labels: Sequence[int],
+def measure(mask: np.ndarray, probabilities: np.ndarray, affine: np.ndarray, structure_masks: np.ndarray,
             signals: dict, reference: dict) -> dict:
     """Every measure of one predicted case.
 
     Args:
+        probabilities, structure_masks: ``(S, ...)``, one per structure (:mod:`heartseg.outputs`).
         signals: From prediction: ``tta_agreement``, ``model_agreement``, ``components``,
             ``removed_voxels`` and ``intensity_quantiles``.
         reference: The checkpoint's ``training_cases`` summary, or ``{}``.
@@ -253,7 +251,7 @@ def measure(mask: np.ndarray, probabilities: np.ndarray, affine: np.ndarray, for
     return {
         'tta_agreement': signals['tta_agreement'],
         'model_agreement': signals['model_agreement'],
-        'confidence': soft_dice(probabilities, mask, foreground_labels),
+        'confidence': soft_dice(probabilities, structure_masks),
         'volume_ml': volume,
         'volume_ratio': volume_ratio(volume, reference),
         'components': signals['components'],

@@ -34,7 +34,7 @@ from heartseg.config import RunConfig
 from heartseg.losses import build_loss
 from heartseg.sampling import EpochSampler, PatchDataset
 from heartseg.schedule import poly_lr
-from mymodel import UNet3D
+from mymodel import FOREGROUND_PRIOR, UNet3D
 
 GRADIENT_CLIP_NORM = 12.0  # nnU-Net's value
 
@@ -56,8 +56,8 @@ def build_recipe(config: RunConfig, device: torch.device) -> Recipe:
     network = build_network(config, device)
     return Recipe(
         network=network,
-        loss=build_loss(config.loss),
-        training_loss=build_loss(config.loss, across_ranks=distributed.world_size() > 1),
+        loss=build_loss(config.loss, config.outputs),
+        training_loss=build_loss(config.loss, config.outputs, across_ranks=distributed.world_size() > 1),
         optimizer=torch.optim.Adam(network.parameters(), lr=config.lr, weight_decay=config.weight_decay),
         learning_rate=functools.partial(poly_lr, config.lr),
         augmentation=build_augmentation(config),
@@ -68,7 +68,9 @@ def build_recipe(config: RunConfig, device: torch.device) -> Recipe:
 def build_network(config: RunConfig, device: torch.device) -> UNet3D:
     """The U-Net of the config, its initial weights drawn from the run's seed."""
     torch.manual_seed(config.seed)
-    return UNet3D(**config.network_kwargs()).to(device, memory_format=memory_format(config))
+    network = UNet3D(**config.network_kwargs())
+    network.set_head_bias(config.outputs.initial_bias(FOREGROUND_PRIOR))
+    return network.to(device, memory_format=memory_format(config))
 
 
 def build_augmentation(config: RunConfig) -> Augmentation | None:
@@ -104,6 +106,7 @@ def build_patch_loader(config: RunConfig, subjects: list[tio.Subject], augmentat
         foreground_probability=config.foreground_probability,
         augmentation=augmentation,
         foreground_labels=config.foreground_labels,
+        outputs=config.outputs,
         batch_size=config.batch_size,
     )
     ranks = distributed.world_size()

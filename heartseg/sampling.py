@@ -24,6 +24,7 @@ import torchio as tio
 from torch.utils.data import Dataset, Sampler
 
 from heartseg.augmentation import UNCHANGED, Augmentation, padded_region, sample_patch
+from heartseg.outputs import Outputs
 
 
 def pad_to_patch(volume: torch.Tensor, patch_size: tuple[int, int, int], value: torch.Tensor) -> torch.Tensor:
@@ -114,11 +115,12 @@ class PatchDataset(Dataset):
         foreground_probability: Chance that a patch is centred on foreground.
         augmentation: Optional augmentation: its spatial part is applied here,
             its intensity part here too, or later on the training device.
-        foreground_labels: Label values trained as output channels.
+        foreground_labels: Label values that foreground patches are centred on, each as often.
+        outputs: The output channels, which make each patch's target.
         batch_size: Global batch size; the cases within one batch are distinct
             whenever there are at least as many cases as patches per batch.
 
-    Each item is ``(image, one-hot target, intensity parameters)``, the
+    Each item is ``(image, target of the output channels, intensity parameters)``, the
     parameters an empty dict unless the intensity transforms run on the device.
     """
 
@@ -131,6 +133,7 @@ class PatchDataset(Dataset):
         foreground_probability: float = 0.5,
         augmentation: Augmentation | None = None,
         foreground_labels: tuple[int, ...] = (1,),
+        outputs: Outputs | None = None,
         batch_size: int = 1,
     ):
         assert subjects, 'PatchDataset needs at least one subject'
@@ -144,7 +147,7 @@ class PatchDataset(Dataset):
         self.batch_size = batch_size
         self.seed = seed
         self.augmentation = augmentation
-        self.foreground_labels = foreground_labels
+        self.outputs = outputs or Outputs('sigmoid', tuple((value,) for value in foreground_labels))
         share = foreground_probability / len(foreground_labels)
         probabilities = {0: 1 - foreground_probability, **{label: share for label in foreground_labels}}
         # Located here, before loader workers fork, so that they share them.
@@ -170,7 +173,7 @@ class PatchDataset(Dataset):
             parameters = augmentation.draw_intensity(rng, channels=image.shape[0])
             if not augmentation.on_device:
                 image, parameters = augmentation.intensity(image, parameters), {}
-        return image, one_hot_foreground(label, self.foreground_labels), parameters
+        return image, self.outputs.target(label), parameters
 
 
 @functools.lru_cache(maxsize=4)
@@ -214,8 +217,3 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
-
-
-def one_hot_foreground(label: torch.Tensor, foreground_labels: tuple[int, ...]) -> torch.Tensor:
-    """``(1, X, Y, Z)`` label map → ``(C, X, Y, Z)`` float target, one channel per foreground label."""
-    return torch.cat([(label == value) for value in foreground_labels]).float()

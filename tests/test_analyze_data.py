@@ -19,6 +19,7 @@ from analyze_data import main
 from heartseg.analysis import CaseTask, analyze_case
 from heartseg.data import Case
 from heartseg.errors import EXIT_USER_ERROR, run_cli
+from heartseg.synthetic import write_synthetic_dataset
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 FIGURES = ('intensity_histograms.png', 'spacing_shape.png', 'structure_volumes.png', 'montage.png')
@@ -288,3 +289,21 @@ def test_real_cases_match_nibabel(la2018):
         assert result.volumes_ml[1] == pytest.approx(np.count_nonzero(label) * np.prod(image.header.get_zooms()) / 1000)
         assert result.foreground_stats['mean'] == pytest.approx(voxels[label > 0].mean(), rel=1e-5)
         assert result.image_stats['p99.5'] == pytest.approx(np.percentile(voxels, 99.5), rel=1e-5)
+
+
+def test_an_nnunet_v2_folder_is_analysed_like_an_msd_one(tmp_path, capsys):
+    """The same cases, written in both layouts, give the same statistics and plan; thick slices show in the plan."""
+    kwargs = {'num_cases': 3, 'shape': (40, 40, 6), 'spacing': (1.5, 1.5, 10.0), 'structures': 3, 'test_cases': 1}
+    msd = write_synthetic_dataset(tmp_path / 'Msd', **kwargs)
+    v2 = write_synthetic_dataset(tmp_path / 'Dataset002_Heart', layout='nnunet_v2', **kwargs)
+    results = {}
+    for root in (msd, v2):
+        code, out, errors = run([str(root), '--workers', '1'], capsys)
+        assert code == 0 and not errors, errors
+        results[root] = read_outputs(root / 'analysis')
+    (msd_fingerprint, msd_rows), (v2_fingerprint, v2_rows) = results[msd], results[v2]
+    assert [row['case_id'] for row in v2_rows] == [row['case_id'] for row in msd_rows] == [f'synthetic_{i:03d}' for i in range(4)]
+    for key in ('labels', 'plan', 'geometry'):
+        assert v2_fingerprint[key] == msd_fingerprint[key], key
+    assert v2_fingerprint['plan']['pool_sizes'] == [[2, 2, 1], [2, 2, 1], [2, 2, 2], [2, 2, 2]]
+    assert 'network pooling per level: 2x2x1, 2x2x1, 2x2x2, 2x2x2' in out

@@ -6,12 +6,13 @@ import json
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import SimpleITK as sitk
 import numpy as np
 import pytest
 import torch
 
-from benchmarks import benchmark, dataset_subset
+from benchmarks import benchmark, dataset_subset, derived_sets
 from benchmarks.loader_profile import INTENSITY, SPATIAL
 from heartseg.data import read_dataset
 from heartseg.errors import EXIT_USER_ERROR, run_cli
@@ -101,3 +102,29 @@ def test_the_risk_coverage_area_orders_oracle_below_random_and_auroc_is_one_for_
     risk = 1 - true
     assert aurc(true, risk) < risk.mean() < aurc(-true, risk)
     assert auroc(true, true < 0.8) == 1.0 and auroc(-true, true < 0.8) == 0.0
+
+
+def test_the_three_structure_split_cuts_across_the_long_axis_in_millimetres():
+    """An oblique rod, long in mm only because its voxels are anisotropic: the ends are its two quarters."""
+    mask = np.zeros((12, 40, 12), bool)
+    mask[4:8, :, 4:8] = True
+    affine = np.diag([3.0, 0.5, 3.0, 1.0])  # 36 x 20 x 36 mm: the rod's 20 mm length is still its longest extent
+    labels = derived_sets.split_along_principal_axis(mask, affine)
+    assert np.array_equal(labels > 0, mask)
+    along = {value: np.nonzero(labels == value)[1] for value in (1, 2, 3)}
+    assert {value: len(y) // (4 * 4) for value, y in along.items()} == {1: 20, 2: 10, 3: 10}
+    assert along[2].max() < along[1].min() and along[1].max() < along[3].min(), 'body between the two ends'
+
+
+def test_derived_datasets_keep_labels_on_their_images_grid(small_dataset, tmp_path):
+    three, thick = tmp_path / 'Dataset101_Three', tmp_path / 'Thick'
+    assert run_cli(derived_sets.main, ['three-structures', '--data', str(small_dataset), '--output', str(three)]) == 0
+    assert run_cli(derived_sets.main, ['thick-slices', '--data', str(small_dataset), '--output', str(thick), '--thickness', '9']) == 0
+    spec = read_dataset(three)
+    assert spec.layout == 'nnunet_v2' and len(spec.cases) == 6 and sorted(spec.labels) == [0, 1, 2, 3]
+    thick_spec = read_dataset(thick)
+    for case in thick_spec.cases:
+        image, label = nib.load(case.image), nib.load(case.label)
+        assert image.shape == label.shape and np.allclose(image.affine, label.affine)
+        assert nib.affines.voxel_sizes(image.affine)[2] == pytest.approx(9.0)
+        assert np.asanyarray(label.dataobj).any()

@@ -16,10 +16,11 @@ import pytest
 import torch
 
 from heartseg.checkpoint import load_checkpoint
-from heartseg.crossval import fold_training_minutes
-from heartseg.data import read_dataset, split_cases
+from heartseg.crossval import fold_training_minutes, resolve_checkpoints
+from heartseg.data import read_dataset
 from heartseg.errors import EXIT_USER_ERROR, run_cli
 from heartseg.prediction import Predictor
+from heartseg.splits import split_cases
 from main import main
 from predict import main as predict_main
 
@@ -234,3 +235,72 @@ def test_an_unfinished_cross_validation_is_refused_as_an_ensemble(cross_validati
     assert run_cli(predict_main, argv) == EXIT_USER_ERROR
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
     assert len(errors) == 1 and 'folds [2] of 3 have no best.pt' in errors[0] and '--resume' in errors[0]
+
+
+def one_error(capsys) -> str:
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1, errors
+    return errors[0]
+
+
+def test_folds_trained_apart_pool_into_the_crossval_of_one_sequential_run(cross_validation, small_dataset_template, tmp_path):
+    root = tmp_path / 'apart'
+    for fold in (2, 0, 1):  # separate jobs, finishing in any order
+        argv = ['--data', str(small_dataset_template), '--run-dir', str(root / f'fold_{fold}'), '--cache-dir', str(tmp_path / 'cache'),
+                '--folds', str(FOLDS), '--fold', str(fold), *FAST]
+        assert run_cli(main, argv) == 0
+    assert not (root / 'crossval.csv').exists()
+    assert run_cli(main, ['--score-folds', str(root)]) == 0
+    columns = ('fold', 'case', 'label', 'dice', 'hd95_mm', 'asd_mm')
+    assert [[r[c] for c in columns] for r in read_csv(root / 'crossval.csv')] == \
+           [[r[c] for c in columns] for r in read_csv(cross_validation / 'crossval.csv')]
+    apart, together = (json.loads((d / 'crossval.json').read_text()) for d in (root, cross_validation))
+    assert apart['pooled'] == together['pooled'] and apart['cases'] == together['cases'] == 6
+    assert len(resolve_checkpoints([root])) == FOLDS, 'the pooled folder is a fold ensemble for predict.py'
+
+
+def test_pooling_refuses_a_missing_fold_in_one_line(cross_validation, tmp_path, capsys):
+    partial = Path(shutil.copytree(cross_validation, tmp_path / 'cv'))
+    shutil.rmtree(partial / 'fold_1')
+    assert run_cli(main, ['--score-folds', str(partial)]) == EXIT_USER_ERROR
+    assert 'folds [1] of 3 are missing' in one_error(capsys)
+
+
+def nnunet_splits(case_ids: list[str], folds: int) -> list[dict]:
+    """A fold assignment no seed of ours makes: every K-th case from the end."""
+    ordered = sorted(case_ids, reverse=True)
+    return [{'train': [c for c in ordered if c not in ordered[k::folds]], 'val': ordered[k::folds]} for k in range(folds)]
+
+
+def test_nnunet_splits_final_gives_nnunets_folds(small_dataset_template, tmp_path):
+    case_ids = [case.case_id for case in read_dataset(small_dataset_template).cases]
+    splits_file = tmp_path / 'splits_final.json'
+    splits_file.write_text(json.dumps(nnunet_splits(case_ids, 3)))
+    run_dir = tmp_path / 'fold_1'
+    argv = ['--data', str(small_dataset_template), '--splits', str(splits_file), '--fold', '1', '--run-dir', str(run_dir), *FAST]
+    assert run_cli(main, argv) == 0  # --folds comes from the file
+    expected = nnunet_splits(case_ids, 3)[1]
+    assert json.loads((run_dir / 'splits.json').read_text()) == {'training': sorted(expected['train']), 'validation': sorted(expected['val'])}
+    assert json.loads((run_dir / 'config.json').read_text())['config']['folds'] == 3
+
+
+@pytest.mark.parametrize('edit,flags,message', [
+    (lambda f: f[0]['train'].append(f[0]['val'].pop()), [], "is in no fold's validation set"),
+    (lambda f: f[1]['val'].append(f[0]['val'][0]) or f[1]['train'].remove(f[0]['val'][0]), [], 'is in the validation sets of folds 0 and 1'),
+    (lambda f: None, ['--folds', '2'], 'holds 3 folds'),
+])
+def test_a_splits_file_that_does_not_fit_is_refused_in_one_line(small_dataset, tmp_path, capsys, edit, flags, message):
+    case_ids = [case.case_id for case in read_dataset(small_dataset).cases]
+    folds = nnunet_splits(case_ids, 3)
+    edit(folds)
+    splits_file = tmp_path / 'splits_final.json'
+    splits_file.write_text(json.dumps(folds))
+    run_dir = tmp_path / 'run'
+    assert run_cli(main, ['--data', str(small_dataset), '--splits', str(splits_file), '--run-dir', str(run_dir), *FAST, *flags]) == EXIT_USER_ERROR
+    assert message in one_error(capsys)
+    assert not run_dir.exists()
+
+
+def test_grouping_cases_that_are_all_one_patient_is_refused(small_dataset, tmp_path, capsys):
+    assert run_cli(main, ['--data', str(small_dataset), '--group-by-prefix', '--run-dir', str(tmp_path / 'run'), *FAST]) == EXIT_USER_ERROR
+    assert 'as 1 patients' in one_error(capsys)

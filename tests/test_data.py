@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -14,6 +15,7 @@ import torchio as tio
 from heartseg import data
 from heartseg.data import Preprocessing, preprocess_case, preprocess_cases, read_dataset
 from heartseg.errors import UserError
+from heartseg.synthetic import write_synthetic_dataset
 
 
 def cached_files(cache):
@@ -71,15 +73,6 @@ def test_the_cache_key_changes_with_the_preprocessing_version(small_dataset, mon
     assert data._cache_key(spec.cases[0], preprocessing) != before
 
 
-@pytest.mark.parametrize('folds', [0, 3])
-def test_splits_are_seeded_and_disjoint(folds):
-    case_ids = [f'c{i}' for i in range(10)]
-    first = data.split_cases(case_ids, seed=5, folds=folds, fold=0 if folds else None)
-    assert first == data.split_cases(case_ids, seed=5, folds=folds, fold=0 if folds else None)
-    assert not set(first['training']) & set(first['validation'])
-    assert sorted(first['training'] + first['validation']) == case_ids
-
-
 def test_a_cached_case_is_still_checked_against_the_labels_dataset_json_declares_now(small_dataset, tmp_path, monkeypatch):
     spec = read_dataset(small_dataset)
     case, cache, preprocessing = spec.cases[0], tmp_path / 'cache', Preprocessing((3.0, 3.0, 3.0))
@@ -133,3 +126,62 @@ def test_a_resampled_label_keeps_its_image_s_centre_of_mass(target_spacing):
     label_centre = indices[:, label].mean(dim=1)
     error = (image_centre - label_centre).abs().max()
     assert error < 0.05, f'label centre {label_centre.tolist()} is {error:.3f} voxel from its image\'s {image_centre.tolist()}'
+
+
+@pytest.fixture
+def v2_dataset(tmp_path) -> Path:
+    return write_synthetic_dataset(tmp_path / 'Dataset002_Heart', num_cases=3, shape=(40, 40, 20), spacing=(1.5, 1.5, 3.0), structures=3,
+                                   layout='nnunet_v2', test_cases=1)
+
+
+def test_an_nnunet_v2_raw_folder_is_read_as_it_is(v2_dataset):
+    spec = read_dataset(v2_dataset)
+    assert spec.layout == data.NNUNET_V2
+    assert [c.case_id for c in spec.cases] == ['synthetic_000', 'synthetic_001', 'synthetic_002']
+    assert spec.cases[0].image == v2_dataset / 'imagesTr' / 'synthetic_000_0000.nii.gz'
+    assert spec.cases[0].label == v2_dataset / 'labelsTr' / 'synthetic_000.nii.gz'
+    assert spec.labels == {0: 'background', 1: 'left atrium', 2: 'atrial wall', 3: 'neighbouring chamber'}
+    assert spec.modalities == {0: 'MRI'} and not spec.regions
+    assert [c.case_id for c in spec.test_cases] == ['synthetic_003']
+    subject = preprocess_case(spec.cases[0], spec, Preprocessing((3.0, 3.0, 3.0)), v2_dataset.parent / 'cache')
+    assert set(torch.unique(subject['label'].data).tolist()) == {0, 1, 2, 3}, 'the three structures survive the reading'
+
+
+def test_an_msd_folder_still_reads_as_before(small_dataset):
+    spec = read_dataset(small_dataset)
+    assert spec.layout == data.MSD and spec.cases[0].image.name == 'synthetic_000.nii.gz' and spec.labels == {0: 'background', 1: 'left atrium'}
+
+
+def test_nnunet_v2_regions_are_read_with_their_paint_order(v2_dataset):
+    content = json.loads((v2_dataset / 'dataset.json').read_text())
+    content['labels'] = {'background': 0, 'whole heart': [1, 2, 3], 'atrium and wall': [1, 2], 'atrium': 1}
+    content['regions_class_order'] = [3, 2, 1]
+    (v2_dataset / 'dataset.json').write_text(json.dumps(content))
+    spec = read_dataset(v2_dataset)
+    assert [(r['values'], r['paint']) for r in spec.regions] == [([1, 2, 3], 3), ([1, 2], 2), ([1], 1)]
+    assert spec.labels == {0: 'background', 1: 'atrium', 2: 'atrium and wall', 3: 'whole heart'}
+
+
+@pytest.mark.parametrize('change,message', [
+    (lambda c: c.pop('numTraining'), 'missing required key "numTraining"'),
+    (lambda c: c.update(numTraining=5), '"numTraining" is 5 but'),
+    (lambda c: c.update(file_ending='.png'), '"file_ending" \'.png\' is not supported'),
+    (lambda c: c.update(labels={'background': 0, 'atrium': 'one'}), '"labels" entry \'atrium\' must be an integer'),
+    (lambda c: c.update(labels={'atrium': 1}), 'must declare 0 (background)'),
+    (lambda c: c.update(labels={'background': 0, 'heart': [1, 2], 'atrium': 1}), '"regions_class_order" must list one label value per region'),
+    (lambda c: c.update(channel_names={'0': 'T1', '1': 'T2'}), 'multi-channel nnU-Net v2 datasets'),
+])
+def test_a_bad_nnunet_v2_dataset_json_is_one_line_naming_the_key(v2_dataset, change, message):
+    content = json.loads((v2_dataset / 'dataset.json').read_text())
+    change(content)
+    (v2_dataset / 'dataset.json').write_text(json.dumps(content))
+    with pytest.raises(UserError) as raised:
+        read_dataset(v2_dataset)
+    assert message in str(raised.value) and 'dataset.json' in str(raised.value) and '\n' not in str(raised.value)
+
+
+def test_an_nnunet_v2_case_without_its_label_file_is_named(v2_dataset):
+    (v2_dataset / 'labelsTr' / 'synthetic_001.nii.gz').unlink()
+    spec = read_dataset(v2_dataset)
+    with pytest.raises(UserError, match='synthetic_001.nii.gz'):
+        preprocess_case(spec.cases[1], spec, Preprocessing((3.0, 3.0, 3.0)), v2_dataset.parent / 'cache')

@@ -9,7 +9,6 @@ from torch import nn
 from heartseg.inference import (
     BLENDINGS,
     predict_logits,
-    probabilities_to_labels,
     sliding_window_logits,
     window_starts,
 )
@@ -69,7 +68,3 @@ def test_windows_cover_the_volume_and_the_last_is_flush_with_its_end(size, patch
     assert starts[0] == 0 and (size <= patch or starts[-1] == size - patch)
 
 
-def test_probabilities_become_the_most_likely_label_above_one_half():
-    probabilities = torch.tensor([[0.9, 0.4, 0.6, 0.2], [0.7, 0.45, 0.8, 0.5]]).view(2, 4, 1, 1)
-    labels = probabilities_to_labels(probabilities, (1, 3))
-    assert labels.flatten().tolist() == [1, 0, 3, 0]

@@ -1,11 +1,11 @@
-"""heartseg.overlay: the TensorBoard picture shows the reference in green and the prediction in red, large enough to judge."""
+"""heartseg.overlay: the TensorBoard picture shows the reference in green and the prediction in red (several structures: side by side, one colour each), large enough to judge."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from heartseg.overlay import LONG_SIDE_PIXELS, overlay_image
+from heartseg.overlay import LONG_SIDE_PIXELS, PANEL_GAP_PIXELS, STRUCTURE_COLOURS, overlay_image
 
 
 def test_contours_are_coloured_where_the_masks_have_their_boundaries():
@@ -36,3 +36,25 @@ def test_agreeing_contours_turn_yellow():
     picture = overlay_image(torch.randn(16, 16, 4), label, label.clone())
     yellow = (picture[..., 0] == 255) & (picture[..., 1] == 255) & (picture[..., 2] == 0)
     assert yellow.any() and not ((picture[..., 1] == 255) & (picture[..., 0] == 0)).any()
+
+
+def test_several_structures_show_side_by_side_one_colour_each():
+    label = torch.zeros(24, 24, 4, dtype=torch.uint8)
+    label[2:10, 2:10, 1] = 1
+    label[14:22, 14:22, 1] = 2
+    prediction = torch.zeros_like(label)
+    prediction[2:10, 2:10, 1] = 2  # structure 2 predicted where structure 1 is
+    picture = overlay_image(torch.zeros(24, 24, 4), label, prediction, structure_values=(1, 2))
+    single = overlay_image(torch.zeros(24, 24, 4), label, prediction)
+    assert picture.shape[1] == 2 * single.shape[1] + PANEL_GAP_PIXELS, 'reference and prediction panels side by side'
+    reference_panel, prediction_panel = picture[:, :single.shape[1]], picture[:, -single.shape[1]:]
+    first, second = (np.array(rgb, dtype=np.uint8) for rgb in STRUCTURE_COLOURS[:2])
+    assert coloured(reference_panel, first).any() and coloured(reference_panel, second).any()
+    assert coloured(prediction_panel, second).any() and not coloured(prediction_panel, first).any()
+    # The prediction's structure 2 sits where the reference's structure 1 is (low x: the left of the panel).
+    scale = single.shape[1] // 24
+    assert np.nonzero(coloured(prediction_panel, second))[1].max() // scale < 12
+
+
+def coloured(panel: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+    return (panel == rgb).all(axis=-1)

@@ -13,6 +13,7 @@ import torch
 
 from heartseg.errors import EXIT_USER_ERROR, run_cli
 from heartseg.metrics import dice
+from heartseg.outputs import Outputs
 from heartseg.prediction import (
     Predictor,
     back_to_input_grid,
@@ -108,7 +109,7 @@ def test_the_boundary_keeps_its_sub_voxel_position_on_the_input_grid():
     x_mm = 2.0 * torch.arange(12, dtype=torch.float32)
     logits = (4.0 * (x_mm - boundary_mm)).view(1, 12, 1, 1).expand(1, 12, 4, 4).contiguous()
     fine = nib.Nifti1Image(np.zeros((40, 8, 8), np.float32), np.diag([0.5, 1.0, 1.0, 1.0]))
-    probabilities = ensemble_probabilities([back_to_input_grid(logits, coarse_affine, fine)])[0, :, 2, 2]
+    probabilities = ensemble_probabilities([back_to_input_grid(logits, coarse_affine, fine)], Outputs('sigmoid', ((1,),)))[0, :, 2, 2]
     first_foreground_mm = 0.5 * int(torch.nonzero(probabilities > 0.5)[0])
     # Interpolating probabilities instead would put the crossing near 10.9 mm, between voxel centres.
     assert boundary_mm <= first_foreground_mm < boundary_mm + 0.5, first_foreground_mm

@@ -14,9 +14,10 @@ import torch
 import training
 from heartseg.checkpoint import load_checkpoint
 from heartseg.config import DEFAULT_LENGTH_VALIDATIONS, DEFAULT_TRAINING_STEPS, TIME_LIMITED_MAX_EPOCHS
-from heartseg.data import read_dataset, split_cases
+from heartseg.data import read_dataset
 from heartseg.augmentation import Augmentation
 from heartseg.errors import EXIT_USER_ERROR, run_cli
+from heartseg.splits import split_cases
 import main as main_script
 from main import main
 from predict import main as predict_main
@@ -206,8 +207,8 @@ def test_a_split_seed_keeps_the_validation_cases_while_the_training_seed_changes
     assert splits['other seed, split seed 0'] == splits['seed 0']
 
 
-def test_several_labels_train_and_predict_as_one_channel_each(small_dataset, tmp_path, monkeypatch):
-    """Label 1 is split into 1 and 2 along x: the net gets two outputs and masks keep both label values."""
+def test_several_labels_train_a_softmax_and_predict_every_label(small_dataset, tmp_path, monkeypatch):
+    """Label 1 is split into 1 and 2 along x: the net gets a softmax over background and both, and masks keep both label values."""
     monkeypatch.chdir(tmp_path)
     content = json.loads((small_dataset / 'dataset.json').read_text())
     content['labels'] = {'0': 'background', '1': 'left part', '2': 'right part'}
@@ -220,7 +221,7 @@ def test_several_labels_train_and_predict_as_one_channel_each(small_dataset, tmp
         nib.save(nib.Nifti1Image(values, label.affine), path)
     assert run_cli(main, ['--data', str(small_dataset), '--run-dir', 'multi', '--epochs', '5', *TINY]) == 0
     state = load_checkpoint(tmp_path / 'multi' / 'best.pt')
-    assert state['plan'].model['out_channels'] == 2
+    assert state['plan'].model['out_channels'] == 3 and state['plan'].config['output'] == 'softmax'
     output = tmp_path / 'masks'
     argv = ['--checkpoint', str(tmp_path / 'multi' / 'best.pt'), '--input', str(small_dataset / 'dataset.json'),
             '--subset', 'validation', '--output', str(output), '--labels', str(small_dataset / 'labelsTr'), '--no-tta']
