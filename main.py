@@ -52,7 +52,7 @@ from heartseg.devices import mixed_precision_dtype, select_device
 from heartseg.download import TASK02_FOLDER, TASK02_URL, download_task02
 from heartseg.errors import EXIT_INTERRUPTED, UserError, run_cli
 from heartseg.files import atomic_write_text, ensure_writable_dir
-from heartseg.fingerprint import CaseHeader, resampled_shape, spacing_and_patch_for_device
+from heartseg.fingerprint import CaseHeader, pooling_text, resampled_shape, spacing_and_patch_for_device
 from heartseg.losses import LOSSES
 from heartseg.outputs import KINDS, planned_kind
 from heartseg.schedule import VALIDATION_SHARE
@@ -296,20 +296,15 @@ def _normalise(value):
 
 
 def print_run_line(config: RunConfig, num_train: int, num_val: int) -> None:
+    pooling = '' if config.pool_sizes is None else f' pooling {pooling_text(config.pool_sizes)}'
     print(
         f'Plan: {num_train} training / {num_val} validation cases, spacing {config.target_spacing} mm, '
         f'patch {list(config.patch_size)}, U-Net levels={config.levels} base={config.base_channels} '
-        f'norm={config.norm}{" deep-supervision" if config.deep_supervision else ""}{_pooling(config)}, '
+        f'norm={config.norm}{" deep-supervision" if config.deep_supervision else ""}{pooling}, '
         f'{config.outputs.channels} {config.output} outputs, loss {config.loss}, batch {config.batch_size}, '
         + (f'epochs fitted to the time limit of {config.time_limit:g} min' if config.time_limit else _length(config, num_train))
         + f', {_precision(config)}'
     )
-
-
-def _pooling(config: RunConfig) -> str:
-    if config.pool_sizes is None:
-        return ''
-    return ' pooling ' + ','.join('x'.join(map(str, pool)) for pool in config.pool_sizes)
 
 
 def _length(config: RunConfig, num_train: int) -> str:

@@ -23,6 +23,7 @@ from heartseg.fingerprint import (
     fit_patch_size,
     median_resampled_shape,
     plan_network,
+    pooling_text,
     spacing_and_patch_for_device,
     suggest_target_spacing,
 )
@@ -70,10 +71,6 @@ def plan_summary(results: list[CaseResult]) -> dict[str, Any] | None:
         'cpu_training_spacing': list(cpu_spacing),
         'cpu_training_patch_size': list(cpu_patch),
     }
-
-
-def _pooling(pool_sizes: list[list[int]] | None) -> str:
-    return ', '.join('x'.join(map(str, pool)) for pool in pool_sizes) if pool_sizes else '2x2x2 at every level'
 
 
 def intensity_summary(results: list[CaseResult]) -> dict[str, Any]:
@@ -189,7 +186,7 @@ def _plan_lines(plan: dict[str, Any] | None, extent: dict[str, list[float]] | No
         f'{_vector(plan["median_resampled_shape"])}, rounded down to multiples of {plan["patch_divisor"]} per axis '
         f'(each axis\'s total pooling in a 4-level U-Net), then the longest axis shrunk by its multiple until it fits '
         f'main.py\'s CPU budget of {budget:,} voxels (main.py may adjust for its device, e.g. a larger patch budget on a GPU).',
-        f'  network pooling per level: {_pooling(plan["pool_sizes"])} (an axis over twice the finest spacing is not pooled, '
+        f'  network pooling per level: {pooling_text(plan["pool_sizes"])} (an axis over twice the finest spacing is not pooled, '
         'and its kernel is 1 there).',
         f'  main.py on a CPU trains at {_vector(plan["cpu_training_spacing"])} mm (no finer than {MIN_SPACING_MM["cpu"]:g} mm there) '
         f'with patch {plan["cpu_training_patch_size"]}.',

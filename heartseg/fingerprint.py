@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import nibabel as nib
 import numpy as np
 
+from mymodel import total_pooling
+
 # nnU-Net treats a dataset as anisotropic past this ratio of spacings.
 ANISOTROPY_THRESHOLD = 3.0
 # Patch budgets in voxels: what one training step can afford on each kind of device.
@@ -121,10 +123,15 @@ def plan_network(target_spacing: tuple[float, float, float], levels: int, per_ax
         pools.append([2 if axis else 1 for axis in joined])
         spacing = spacing * np.where(joined, 2, 1)
     pools = pools[:levels]  # the bridge is not pooled
-    divisors = tuple(int(np.prod([pool[axis] for pool in pools])) for axis in range(3))
+    divisors = total_pooling(pools)
     if all(p == [2, 2, 2] for p in pools) and all(k == [3, 3, 3] for k in kernels):
         return NetworkPlan(None, None, divisors)
     return NetworkPlan(pools, kernels, divisors)
+
+
+def pooling_text(pool_sizes: list[list[int]] | None) -> str:
+    """A plan's pooling for people: ``'2x2x1, 2x2x2'``, or ``'2x2x2 at every level'`` for the isotropic plan."""
+    return ', '.join('x'.join(map(str, pool)) for pool in pool_sizes) if pool_sizes else '2x2x2 at every level'
 
 
 def fit_patch_size(median_shape: tuple[int, ...], divisors: tuple[int, ...], max_voxels: int) -> tuple[int, int, int]:

@@ -65,6 +65,11 @@ class Outputs:
         overlapping = len({v for values in self.structures for v in values}) < sum(map(len, self.structures))
         assert not (self.kind == 'softmax' and overlapping), f'softmax needs mutually exclusive structures, got {self.structures}'
 
+    @classmethod
+    def one_per_label(cls, kind: str, label_values: Sequence[int]) -> Outputs:
+        """One structure per foreground label value (no regions)."""
+        return cls(kind, tuple((value,) for value in label_values))
+
     @property
     def channels(self) -> int:
         """Output channels of the network: softmax adds one for background."""
@@ -140,4 +145,4 @@ def outputs_from_config(config: Mapping[str, Any]) -> Outputs:
         return Outputs(config.get('output') or LEGACY_KIND, tuple(tuple(r['values']) for r in regions),
                        tuple(r['paint'] for r in regions))
     values = sorted(int(value) for value in config['labels'] if int(value) != 0)
-    return Outputs(config.get('output') or LEGACY_KIND, tuple((value,) for value in values))
+    return Outputs.one_per_label(config.get('output') or LEGACY_KIND, values)

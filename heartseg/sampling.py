@@ -147,7 +147,7 @@ class PatchDataset(Dataset):
         self.batch_size = batch_size
         self.seed = seed
         self.augmentation = augmentation
-        self.outputs = outputs or Outputs('sigmoid', tuple((value,) for value in foreground_labels))
+        self.outputs = outputs or Outputs.one_per_label('sigmoid', foreground_labels)
         share = foreground_probability / len(foreground_labels)
         probabilities = {0: 1 - foreground_probability, **{label: share for label in foreground_labels}}
         # Located here, before loader workers fork, so that they share them.
