@@ -188,10 +188,11 @@ def _resolve_inside(root: Path, relative: object, json_path: Path, key: str) -> 
         raise UserError(json_path, f'"{key}" must be a non-empty path string, got {relative!r}')
     if os.path.isabs(relative):
         raise UserError(json_path, f'absolute path {relative!r} is not allowed; paths must be relative to the dataset folder')
-    resolved = (root / relative).resolve()
-    if not resolved.is_relative_to(root.resolve()):
+    # The path's text must stay inside; a file there may still be a link to elsewhere (a subset of another dataset).
+    inside = Path(os.path.normpath(root.absolute() / relative))
+    if not inside.is_relative_to(root.absolute()):
         raise UserError(json_path, f'path {relative!r} escapes the dataset folder')
-    return resolved
+    return inside
 
 
 def _parse_int_keys(mapping: object, json_path: Path, key: str) -> dict[int, str]:

@@ -152,6 +152,21 @@ def test_an_msd_folder_still_reads_as_before(small_dataset):
     assert spec.layout == data.MSD and spec.cases[0].image.name == 'synthetic_000.nii.gz' and spec.labels == {0: 'background', 1: 'left atrium'}
 
 
+def test_an_msd_subset_whose_files_link_to_another_dataset_is_read(small_dataset, tmp_path):
+    """A subset made of links (as benchmarks.holdout makes) is inside its folder by path, wherever the links point."""
+    subset = tmp_path / 'Subset'
+    for folder in ('imagesTr', 'labelsTr'):
+        (subset / folder).mkdir(parents=True)
+        for source in sorted((small_dataset / folder).glob('*.nii.gz'))[:3]:
+            os.symlink(source, subset / folder / source.name)
+    listing = json.loads((small_dataset / 'dataset.json').read_text())
+    listing['training'] = listing['training'][:3]
+    (subset / 'dataset.json').write_text(json.dumps(listing))
+    spec = read_dataset(subset)
+    assert [case.image.parent for case in spec.cases] == [subset.absolute() / 'imagesTr'] * 3
+    assert all(case.image.resolve().is_relative_to(small_dataset.resolve()) for case in spec.cases)
+
+
 def test_nnunet_v2_regions_are_read_with_their_paint_order(v2_dataset):
     content = json.loads((v2_dataset / 'dataset.json').read_text())
     content['labels'] = {'background': 0, 'whole heart': [1, 2, 3], 'atrium and wall': [1, 2], 'atrium': 1}
