@@ -232,9 +232,39 @@ def ensemble_probabilities(input_grid_logits: Iterable[torch.Tensor], outputs: O
 
 
 def back_to_input_grid(volume: torch.Tensor, affine: np.ndarray, nifti: nib.Nifti1Image) -> torch.Tensor:
-    """Resample a ``(C, X, Y, Z)`` volume in the grid ``affine`` linearly onto the input's voxel grid."""
-    image = tio.ScalarImage(tensor=volume, affine=affine)
+    """Resample a ``(C, X, Y, Z)`` volume in the grid ``affine`` linearly onto the input's voxel grid.
+
+    The preprocessed grid, ``floor(size x spacing / target)`` voxels centred in
+    the scan, usually stops short of the input's outermost voxel centres. There
+    the volume's nearest values are taken (:func:`replicate_to_cover`), never the
+    resampler's fill value: a logit of 0 would be a probability of 0.5 (1/C in a
+    softmax) along whole faces of the scan.
+    """
+    padded, padded_affine = replicate_to_cover(volume, affine, nifti.shape[:3], nifti.affine)
+    image = tio.ScalarImage(tensor=padded, affine=padded_affine)
     return tio.Resample((nifti.shape[:3], nifti.affine), image_interpolation='linear')(image).data
+
+
+def replicate_to_cover(volume: torch.Tensor, affine: np.ndarray, shape: tuple[int, ...],
+                       target_affine: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """``volume`` padded by repeating its edge voxels until its voxel centres enclose those of the grid ``(shape, target_affine)``.
+
+    Each target corner's centre ``c`` lies at ``inv(affine) @ target_affine @ c`` in
+    the volume's voxel indices; every face is padded by the whole voxels it lacks.
+    Returns the padded volume and its affine (the origin moved by the low padding).
+    """
+    corners = np.array(np.meshgrid(*[(0, n - 1) for n in shape], indexing='ij')).reshape(3, -1)
+    indices = (np.linalg.inv(affine) @ target_affine @ np.vstack([corners, np.ones(corners.shape[1])]))[:3]
+    slack = 1e-3  # float rounding of a corner that sits exactly on the outermost centre
+    low = np.maximum(0, np.ceil(-indices.min(axis=1) - slack)).astype(int)
+    high = np.maximum(0, np.ceil(indices.max(axis=1) - (np.array(volume.shape[1:]) - 1) - slack)).astype(int)
+    if not (low.any() or high.any()):
+        return volume, affine
+    padding = [int(n) for axis in (2, 1, 0) for n in (low[axis], high[axis])]  # F.pad lists the last axis first
+    padded = torch.nn.functional.pad(volume[None].float(), padding, mode='replicate')[0]
+    shift = np.eye(4)
+    shift[:3, 3] = -low
+    return padded, affine @ shift
 
 
 def keep_largest_components(mask: np.ndarray, foreground_labels: tuple[int, ...]) -> np.ndarray:

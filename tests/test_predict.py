@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from heartseg.checkpoint import load_checkpoint, save_checkpoint
+from heartseg.data import Preprocessing, image_subject
 from heartseg.errors import EXIT_USER_ERROR, run_cli
 from heartseg.metrics import dice
 from heartseg.outputs import Outputs
@@ -113,6 +116,52 @@ def test_the_boundary_keeps_its_sub_voxel_position_on_the_input_grid():
     first_foreground_mm = 0.5 * int(torch.nonzero(probabilities > 0.5)[0])
     # Interpolating probabilities instead would put the crossing near 10.9 mm, between voxel centres.
     assert boundary_mm <= first_foreground_mm < boundary_mm + 0.5, first_foreground_mm
+
+
+@pytest.mark.parametrize('input_spacing,input_orientation', [
+    ((1.37, 1.37, 10.0), (1, 1, 1)),  # 203 x 1.37 / 1.5625 = 178.0...: the preprocessed grid stops short of every face
+    ((1.37, 1.37, 10.0), (-1, 1, 1)),  # the same in a mirrored (LAS) input
+    ((1.2, 1.7, 9.0), (1, -1, 1)),  # finer on one axis, coarser on the others
+])
+def test_the_faces_of_the_input_take_the_nearest_values_not_the_resampler_s_fill(input_spacing, input_orientation):
+    """Where the preprocessed grid ends short of the input's outermost voxels, the edge values continue; no logit 0 appears."""
+    input_affine = np.diag([*(s * o for s, o in zip(input_spacing, input_orientation)), 1.0])
+    nifti = nib.Nifti1Image(np.random.rand(203, 203, 10).astype(np.float32), input_affine)
+    preprocessed = Preprocessing((1.5625, 1.5625, 10.0))(image_subject(Path('scan.nii.gz'), nifti, 1))['image']
+    x = torch.linspace(2.0, 6.0, preprocessed.shape[1]).view(-1, 1, 1)
+    logits = torch.stack([x.expand(preprocessed.shape[1:]), torch.full(preprocessed.shape[1:], -7.0)])
+    back = back_to_input_grid(logits, preprocessed.affine, nifti)
+    assert back.shape == (2, 203, 203, 10)
+    assert torch.all(back[1] == -7.0), f'{(back[1] != -7.0).float().mean():.1%} of the voxels lost the constant logit'
+    assert 2.0 - 1e-5 <= float(back[0].min()) and float(back[0].max()) <= 6.0 + 1e-5, 'values outside the volume\'s own range were invented'
+
+
+def sure_everywhere(trained: Path, target: Path, kind: str) -> Path:
+    """The trained checkpoint with heads that ignore the image: structure logit +6 everywhere (softmax: background -6)."""
+    state = load_checkpoint(trained)
+    plan, channels = state['plan'], 2 if kind == 'softmax' else 1
+    bias = torch.tensor([-6.0, 6.0] if kind == 'softmax' else [6.0])
+    for name in [key for key in state['model'] if key.split('.')[0] in ('head', 'deep_heads')]:
+        old = state['model'][name]
+        state['model'][name] = bias.clone() if name.endswith('bias') else torch.zeros(channels, *old.shape[1:])
+    state['plan'] = replace(plan, model={**plan.model, 'out_channels': channels}, config={**plan.config, 'output': kind})
+    save_checkpoint(target, state.pop('plan'), **{key: value for key, value in state.items() if key != 'format'})
+    return target
+
+
+@pytest.mark.parametrize('kind', ['sigmoid', 'softmax'])
+def test_a_model_sure_everywhere_is_as_sure_on_the_faces_of_the_scan(trained, tmp_path, kind):
+    """A scan whose size x spacing is not a whole number of the model's voxels: the faces get the inside's probability, not 1/C."""
+    sure = sure_everywhere(trained, tmp_path / 'sure.pt', kind)
+    trained_spacing = load_checkpoint(trained)['plan'].target_spacing
+    spacing = (trained_spacing[0] * 0.93, trained_spacing[1] * 0.93, trained_spacing[2])
+    image = tmp_path / 'scan.nii.gz'
+    nib.save(nib.Nifti1Image(np.random.rand(45, 47, 12).astype(np.float32), np.diag([*spacing, 1.0])), image)
+    mask, probabilities, _ = Predictor(sure, tta=False, keep_largest=False).predict(image)
+    assert probabilities.shape == (1, 45, 47, 12)
+    expected = 1 / (1 + np.exp(-12.0 if kind == 'softmax' else -6.0))
+    assert np.allclose(probabilities, expected, atol=1e-4), f'{(np.abs(probabilities - expected) > 1e-4).mean():.1%} of the voxels off, down to {probabilities.min():.3f}'
+    assert mask.all()
 
 
 def test_distances_and_volumes_use_the_affine_s_voxel_size_when_pixdim_disagrees(tmp_path):
