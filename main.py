@@ -28,7 +28,7 @@ import numpy as np
 import torchio as tio
 
 from heartseg import crossval, distributed
-from heartseg.augmentation import PLACES, STRENGTHS
+from heartseg.augmentation import PLACES, STRENGTHS, dummy_2d_axis
 from heartseg.cli import Parser, integer, number
 from heartseg.config import (
     DEFAULT_LENGTH_VALIDATIONS,
@@ -52,11 +52,18 @@ from heartseg.devices import mixed_precision_dtype, select_device
 from heartseg.download import TASK02_FOLDER, TASK02_URL, download_task02
 from heartseg.errors import EXIT_INTERRUPTED, UserError, run_cli
 from heartseg.files import atomic_write_text, ensure_writable_dir
-from heartseg.fingerprint import CaseHeader, pooling_text, resampled_shape, spacing_and_patch_for_device
+from heartseg.fingerprint import (
+    MIN_FEATURE_MAP_SIZE,
+    POOLING_SPACING_RATIO,
+    CaseHeader,
+    pooling_text,
+    resampled_shape,
+    spacing_and_patch_for_device,
+)
 from heartseg.losses import LOSSES
 from heartseg.outputs import KINDS, planned_kind
 from heartseg.schedule import VALIDATION_SHARE
-from heartseg.splits import Split, read_splits_file, split_cases
+from heartseg.splits import Split, grouping_text, read_splits_file, split_cases
 from heartseg.synthetic import write_synthetic_dataset
 from mymodel import NORMS, isotropic_pooling, total_pooling
 from training import create_trainer
@@ -84,16 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument('--folds', type=integer(2), default=None, help='K-fold cross-validation (K >= 2, overrides --val-fraction): without --fold, trains every fold in turn into RUN_DIR/fold_0..K-1, then scores all cases out of fold into RUN_DIR/crossval.csv and crossval.json')
     data.add_argument('--fold', type=integer(0), default=None, help='train only fold I (0..K-1) of --folds K')
     data.add_argument('--splits', type=Path, default=None, help="folds from a file: nnU-Net's splits_final.json (a list of {train, val}) or a splits.json (one {training, validation} or a list); --folds defaults to its number of folds")
-    data.add_argument('--group-by-prefix', action='store_true', default=None, help='seeded splits keep the cases of one patient together: those whose ids agree up to the last "_" (ACDC\'s patient001_frame01 and patient001_frame12)')
+    data.add_argument('--group-by-patient', '--group-by-prefix', action=argparse.BooleanOptionalAction, default=None, help=f'seeded splits keep the scans of one patient on one side: ids that differ only in a frame or time-point suffix (ACDC\'s patient001_frame01 and patient001_frame12, M&Ms\' _ED and _ES); a dataset without such ids is split case by case (default {_on(RunConfig.group_by_patient)})')
     data.add_argument('--split-seed', type=integer(0, MAX_SEED), default=None, help='seed of the training/validation split (default: --seed); fix it to compare training seeds on one split')
     data.add_argument('--max-cases', type=integer(1), default=None, help='use only the first N cases (quick runs)')
 
     model = parser.add_argument_group('model')
-    model.add_argument('--levels', type=integer(1), default=None, help=f'encoder levels above the bridge (default {RunConfig.levels}; the seed used 2)')
+    model.add_argument('--levels', type=integer(1), default=None, help=f'encoder levels above the bridge, at most: fewer are planned by default when the patch cannot be pooled further (default {RunConfig.levels}; the seed used 2)')
     model.add_argument('--base-channels', type=integer(1), default=None, help=f'channels of the first level (default {_by_device("base_channels")}; the seed used 8)')
     model.add_argument('--norm', choices=NORMS, default=None, help=f'normalisation layer (default {RunConfig.norm}; the seed used batch)')
     model.add_argument('--output', choices=KINDS, default=None, help='output channels: softmax over background and mutually exclusive structures (cross-entropy + Dice, arg max), or one sigmoid per structure (default: softmax for several structures, sigmoid for one or for nnU-Net v2 regions)')
-    model.add_argument('--pooling', choices=POOLINGS, default=POOLINGS[0], help='per-axis: no pooling, and kernel 1, along an axis while its spacing is over twice the finest (nnU-Net\'s plan for thick slices); isotropic: 2x2x2 at every level (default: %(default)s; the same network on isotropic data)')
+    model.add_argument('--pooling', choices=POOLINGS, default=POOLINGS[0], help="per-axis: nnU-Net's plan, an axis pooled only while its spacing is under twice the finest (kernel 1 along it before) and its feature map at least 8 voxels long; isotropic: 2x2x2 at every level (default: %(default)s)")
     model.add_argument('--deep-supervision', action=argparse.BooleanOptionalAction, default=None, help=f'nnU-Net deep supervision: extra loss terms on the decoder at 1/2 to 1/2**(levels-2) resolution; a 2-level net has none (default {_on(RunConfig.deep_supervision)})')
 
     train = parser.add_argument_group('training')
@@ -180,7 +187,10 @@ def configure_run(args: argparse.Namespace, spec: DatasetSpec, synthetic: bool) 
     headers = [read_header(case, spec) for case in cases]
     levels = given.get('levels', RunConfig.levels)
     spacing, patch, network = spacing_and_patch_for_device(headers, device.type, levels, given.get('target_spacing'),
-                                                           per_axis=args.pooling == 'per-axis')
+                                                           per_axis=args.pooling == 'per-axis', patch_size=given.get('patch_size'))
+    if 'levels' in given and network.levels < levels:
+        raise UserError('--levels', f'{levels} levels cannot be pooled in patch {list(patch)}: after {network.levels} poolings no axis is '
+                                    f'{2 * MIN_FEATURE_MAP_SIZE} voxels long with a spacing under {POOLING_SPACING_RATIO:g}x the finest (nnU-Net\'s rule)')
     check_resampled_sizes(headers, spacing)
     config = RunConfig(
         data=str(spec.root.resolve()),  # absolute: --resume may run from another folder
@@ -201,6 +211,7 @@ def configure_run(args: argparse.Namespace, spec: DatasetSpec, synthetic: bool) 
     )
     for setting, value in given.items():
         setattr(config, setting, value)
+    config.levels = network.levels  # fewer than asked by default when the patch is too small to pool any more
     if spec.regions and config.output == 'softmax':
         raise UserError('--output', f'softmax needs mutually exclusive structures; {spec.root / "dataset.json"} declares overlapping regions, which take sigmoid channels')
     if config.splits:
@@ -232,7 +243,7 @@ def run_split(config: RunConfig, case_ids: list[str], fold: int | None) -> Split
     if config.splits:
         splits = read_splits_file(Path(config.splits), case_ids)
         return splits[fold or 0]
-    return split_cases(case_ids, config.data_split_seed, config.val_fraction, config.folds, fold, config.group_by_prefix)
+    return split_cases(case_ids, config.data_split_seed, config.val_fraction, config.folds, fold, config.group_by_patient)
 
 
 def folds_in_splits_file(config: RunConfig, cases: tuple, given_folds: int | None) -> int:
@@ -295,16 +306,29 @@ def _normalise(value):
     return json.loads(json.dumps(value))
 
 
-def print_run_line(config: RunConfig, num_train: int, num_val: int) -> None:
+def split_description(config: RunConfig, case_ids: list[str]) -> str:
+    """Where the run's split comes from, and how it grouped the cases."""
+    if config.splits:
+        return f'split from {Path(config.splits).name}'
+    return 'no split' if not (config.folds or config.val_fraction) else f'split {grouping_text(case_ids, config.group_by_patient)}'
+
+
+def print_run_line(config: RunConfig, num_train: int, num_val: int, split_text: str) -> None:
     pooling = '' if config.pool_sizes is None else f' pooling {pooling_text(config.pool_sizes)}'
     print(
-        f'Plan: {num_train} training / {num_val} validation cases, spacing {config.target_spacing} mm, '
+        f'Plan: {num_train} training / {num_val} validation cases ({split_text}), spacing {config.target_spacing} mm, '
         f'patch {list(config.patch_size)}, U-Net levels={config.levels} base={config.base_channels} '
         f'norm={config.norm}{" deep-supervision" if config.deep_supervision else ""}{pooling}, '
-        f'{config.outputs.channels} {config.output} outputs, loss {config.loss}, batch {config.batch_size}, '
+        f'{config.outputs.channels} {config.output} outputs, loss {config.loss}, augmentation {_augmentation(config)}, batch {config.batch_size}, '
         + (f'epochs fitted to the time limit of {config.time_limit:g} min' if config.time_limit else _length(config, num_train))
         + f', {_precision(config)}'
     )
+
+
+def _augmentation(config: RunConfig) -> str:
+    thick = dummy_2d_axis(config.target_spacing, config.patch_size)
+    in_2d = config.augmentation == 'default' and thick is not None
+    return config.augmentation + (f' in 2D across {"xyz"[thick]} (the patch is thin along it)' if in_2d else '')
 
 
 def _length(config: RunConfig, num_train: int) -> str:
@@ -322,11 +346,11 @@ def prepare_subjects(config: RunConfig, spec: DatasetSpec, resuming: bool) -> di
     """Split, preprocess (validating every case) and write the run's config."""
     run_dir = Path(config.run_dir)
     cases = cases_in_use(spec, {'max_cases': config.max_cases})
-    split = run_split(config, [c.case_id for c in cases], config.fold)
+    by_id = {case.case_id: case for case in cases}
+    split = run_split(config, list(by_id), config.fold)
     main_rank = distributed.is_main()
     if main_rank:
-        print_run_line(config, len(split['training']), len(split['validation']))
-    by_id = {case.case_id: case for case in cases}
+        print_run_line(config, len(split['training']), len(split['validation']), split_description(config, list(by_id)))
     preprocessing = Preprocessing(config.target_spacing)
     cache_dir = Path(config.cache_dir) / spec.name
     subjects = {
@@ -335,7 +359,7 @@ def prepare_subjects(config: RunConfig, spec: DatasetSpec, resuming: bool) -> di
     }
     if main_rank:
         save_config(config, run_dir / 'config.json', resuming)
-        atomic_write_text(run_dir / 'splits.json', json.dumps(split, indent=1))
+        atomic_write_text(run_dir / 'splits.json', json.dumps({**split, 'grouping': split_description(config, list(by_id))}, indent=1))
     return subjects
 
 

@@ -17,16 +17,16 @@ from heartseg.analysis import AXES, SAMPLES_PER_CASE, CaseResult, statistics
 from heartseg.data import DatasetSpec
 from heartseg.fingerprint import (
     ANISOTROPY_THRESHOLD,
-    DEFAULT_LEVELS,
+    MIN_FEATURE_MAP_SIZE,
     MIN_SPACING_MM,
     PATCH_VOXELS,
-    fit_patch_size,
+    anisotropic_axis,
     median_resampled_shape,
-    plan_network,
     pooling_text,
     spacing_and_patch_for_device,
     suggest_target_spacing,
 )
+from heartseg.splits import grouping_text, patient_groups
 from heartseg.validation import Problem
 
 
@@ -46,27 +46,25 @@ def geometry_summary(results: list[CaseResult]) -> dict[str, Any] | None:
 
 
 def plan_summary(results: list[CaseResult]) -> dict[str, Any] | None:
-    """Target spacing and patch size by main.py's planning rules (CPU budget, 4 levels)."""
+    """Target spacing, patch size and network by main.py's planning rules (CPU budget, 4 levels), at the suggested spacing and at the CPU's."""
     headers = [r.header for r in results if r.header and r.split == 'training']
     if not headers:
         return None
-    target = suggest_target_spacing([h.spacing for h in headers])
+    target = suggest_target_spacing(headers)
     median_spacing = np.median([h.spacing for h in headers], axis=0)
+    _, patch, network = spacing_and_patch_for_device(headers, 'cpu', target_spacing=target)
     cpu_spacing, cpu_patch, _ = spacing_and_patch_for_device(headers, 'cpu')
-    median_shape = median_resampled_shape(headers, target)
-    network = plan_network(target, DEFAULT_LEVELS)
-    patch = fit_patch_size(median_shape, network.divisors, PATCH_VOXELS['cpu'])
-    # The same test suggest_target_spacing makes, repeated here only to explain it in the report.
-    anisotropic = median_spacing.max() / median_spacing.min() > ANISOTROPY_THRESHOLD
+    thick = anisotropic_axis(headers)
     return {
         'target_spacing': list(target),
         'median_spacing': median_spacing.tolist(),
-        'anisotropic_axis': AXES[int(np.argmax(median_spacing))] if anisotropic else None,
-        'median_resampled_shape': list(median_shape),
+        'anisotropic_axis': None if thick is None else AXES[thick],
+        'median_resampled_shape': list(median_resampled_shape(headers, target)),
         'patch_size': list(patch),
         'patch_extent_mm': [p * s for p, s in zip(patch, target)],
         'patch_divisor': list(network.divisors),
         'pool_sizes': network.pool_sizes,
+        'levels': network.levels,
         'patch_voxel_budget': PATCH_VOXELS['cpu'],
         'cpu_training_spacing': list(cpu_spacing),
         'cpu_training_patch_size': list(cpu_patch),
@@ -125,12 +123,26 @@ def summarise(spec: DatasetSpec, results: list[CaseResult]) -> dict[str, Any]:
             'labels': {str(k): v for k, v in spec.labels.items()}, 'modalities': {str(k): v for k, v in spec.modalities.items()},
             'training_cases': splits['training'], 'test_cases': splits['test'],
         },
+        'patients': patient_summary([case.case_id for case in spec.cases]),
         'geometry': {split: geometry_summary([r for r in results if r.split == split]) for split in splits},
         'plan': plan_summary(results),
         'intensity': intensity_summary(results),
         'labels': label_summary(results, spec),
         'foreground_extent_mm': bbox_summary(results),
     }
+
+
+def patient_summary(case_ids: list[str]) -> dict[str, Any]:
+    """The patients the training cases belong to (:func:`heartseg.splits.patient_of`): how seeded splits group them."""
+    groups = patient_groups(case_ids)
+    several = {patient: cases for patient, cases in groups.items() if len(cases) > 1}
+    return {'patients': len(groups), 'cases': len(case_ids), 'with_several_scans': len(several),
+            'grouping': grouping_text(case_ids, True), 'example': dict(list(several.items())[:1])}
+
+
+def _patient_lines(patients: dict[str, Any]) -> list[str]:
+    example = ''.join(f'; e.g. {patient}: {", ".join(cases)}' for patient, cases in patients['example'].items())
+    return [f'Patients: seeded splits go {patients["grouping"]}{example}', '']
 
 
 def _vector(values: Any, digits: int = 4) -> str:
@@ -148,6 +160,7 @@ def format_report(summary: dict[str, Any], problems: list[Problem]) -> str:
         'Labels: ' + ', '.join(f'{k} {v}' for k, v in dataset['labels'].items()),
         '',
     ]
+    lines += _patient_lines(summary['patients'])
     lines += _geometry_lines(summary['geometry'])
     lines += _plan_lines(summary['plan'], summary['foreground_extent_mm'])
     lines += _intensity_lines(summary['intensity'])
@@ -175,19 +188,20 @@ def _geometry_lines(geometry: dict[str, Any]) -> list[str]:
 def _plan_lines(plan: dict[str, Any] | None, extent: dict[str, list[float]] | None) -> list[str]:
     if plan is None:
         return ['Plan: no readable training case to plan from', '']
-    rule = (f'axis {plan["anisotropic_axis"]} is over {ANISOTROPY_THRESHOLD:g}x the finest, so it uses its 10th percentile'
-            if plan['anisotropic_axis'] else f'no axis is over {ANISOTROPY_THRESHOLD:g}x the finest, so no 10th-percentile override')
+    rule = (f'axis {plan["anisotropic_axis"]} is, so it uses its 10th percentile, no finer than the other axes'
+            if plan['anisotropic_axis'] else 'no axis is')
     budget = plan['patch_voxel_budget']
     lines = [
         'Plan (nnU-Net rules, computed by the fingerprint.py functions main.py plans with)',
         f'  target spacing {_vector(plan["target_spacing"])} mm: the median spacing per axis over training cases; '
-        f'an axis more than {ANISOTROPY_THRESHOLD:g}x the finest would use its 10th percentile instead ({rule}).',
+        f'an axis over {ANISOTROPY_THRESHOLD:g}x the others\' spacing and {ANISOTROPY_THRESHOLD:g}x shorter in voxels would use its '
+        f'10th percentile instead ({rule}).',
         f'  patch size {plan["patch_size"]} voxels = {_vector(plan["patch_extent_mm"])} mm: the median case shape after resampling, '
-        f'{_vector(plan["median_resampled_shape"])}, rounded down to multiples of {plan["patch_divisor"]} per axis '
-        f'(each axis\'s total pooling in a 4-level U-Net), then the longest axis shrunk by its multiple until it fits '
+        f'{_vector(plan["median_resampled_shape"])}, rounded up to multiples of {plan["patch_divisor"]} per axis '
+        f'(each axis\'s total pooling), then the axis longest in mm shrunk by its multiple until it fits '
         f'main.py\'s CPU budget of {budget:,} voxels (main.py may adjust for its device, e.g. a larger patch budget on a GPU).',
-        f'  network pooling per level: {pooling_text(plan["pool_sizes"])} (an axis over twice the finest spacing is not pooled, '
-        'and its kernel is 1 there).',
+        f'  network pooling per level ({plan["levels"]} levels): {pooling_text(plan["pool_sizes"])} (an axis is pooled while its spacing '
+        f'is under twice the finest and its feature map at least {2 * MIN_FEATURE_MAP_SIZE} voxels; its kernel is 1 before).',
         f'  main.py on a CPU trains at {_vector(plan["cpu_training_spacing"])} mm (no finer than {MIN_SPACING_MM["cpu"]:g} mm there) '
         f'with patch {plan["cpu_training_patch_size"]}.',
     ]

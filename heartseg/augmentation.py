@@ -2,6 +2,12 @@
 
 The transforms and ranges are nnU-Net v2's (``nnUNetTrainer.get_training_transforms``):
 
+- **Dummy 2D** for thin patches, as nnU-Net switches to it when the patch's
+  longest axis is over ``ANISOTROPY_THRESHOLD`` (3) times its thick-slice
+  axis (:func:`dummy_2d_axis`): rotation (±180°) about the thick axis only,
+  scaling only across it, and simulated low resolution that leaves it alone.
+  Each output voxel then comes from its own slice, never from a blend across
+  a 10 mm stack, and no rotated slice pulls padding in from above or below.
 - **Spatial** (rotation, scaling, mirroring) always runs in the loader, where
   the case's whole volume is. The patch is sampled from the volume around it,
   as nnU-Net cuts a larger region before rotating, so rotation and scaling
@@ -30,11 +36,14 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from heartseg.fingerprint import ANISOTROPY_THRESHOLD
 
 STRENGTHS = ('none', 'light', 'default')
 # Where the intensity transforms run: in the loader workers, patch by patch, or on the training device, batch by batch.
@@ -43,13 +52,16 @@ PLACES = ('loader', 'device')
 # nnU-Net v2's transforms and ranges. Each transform is applied with probability p.
 FLIP_AXES = (0, 1, 2)
 FLIP_PROBABILITY = 0.5  # per axis
-ROTATION = {'degrees': 30.0, 'p': 0.2}  # all three angles drawn together, about the patch centre, in millimetres
-SCALING = {'zoom': (0.7, 1.4), 'p': 0.2}  # the content magnified by one factor on every axis
-NOISE = {'variance': (0.0, 0.1), 'p': 0.1}
+# All three angles drawn together, about the patch centre, in millimetres; in dummy 2D one angle, about the thick axis.
+ROTATION = {'degrees': 30.0, 'degrees_dummy_2d': 180.0, 'p': 0.2}
+SCALING = {'zoom': (0.7, 1.4), 'p': 0.2}  # the content magnified by one factor on every axis (in dummy 2D, across the thick one)
+# batchgeneratorsv2 names this range noise_variance but draws the standard deviation from it.
+NOISE = {'std': (0.0, 0.1), 'p': 0.1}
 BLUR = {'sigma': (0.5, 1.0), 'p': 0.2, 'p_per_channel': 0.5}  # sigma in voxels, drawn per axis
+# Brightness, contrast and gamma factors are drawn as nnU-Net's BGContrast draws them (:func:`below_or_above_one`).
 BRIGHTNESS = {'factor': (0.75, 1.25), 'p': 0.15}
 CONTRAST = {'factor': (0.75, 1.25), 'p': 0.15}  # about the mean, clipped to the channel's range
-LOW_RESOLUTION = {'zoom': (0.5, 1.0), 'p': 0.25, 'p_per_channel': 0.5}  # down nearest, up trilinear
+LOW_RESOLUTION = {'zoom': (0.5, 1.0), 'p': 0.25, 'p_per_channel': 0.5}  # down nearest, up trilinear; one zoom for the axes it changes
 GAMMA = {'gamma': (0.7, 1.5), 'p': 0.3, 'p_inverted': 0.1}
 
 
@@ -70,13 +82,17 @@ class Augmentation:
     Args:
         strength: ``'light'`` (mirroring) or ``'default'`` (everything above).
         place: Where :meth:`apply_intensity` runs, ``'loader'`` or ``'device'``.
+        thick_axis: The patch axis of dummy 2D augmentation (:func:`dummy_2d_axis`), or None for 3D.
     """
 
-    def __init__(self, strength: str, place: str = 'loader'):
+    def __init__(self, strength: str, place: str = 'loader', thick_axis: int | None = None):
         assert strength in STRENGTHS[1:], f"augmentation strength must be 'light' or 'default', got {strength!r}"
         assert place in PLACES, f'augmentation place must be one of {PLACES}, got {place!r}'
         self.full = strength == 'default'
         self.on_device = place == 'device'
+        self.thick_axis = thick_axis
+        # The axes that scaling and simulated low resolution change: all three, or the plane across the thick axis.
+        self.in_plane = np.array([axis != thick_axis for axis in range(3)])
 
     # -- spatial, in the loader ----------------------------------------------
 
@@ -84,11 +100,19 @@ class Augmentation:
         flips = tuple(axis in FLIP_AXES and bool(rng.random() < FLIP_PROBABILITY) for axis in range(3))
         rotation, zoom = np.eye(3), 1.0
         if self.full and rng.random() < ROTATION['p']:
-            rotation = rotation_matrix(rng.uniform(-ROTATION['degrees'], ROTATION['degrees'], 3))
+            rotation = rotation_matrix(self._draw_angles(rng))
         if self.full and rng.random() < SCALING['p']:
             zoom = float(rng.uniform(*SCALING['zoom']))
         moved = zoom != 1.0 or not np.array_equal(rotation, np.eye(3))
-        return SpatialDraw(flips, zoom * rotation if moved else None)
+        return SpatialDraw(flips, np.diag(np.where(self.in_plane, zoom, 1.0)) @ rotation if moved else None)
+
+    def _draw_angles(self, rng: np.random.Generator) -> np.ndarray:
+        """Degrees about x, y and z: all three within ±30°, or in dummy 2D one within ±180° about the thick axis."""
+        if self.thick_axis is None:
+            return rng.uniform(-ROTATION['degrees'], ROTATION['degrees'], 3)
+        angles = np.zeros(3)
+        angles[self.thick_axis] = rng.uniform(-ROTATION['degrees_dummy_2d'], ROTATION['degrees_dummy_2d'])
+        return angles
 
     # -- intensity, in the loader or on the device -----------------------------
 
@@ -101,18 +125,24 @@ class Augmentation:
             return torch.tensor([rng.uniform(low, high) if applied(p) else neutral for _ in range(channels)], dtype=torch.float32)
 
         def factor(transform: dict, key: str) -> torch.Tensor:
-            return torch.tensor(rng.uniform(*transform[key]) if applied(transform['p']) else 1.0, dtype=torch.float32)
+            return torch.tensor(below_or_above_one(rng, *transform[key]) if applied(transform['p']) else 1.0, dtype=torch.float32)
 
-        variance = rng.uniform(*NOISE['variance']) if applied(NOISE['p']) else 0.0
+        def gammas() -> torch.Tensor:
+            return torch.tensor([below_or_above_one(rng, *GAMMA['gamma']) for _ in range(channels)], dtype=torch.float32)
+
+        std = rng.uniform(*NOISE['std']) if applied(NOISE['p']) else 0.0
         blur = np.zeros((channels, 3))
         if applied(BLUR['p']):
             blur = np.array([rng.uniform(*BLUR['sigma'], 3) if applied(BLUR['p_per_channel']) else np.zeros(3) for _ in range(channels)])
         brightness, contrast = factor(BRIGHTNESS, 'factor'), factor(CONTRAST, 'factor')
-        low_resolution = per_channel(LOW_RESOLUTION['p_per_channel'], *LOW_RESOLUTION['zoom']) if applied(LOW_RESOLUTION['p']) else torch.ones(channels)
-        inverted_gamma = per_channel(1.0, *GAMMA['gamma']) if applied(GAMMA['p_inverted']) else torch.ones(channels)
-        gamma = per_channel(1.0, *GAMMA['gamma']) if applied(GAMMA['p']) else torch.ones(channels)
+        low_resolution = torch.ones(channels, 3)
+        if applied(LOW_RESOLUTION['p']):
+            zooms = per_channel(LOW_RESOLUTION['p_per_channel'], *LOW_RESOLUTION['zoom'])
+            low_resolution[:, torch.from_numpy(self.in_plane)] = zooms[:, None]
+        inverted_gamma = gammas() if applied(GAMMA['p_inverted']) else torch.ones(channels)
+        gamma = gammas() if applied(GAMMA['p']) else torch.ones(channels)
         return {
-            'noise_std': torch.tensor(math.sqrt(variance), dtype=torch.float32), 'noise_seed': torch.tensor(int(rng.integers(2**62))),
+            'noise_std': torch.tensor(std, dtype=torch.float32), 'noise_seed': torch.tensor(int(rng.integers(2**62))),
             'blur_sigma': torch.tensor(blur, dtype=torch.float32), 'brightness': brightness, 'contrast': contrast,
             'low_resolution': low_resolution, 'inverted_gamma': inverted_gamma, 'gamma': gamma,
         }
@@ -125,6 +155,31 @@ class Augmentation:
         """A ``(B, C, X, Y, Z)`` batch augmented with the collated parameters of its patches; a new tensor."""
         return torch.stack([self.intensity(image, {name: value[index] for name, value in parameters.items()})
                             for index, image in enumerate(images)])
+
+
+def dummy_2d_axis(target_spacing: Sequence[float], patch_size: Sequence[int]) -> int | None:
+    """The thick-slice axis when a patch is so thin along it that nnU-Net augments in 2D, else None.
+
+    nnU-Net's rule (``configure_rotation_dummyDA_mirroring_and_inital_patch_size``):
+    the patch's longest axis over its coarsest-spacing axis exceeds ``ANISOTROPY_THRESHOLD``.
+
+    Example:
+        >>> dummy_2d_axis((1.5625, 1.5625, 10.0), (128, 144, 10)), dummy_2d_axis((1.25, 1.25, 1.25), (64, 64, 48))
+        (2, None)
+    """
+    thick = int(np.argmax(target_spacing))
+    return thick if max(patch_size) / patch_size[thick] > ANISOTROPY_THRESHOLD else None
+
+
+def below_or_above_one(rng: np.random.Generator, low: float, high: float) -> float:
+    """A factor from ``[low, high]`` drawn as nnU-Net's ``BGContrast`` draws it: ``U(low, 1)`` half of the time, else ``U(1, high)``.
+
+    A gamma range of (0.7, 1.5) then darkens as often as it brightens, where a
+    plain ``U(0.7, 1.5)`` would draw below 1 only 3 times in 8.
+    """
+    if rng.random() < 0.5 and low < 1:
+        return float(rng.uniform(low, 1))
+    return float(rng.uniform(max(low, 1), high))
 
 
 def sample_patch(image: torch.Tensor, label: torch.Tensor, corner: tuple[int, int, int], patch_size: tuple[int, int, int],
@@ -207,9 +262,9 @@ def _intensity(image: torch.Tensor, parameters: dict[str, torch.Tensor]) -> torc
     image *= parameters['brightness']
     if float(parameters['contrast']) != 1:
         image[:] = _contrast(image, parameters['contrast'])
-    for channel, zoom in enumerate(parameters['low_resolution'].tolist()):
-        if zoom != 1:
-            image[channel] = _low_resolution(image[channel], zoom)
+    for channel, zooms in enumerate(parameters['low_resolution'].tolist()):
+        if any(zoom != 1 for zoom in zooms):
+            image[channel] = _low_resolution(image[channel], zooms)
     for channel, gamma in enumerate(parameters['inverted_gamma'].tolist()):
         if gamma != 1:
             image[channel] = -_gamma_retaining_statistics(-image[channel], gamma)
@@ -242,10 +297,10 @@ def _contrast(image: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return torch.maximum(torch.minimum((image - mean) * factor + mean, high), low)
 
 
-def _low_resolution(channel: torch.Tensor, zoom: float) -> torch.Tensor:
-    """An ``(X, Y, Z)`` volume downsampled by ``zoom`` (nearest) and brought back to its shape (trilinear)."""
+def _low_resolution(channel: torch.Tensor, zooms: list[float]) -> torch.Tensor:
+    """An ``(X, Y, Z)`` volume downsampled by ``zooms`` per axis (nearest) and brought back to its shape (trilinear)."""
     shape = channel.shape
-    smaller = [max(1, round(n * zoom)) for n in shape]
+    smaller = [max(1, round(n * zoom)) for n, zoom in zip(shape, zooms)]
     coarse = F.interpolate(channel[None, None], size=smaller, mode='nearest-exact')
     return F.interpolate(coarse, size=shape, mode='trilinear', align_corners=False)[0, 0]
 

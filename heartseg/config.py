@@ -67,7 +67,7 @@ TIME_LIMITED_MAX_EPOCHS = 10_000
 # A short schedule that reaches a useful Dice on the built-in synthetic data within minutes on a laptop CPU.
 SYNTHETIC_SCHEDULE = {'epochs': 10, 'steps_per_epoch': 20}
 # Settings added after the first runs, with the value those runs used: a config.json without them loads as it ran.
-LEGACY_VALUES = {'deep_supervision': False}
+LEGACY_VALUES = {'deep_supervision': False, 'group_by_patient': False}
 
 # Settings a resumed run may change; anything else must match the original run.
 RESUMABLE_SETTINGS = frozenset({'epochs', 'device', 'num_workers', 'time_limit', 'image_every', 'channels_last', 'compile'})
@@ -105,7 +105,7 @@ class RunConfig:
     val_fraction: float = 0.2
     folds: int = 0
     splits: str | None = None  # a splits file (nnU-Net's splits_final.json or a splits.json) that gives the folds
-    group_by_prefix: bool = False  # seeded splits keep cases that share a prefix (up to the last '_') in one fold
+    group_by_patient: bool = True  # seeded splits keep one patient's scans (heartseg.splits.patient_of) on one side
     fold: int | None = None  # with folds: None trains every fold in turn (a cross-validation)
     max_cases: int = 0
     val_every: int = 1
@@ -173,6 +173,8 @@ class RunConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
         known = {f.name for f in fields(cls)}
+        if 'group_by_prefix' in values:  # its name until patients were told by their ids' time-point suffixes
+            values = {'group_by_patient': values['group_by_prefix'], **values}
         config = cls(**{**LEGACY_VALUES, **{k: v for k, v in values.items() if k in known}})
         config.target_spacing = tuple(config.target_spacing)
         config.patch_size = tuple(config.patch_size)

@@ -5,12 +5,16 @@ for training (``main.py``) and for the dataset report (``analyze_data.py``),
 so the two can never disagree.
 
 Example:
-    >>> suggest_target_spacing([(1.0, 1.0, 5.0), (1.0, 1.0, 4.0), (0.8, 0.8, 5.0)])
-    (1.0, 1.0, 4.2)
+    >>> header = CaseHeader('case', shape=(256, 216, 10), spacing=(1.5625, 1.5625, 10.0), orientation='RAS')
+    >>> spacing, patch, network = spacing_and_patch_for_device([header], 'cpu')
+    >>> spacing, patch, pooling_text(network.pool_sizes)
+    ((1.5625, 1.5625, 10.0), (128, 144, 10), '2x2x1, 2x2x1, 2x2x2, 2x2x1')
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import nibabel as nib
@@ -61,18 +65,40 @@ def canonical_header(case_id: str, image: nib.Nifti1Image) -> CaseHeader:
     )
 
 
-def suggest_target_spacing(spacings: list[tuple[float, float, float]]) -> tuple[float, float, float]:
-    """Median spacing, with nnU-Net's rule for strongly anisotropic data.
+def anisotropic_axis(headers: list[CaseHeader]) -> int | None:
+    """The thick-slice axis by nnU-Net's rule (``determine_fullres_target_spacing``), or None.
 
-    When the coarsest median axis is more than ``ANISOTROPY_THRESHOLD`` times
-    the finest, that axis uses the 10th percentile of its spacings instead,
-    so thin-slice cases are not blurred to the thickest slices.
+    The coarsest median axis counts when its spacing is more than
+    ``ANISOTROPY_THRESHOLD`` times the coarsest of the others', *and* its
+    median voxel count times the threshold is still under the smallest of the
+    others' (a thin stack, not a long one).
     """
-    spacings_array = np.asarray(spacings, dtype=float)
-    target = np.median(spacings_array, axis=0)
-    coarsest = int(np.argmax(target))
-    if target[coarsest] / target.min() > ANISOTROPY_THRESHOLD:
-        target[coarsest] = np.percentile(spacings_array[:, coarsest], 10)
+    spacing = np.median([h.spacing for h in headers], axis=0)
+    size = np.median([h.shape for h in headers], axis=0)
+    coarsest = int(np.argmax(spacing))
+    others = [axis for axis in range(3) if axis != coarsest]
+    thick = spacing[coarsest] > ANISOTROPY_THRESHOLD * spacing[others].max()
+    thin_stack = size[coarsest] * ANISOTROPY_THRESHOLD < size[others].min()
+    return coarsest if thick and thin_stack else None
+
+
+def suggest_target_spacing(headers: list[CaseHeader]) -> tuple[float, float, float]:
+    """Median spacing; a thick-slice axis (:func:`anisotropic_axis`) takes its 10th percentile, no finer than the other axes.
+
+    So thin-slice cases are not blurred to the thickest slices, as in nnU-Net.
+
+    Example:
+        >>> headers = [CaseHeader('a', (256, 256, 10), (1.5, 1.5, 10.0), 'RAS'), CaseHeader('b', (256, 256, 20), (1.5, 1.5, 5.0), 'RAS'),
+        ...            CaseHeader('c', (256, 256, 10), (1.5, 1.5, 10.0), 'RAS')]
+        >>> suggest_target_spacing(headers)
+        (1.5, 1.5, 6.0)
+    """
+    spacings = np.asarray([h.spacing for h in headers], dtype=float)
+    target = np.median(spacings, axis=0)
+    thick = anisotropic_axis(headers)
+    if thick is not None:
+        others = [axis for axis in range(3) if axis != thick]
+        target[thick] = max(np.percentile(spacings[:, thick], 10), target[others].max())
     return tuple(round(float(s), 4) for s in target)
 
 
@@ -88,45 +114,65 @@ def median_resampled_shape(headers: list[CaseHeader], target_spacing: tuple[floa
 
 @dataclass(frozen=True)
 class NetworkPlan:
-    """The U-Net's pooling and kernels per axis, planned from the target spacing (nnU-Net's rule).
+    """The U-Net's pooling and kernels per axis (nnU-Net's rule), planned from the target spacing and the patch.
 
     ``pool_sizes`` and ``kernel_sizes`` are None for the isotropic plan (2 and
-    3 on every axis), the network every version before per-axis planning built.
+    3 on every axis at every one of the asked levels), the network every
+    version before per-axis planning built.
     """
 
     pool_sizes: list[list[int]] | None
     kernel_sizes: list[list[int]] | None
     divisors: tuple[int, int, int]
+    levels: int
 
 
-# An axis is pooled, and convolved across, once its spacing is within this factor of the finest.
+# nnU-Net's smallest feature map: an axis is pooled only while it is at least twice this long.
+MIN_FEATURE_MAP_SIZE = 4
+# An axis is pooled, and convolved across with 3 voxels, while its spacing is under this factor of the finest.
 POOLING_SPACING_RATIO = 2.0
 
 
-def plan_network(target_spacing: tuple[float, float, float], levels: int, per_axis: bool = True) -> NetworkPlan:
-    """Pooling and kernel sizes per level: an axis is not pooled while its spacing is over twice the finest, and its kernel is 1 then.
+def plan_network(target_spacing: tuple[float, float, float], patch_size: tuple[int, int, int], levels: int,
+                 per_axis: bool = True) -> NetworkPlan:
+    """Pooling and kernel sizes per level: nnU-Net's ``get_pool_and_conv_props``, at most ``levels`` poolings.
 
-    Each pooling doubles the spacing of the axes it pools, so a thick-slice
-    axis joins in once the in-plane axes have caught up with it.
+    At each level an axis is pooled when its feature map is at least
+    ``2 * MIN_FEATURE_MAP_SIZE`` voxels long and its spacing is under
+    ``POOLING_SPACING_RATIO`` times the finest of those axes; a lone axis needs
+    ``3 * MIN_FEATURE_MAP_SIZE``. Pooling halves its size (rounding up) and
+    doubles its spacing, so a thick-slice axis joins once the in-plane axes
+    have caught up with it. A level's kernel is 3 along an axis once its
+    spacing is under twice the finest, 1 before; the bridge's is 3 everywhere.
+    Fewer levels are planned when no axis can be pooled any more.
 
     Example:
-        >>> plan_network((0.625, 0.625, 5.0), levels=4).pool_sizes
-        [[2, 2, 1], [2, 2, 1], [2, 2, 2], [2, 2, 2]]
-        >>> plan_network((1.25, 1.25, 1.25), levels=4)
-        NetworkPlan(pool_sizes=None, kernel_sizes=None, divisors=(16, 16, 16))
+        >>> plan_network((1.5625, 1.5625, 10.0), (144, 128, 10), levels=4).pool_sizes
+        [[2, 2, 1], [2, 2, 1], [2, 2, 2], [2, 2, 1]]
+        >>> plan_network((1.25, 1.25, 1.25), (128, 128, 128), levels=4)
+        NetworkPlan(pool_sizes=None, kernel_sizes=None, divisors=(16, 16, 16), levels=4)
     """
-    spacing = np.asarray(target_spacing, dtype=float)
+    if not per_axis:
+        return NetworkPlan(None, None, total_pooling([[2, 2, 2]] * levels), levels)
+    spacing, size = np.asarray(target_spacing, dtype=float), np.asarray(patch_size, dtype=float)
+    kernel = np.ones(3, dtype=int)
     pools, kernels = [], []
-    for _ in range(levels + 1):
-        joined = spacing <= POOLING_SPACING_RATIO * spacing.min() * (1 + 1e-6) if per_axis else np.ones(3, bool)
-        kernels.append([3 if axis else 1 for axis in joined])
-        pools.append([2 if axis else 1 for axis in joined])
-        spacing = spacing * np.where(joined, 2, 1)
-    pools = pools[:levels]  # the bridge is not pooled
+    for _ in range(levels):
+        pooled = size >= 2 * MIN_FEATURE_MAP_SIZE
+        if not pooled.any():
+            break
+        pooled &= spacing / spacing[pooled].min() < POOLING_SPACING_RATIO
+        if not pooled.any() or (pooled.sum() == 1 and size[pooled][0] < 3 * MIN_FEATURE_MAP_SIZE):
+            break
+        kernel = np.where(spacing / spacing.min() < POOLING_SPACING_RATIO, 3, kernel)
+        kernels.append(kernel.tolist())
+        pools.append([2 if axis else 1 for axis in pooled])
+        spacing, size = spacing * np.where(pooled, 2, 1), np.ceil(size / np.where(pooled, 2, 1))
+    kernels.append([3, 3, 3])  # the bridge
     divisors = total_pooling(pools)
-    if all(p == [2, 2, 2] for p in pools) and all(k == [3, 3, 3] for k in kernels):
-        return NetworkPlan(None, None, divisors)
-    return NetworkPlan(pools, kernels, divisors)
+    if len(pools) == levels and all(p == [2, 2, 2] for p in pools) and all(k == [3, 3, 3] for k in kernels):
+        return NetworkPlan(None, None, divisors, levels)
+    return NetworkPlan(pools, kernels, divisors, len(pools))
 
 
 def pooling_text(pool_sizes: list[list[int]] | None) -> str:
@@ -134,20 +180,32 @@ def pooling_text(pool_sizes: list[list[int]] | None) -> str:
     return ', '.join('x'.join(map(str, pool)) for pool in pool_sizes) if pool_sizes else '2x2x2 at every level'
 
 
-def fit_patch_size(median_shape: tuple[int, ...], divisors: tuple[int, ...], max_voxels: int) -> tuple[int, int, int]:
-    """Largest patch within ``max_voxels`` that covers as much of the median case as it can.
+def padded_to(shape: Sequence[float], divisors: Sequence[int]) -> tuple[int, ...]:
+    """Each axis rounded up to a multiple of its divisor (nnU-Net's ``pad_shape``): the patch covers the whole median case."""
+    return tuple(int(math.ceil(round(s, 6) / d) * d) for s, d in zip(shape, divisors))
 
-    Like nnU-Net, start from the median shape (rounded down to a multiple of
-    each axis's divisor, its total pooling, so patches are not mostly
-    padding) and shrink the longest axis until the budget fits.
+
+def plan_patch_and_network(median_shape: tuple[float, ...], target_spacing: tuple[float, float, float], levels: int,
+                           max_voxels: int, per_axis: bool = True) -> tuple[tuple[int, int, int], NetworkPlan]:
+    """The largest patch within ``max_voxels`` that covers as much of the median case as it can, and its network.
+
+    As nnU-Net plans it: start from the median case, padded up to a multiple
+    of each axis's total pooling (so a 9- or 10-slice stack gets a 10-slice
+    patch, not 8), and while over the budget shrink the axis that is longest
+    in millimetres by its pooling multiple, planning the network again for
+    the smaller patch. An isotropic patch shrinks its longest axis; a
+    thick-slice stack keeps its slices while the in-plane field of view shrinks.
     """
-    patch = [max(divisor, int(s) // divisor * divisor) for s, divisor in zip(median_shape, divisors)]
-    while np.prod(patch) > max_voxels:
-        longest = int(np.argmax(patch))
-        if patch[longest] <= divisors[longest]:
-            break
-        patch[longest] -= divisors[longest]
-    return tuple(patch)
+    spacing = np.asarray(target_spacing, dtype=float)
+    shape = np.maximum(np.asarray(median_shape, dtype=float), 1)
+    while True:
+        network = plan_network(target_spacing, tuple(shape), levels, per_axis)
+        patch = np.array(padded_to(shape, network.divisors))
+        longest = int(np.argmax(patch * spacing))
+        if np.prod(patch) <= max_voxels or patch[longest] <= network.divisors[longest]:
+            return tuple(int(p) for p in patch), network
+        shape = patch.astype(float)
+        shape[longest] -= network.divisors[longest]
 
 
 def spacing_and_patch_for_device(
@@ -156,19 +214,22 @@ def spacing_and_patch_for_device(
     levels: int = DEFAULT_LEVELS,
     target_spacing: tuple[float, float, float] | None = None,
     per_axis: bool = True,
+    patch_size: tuple[int, int, int] | None = None,
 ) -> tuple[tuple[float, float, float], tuple[int, int, int], NetworkPlan]:
     """Target spacing, patch size and network plan that training uses on ``device_type``.
 
     The spacing is :func:`suggest_target_spacing`, floored at the device's
-    ``MIN_SPACING_MM``, unless ``target_spacing`` is given; the network is
-    planned per axis from it (:func:`plan_network`; ``per_axis`` False pools
-    every axis), and the patch from the median resampled case within the
-    device's budget.
+    ``MIN_SPACING_MM``, unless ``target_spacing`` is given; the patch and the
+    network are planned together from the median resampled case within the
+    device's budget (:func:`plan_patch_and_network`), or the network alone
+    for a given ``patch_size``.
     """
     if target_spacing is None:
-        suggested = suggest_target_spacing([h.spacing for h in headers])
+        suggested = suggest_target_spacing(headers)
         # The floor applies to the in-plane (finest) axes; a thick-slice axis already coarser keeps its spacing.
         target_spacing = tuple(max(s, MIN_SPACING_MM[device_type]) for s in suggested)
-    network = plan_network(target_spacing, levels, per_axis)
-    patch = fit_patch_size(median_resampled_shape(headers, target_spacing), network.divisors, PATCH_VOXELS[device_type])
+    if patch_size is not None:
+        return target_spacing, tuple(patch_size), plan_network(target_spacing, patch_size, levels, per_axis)
+    patch, network = plan_patch_and_network(median_resampled_shape(headers, target_spacing), target_spacing, levels,
+                                            PATCH_VOXELS[device_type], per_axis)
     return target_spacing, patch, network

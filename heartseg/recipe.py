@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from heartseg import distributed
-from heartseg.augmentation import Augmentation
+from heartseg.augmentation import Augmentation, dummy_2d_axis
 from heartseg.config import RunConfig
 from heartseg.losses import build_loss
 from heartseg.sampling import EpochSampler, PatchDataset
@@ -75,7 +75,9 @@ def build_network(config: RunConfig, device: torch.device) -> UNet3D:
 
 def build_augmentation(config: RunConfig) -> Augmentation | None:
     """The run's augmentation, its intensity transforms where ``--augment-on`` says."""
-    return None if config.augmentation == 'none' else Augmentation(config.augmentation, config.augment_on)
+    if config.augmentation == 'none':
+        return None
+    return Augmentation(config.augmentation, config.augment_on, dummy_2d_axis(config.target_spacing, config.patch_size))
 
 
 def memory_format(config: RunConfig) -> torch.memory_format:

@@ -1,4 +1,9 @@
-"""Training/validation splits: seeded (a holdout fraction or K folds, optionally by patient), or read from a file.
+"""Training/validation splits: seeded (a holdout fraction or K folds, by patient), or read from a file.
+
+Seeded splits keep one patient's scans on one side: cases whose ids differ
+only in a frame or time-point suffix (:func:`patient_of`), such as ACDC's
+``patient001_frame01`` and ``patient001_frame12``, are one patient. A dataset
+without such ids is split case by case, exactly as it was before grouping.
 
 A splits file is nnU-Net's ``splits_final.json`` (a list of ``{"train": [...],
 "val": [...]}``, one per fold) or this project's ``splits.json`` (one
@@ -9,13 +14,14 @@ the ``_0000`` channel suffix.
 Example:
     >>> split_cases(['a', 'b', 'c', 'd', 'e'], seed=0, folds=5, fold=0)['validation']
     ['c']
-    >>> split_cases(['p1_t1', 'p1_t2', 'p2_t1', 'p2_t2'], seed=0, folds=2, fold=0, group_by_prefix=True)['validation']
+    >>> split_cases(['p1_t1', 'p1_t2', 'p2_t1', 'p2_t2'], seed=0, folds=2, fold=0)['validation']
     ['p1_t1', 'p1_t2']
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +30,9 @@ import numpy as np
 from heartseg.errors import UserError
 
 Split = dict[str, list[str]]
+# What the ids of one patient's scans differ by: a frame or time point (ACDC's _frame01, M&Ms' _ED and _ES,
+# _t0, _tp1, _visit2, BIDS's _ses-02), after an underscore or hyphen. A bare number (MSD's la_003) is a case, not a time.
+TIME_POINT_SUFFIX = re.compile(r'[_-](?:(?:frame|fr|time|timepoint|tp|t|phase|visit|ses|session|scan)[-_]?\d+|ed|es)$', re.IGNORECASE)
 
 
 def split_cases(
@@ -32,16 +41,17 @@ def split_cases(
     val_fraction: float = 0.2,
     folds: int = 0,
     fold: int | None = None,
-    group_by_prefix: bool = False,
+    group_by_patient: bool = True,
 ) -> Split:
     """Seeded train/validation split: a holdout fraction, or fold ``fold`` of ``folds``.
 
     ``val_fraction`` 0 trains on every case, with no validation (nnU-Net's fold "all").
-    The K folds' validation sets partition the cases. With ``group_by_prefix``
+    The K folds' validation sets partition the cases. With ``group_by_patient``
     the cases of one patient (:func:`patient_of`) always share a side.
     """
-    if group_by_prefix:
-        return _split_groups(case_ids, seed, val_fraction, folds, fold)
+    groups = patient_groups(case_ids)
+    if group_by_patient and len(groups) < len(case_ids):
+        return _split_groups(groups, len(case_ids), seed, val_fraction, folds, fold)
     order = np.random.default_rng(seed).permutation(sorted(case_ids)).tolist()
     if folds:
         assert fold is not None and 0 <= fold < folds, f'fold must be in [0, {folds}), got {fold}'
@@ -53,14 +63,36 @@ def split_cases(
 
 
 def patient_of(case_id: str) -> str:
-    """The part of a case id before its last underscore: ACDC's ``patient001_frame01`` → ``patient001``."""
-    return case_id.rsplit('_', 1)[0] if '_' in case_id else case_id
+    """The patient of a case: its id without a frame or time-point suffix (:data:`TIME_POINT_SUFFIX`).
+
+    Example:
+        >>> patient_of('patient001_frame01'), patient_of('A1D9Z7_sa_ED'), patient_of('la_003')
+        ('patient001', 'A1D9Z7_sa', 'la_003')
+    """
+    return TIME_POINT_SUFFIX.sub('', case_id) or case_id
 
 
-def _split_groups(case_ids: Sequence[str], seed: int, val_fraction: float, folds: int, fold: int | None) -> Split:
+def patient_groups(case_ids: Sequence[str]) -> dict[str, list[str]]:
+    """Each patient's cases, in id order."""
     groups: dict[str, list[str]] = {}
     for case_id in sorted(case_ids):
         groups.setdefault(patient_of(case_id), []).append(case_id)
+    return groups
+
+
+def grouping_text(case_ids: Sequence[str], group_by_patient: bool) -> str:
+    """How a seeded split treats the cases, for the plan line and ``splits.json``."""
+    groups = patient_groups(case_ids)
+    if len(groups) == len(case_ids):
+        return 'case by case (no ids differ only in a frame or time-point suffix)'
+    several = sum(len(cases) > 1 for cases in groups.values())
+    if not group_by_patient:
+        return f'case by case, although {several} patients have several scans (--no-group-by-patient)'
+    return f'by patient: {len(case_ids)} scans of {len(groups)} patients, {several} with several (ids that differ only in a frame or time-point suffix)'
+
+
+def _split_groups(groups: dict[str, list[str]], cases: int, seed: int, val_fraction: float, folds: int, fold: int | None) -> Split:
+    case_ids = [case_id for group in groups.values() for case_id in group]
     order = np.random.default_rng(seed).permutation(sorted(groups)).tolist()
     if folds:
         assert fold is not None and 0 <= fold < folds, f'fold must be in [0, {folds}), got {fold}'
@@ -71,13 +103,13 @@ def _split_groups(case_ids: Sequence[str], seed: int, val_fraction: float, folds
             sizes[smallest] += len(groups[group])
             validation += groups[group] if smallest == fold else []
     else:
-        wanted = max(1, round(len(case_ids) * val_fraction)) if val_fraction else 0
+        wanted = max(1, round(cases * val_fraction)) if val_fraction else 0
         validation = []
         for group in order:
             if len(validation) >= wanted:
                 break
             validation += groups[group]
-    return _checked(case_ids, validation, bool(folds or val_fraction), f' as {len(groups)} patients (by the prefix before the last "_")')
+    return _checked(case_ids, validation, bool(folds or val_fraction), f' as {len(groups)} patients (by their ids without frame or time-point suffixes)')
 
 
 def _checked(case_ids: Sequence[str], validation: list[str], needs_validation: bool, grouping: str = '') -> Split:

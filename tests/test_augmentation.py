@@ -20,6 +20,8 @@ from heartseg.augmentation import (
     SCALING,
     Augmentation,
     SpatialDraw,
+    below_or_above_one,
+    dummy_2d_axis,
     rotation_matrix,
     sample_patch,
     source_offsets,
@@ -110,6 +112,43 @@ def test_augmented_labels_stay_exact_and_aligned_with_the_image(strength):
     assert (moved > 0) == (strength == 'default')
 
 
+@pytest.mark.parametrize('spacing,patch,expected', [
+    ((1.5625, 1.5625, 10.0), (128, 144, 10), 2),  # ACDC at the CPU plan: 14x thinner along z
+    ((10.0, 1.5625, 1.5625), (10, 256, 224), 0),  # nnU-Net's axis order
+    ((0.625, 0.625, 5.0), (80, 64, 32), None),  # thick slices, but a patch only 2.5x thinner: 3D
+    ((1.25, 1.25, 1.25), (64, 64, 48), None),
+])
+def test_thin_patches_are_augmented_in_2d_by_nnunet_s_rule(spacing, patch, expected):
+    assert dummy_2d_axis(spacing, patch) == expected
+
+
+def test_dummy_2d_rotates_and_scales_only_across_the_thick_axis_and_never_lowers_its_resolution():
+    augmentation, rng = Augmentation('default', thick_axis=2), np.random.default_rng(0)
+    motions = [d.motion for d in (augmentation.draw_spatial(rng) for _ in range(2000)) if d.motion is not None]
+    for motion in motions:
+        assert np.allclose(motion[2], [0, 0, 1]) and np.allclose(motion[:, 2], [0, 0, 1]), 'the thick axis moved'
+    angles = np.degrees([np.arctan2(m[1, 0], m[0, 0]) for m in motions])
+    assert np.abs(angles).max() > 150, 'in 2D nnU-Net rotates by up to 180 degrees'
+    zooms = [augmentation.draw_intensity(rng, channels=1)['low_resolution'][0] for _ in range(2000)]
+    assert all(float(zoom[2]) == 1 for zoom in zooms) and any(float(zoom[0]) < 1 for zoom in zooms)
+
+
+def test_a_dummy_2d_patch_takes_each_slice_from_its_own_slice():
+    """Every output voxel comes from the slice it sits in, never from a neighbouring 10 mm slice nor from padding above or below."""
+    label = torch.arange(1, 13, dtype=torch.uint8).view(1, 1, 1, 12).expand(1, 96, 96, 12).contiguous()
+    image = label.float()
+    augmentation = Augmentation('default', thick_axis=2)
+    moved = 0
+    for seed in range(200):
+        draw = augmentation.draw_spatial(np.random.default_rng(seed))
+        moved += draw.motion is not None
+        patch_image, patch_label = sample_patch(image, label, (32, 32, 1), (32, 32, 10), np.diag([1.5, 1.5, 10.0]), draw)
+        slices = torch.arange(2, 12).view(1, 1, 1, 10).flip([3] if draw.flips[2] else [])
+        assert torch.all(patch_label == slices), f'seed {seed}: a label from another slice'
+        assert torch.allclose(patch_image, slices.float().expand_as(patch_image), atol=1e-3), f'seed {seed}: the image blends slices'
+    assert moved > 50
+
+
 def test_each_transform_is_drawn_with_its_probability_and_within_its_range():
     augmentation, rng, draws = Augmentation('default'), np.random.default_rng(0), 4000
     spatial = [augmentation.draw_spatial(rng) for _ in range(draws)]
@@ -124,15 +163,23 @@ def test_each_transform_is_drawn_with_its_probability_and_within_its_range():
         'blur': (float((stacked['blur_sigma'] > 0).any(dim=2).float().mean()), BLUR['p'] * BLUR['p_per_channel']),
         'brightness': (float((stacked['brightness'] != 1).float().mean()), BRIGHTNESS['p']),
         'contrast': (float((stacked['contrast'] != 1).float().mean()), CONTRAST['p']),
-        'low resolution': (float((stacked['low_resolution'] != 1).float().mean()), LOW_RESOLUTION['p'] * LOW_RESOLUTION['p_per_channel']),
+        'low resolution': (float((stacked['low_resolution'] != 1).all(dim=2).float().mean()), LOW_RESOLUTION['p'] * LOW_RESOLUTION['p_per_channel']),
         'inverted gamma': (float((stacked['inverted_gamma'] != 1).float().mean()), GAMMA['p_inverted']),
         'gamma': (float((stacked['gamma'] != 1).float().mean()), GAMMA['p']),
     }
     for name, (share, p) in shares.items():
         assert abs(share - p) < 0.03, f'{name}: drawn {share:.3f} of the time, expected {p}'
-    assert stacked['noise_std'].max() ** 2 <= NOISE['variance'][1] + 1e-6
+    noise = stacked['noise_std'][stacked['noise_std'] > 0]
+    assert noise.max() <= NOISE['std'][1] and abs(float(noise.mean()) - np.mean(NOISE['std'])) < 0.01, 'the drawn value is the std, as in nnU-Net'
     gammas = stacked['gamma'][stacked['gamma'] != 1]
     assert gammas.min() >= GAMMA['gamma'][0] and gammas.max() <= GAMMA['gamma'][1]
+
+
+def test_gamma_darkens_as_often_as_it_brightens_as_nnunet_s_bgcontrast_draws_it():
+    draws = np.array([below_or_above_one(np.random.default_rng(seed), *GAMMA['gamma']) for seed in range(4000)])
+    assert abs(np.mean(draws < 1) - 0.5) < 0.03, f'{np.mean(draws < 1):.3f} of the gammas below 1; a plain U(0.7, 1.5) gives 0.375'
+    assert draws.min() >= GAMMA['gamma'][0] and draws.max() <= GAMMA['gamma'][1]
+    assert np.mean(draws > 1.25) == pytest.approx(0.25, abs=0.03), 'above 1, uniform up to the top of the range'
 
 
 def test_gamma_keeps_a_z_scored_image_s_mean_spread_and_order():
@@ -142,7 +189,7 @@ def test_gamma_keeps_a_z_scored_image_s_mean_spread_and_order():
     for gamma in (0.7, 1.5):
         for name in ('gamma', 'inverted_gamma'):
             parameters = augmentation.draw_intensity(np.random.default_rng(0), channels=1)
-            parameters.update({key: torch.ones(1) for key in ('gamma', 'inverted_gamma', 'low_resolution')},
+            parameters.update({key: torch.ones(1) for key in ('gamma', 'inverted_gamma')}, low_resolution=torch.ones(1, 3),
                               noise_std=torch.tensor(0.0), blur_sigma=torch.zeros(1, 3), brightness=torch.tensor(1.0), contrast=torch.tensor(1.0))
             parameters[name] = torch.tensor([gamma])
             augmented = augmentation.intensity(image, parameters)
@@ -158,14 +205,14 @@ def test_contrast_keeps_the_range_and_blur_and_low_resolution_smooth():
     # subsample of 16**3 unit-variance voxels keeps it within 0.2 (4.5 standard errors).
     image = torch.randn(1, 16, 16, 16, generator=torch.Generator().manual_seed(0)) + 5
     augmentation = Augmentation('default')
-    neutral = {key: torch.ones(1) for key in ('gamma', 'inverted_gamma', 'low_resolution')}
-    neutral.update(noise_std=torch.tensor(0.0), noise_seed=torch.tensor(0), blur_sigma=torch.zeros(1, 3),
+    neutral = {key: torch.ones(1) for key in ('gamma', 'inverted_gamma')}
+    neutral.update(low_resolution=torch.ones(1, 3), noise_std=torch.tensor(0.0), noise_seed=torch.tensor(0), blur_sigma=torch.zeros(1, 3),
                    brightness=torch.tensor(1.0), contrast=torch.tensor(1.0))
     assert torch.equal(augmentation.intensity(image, neutral), image), 'neutral parameters change nothing'
     contrasted = augmentation.intensity(image, {**neutral, 'contrast': torch.tensor(1.25)})
     assert contrasted.min() >= image.min() and contrasted.max() <= image.max() and contrasted.std() > image.std()
     for smoothed in (augmentation.intensity(image, {**neutral, 'blur_sigma': torch.tensor([[1.0, 0.5, 1.0]])}),
-                     augmentation.intensity(image, {**neutral, 'low_resolution': torch.tensor([0.5])})):
+                     augmentation.intensity(image, {**neutral, 'low_resolution': torch.tensor([[0.5, 0.5, 0.5]])})):
         assert smoothed.shape == image.shape and smoothed.std() < 0.8 * image.std()
         assert abs(float(smoothed.mean() - image.mean())) < 0.2
     noisy = augmentation.intensity(image, {**neutral, 'noise_std': torch.tensor(0.3), 'noise_seed': torch.tensor(5)})

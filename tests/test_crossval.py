@@ -301,6 +301,36 @@ def test_a_splits_file_that_does_not_fit_is_refused_in_one_line(small_dataset, t
     assert not run_dir.exists()
 
 
+def as_patients(dataset: Path, ids: list[str]) -> Path:
+    """The MSD dataset's cases renamed, in order, to ``ids``."""
+    listing = json.loads((dataset / 'dataset.json').read_text())
+    for entry, case_id in zip(listing['training'], ids):
+        for key, folder in (('image', 'imagesTr'), ('label', 'labelsTr')):
+            (dataset / entry[key]).rename(dataset / folder / f'{case_id}.nii.gz')
+            entry[key] = f'./{folder}/{case_id}.nii.gz'
+    (dataset / 'dataset.json').write_text(json.dumps(listing))
+    return dataset
+
+
 def test_grouping_cases_that_are_all_one_patient_is_refused(small_dataset, tmp_path, capsys):
-    assert run_cli(main, ['--data', str(small_dataset), '--group-by-prefix', '--run-dir', str(tmp_path / 'run'), *FAST]) == EXIT_USER_ERROR
+    data = as_patients(small_dataset, [f'p1_frame{i:02d}' for i in range(6)])
+    assert run_cli(main, ['--data', str(data), '--run-dir', str(tmp_path / 'run'), *FAST]) == EXIT_USER_ERROR
     assert 'as 1 patients' in one_error(capsys)
+
+
+def test_a_patient_s_frames_stay_on_one_side_by_default_and_the_run_says_so(small_dataset, tmp_path, capsys):
+    ids = [f'patient{p}_frame{f:02d}' for p in range(3) for f in (1, 12)]
+    data = as_patients(small_dataset, ids)
+    for flags, name in (([], 'grouped'), (['--no-group-by-patient'], 'apart')):
+        run_dir = tmp_path / name
+        argv = ['--data', str(data), '--run-dir', str(run_dir), '--cache-dir', str(tmp_path / 'cache'), '--val-fraction', '0.34', '--split-seed', '2', *FAST, '--epochs', '1']
+        assert run_cli(main, argv + flags) == 0
+        split = json.loads((run_dir / 'splits.json').read_text())
+        sides = {patient: {side for side in ('training', 'validation') for c in split[side] if c.startswith(patient)} for patient in ('patient0', 'patient1', 'patient2')}
+        plan = next(line for line in capsys.readouterr().out.splitlines() if line.startswith('Plan:'))
+        if name == 'grouped':
+            assert all(len(s) == 1 for s in sides.values()), split
+            assert split['grouping'].startswith('split by patient: 6 scans of 3 patients') and 'split by patient' in plan
+        else:
+            assert any(len(s) == 2 for s in sides.values()), 'this split seed separates frames when asked to'
+            assert 'case by case, although 3 patients' in split['grouping'] and 'case by case' in plan

@@ -6,7 +6,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from heartseg.fingerprint import CaseHeader, NetworkPlan, canonical_header, plan_network, spacing_and_patch_for_device
+from heartseg.fingerprint import (
+    PATCH_VOXELS,
+    CaseHeader,
+    NetworkPlan,
+    canonical_header,
+    plan_network,
+    spacing_and_patch_for_device,
+    suggest_target_spacing,
+)
 
 
 def test_canonical_header_reads_spacing_from_the_affine_in_ras_order():
@@ -17,34 +25,70 @@ def test_canonical_header_reads_spacing_from_the_affine_in_ras_order():
     assert header.spacing == (3.0, 2.0, 4.0) and header.shape == (6, 5, 7) and header.orientation == 'ARS'
 
 
-@pytest.mark.parametrize('spacing,levels,pools,divisors', [
-    ((0.625, 0.625, 5.0), 4, [[2, 2, 1], [2, 2, 1], [2, 2, 2], [2, 2, 2]], (16, 16, 4)),
-    ((1.5, 1.5, 10.0), 4, [[2, 2, 1], [2, 2, 1], [2, 2, 2], [2, 2, 2]], (16, 16, 4)),
-    ((1.25, 1.25, 5.0), 4, [[2, 2, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]], (16, 16, 8)),
-    ((5.0, 1.0, 1.0), 2, [[1, 2, 2], [1, 2, 2]], (1, 4, 4)),
+@pytest.mark.parametrize('spacing,patch,levels,pools,kernels', [
+    # nnU-Net's own get_pool_and_conv_props on its ACDC plan (thick axis first), stage 0's [1, 1, 1] left out:
+    ((10.0, 1.5625, 1.5625), (10, 256, 224), 5, [[1, 2, 2], [1, 2, 2], [2, 2, 2], [1, 2, 2], [1, 2, 2]],
+     [[1, 3, 3], [1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]]),
+    ((10.0, 1.5625, 1.5625), (16, 256, 224), 5, [[1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]],
+     [[1, 3, 3], [1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]]),
+    ((5.0, 1.5625, 1.5625), (20, 256, 224), 5, [[1, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2], [1, 2, 2]],
+     [[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]]),
+    # The CPU's ACDC patch: z pooled once, to a 5-slice bridge, not twice to 2 or 3.
+    ((1.5625, 1.5625, 10.0), (128, 144, 10), 4, [[2, 2, 1], [2, 2, 1], [2, 2, 2], [2, 2, 1]],
+     [[3, 3, 1], [3, 3, 1], [3, 3, 3], [3, 3, 3], [3, 3, 3]]),
+    # Isotropic, but z too short for a fourth pooling: nnU-Net keeps every feature map at least 4 voxels long.
+    ((1.25, 1.25, 1.25), (64, 64, 48), 4, [[2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 1]], [[3, 3, 3]] * 5),
 ])
-def test_a_thick_axis_is_not_pooled_while_over_twice_the_finest_spacing(spacing, levels, pools, divisors):
-    plan = plan_network(spacing, levels)
-    assert plan.pool_sizes == pools and plan.divisors == divisors
-    # Its kernel is 1 along the axis wherever the axis is not pooled, and 3 once it is (the bridge included).
-    for pool, kernel in zip(plan.pool_sizes, plan.kernel_sizes):
-        assert kernel == [3 if p == 2 else 1 for p in pool]
-    assert len(plan.kernel_sizes) == levels + 1
+def test_pooling_and_kernels_follow_nnunet_s_rule(spacing, patch, levels, pools, kernels):
+    plan = plan_network(spacing, patch, levels)
+    assert plan.pool_sizes == pools and plan.kernel_sizes == kernels and plan.levels == levels
+    assert plan.divisors == tuple(int(np.prod([p[axis] for p in pools])) for axis in range(3))
 
 
-@pytest.mark.parametrize('spacing', [(1.25, 1.25, 1.25), (1.4, 1.4, 2.5), (0.625, 0.625, 1.25)])
-def test_isotropic_enough_data_keeps_todays_network(spacing):
-    assert plan_network(spacing, 4) == NetworkPlan(None, None, (16, 16, 16))
+def test_an_axis_is_pooled_only_while_its_spacing_is_strictly_under_twice_the_finest():
+    """At exactly twice the finest spacing an axis waits a level (nnU-Net's '< 2'; today's code pooled it at once)."""
+    assert plan_network((1.0, 1.0, 2.0), (64, 64, 64), 3).pool_sizes == [[2, 2, 1], [2, 2, 2], [2, 2, 2]]
+
+
+def test_a_patch_too_small_to_pool_plans_fewer_levels():
+    plan = plan_network((1.0, 1.0, 1.0), (16, 16, 16), 4)
+    assert plan.levels == 2 and plan.pool_sizes == [[2, 2, 2], [2, 2, 2]] and len(plan.kernel_sizes) == 3
+
+
+@pytest.mark.parametrize('spacing', [(1.25, 1.25, 1.25), (1.4, 1.4, 2.5), (0.625, 0.625, 1.2)])
+def test_isotropic_enough_data_with_room_to_pool_keeps_today_s_network(spacing):
+    assert plan_network(spacing, (128, 128, 128), 4) == NetworkPlan(None, None, (16, 16, 16), 4)
 
 
 def test_isotropic_pooling_can_be_asked_for_on_thick_slices():
-    assert plan_network((1.25, 1.25, 5.0), 4, per_axis=False) == NetworkPlan(None, None, (16, 16, 16))
+    assert plan_network((1.25, 1.25, 5.0), (64, 64, 16), 4, per_axis=False) == NetworkPlan(None, None, (16, 16, 16), 4)
 
 
-def test_the_patch_is_a_multiple_of_each_axis_own_pooling():
+def test_the_patch_covers_the_stack_and_is_a_multiple_of_each_axis_own_pooling():
     headers = [CaseHeader(f'c{i}', (48, 48, 10), (1.5, 1.5, 10.0), 'RAS') for i in range(3)]
     spacing, patch, network = spacing_and_patch_for_device(headers, 'cpu', levels=4)
-    assert spacing == (1.5, 1.5, 10.0) and network.divisors == (16, 16, 4)
-    assert patch == (48, 48, 8), 'the 10 slices round down to a multiple of 4, not up to 16 of padding'
+    assert spacing == (1.5, 1.5, 10.0) and network.pool_sizes == [[2, 2, 1], [2, 2, 1], [2, 2, 2]]
+    assert patch == (48, 48, 10), 'all 10 slices: z is pooled once, so the patch needs a multiple of 2, not of 4 (8 slices)'
     _, isotropic_patch, _ = spacing_and_patch_for_device(headers, 'cpu', levels=4, per_axis=False)
     assert isotropic_patch == (48, 48, 16)
+
+
+def test_a_thin_stack_over_the_budget_shrinks_in_plane_and_keeps_its_slices():
+    headers = [CaseHeader('c', (256, 216, 9), (1.5625, 1.5625, 10.0), 'RAS')]
+    _, patch, network = spacing_and_patch_for_device(headers, 'cpu')
+    assert patch[2] == 10 and np.prod(patch) <= PATCH_VOXELS['cpu'] and network.divisors[2] == 2
+
+
+@pytest.mark.parametrize('shapes,spacings,expected', [
+    # A thin stack of thick slices: the 10th percentile of the thick axis.
+    ([(256, 256, 10)] * 4 + [(256, 256, 25)], [(1.5, 1.5, 10.0)] * 4 + [(1.5, 1.5, 4.0)], (1.5, 1.5, 6.4)),
+    # ... but never finer than the other axes (nnU-Net's clamp).
+    ([(256, 256, 10)] * 3 + [(256, 256, 100)] * 2, [(1.5, 1.5, 10.0)] * 3 + [(1.5, 1.5, 1.0)] * 2, (1.5, 1.5, 1.5)),
+    # Thick slices, but as many of them as in-plane voxels: nnU-Net's voxel condition keeps the median.
+    ([(100, 100, 80)] * 4 + [(100, 100, 160)], [(1.0, 1.0, 4.0)] * 4 + [(1.0, 1.0, 2.0)], (1.0, 1.0, 4.0)),
+    # Over 3x the finest but not over 3x the coarsest other axis: not anisotropic for nnU-Net.
+    ([(256, 100, 10)] * 5, [(1.0, 2.0, 5.0)] * 4 + [(1.0, 2.0, 1.0)], (1.0, 2.0, 5.0)),
+])
+def test_the_target_spacing_follows_nnunet_s_anisotropy_rule(shapes, spacings, expected):
+    headers = [CaseHeader(f'c{i}', shape, spacing, 'RAS') for i, (shape, spacing) in enumerate(zip(shapes, spacings))]
+    assert suggest_target_spacing(headers) == pytest.approx(expected)

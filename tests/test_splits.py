@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from heartseg.errors import UserError
-from heartseg.splits import patient_of, read_splits_file, split_cases
+from heartseg.splits import grouping_text, patient_of, read_splits_file, split_cases
 
 CASES = [f'c{i}' for i in range(10)]
 # ACDC-like ids: two frames per patient.
@@ -24,8 +24,8 @@ def test_splits_are_seeded_and_disjoint(folds):
 
 
 @pytest.mark.parametrize('folds', [0, 2, 3, 5])
-def test_grouped_splits_keep_each_patient_on_one_side_and_folds_partition_the_cases(folds):
-    splits = [split_cases(FRAMES, seed=1, folds=folds, fold=fold, group_by_prefix=True) for fold in range(max(folds, 1))]
+def test_by_default_each_patient_s_frames_stay_on_one_side_and_folds_partition_the_cases(folds):
+    splits = [split_cases(FRAMES, seed=1, folds=folds, fold=fold) for fold in range(max(folds, 1))]
     for split in splits:
         assert not {patient_of(c) for c in split['training']} & {patient_of(c) for c in split['validation']}
         assert sorted(split['training'] + split['validation']) == sorted(FRAMES)
@@ -36,13 +36,37 @@ def test_grouped_splits_keep_each_patient_on_one_side_and_folds_partition_the_ca
 
 def test_ungrouped_splits_do_separate_a_patients_frames():
     """The grouping test above can fail: without it some patient straddles the split."""
-    split = split_cases(FRAMES, seed=1, folds=3, fold=0)
+    split = split_cases(FRAMES, seed=1, folds=3, fold=0, group_by_patient=False)
     assert {patient_of(c) for c in split['training']} & {patient_of(c) for c in split['validation']}
+
+
+@pytest.mark.parametrize('case_id,patient', [
+    ('patient001_frame01', 'patient001'), ('patient001_frame12', 'patient001'),  # ACDC
+    ('A1D9Z7_sa_ED', 'A1D9Z7_sa'), ('A1D9Z7_sa_ES', 'A1D9Z7_sa'),  # M&Ms
+    ('sub-01_ses-02', 'sub-01'), ('case7_t0', 'case7'), ('case7_tp12', 'case7'), ('heart_visit2', 'heart'),
+    ('la_003', 'la_003'), ('heart_017', 'heart_017'), ('23X6SY44VT9KFHR7S7OC', '23X6SY44VT9KFHR7S7OC'),  # MSD, LA2018
+    ('patient_frames', 'patient_frames'),
+])
+def test_a_patient_is_an_id_without_its_frame_or_time_point_suffix(case_id, patient):
+    assert patient_of(case_id) == patient
+
+
+def test_ids_without_time_points_split_exactly_as_before_grouping():
+    """MSD's la_003 must not make one patient 'la': such datasets keep the case-by-case split they always had."""
+    ids = [f'la_{i:03d}' for i in range(20)]
+    for folds, fold in ((0, None), (5, 2)):
+        assert split_cases(ids, seed=3, folds=folds, fold=fold) == split_cases(ids, seed=3, folds=folds, fold=fold, group_by_patient=False)
+    assert 'case by case' in grouping_text(ids, True)
+
+
+def test_the_grouping_is_described():
+    assert grouping_text(FRAMES, True).startswith('by patient: 14 scans of 7 patients, 7 with several')
+    assert 'case by case, although 7 patients' in grouping_text(FRAMES, False)
 
 
 def test_one_patient_cannot_be_split_and_says_so():
     with pytest.raises(UserError, match='as 1 patients'):
-        split_cases(['la_001', 'la_002', 'la_003'], seed=0, folds=2, fold=0, group_by_prefix=True)
+        split_cases(['p1_frame01', 'p1_frame02', 'p1_frame03'], seed=0, folds=2, fold=0)
 
 
 def write(tmp_path: Path, content) -> Path:
