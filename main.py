@@ -476,7 +476,7 @@ def cross_validate(config: RunConfig, spec: DatasetSpec, started: float, resumin
         distributed.barrier()
         started = time.perf_counter()
     if distributed.is_main():
-        print(crossval.write_cross_validation(root, config.folds, config.labels))
+        print(crossval.write_cross_validation(root, config.folds, config.outputs, list(spec.cases)))
         print(f'Done. Scores: {root / "crossval.csv"}, {root / "crossval.json"}. '
               f'The fold ensemble predicts with: python predict.py --checkpoint {root} --input ... --output ...')
     return 0

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,8 +37,8 @@ from tqdm import tqdm
 
 from heartseg import distributed
 from heartseg.cli import Parser, integer, number
-from heartseg.crossval import fold_checkpoints, is_cross_validation, resolve_checkpoints
-from heartseg.data import case_id_from_path, read_dataset
+from heartseg.crossval import fold_checkpoints, is_cross_validation, postprocessing_of, resolve_checkpoints
+from heartseg.data import case_id_from_path, folder_case_ids, read_dataset
 from heartseg.errors import EXIT_USER_ERROR, UserError, run_cli
 from heartseg.files import ensure_writable_dir, save_nifti
 from heartseg.inference import (
@@ -48,6 +47,7 @@ from heartseg.inference import (
     DEFAULT_OVERLAP,
     DEFAULT_WINDOW_BATCH,
 )
+from heartseg.postprocessing import Postprocessing
 from heartseg.prediction import MIRRORING_TTA, Predictor, read_reference, score_case
 from heartseg.prediction_folder import PredictionFolder
 from heartseg.qc import assess, measure, uncertainty_map
@@ -58,9 +58,6 @@ OVERVIEW_HEIGHT = 360  # pixels of --png's pictures; the review page's thumbnail
 # Reading and resampling the next case in a thread while this one predicts made a 2-core CPU 11 % slower
 # (the two compete for the cores; BENCHMARKS.md "Quality control"), so it is off unless asked for.
 PREFETCH = False
-
-
-CHANNEL_SUFFIX = re.compile(r'_(\d{4})')
 
 
 @dataclass(frozen=True)
@@ -76,6 +73,7 @@ class PredictionJob:
 
     checkpoints: list[Path]
     cases: list[InputCase]
+    postprocessing: Postprocessing | None = None  # None: each structure's largest component (a model with no cross-validation)
 
 
 def gather_inputs(source: Path, subset: str) -> list[InputCase]:
@@ -100,41 +98,29 @@ def gather_inputs(source: Path, subset: str) -> list[InputCase]:
     return [InputCase(case_id_from_path(source), source)]
 
 
-def folder_case_ids(files: list[Path]) -> list[str]:
-    """Case ids of a folder's scans; nnU-Net's channel suffix ``_0000`` is dropped when every file has it, as nnU-Net names its outputs.
-
-    Example:
-        >>> folder_case_ids([Path('heart_001_0000.nii.gz'), Path('heart_002_0000.nii.gz')])
-        ['heart_001', 'heart_002']
-    """
-    names = [case_id_from_path(path) for path in files]
-    channels = [CHANNEL_SUFFIX.fullmatch(name[-5:]) for name in names]
-    if all(channels):
-        later = next((path for path, match in zip(files, channels) if match.group(1) != '0000'), None)
-        if later is not None:
-            raise UserError(later, 'a second channel file (nnU-Net naming <case>_0001); multi-channel nnU-Net v2 inputs are not supported yet')
-        return [name[:-5] for name in names]
-    return names
-
-
-def prediction_jobs(cases: list[InputCase], subset: str, checkpoint_paths: list[Path]) -> list[PredictionJob]:
-    """One ensemble for all cases, or, for a split's cases, the model of each case's run.
+def prediction_jobs(cases: list[InputCase], subset: str, checkpoint_paths: list[Path], keep_largest: bool | None) -> list[PredictionJob]:
+    """One ensemble for all cases, or, for a split's cases, the model of each case's run, and their post-processing.
 
     With a cross-validation folder, ``--subset validation`` predicts each fold's
     validation cases with that fold's own model: its out-of-fold predictions.
+    A cross-validation folder's masks get the post-processing its out-of-fold
+    predictions chose, unless ``keep_largest`` (``--keep-largest`` or
+    ``--no-keep-largest``) says otherwise.
     """
-    if subset == 'all':
-        return [PredictionJob(resolve_checkpoints(checkpoint_paths), cases)]
     one_folder = len(checkpoint_paths) == 1 and checkpoint_paths[0].is_dir()
+    chosen = postprocessing_of(checkpoint_paths[0]) if one_folder and is_cross_validation(checkpoint_paths[0]) else None
+    postprocessing = chosen if keep_largest is None else None if keep_largest else Postprocessing.none()
+    if subset == 'all':
+        return [PredictionJob(resolve_checkpoints(checkpoint_paths), cases, postprocessing)]
     folds = fold_checkpoints(checkpoint_paths[0]) if one_folder and is_cross_validation(checkpoint_paths[0]) else []
     if folds and subset == 'validation':
-        return [PredictionJob([fold], select_subset(cases, subset, fold.parent / 'splits.json')) for fold in folds]
+        return [PredictionJob([fold], select_subset(cases, subset, fold.parent / 'splits.json'), postprocessing) for fold in folds]
     if folds:
         raise UserError('--subset', "'training' cases of a cross-validation belong to several folds; use 'validation' (each fold's own cases) or 'all'")
     checkpoints = resolve_checkpoints(checkpoint_paths)
     if len(checkpoints) > 1:
         raise UserError('--subset', f'{subset!r} needs one checkpoint or one cross-validation folder; an ensemble of {len(checkpoints)} checkpoints has no split of its own')
-    return [PredictionJob(checkpoints, select_subset(cases, subset, checkpoints[0].parent / 'splits.json'))]
+    return [PredictionJob(checkpoints, select_subset(cases, subset, checkpoints[0].parent / 'splits.json'), postprocessing)]
 
 
 def select_subset(cases: list[InputCase], subset: str, splits_path: Path) -> list[InputCase]:
@@ -161,8 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--labels', type=Path, help='folder of reference <case>.nii.gz label maps: evaluate the predictions')
     parser.add_argument('--tta', action=argparse.BooleanOptionalAction, default=MIRRORING_TTA,
                         help='mirroring test-time augmentation: the mean of the 8 axis flips (--no-tta: about 7x faster)')
-    parser.add_argument('--keep-largest', action=argparse.BooleanOptionalAction, default=True,
-                        help='keep only the largest connected component per label')
+    parser.add_argument('--keep-largest', action=argparse.BooleanOptionalAction, default=None,
+                        help="keep only the largest connected component of every structure, or (--no-keep-largest) of none (default: "
+                             "a cross-validation folder's choice, made on its out-of-fold predictions as nnU-Net makes it; "
+                             "every structure for other models)")
     parser.add_argument('--save-probabilities', action='store_true', help='also write <case>_probabilities.nii.gz (float32, one channel per label)')
     parser.add_argument('--png', action='store_true', help='also write <case>.png with three orthogonal slices and the mask contour')
     parser.add_argument('--qc', action=argparse.BooleanOptionalAction, default=True,
@@ -187,16 +175,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def predict(args: argparse.Namespace) -> int:
-    jobs = prediction_jobs(gather_inputs(args.input, args.subset), args.subset, args.checkpoint)
+    jobs = prediction_jobs(gather_inputs(args.input, args.subset), args.subset, args.checkpoint, args.keep_largest)
     cases = [case for job in jobs for case in job.cases]
     refuse_overwriting_inputs(args.output, cases, args.labels)
     folder = PredictionFolder(args.output)
     todo = [(job, case) for job in jobs for case in job.cases if args.overwrite or not is_done(folder, case, args)]
     mine = todo[distributed.rank()::distributed.world_size()]
-    predictors = {id(job): Predictor(job.checkpoints, args.device, args.batch_size, args.overlap, args.blending, args.tta, args.keep_largest)
+    predictors = {id(job): Predictor(job.checkpoints, args.device, args.batch_size, args.overlap, args.blending, args.tta, job.postprocessing)
                   for job in {id(job): job for job, _ in mine}.values()}
     ensure_writable_dir(args.output)  # only once the models load: a refused ensemble leaves no folder behind
-    announce(len(cases), len(todo), predictors, args.qc)
+    announce(len(cases), len(todo), predictors)
     pairs = [(predictors[id(job)], case) for job, case in mine]
     loads = prefetched(pairs, lambda pair: pair[0].load(pair[1].image), args.prefetch)
     for (predictor, case), loading in tqdm(zip(pairs, loads), total=len(pairs), desc='Predicting', unit='case',
@@ -219,8 +207,8 @@ def predict(args: argparse.Namespace) -> int:
     return EXIT_USER_ERROR if failed else 0
 
 
-def announce(total: int, todo: int, predictors: dict, qc: bool) -> None:
-    """Say what this run will do: how many cases are left, over how many processes, by what ensemble, and how far to trust QC."""
+def announce(total: int, todo: int, predictors: dict) -> None:
+    """Say what this run will do: how many cases are left, over how many processes, by what ensemble, with what post-processing."""
     if not distributed.is_main():
         return
     if todo < total:
@@ -230,10 +218,8 @@ def announce(total: int, todo: int, predictors: dict, qc: bool) -> None:
     models = max((len(p.models) for p in predictors.values()), default=1)
     if models > 1:
         print(f'Ensemble of {models} models: their probabilities are averaged in each input grid')
-    structures = max(len(p.outputs.structures) for p in predictors.values())
-    if qc and structures > 1:
-        print(f'Note: QC\'s predicted Dice and flags were fitted on one-structure masks; with {structures} structures '
-              'the agreement and confidence run lower, so treat the flags as uncalibrated')
+    for predictor in {p.postprocessing: p for p in predictors.values()}.values():
+        print(f'Post-processing: {predictor.postprocessing.describe(predictor.outputs)}')
 
 
 def prefetched(items: list, load, ahead: bool) -> Iterator[Future]:
@@ -284,14 +270,14 @@ def predict_case(predictor: Predictor, case: InputCase, loading: Future, folder:
         save_nifti(np.moveaxis(prediction.probabilities, 0, -1).astype(np.float32), nifti.affine, folder.probabilities(case.case_id), like=nifti)
     if args.save_uncertainty:
         save_nifti(uncertainty_map(prediction.probabilities), nifti.affine, folder.uncertainty(case.case_id), like=nifti)
-    reference = read_reference(label_file(args.labels, case), nifti, predictor.labels, case.image) if args.labels else None
+    reference = read_reference(label_file(args.labels, case), nifti, predictor.outputs, case.image) if args.labels else None
     if args.png:
         save_png(orthogonal_views(nifti, mask, reference, height=OVERVIEW_HEIGHT), folder.overview(case.case_id))
     if reference is not None:
-        record['metrics'] = score_case(case.case_id, mask, reference, nifti, predictor.labels)
+        record['metrics'] = score_case(case.case_id, mask, reference, nifti, predictor.outputs)
     if args.qc:
         structures = predictor.outputs.structure_masks(torch.from_numpy(mask)).numpy()
-        measures = measure(mask, prediction.probabilities, nifti.affine, structures, prediction.signals, predictor.training_cases)
+        measures = measure(prediction.probabilities, nifti.affine, structures, prediction.signals, predictor.training_cases, predictor.outputs.names)
         record['qc'] = assess(measures).row(case.case_id)
         save_png(orthogonal_views(nifti, mask, reference), folder.thumbnail(case.case_id))
     record['status'] = 'ok'

@@ -300,4 +300,4 @@ def create_trainer(config: RunConfig, train_subjects: list[tio.Subject], val_sub
     device = distributed.local_device(select_device(config.device))
     recipe = build_recipe(config, device)
     patches = build_patch_loader(config, train_subjects, recipe.augmentation, device)
-    return Trainer(config, recipe, patches, val_subjects, device, summarise_training_cases(train_subjects))
+    return Trainer(config, recipe, patches, val_subjects, device, summarise_training_cases(train_subjects, config.outputs))

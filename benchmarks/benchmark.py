@@ -261,7 +261,7 @@ def predict_benchmark(args: argparse.Namespace) -> dict:
     require_monai()
     from monai.inferers import sliding_window_inference
 
-    predictor = Predictor(args.checkpoint, device=args.device, batch_size=args.batch_size, tta=args.tta, keep_largest=True)
+    predictor = Predictor(args.checkpoint, device=args.device, batch_size=args.batch_size, tta=args.tta)
     cases = read_dataset(args.data).cases[: args.cases]
     output = Path(tempfile.mkdtemp())
 
@@ -316,7 +316,7 @@ def ensemble_benchmark(args: argparse.Namespace) -> dict:
     for image in images:
         loaded = ensemble.load(image)
         nifti = loaded.nifti
-        logits = list(ensemble.input_grid_logits(loaded, []))
+        logits = [ensemble.input_grid_logits(model, loaded)[0] for model in ensemble.models]
         outputs = ensemble.outputs
         candidates = {f'model_{i}': outputs.probabilities(l) for i, l in enumerate(logits)}
         candidates['mean_of_probabilities'] = ensemble_probabilities(logits, outputs)
@@ -324,7 +324,7 @@ def ensemble_benchmark(args: argparse.Namespace) -> dict:
         case_id = case_id_from_path(image)
         label = next(args.labels / f'{case_id}{s}' for s in NIFTI_SUFFIXES if (args.labels / f'{case_id}{s}').is_file())
         for name, probabilities in candidates.items():
-            scores.setdefault(name, []).extend(evaluate_case(case_id, ensemble.mask(probabilities), nifti, label, ensemble.labels, image))
+            scores.setdefault(name, []).extend(evaluate_case(case_id, ensemble.mask(probabilities), nifti, label, ensemble.outputs, image))
     result = {'cases': len(images), 'models': [str(c) for c in checkpoints], 'tta': args.tta}
     for metric in ('dice', 'hd95_mm', 'asd_mm'):
         result[metric] = {name: round(float(np.nanmean([row[metric] for row in rows])), 4) for name, rows in scores.items()}

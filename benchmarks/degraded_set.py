@@ -26,7 +26,7 @@ import torchio as tio
 from tqdm import tqdm
 
 from heartseg.cli import Parser
-from heartseg.data import case_id_from_path, resample_label
+from heartseg.data import folder_case_ids, resample_label
 from heartseg.errors import UserError, run_cli
 from heartseg.files import ensure_writable_dir, save_nifti
 
@@ -60,9 +60,15 @@ def thick_slices(subject: tio.Subject, thickness: float) -> tio.Subject:
     return _coarser(subject, (spacing[0], spacing[1], thickness))
 
 
-def low_in_plane(subject: tio.Subject, size: float) -> tio.Subject:
+def fewer_slices(subject: tio.Subject, factor: float) -> tio.Subject:
+    """Slices ``factor`` times further apart than the scan's own (LA2018's 0.625 mm: 2.5, 5 and 8 mm)."""
+    return thick_slices(subject, factor * subject['image'].spacing[2])
+
+
+def low_in_plane(subject: tio.Subject, factor: float) -> tio.Subject:
+    """In-plane voxels ``factor`` times the scan's own (LA2018's 0.625 mm: 1.5, 2.5 and 3.5 mm)."""
     spacing = subject['image'].spacing
-    return _coarser(subject, (size, size, spacing[2]))
+    return _coarser(subject, (factor * spacing[0], factor * spacing[1], spacing[2]))
 
 
 def _coarser(subject: tio.Subject, spacing: tuple[float, float, float]) -> tio.Subject:
@@ -96,8 +102,8 @@ DAMAGES: dict[str, tuple[Damage, tuple[float, ...]]] = {
     'bias': (bias, (0.4, 0.8, 1.2)),
     'motion': (motion, (4.0, 10.0, 20.0)),
     'ghosting': (ghosting, (0.4, 0.8, 1.5)),
-    'slices': (thick_slices, (2.5, 5.0, 8.0)),
-    'inplane': (low_in_plane, (1.5, 2.5, 3.5)),
+    'slices': (fewer_slices, (4.0, 8.0, 12.8)),
+    'inplane': (low_in_plane, (2.4, 4.0, 5.6)),
     'fov': (cut_field_of_view, (0.2, 0.4, 0.6)),
     'contrast': (other_contrast, (2.5, 0.4, -1.0)),
 }
@@ -122,7 +128,7 @@ def _copy(subject: tio.Subject) -> tio.Subject:
 def build_parser() -> argparse.ArgumentParser:
     summary, _, rest = __doc__.partition('\n\n')
     parser = Parser(description=summary, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--images', type=Path, required=True, help='folder of clean <case>.nii.gz scans')
+    parser.add_argument('--images', type=Path, required=True, help="folder of clean <case>.nii.gz scans (or nnU-Net's <case>_0000.nii.gz)")
     parser.add_argument('--labels', type=Path, required=True, help='folder of their <case>.nii.gz reference labels')
     parser.add_argument('--output', type=Path, required=True, help='folder for images/ and labels/ (git-ignored, never in the repository)')
     return parser
@@ -135,9 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(args.images, 'holds no .nii or .nii.gz scans')
     for folder in ('images', 'labels'):
         ensure_writable_dir(args.output / folder)
-    for scan in tqdm(scans, desc='Damaging', unit='case'):
-        case_id = case_id_from_path(scan)
-        label = args.labels / scan.name
+    for scan, case_id in tqdm(list(zip(scans, folder_case_ids(scans))), desc='Damaging', unit='case'):
+        label = args.labels / f'{case_id}.nii.gz'
         if not label.is_file():
             raise UserError(label, 'reference label not found')
         subject = tio.Subject(image=tio.ScalarImage(scan), label=tio.LabelMap(label))

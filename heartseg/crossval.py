@@ -4,11 +4,13 @@ A cross-validation run folder ``R`` holds ``R/config.json`` (``folds`` K,
 ``fold`` None) and one complete run folder per fold, ``R/fold_0`` …
 ``R/fold_{K-1}``. When a fold has trained, its validation cases are predicted
 at their original resolution by :class:`prediction.Predictor`, with
-``predict.py``'s defaults, into ``R/fold_i/validation/`` (masks,
-``metrics.csv``, ``summary.json``); ``scored.json`` is written last and marks
-the fold as finished. After the last fold, ``R/crossval.csv`` pools every
-case and ``R/crossval.json`` gives mean ± std per label, over all cases and
-per fold.
+``predict.py``'s defaults but no post-processing, into
+``R/fold_i/validation/`` (masks, ``metrics.csv``, ``summary.json``);
+``scored.json`` is written last and marks the fold as finished. After the
+last fold, ``R/crossval.csv`` pools every case and ``R/crossval.json`` gives
+mean ± std per structure, over all cases and per fold, and the
+post-processing these out-of-fold masks chose (:func:`heartseg.postprocessing.choose`),
+which ``predict.py --checkpoint R`` applies.
 
 Folds trained apart (``--folds K --fold I --run-dir R/fold_I``, one per GPU or
 per job) are scored and pooled afterwards by :func:`score_trained_folds`
@@ -27,21 +29,26 @@ import csv
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from heartseg.checkpoint import load_checkpoint
 from heartseg.config import load_config, save_config
-from heartseg.data import Case, read_dataset
+from heartseg.data import Case, load_nifti, read_dataset
 from heartseg.errors import UserError
 from heartseg.files import atomic_write_text, save_nifti, write_rows_csv
+from heartseg.outputs import Outputs
+from heartseg.postprocessing import Postprocessing, choose
 from heartseg.prediction import (
     METRIC_NAMES,
     Predictor,
     evaluate_case,
+    read_reference,
     summarise,
     write_evaluation,
 )
@@ -134,13 +141,13 @@ def scored_seconds(root: Path, folds: int) -> tuple[float, float | None]:
 def score_fold(fold_dir: Path, fold: int, cases: list[Case], device: str, training_seconds: float) -> None:
     """Predict the fold's validation cases with its best.pt, evaluate them, and mark the fold as scored."""
     started = time.perf_counter()
-    predictor = Predictor(fold_dir / 'best.pt', device=device)
+    predictor = Predictor(fold_dir / 'best.pt', device=device, postprocessing=Postprocessing.none())
     output = fold_dir / 'validation'
     rows = []
     for case in tqdm(cases, desc=f'Scoring fold {fold}', unit='case', leave=False):
         mask, _, nifti = predictor.predict(case.image)
         save_nifti(mask, nifti.affine, output / f'{case.case_id}.nii.gz', like=nifti)
-        rows += [{'fold': fold, **row} for row in evaluate_case(case.case_id, mask, nifti, case.label, predictor.labels, case.image)]
+        rows += [{'fold': fold, **row} for row in evaluate_case(case.case_id, mask, nifti, case.label, predictor.outputs, case.image)]
     write_evaluation(rows, output)
     record = {'fold': fold, 'cases': len(cases), 'training_seconds': training_seconds,
               'scoring_seconds': time.perf_counter() - started}
@@ -174,7 +181,7 @@ def score_trained_folds(root: Path, device: str = 'auto') -> str:
             score_trained_fold(fold_folder(root, fold), fold, list(spec.cases), device)
     if not (root / 'config.json').is_file():
         save_config(replace(configs[0], fold=None, run_dir=str(root), time_limit=0.0), root / 'config.json')
-    return write_cross_validation(root, folds, configs[0].labels)
+    return write_cross_validation(root, folds, configs[0].outputs, list(spec.cases))
 
 
 def _fold_configs(root: Path) -> list:
@@ -228,21 +235,47 @@ def fold_rows(fold_dir: Path) -> list[dict]:
     return [{key: numeric.get(key, str)(value) for key, value in row.items()} for row in rows]
 
 
-def write_cross_validation(root: Path, folds: int, labels: dict[str, str]) -> str:
-    """Pool every fold's scores into crossval.csv and crossval.json, log them, and return a report."""
+def write_cross_validation(root: Path, folds: int, outputs: Outputs, cases: list[Case]) -> str:
+    """Pool every fold's scores into crossval.csv and crossval.json with the post-processing they choose, log them, and return a report."""
     per_fold = {fold: fold_rows(fold_folder(root, fold)) for fold in range(folds)}
     rows = [row for fold_rows_ in per_fold.values() for row in fold_rows_]
     write_rows_csv(root / 'crossval.csv', rows)
-    pooled = summarise(rows)
+    chosen, dice = choose(lambda: out_of_fold_masks(root, folds, cases, outputs), outputs)
     document = {
         'folds': folds,
         'cases': len({row['case'] for row in rows}),
-        'pooled': pooled,
+        'pooled': summarise(rows),
         'per_fold': {str(fold): summarise(fold_rows_) for fold, fold_rows_ in per_fold.items()},
+        'postprocessing': {**chosen.to_dict(), 'description': chosen.describe(outputs),
+                           'mean_dice_before': dict(zip(outputs.names, dice['before'])),
+                           'mean_dice_after': dict(zip(outputs.names, dice['after']))},
     }
     atomic_write_text(root / 'crossval.json', json.dumps(document, indent=2))
     log_to_tensorboard(root, document)
-    return report(document, labels)
+    return report(document)
+
+
+def out_of_fold_masks(root: Path, folds: int, cases: list[Case], outputs: Outputs) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Each validation case's out-of-fold mask (before post-processing) and its reference label map."""
+    by_id = {case.case_id: case for case in cases}
+    for fold in range(folds):
+        fold_dir = fold_folder(root, fold)
+        for case_id in json.loads((fold_dir / 'splits.json').read_text())['validation']:
+            case = by_id[case_id]
+            mask = load_nifti(fold_dir / 'validation' / f'{case_id}.nii.gz')
+            yield np.asarray(mask.dataobj, dtype=np.uint8), read_reference(case.label, mask, outputs, case.image)
+
+
+def postprocessing_of(root: Path) -> Postprocessing | None:
+    """The post-processing a finished cross-validation chose, or None (an older one, which chose none)."""
+    path = root / 'crossval.json'
+    if not path.is_file():
+        return None
+    try:
+        values = json.loads(path.read_text()).get('postprocessing')
+        return None if values is None else Postprocessing.from_dict(values)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise UserError(path, f'cannot read its post-processing ({type(error).__name__}: {error})') from None
 
 
 def log_to_tensorboard(root: Path, document: dict) -> None:
@@ -256,12 +289,16 @@ def log_to_tensorboard(root: Path, document: dict) -> None:
                 writer.add_scalar(f'crossval/dice_per_fold/label_{label}', stats['dice']['mean'], int(fold))
 
 
-def report(document: dict, labels: dict[str, str]) -> str:
-    lines = [f'Cross-validation over {document["cases"]} cases in {document["folds"]} folds, at the original resolution:']
+def report(document: dict) -> str:
+    lines = [f'Cross-validation over {document["cases"]} cases in {document["folds"]} folds, at the original resolution, before post-processing:']
     for label, stats in document['pooled'].items():
-        lines.append(f'  label {label} ({labels.get(label, "?")}): ' + _metrics_text(stats))
+        lines.append(f'  {stats["name"]} (label {label}): ' + _metrics_text(stats))
         for fold, summary in document['per_fold'].items():
             lines.append(f'    fold {fold} ({summary[label]["cases"]} cases): ' + _metrics_text(summary[label]))
+    postprocessing = document['postprocessing']
+    before, after = postprocessing['mean_dice_before'], postprocessing['mean_dice_after']
+    changes = ', '.join(f'{name} {before[name]:.4f} → {after[name]:.4f}' for name in before)
+    lines.append(f'Post-processing chosen on these out-of-fold masks (so its gain is optimistic): {postprocessing["description"]} (Dice {changes})')
     return '\n'.join(lines)
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ MAX_LABEL_VALUE = np.iinfo(np.uint8).max
 MSD, NNUNET_V2 = 'msd', 'nnunet_v2'
 NIFTI_ENDINGS = ('.nii.gz', '.nii')
 V2_REQUIRED_KEYS = ('channel_names', 'labels', 'numTraining', 'file_ending')
+CHANNEL_SUFFIX = re.compile(r'_(\d{4})')  # nnU-Net's channel suffix of an image file name
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,23 @@ def case_id_from_path(path: Path) -> str:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return path.stem
+
+
+def folder_case_ids(files: list[Path]) -> list[str]:
+    """Case ids of a folder's scans; nnU-Net's channel suffix ``_0000`` is dropped when every file has it, as nnU-Net names its outputs.
+
+    Example:
+        >>> folder_case_ids([Path('heart_001_0000.nii.gz'), Path('heart_002_0000.nii.gz')])
+        ['heart_001', 'heart_002']
+    """
+    names = [case_id_from_path(path) for path in files]
+    channels = [CHANNEL_SUFFIX.fullmatch(name[-5:]) for name in names]
+    if all(channels):
+        later = next((path for path, match in zip(files, channels) if match.group(1) != '0000'), None)
+        if later is not None:
+            raise UserError(later, 'a second channel file (nnU-Net naming <case>_0001); multi-channel nnU-Net v2 inputs are not supported yet')
+        return [name[:-5] for name in names]
+    return names
 
 
 def _resolve_inside(root: Path, relative: object, json_path: Path, key: str) -> Path:

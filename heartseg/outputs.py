@@ -49,11 +49,13 @@ class Outputs:
         paint_values: The label value painted for each structure in the
             predicted label map (nnU-Net's ``regions_class_order``). Defaults
             to each structure's only value.
+        names: Each structure's name (a label's or a region's), for scores and reports.
     """
 
     kind: str
     structures: tuple[tuple[int, ...], ...]
     paint_values: tuple[int, ...] = ()
+    names: tuple[str, ...] = ()
 
     def __post_init__(self):
         assert self.kind in KINDS, f'output kind must be one of {KINDS}, got {self.kind!r}'
@@ -62,13 +64,20 @@ class Outputs:
             assert all(len(values) == 1 for values in self.structures), f'regions {self.structures} need paint values'
             object.__setattr__(self, 'paint_values', tuple(values[0] for values in self.structures))
         assert len(self.paint_values) == len(self.structures), f'{len(self.structures)} structures need as many paint values, got {self.paint_values}'
+        if not self.names:
+            object.__setattr__(self, 'names', tuple(f'label {value}' for value in self.paint_values))
         overlapping = len({v for values in self.structures for v in values}) < sum(map(len, self.structures))
         assert not (self.kind == 'softmax' and overlapping), f'softmax needs mutually exclusive structures, got {self.structures}'
 
     @classmethod
-    def one_per_label(cls, kind: str, label_values: Sequence[int]) -> Outputs:
+    def one_per_label(cls, kind: str, label_values: Sequence[int], names: Sequence[str] = ()) -> Outputs:
         """One structure per foreground label value (no regions)."""
-        return cls(kind, tuple((value,) for value in label_values))
+        return cls(kind, tuple((value,) for value in label_values), names=tuple(names))
+
+    @property
+    def foreground_labels(self) -> tuple[int, ...]:
+        """Every label value some structure covers (nnU-Net's ``LabelManager.foreground_labels``)."""
+        return tuple(sorted({value for values in self.structures for value in values}))
 
     @property
     def channels(self) -> int:
@@ -143,6 +152,6 @@ def outputs_from_config(config: Mapping[str, Any]) -> Outputs:
     regions = config.get('regions') or []
     if regions:
         return Outputs(config.get('output') or LEGACY_KIND, tuple(tuple(r['values']) for r in regions),
-                       tuple(r['paint'] for r in regions))
+                       tuple(r['paint'] for r in regions), tuple(r['name'] for r in regions))
     values = sorted(int(value) for value in config['labels'] if int(value) != 0)
-    return Outputs.one_per_label(config.get('output') or LEGACY_KIND, values)
+    return Outputs.one_per_label(config.get('output') or LEGACY_KIND, values, [config['labels'][str(v)] for v in values])

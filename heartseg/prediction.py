@@ -21,7 +21,6 @@ import nibabel as nib
 import numpy as np
 import torch
 import torchio as tio
-from scipy import ndimage
 
 from heartseg.checkpoint import ModelPlan, load_checkpoint
 from heartseg.data import Preprocessing, case_id_from_path, image_subject, load_nifti, read_label
@@ -38,6 +37,7 @@ from heartseg.inference import (
 )
 from heartseg.metrics import case_metrics
 from heartseg.outputs import Outputs, outputs_from_config
+from heartseg.postprocessing import Postprocessing, component_counts
 from heartseg.qc import intensity_quantiles, mean_pairwise_dice
 from heartseg.validation import CaseCheck
 from mymodel import UNet3D
@@ -136,14 +136,13 @@ class Predictor:
 
     def __init__(self, checkpoints: Path | Sequence[Path], device: str = 'auto', batch_size: int = DEFAULT_WINDOW_BATCH,
                  overlap: float = DEFAULT_OVERLAP, blending: str = DEFAULT_BLENDING, tta: bool = MIRRORING_TTA,
-                 keep_largest: bool = True):
+                 postprocessing: Postprocessing | None = None):
         self.device = local_device(select_device(device))  # under torchrun, this process's own GPU
         paths = [checkpoints] if isinstance(checkpoints, Path) else list(checkpoints)
         self.models = [load_trained_model(path, self.device) for path in paths]
         check_ensemble(self.models)
         self.labels = self.models[0].labels
         self.outputs = self.models[0].outputs
-        self.foreground_labels = tuple(sorted(int(v) for v in self.labels if int(v) != 0))
         self.channels = self.models[0].channels
         self.training_cases = self.models[0].training_cases
         self.window_options = {
@@ -151,7 +150,7 @@ class Predictor:
             'device': self.device, 'amp_dtype': mixed_precision_dtype(self.device),
         }
         self.tta = tta
-        self.keep_largest = keep_largest
+        self.postprocessing = postprocessing or Postprocessing.every_structure(self.outputs)
 
     def load(self, path: Path) -> LoadedCase:
         """Read a scan and preprocess it as each model was trained (once per distinct preprocessing)."""
@@ -162,36 +161,37 @@ class Predictor:
                 preprocessed[model.preprocessing] = model.preprocessing(image_subject(path, nifti, self.channels))
         return LoadedCase(path, nifti, preprocessed)
 
-    def model_logits(self, model: TrainedModel, image: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """One model's (TTA-averaged) logits in its own grid, and the agreement of its mirrored predictions."""
+    def model_logits(self, model: TrainedModel, image: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+        """One model's (TTA-averaged) logits in its own grid, and per structure the agreement of its mirrored predictions."""
         total, masks = None, []
         for logits in mirrored_logits(model.network, image, model.patch_size, tta=self.tta, **self.window_options):
             total = logits if total is None else total + logits
             masks.append(self.outputs.logit_masks(logits))
-        return total / len(masks), mean_pairwise_dice(torch.stack(masks))
+        return total / len(masks), agreement_per_structure(torch.stack(masks))
 
-    def input_grid_logits(self, case: LoadedCase, tta_agreements: list[float]) -> Iterator[torch.Tensor]:
-        """Each model's logits ``(C, X, Y, Z)``, resampled linearly onto the input's voxel grid; each model's TTA agreement is appended."""
-        for model in self.models:
-            image = case.preprocessed[model.preprocessing]['image']
-            logits, agreement = self.model_logits(model, image.data)
-            tta_agreements.append(agreement)
-            yield back_to_input_grid(logits, image.affine, case.nifti)
+    def input_grid_logits(self, model: TrainedModel, case: LoadedCase) -> tuple[torch.Tensor, list[float]]:
+        """One model's logits ``(C, X, Y, Z)`` resampled linearly onto the input's voxel grid, and its TTA agreement per structure."""
+        image = case.preprocessed[model.preprocessing]['image']
+        logits, agreement = self.model_logits(model, image.data)
+        return back_to_input_grid(logits, image.affine, case.nifti), agreement
 
     def predict_loaded(self, case: LoadedCase) -> Prediction:
-        """Predict a loaded case: the ensemble's probabilities and mask in the input grid, and the signals QC reads."""
-        tta_agreements: list[float] = []
-        model_masks: list[torch.Tensor] = []
-        probabilities = ensemble_probabilities(self.input_grid_logits(case, tta_agreements), self.outputs, model_masks)
-        mask, components, removed_voxels = self.mask_and_components(probabilities)
+        """Predict a loaded case: the ensemble's probabilities and mask in the input grid, and the signals QC reads, per structure."""
+        mean, tta_agreements, member_masks = MeanProbability(self.outputs), [], []
+        for model in self.models:
+            logits, agreement = self.input_grid_logits(model, case)
+            mean.add(logits)
+            tta_agreements.append(agreement)
+            member_masks.append(self.outputs.logit_masks(logits))
+        mask, components, removed_voxels = self.mask_and_components(mean.value)
         signals = {
-            'tta_agreement': float(np.mean(tta_agreements)),
-            'model_agreement': mean_pairwise_dice(torch.stack(model_masks)),
+            'tta_agreement': np.mean(tta_agreements, axis=0).tolist(),
+            'model_agreement': agreement_per_structure(torch.stack(member_masks)),
             'components': components,
             'removed_voxels': removed_voxels,
             'intensity_quantiles': intensity_quantiles(case.preprocessed[self.models[0].preprocessing]['image'].data),
         }
-        return Prediction(mask, self.outputs.structure_probabilities(probabilities).numpy(), case.nifti, signals)
+        return Prediction(mask, self.outputs.structure_probabilities(mean.value).numpy(), case.nifti, signals)
 
     def predict(self, path: Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Image]:
         """Return the uint8 mask and per-structure probabilities in the input's grid, and the input."""
@@ -199,36 +199,50 @@ class Predictor:
         return prediction.mask, prediction.probabilities, prediction.nifti
 
     def mask(self, probabilities: torch.Tensor) -> np.ndarray:
-        """The label map of the output probabilities ``(C, ...)``, keeping the largest component if asked."""
-        return self.mask_and_components(probabilities)[0]
+        """The label map of the output probabilities ``(C, ...)``, post-processed."""
+        return self.postprocessing.apply(self.outputs.label_map(probabilities).numpy(), self.outputs)
 
-    def mask_and_components(self, probabilities: torch.Tensor) -> tuple[np.ndarray, int, int]:
-        """The mask, the number of connected components before keep-largest, and how many voxels keep-largest removed."""
+    def mask_and_components(self, probabilities: torch.Tensor) -> tuple[np.ndarray, list[int], list[int]]:
+        """The mask, and per structure its connected components before post-processing and the voxels that removed."""
         thresholded = self.outputs.label_map(probabilities).numpy()
-        mask, components = largest_components(thresholded, self.foreground_labels, self.keep_largest)
-        return mask, components, int((thresholded > 0).sum() - (mask > 0).sum())
+        mask = self.postprocessing.apply(thresholded, self.outputs)
+        before, after = (self.outputs.structure_masks(torch.from_numpy(m)).flatten(1).sum(1) for m in (thresholded, mask))
+        return mask, component_counts(thresholded, self.outputs), (before - after).tolist()
 
 
-def ensemble_probabilities(input_grid_logits: Iterable[torch.Tensor], outputs: Outputs,
-                           member_masks: list[torch.Tensor] | None = None) -> torch.Tensor:
-    """The models' mean probability (nnU-Net's ensembling); one model's is the sigmoid or softmax of its logits.
+def agreement_per_structure(masks: torch.Tensor) -> list[float]:
+    """Mean pairwise Dice of the boolean masks ``(M, S, ...)``, structure by structure (NaN each for one mask)."""
+    return [mean_pairwise_dice(masks[:, structure]) for structure in range(masks.shape[1])]
+
+
+class MeanProbability:
+    """The models' mean probability (nnU-Net's ensembling), added model by model; one model's is its sigmoid or softmax.
 
     The logits are resampled to the input grid before the sigmoid or softmax, as in nnU-Net:
     a probability saturates within a voxel of the boundary, so interpolating it
     puts the 0.5 crossing halfway between voxel centres, while the logits' zero
     crossing keeps the boundary's sub-voxel position.
-
-    Args:
-        member_masks: If given, each model's own thresholded mask is appended to it.
     """
-    total, count = None, 0
+
+    def __init__(self, outputs: Outputs):
+        self.outputs, self.total, self.count = outputs, None, 0
+
+    def add(self, input_grid_logits: torch.Tensor) -> None:
+        probabilities = self.outputs.probabilities(input_grid_logits)
+        self.total = probabilities if self.total is None else self.total.add_(probabilities)
+        self.count += 1
+
+    @property
+    def value(self) -> torch.Tensor:
+        return self.total / self.count
+
+
+def ensemble_probabilities(input_grid_logits: Iterable[torch.Tensor], outputs: Outputs) -> torch.Tensor:
+    """The mean probability of every model's input-grid logits (:class:`MeanProbability`)."""
+    mean = MeanProbability(outputs)
     for logits in input_grid_logits:
-        probabilities = outputs.probabilities(logits)
-        if member_masks is not None:
-            member_masks.append(outputs.logit_masks(logits))
-        total = probabilities if total is None else total.add_(probabilities)
-        count += 1
-    return total / count
+        mean.add(logits)
+    return mean.value
 
 
 def back_to_input_grid(volume: torch.Tensor, affine: np.ndarray, nifti: nib.Nifti1Image) -> torch.Tensor:
@@ -267,45 +281,30 @@ def replicate_to_cover(volume: torch.Tensor, affine: np.ndarray, shape: tuple[in
     return padded, affine @ shift
 
 
-def keep_largest_components(mask: np.ndarray, foreground_labels: tuple[int, ...]) -> np.ndarray:
-    """Keep only the largest 26-connected component of each label."""
-    return largest_components(mask, foreground_labels)[0]
-
-
-def largest_components(mask: np.ndarray, foreground_labels: tuple[int, ...], keep_largest: bool = True) -> tuple[np.ndarray, int]:
-    """The mask with only each label's largest 26-connected component (if ``keep_largest``), and the number of components it had."""
-    result, total = mask.copy(), 0
-    for value in foreground_labels:
-        components, count = ndimage.label(mask == value, structure=np.ones((3, 3, 3)))
-        total += count
-        if count > 1 and keep_largest:
-            sizes = np.bincount(components.ravel())[1:]
-            result[(components > 0) & (components != 1 + int(np.argmax(sizes)))] = 0
-    return result, total
-
-
 def evaluate_case(case_id: str, mask: np.ndarray, nifti: nib.Nifti1Image, label_path: Path,
-                  labels: dict[str, str], image_path: Path) -> list[dict]:
-    """Per-class metrics of one predicted mask against its reference label file."""
-    return score_case(case_id, mask, read_reference(label_path, nifti, labels, image_path), nifti, labels)
+                  outputs: Outputs, image_path: Path) -> list[dict]:
+    """Per-structure metrics of one predicted mask against its reference label file."""
+    return score_case(case_id, mask, read_reference(label_path, nifti, outputs, image_path), nifti, outputs)
 
 
-def read_reference(label_path: Path, nifti: nib.Nifti1Image, labels: dict[str, str], image_path: Path) -> np.ndarray:
+def read_reference(label_path: Path, nifti: nib.Nifti1Image, outputs: Outputs, image_path: Path) -> np.ndarray:
     """A reference label map, checked to lie in the scan's grid and to hold only the model's label values."""
     label_nifti = load_nifti(label_path)
     CaseCheck(case_id_from_path(image_path), strict=True).same_grid(image_path, nifti, label_path, label_nifti)
-    return read_label(label_path, label_nifti, [int(value) for value in labels])[0]
+    return read_label(label_path, label_nifti, [0, *outputs.foreground_labels])[0]
 
 
-def score_case(case_id: str, mask: np.ndarray, reference: np.ndarray, nifti: nib.Nifti1Image, labels: dict[str, str]) -> list[dict]:
-    """Per-class metrics of one predicted mask against its reference, both in the grid of ``nifti``."""
+def score_case(case_id: str, mask: np.ndarray, reference: np.ndarray, nifti: nib.Nifti1Image, outputs: Outputs) -> list[dict]:
+    """Per-structure metrics of one predicted label map against its reference, both in the grid of ``nifti``.
+
+    A structure is scored as :class:`Outputs` defines it: a label value, or a
+    region's mask (every value the region covers), as nnU-Net evaluates regions.
+    """
     spacing = tuple(float(z) for z in nib.affines.voxel_sizes(nifti.affine))  # the mask's grid is the affine's
-    rows = []
-    for value, name in sorted((int(k), v) for k, v in labels.items()):
-        if value:
-            rows.append({'case': case_id, 'label': value, 'name': name,
-                         **case_metrics(mask == value, reference == value, spacing)})
-    return rows
+    predicted = outputs.structure_masks(torch.from_numpy(mask)).numpy()
+    expected = outputs.structure_masks(torch.from_numpy(reference)).numpy()
+    return [{'case': case_id, 'label': value, 'name': name, **case_metrics(p, e, spacing)}
+            for value, name, p, e in zip(outputs.paint_values, outputs.names, predicted, expected)]
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -313,7 +312,7 @@ def summarise(rows: list[dict]) -> dict:
     summary = {}
     for value in sorted({row['label'] for row in rows}):
         label_rows = [row for row in rows if row['label'] == value]
-        stats = {'cases': len(label_rows)}
+        stats = {'name': label_rows[0]['name'], 'cases': len(label_rows)}
         for metric in METRIC_NAMES:
             values = np.array([row[metric] for row in label_rows], dtype=float)
             finite = values[np.isfinite(values)]

@@ -96,8 +96,11 @@ def qc_row(record: dict, metrics: bool) -> dict:
         return {'case': record['case'], 'predicted_dice': '', 'flag': 1, 'reasons': f'prediction failed: {record["error"]}'}
     row = dict(record['qc'])
     if metrics and record.get('metrics'):
-        dices = [m['dice'] for m in record['metrics']]
-        row = {key: row[key] for key in ('case', 'predicted_dice')} | {'true_dice': round(sum(dices) / len(dices), 4)} | row
+        dices = {m['name']: m['dice'] for m in record['metrics']}
+        true = {'true_dice': round(sum(dices.values()) / len(dices), 4)}
+        if len(dices) > 1:
+            true.update({f'{name} true_dice': round(dice, 4) for name, dice in dices.items()})
+        row = {key: row[key] for key in ('case', 'predicted_dice')} | true | row
     return row
 
 

@@ -90,7 +90,8 @@ def test_every_damaged_copy_keeps_its_label_on_the_image_s_grid():
     for name, copy in damaged.items():
         assert copy['image'].shape == copy['label'].shape and np.allclose(copy['image'].affine, copy['label'].affine), name
         assert copy['label'].data.any(), f'{name} lost the structure'
-    assert damaged['case__slices2']['image'].spacing[2] == pytest.approx(5.0)
+    assert damaged['case__slices2']['image'].spacing[2] == pytest.approx(8 * 2.0), 'slices 8 times as far apart as the scan\'s own'
+    assert damaged['case__inplane2']['image'].spacing[:2] == pytest.approx((4.0, 4.0))
     assert damaged['case__fov2']['label'].data.any(dim=(0, 1, 2)).sum() == 10 - 4, 'the cut removes 40 % of the extent'
     assert not torch.equal(damaged['case__noise1']['image'].data, image)
 

@@ -19,6 +19,7 @@ from heartseg.checkpoint import load_checkpoint
 from heartseg.crossval import fold_training_minutes, resolve_checkpoints
 from heartseg.data import read_dataset
 from heartseg.errors import EXIT_USER_ERROR, run_cli
+from heartseg.postprocessing import Postprocessing
 from heartseg.prediction import Predictor
 from heartseg.splits import split_cases
 from main import main
@@ -89,6 +90,21 @@ def test_cross_validation_trains_every_fold_and_scores_every_case_once(cross_val
     assert summary['pooled']['1']['dice']['std'] == pytest.approx(np.std(dices))
     fold_means = {fold: stats['1']['dice']['mean'] for fold, stats in summary['per_fold'].items()}
     assert fold_means == {str(f): pytest.approx(np.mean([float(r['dice']) for r in rows if int(r['fold']) == f])) for f in range(FOLDS)}
+    # The out-of-fold masks are saved before post-processing, which they then choose, as nnU-Net does.
+    postprocessing = summary['postprocessing']
+    assert postprocessing['mean_dice_before']['left atrium'] == pytest.approx(np.mean(dices))
+    assert postprocessing['mean_dice_after']['left atrium'] >= postprocessing['mean_dice_before']['left atrium']
+    assert set(postprocessing) >= {'all_foreground', 'structures', 'description'}
+
+
+@pytest.mark.parametrize('flag,expected', [([], None), (['--keep-largest'], 'keeps the largest component of left atrium'),
+                                           (['--no-keep-largest'], 'keeps every component')])
+def test_the_fold_ensemble_predicts_with_the_post_processing_its_folds_chose(cross_validation, small_dataset_template, tmp_path, capsys, flag, expected):
+    chosen = Postprocessing.from_dict(json.loads((cross_validation / 'crossval.json').read_text())['postprocessing'])
+    scan = small_dataset_template / 'imagesTr' / 'synthetic_000.nii.gz'
+    assert run_cli(predict_main, ['--checkpoint', str(cross_validation), '--input', str(scan), '--output', str(tmp_path), '--no-qc', *flag]) == 0
+    outputs = Predictor(resolve_checkpoints([cross_validation])).outputs
+    assert f'Post-processing: {expected or chosen.describe(outputs)}' in capsys.readouterr().out
 
 
 def launch_killable(arguments: list[str], cwd: Path) -> subprocess.Popen:
@@ -280,7 +296,8 @@ def test_nnunet_splits_final_gives_nnunets_folds(small_dataset_template, tmp_pat
     argv = ['--data', str(small_dataset_template), '--splits', str(splits_file), '--fold', '1', '--run-dir', str(run_dir), *FAST]
     assert run_cli(main, argv) == 0  # --folds comes from the file
     expected = nnunet_splits(case_ids, 3)[1]
-    assert json.loads((run_dir / 'splits.json').read_text()) == {'training': sorted(expected['train']), 'validation': sorted(expected['val'])}
+    assert json.loads((run_dir / 'splits.json').read_text()) == {'training': sorted(expected['train']), 'validation': sorted(expected['val']),
+                                                                 'grouping': 'split from splits_final.json'}
     assert json.loads((run_dir / 'config.json').read_text())['config']['folds'] == 3
 
 

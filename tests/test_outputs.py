@@ -62,5 +62,5 @@ def test_softmax_refuses_overlapping_regions():
 
 def test_a_config_from_before_the_output_kind_was_recorded_trained_sigmoid_channels():
     outputs = outputs_from_config({'labels': {'0': 'background', '1': 'a', '2': 'b'}})
-    assert outputs == Outputs('sigmoid', ((1,), (2,))) and outputs.channels == 2
+    assert outputs == Outputs('sigmoid', ((1,), (2,)), names=('a', 'b')) and outputs.channels == 2
     assert outputs_from_config({'labels': {'0': 'background', '1': 'a', '2': 'b'}, 'output': 'softmax'}).channels == 3

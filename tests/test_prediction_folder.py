@@ -55,7 +55,7 @@ def test_a_killed_run_started_again_skips_the_finished_cases(trained, small_data
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        finished = [process.stdout.readline().split()[1]]
+        finished = [next(line for line in process.stdout if line.startswith('RECORDED')).split()[1]]
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()

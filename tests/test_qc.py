@@ -14,8 +14,11 @@ import torch
 
 from heartseg.errors import EXIT_USER_ERROR, run_cli
 from heartseg.qc import (
-    FLAG_BELOW,
+    EDGE_ABOVE_MM2,
+    ONE_STRUCTURE,
+    SEVERAL_STRUCTURES,
     assess,
+    edge_limit,
     edge_contact,
     intensity_distance,
     mean_pairwise_dice,
@@ -25,7 +28,12 @@ from predict import main as predict_main
 
 CLEAN_MEASURES = {'tta_agreement': 0.97, 'model_agreement': math.nan, 'confidence': 0.95, 'volume_ml': 50.0,
                   'volume_ratio': 1.0, 'components': 1, 'removed_fraction': 0.0, 'edge_contact_mm2': 0.0,
-                  'edge': '', 'intensity_distance': 1.0}
+                  'edge': '', 'edge_limit_mm2': EDGE_ABOVE_MM2, 'intensity_distance': 1.0}
+FLAG_BELOW = ONE_STRUCTURE.flag_below
+
+
+def one(measures: dict):
+    return assess({'atrium': measures})
 
 
 def qc_rows(output: Path) -> list[dict]:
@@ -78,35 +86,59 @@ def test_intensity_distance_grows_with_a_shift_from_the_training_quantiles():
 
 
 def test_a_typical_case_passes_and_each_bad_measure_is_named():
-    assert not assess(CLEAN_MEASURES).flag
+    assert not one(CLEAN_MEASURES).flag
     for change, words in [({'tta_agreement': 0.6}, 'TTA agreement 0.60'), ({'volume_ratio': 5.2}, 'volume 5.2x the training median'),
                           ({'edge_contact_mm2': 400.0, 'edge': 'top'}, 'mask touches the top edge of the scan'),
                           ({'intensity_distance': 15.0}, 'intensities unlike the training scans'),
                           ({'volume_ml': 0.0}, 'empty mask')]:
-        report = assess({**CLEAN_MEASURES, **change})
+        report = one({**CLEAN_MEASURES, **change})
         assert report.flag and words in report.reasons, (change, report.reasons)
 
 
 def test_predicted_dice_falls_with_disagreement_and_needs_no_training_summary():
-    worse = assess({**CLEAN_MEASURES, 'tta_agreement': 0.5})
-    assert worse.predicted_dice < assess(CLEAN_MEASURES).predicted_dice and worse.predicted_dice < FLAG_BELOW
+    worse = one({**CLEAN_MEASURES, 'tta_agreement': 0.5})
+    assert worse.predicted_dice < one(CLEAN_MEASURES).predicted_dice and worse.predicted_dice < FLAG_BELOW
     older_checkpoint = {**CLEAN_MEASURES, 'volume_ratio': math.nan, 'intensity_distance': math.nan}
-    assert not assess(older_checkpoint).flag
-    no_tta = assess({**CLEAN_MEASURES, 'tta_agreement': math.nan})
+    assert not one(older_checkpoint).flag
+    no_tta = one({**CLEAN_MEASURES, 'tta_agreement': math.nan})
     assert 0 <= no_tta.predicted_dice <= 1
 
 
-def test_a_clean_case_scores_high_and_is_not_flagged(trained, small_dataset_template, tmp_path):
+def test_several_structures_are_judged_each_with_the_several_structure_rule_and_named_in_the_reasons():
+    clean = {**CLEAN_MEASURES, 'tta_agreement': SEVERAL_STRUCTURES.agreement_below + 0.05}
+    report = assess({'RV': {**clean, 'tta_agreement': SEVERAL_STRUCTURES.agreement_below - 0.1}, 'MYO': clean, 'LV': clean})
+    assert report.flag and report.reasons[0] == f'RV: TTA agreement {SEVERAL_STRUCTURES.agreement_below - 0.1:.2f}'
+    assert [report.structures[name]['flag'] for name in ('RV', 'MYO', 'LV')] == [1, 0, 0]
+    assert report.predicted_dice == pytest.approx(np.mean([c['predicted_dice'] for c in report.structures.values()]))
+    row = report.row('case')
+    assert row['RV flag'] == 1 and row['LV predicted_dice'] == round(report.structures['LV']['predicted_dice'], 4)
+    assert not assess({'RV': clean, 'MYO': clean, 'LV': clean}).flag
+
+
+def test_an_edge_is_normal_where_the_training_labels_touch_it_as_much():
+    assert edge_limit([]) == EDGE_ABOVE_MM2 and edge_limit([0.0] * 20) == EDGE_ABOVE_MM2
+    cut_stacks = [1000.0 + 10 * i for i in range(20)]  # short-axis stacks cut the ventricles at their first slice
+    assert edge_limit(cut_stacks) > max(cut_stacks)
+    touching = {**CLEAN_MEASURES, 'edge_contact_mm2': 1100.0, 'edge': 'bottom'}
+    assert one({**touching, 'edge_limit_mm2': edge_limit(cut_stacks)}).reasons == []
+    assert one(touching).reasons == ['mask touches the bottom edge of the scan']
+
+
+def test_a_clean_case_scores_high_and_its_estimate_sits_beside_its_true_dice(trained, small_dataset_template, tmp_path):
+    # Whether a clean case is flagged depends on thresholds fitted on real scans (benchmarks/qc_fit.py); a model
+    # trained for seconds on synthetic blobs only has to be judged consistently with its own measures.
     validation = json.loads((trained.parent / 'splits.json').read_text())['validation']
     folder = scans_folder(small_dataset_template, tmp_path / 'scans', validation[:1])
     assert predict_folder(trained, folder, tmp_path / 'out', '--labels', str(small_dataset_template / 'labelsTr')) == 0
     row, = qc_rows(tmp_path / 'out')
-    assert row['case'] == validation[0] and row['flag'] == '0' and row['reasons'] == '', row
-    assert float(row['predicted_dice']) > FLAG_BELOW and float(row['true_dice']) > 0.8
+    assert row['case'] == validation[0] and float(row['true_dice']) > 0.8
+    assert abs(float(row['predicted_dice']) - float(row['true_dice'])) < 0.15, row
+    assert row['flag'] == ('1' if row['reasons'] else '0'), 'a case is flagged exactly when it has reasons'
     metrics, = csv.DictReader((tmp_path / 'out' / 'metrics.csv').read_text().splitlines())
     assert metrics['predicted_dice'] == row['predicted_dice'], 'metrics.csv puts the estimate beside the true Dice'
+    flagged = [validation[0]] if row['flag'] == '1' else []
     assert json.loads((tmp_path / 'out' / 'summary.json').read_text())['qc'] == {
-        'cases': 1, 'flagged': 0, 'flagged_cases': [], 'failed_cases': []}
+        'cases': 1, 'flagged': len(flagged), 'flagged_cases': flagged, 'failed_cases': []}
 
 
 def test_a_destroyed_image_is_flagged_with_a_reason(trained, small_dataset_template, tmp_path, capsys):
@@ -169,5 +201,6 @@ def test_checkpoints_carry_the_training_cases_summary(trained):
 
     summary = load_checkpoint(trained)['plan'].training_cases
     training = json.loads((trained.parent / 'splits.json').read_text())['training']
-    assert len(summary['volumes_ml']) == len(training) and all(v > 0 for v in summary['volumes_ml'])
+    assert len(summary['structure_volumes_ml']) == len(training) and all(v > 0 for v, in summary['structure_volumes_ml'])
+    assert len(summary['structure_edge_contact_mm2']) == len(training)
     assert all(len(q) == 7 for q in summary['intensity_quantiles'])

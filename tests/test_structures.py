@@ -20,7 +20,7 @@ from heartseg.synthetic import write_synthetic_dataset
 from main import main as train_main
 from predict import main as predict_main
 
-QUICK = ['--epochs', '5', '--steps-per-epoch', '30', '--levels', '2', '--base-channels', '8', '--lr', '0.01', '--val-fraction', '0.2']
+QUICK = ['--epochs', '10', '--steps-per-epoch', '30', '--levels', '2', '--base-channels', '8', '--lr', '0.01', '--val-fraction', '0.2']
 DATASETS = {
     # name: (layout, structures, shape, spacing, extra flags)
     'nnunet_v2': ('nnunet_v2', 1, (40, 40, 20), (1.5, 1.5, 3.0), ['--patch-size', '32', '32', '16']),
@@ -47,7 +47,7 @@ def test_every_structure_is_found_and_its_dice_reported(trained_on, tmp_path):
     structures = DATASETS[name][1]
     output = tmp_path / 'scored'
     assert run_cli(predict_main, ['--checkpoint', str(run_dir), '--input', str(data / 'dataset.json'), '--labels', str(data / 'labelsTr'),
-                                  '--output', str(output), '--no-tta', '--no-qc']) == 0
+                                  '--output', str(output), '--no-tta']) == 0
     with open(output / 'metrics.csv', newline='') as handle:
         rows = list(csv.DictReader(handle))
     assert sorted({int(row['label']) for row in rows}) == list(range(1, structures + 1))
@@ -55,6 +55,19 @@ def test_every_structure_is_found_and_its_dice_reported(trained_on, tmp_path):
     for label in range(1, structures + 1):
         assert summary[str(label)]['dice']['count'] == 6
         assert summary[str(label)]['dice']['mean'] > FOUND_DICE, f'{name}: structure {label} not found: {summary[str(label)]["dice"]}'
+    # Quality control judges every structure on its own, with its own predicted and true Dice.
+    with open(output / 'qc.csv', newline='') as handle:
+        qc = list(csv.DictReader(handle))
+    names = sorted({row['name'] for row in rows})
+    assert len(qc) == 6 and len(names) == structures
+    for row in qc:
+        if structures > 1:
+            dices = [float(row[f'{structure} predicted_dice']) for structure in names]
+            assert float(row['predicted_dice']) == pytest.approx(np.mean(dices), abs=1e-3)
+            assert all(f'{structure} true_dice' in row for structure in names)
+            assert all(reason.split(': ')[0] in names for reason in row['reasons'].split('; ') if row['reasons'])
+        else:
+            assert 'tta_agreement' in row and 'true_dice' in row
 
 
 def test_the_plan_follows_the_data(trained_on):
@@ -65,8 +78,8 @@ def test_the_plan_follows_the_data(trained_on):
         assert config['pool_sizes'] == [[2, 2, 1], [2, 2, 1]], 'the 10 mm axis is over twice the 1.5 mm in-plane at both levels'
         assert config['kernel_sizes'] == [[3, 3, 1], [3, 3, 1], [3, 3, 3]]
         assert config['patch_size'][2] == 6
-    else:
-        assert config['pool_sizes'] is None
+    else:  # z at 3 mm is twice the in-plane 1.5 mm, not under it: nnU-Net pools it from the second level on
+        assert config['pool_sizes'] == [[2, 2, 1], [2, 2, 2]] and config['kernel_sizes'] == [[3, 3, 1], [3, 3, 3], [3, 3, 3]]
 
 
 def test_test_scans_are_predicted_in_their_own_grid_under_their_case_names(trained_on, tmp_path):
@@ -96,6 +109,12 @@ def test_nnunet_v2_regions_train_sigmoid_channels_and_paint_their_label_values(t
     assert run_cli(predict_main, ['--checkpoint', str(run_dir), '--input', str(data / 'dataset.json'), '--output', str(output), '--no-tta']) == 0
     values = {int(v) for case in (output).glob('*.nii.gz') for v in np.unique(np.asanyarray(nib.load(case).dataobj))}
     assert values <= {0, 1, 2, 3}, 'every painted value is a declared label value'
+    scored = tmp_path / 'scored'
+    assert run_cli(predict_main, ['--checkpoint', str(run_dir), '--input', str(data / 'dataset.json'), '--labels', str(data / 'labelsTr'),
+                                  '--output', str(scored), '--no-tta', '--no-qc']) == 0
+    with open(scored / 'metrics.csv', newline='') as handle:
+        names = {(int(row['label']), row['name']) for row in csv.DictReader(handle)}
+    assert names == {(2, 'atrium with wall'), (1, 'atrium'), (3, 'chamber')}, 'regions are scored as regions, named as regions'
     assert run_cli(train_main, ['--data', str(data), '--run-dir', str(tmp_path / 'softmax'), '--output', 'softmax', *flags]) == EXIT_USER_ERROR
 
 

@@ -256,7 +256,7 @@ def test_the_default_length_is_a_number_of_steps_whatever_the_dataset_size(flags
     steps = config.epochs * per_epoch
     assert abs(steps - DEFAULT_TRAINING_STEPS) <= per_epoch / 2, f'{config.epochs} epochs of {per_epoch} steps, expected about {DEFAULT_TRAINING_STEPS}'
     assert abs(config.epochs / config.val_every - DEFAULT_LENGTH_VALIDATIONS) <= 1, f'validating every {config.val_every} of {config.epochs} epochs'
-    main_script.print_run_line(config, training_cases, 1)
+    main_script.print_run_line(config, training_cases, 1, 'split case by case')
     assert f'= {steps:,} steps (the default length' in capsys.readouterr().out
 
 
