@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, fields, replace
 from datetime import datetime
 from pathlib import Path
@@ -50,8 +51,9 @@ from heartseg.data import (
 )
 from heartseg.devices import mixed_precision_dtype, select_device
 from heartseg.download import TASK02_FOLDER, TASK02_URL, download_task02
-from heartseg.errors import EXIT_INTERRUPTED, UserError, run_cli
+from heartseg.errors import EXIT_INTERRUPTED, DiskFull, UserError, run_cli
 from heartseg.files import atomic_write_text, ensure_writable_dir
+from heartseg.folder_lock import folder_lock, refuse_if_in_use
 from heartseg.fingerprint import (
     MIN_FEATURE_MAP_SIZE,
     POOLING_SPACING_RATIO,
@@ -74,6 +76,7 @@ MAX_SEED = 2**32 - 1  # what every library's generator takes
 MAX_TIME_LIMIT_MINUTES = 366 * 24 * 60  # a year; larger budgets overflow the schedule's arithmetic
 MAX_RESAMPLED_VOXELS = 2**30  # 4 GiB as float32; the largest LA2018 case has 3.2 million voxels at 0.625 mm
 POOLINGS = ('per-axis', 'isotropic')
+DEFAULT_CACHE = Path('cache')
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group('data')
     data.add_argument('--data', type=Path, help=f'dataset folder: MSD (dataset.json, imagesTr/, labelsTr/) or nnU-Net v2 raw (Dataset002_Heart/). Default: ./data/{TASK02_FOLDER} if present, else the built-in synthetic dataset')
     data.add_argument('--download', action='store_true', help='download Task02_Heart into ./data/ first, then train on it')
-    data.add_argument('--download-url', default=TASK02_URL, help='mirror to download Task02_Heart from, http(s):// or file:// (default: %(default)s)')
-    data.add_argument('--cache-dir', type=Path, default=Path('cache'), help='where preprocessed volumes are cached (default: %(default)s)')
+    data.add_argument('--download-url', default=None, help=f'with --download: the mirror to download Task02_Heart from, http(s):// or file:// (default: {TASK02_URL})')
+    data.add_argument('--cache-dir', type=Path, default=None, help=f'where preprocessed volumes are cached (default: {DEFAULT_CACHE})')
     data.add_argument('--spacing', type=number(0, inclusive=False), nargs='+', help='target spacing in mm (one value or three). Default: the dataset median (nnU-Net rule), but no finer than 1.25 mm on a CPU')
     data.add_argument('--val-fraction', type=number(0, below=1), default=None, help=f'fraction of cases held out for validation (default {RunConfig.val_fraction}); 0 trains on every case with no validation, and best.pt is the final model')
     data.add_argument('--folds', type=integer(2), default=None, help='K-fold cross-validation (K >= 2, overrides --val-fraction): without --fold, trains every fold in turn into RUN_DIR/fold_0..K-1, then scores all cases out of fold into RUN_DIR/crossval.csv and crossval.json')
@@ -100,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument('--base-channels', type=integer(1), default=None, help=f'channels of the first level (default {_by_device("base_channels")}; the seed used 8)')
     model.add_argument('--norm', choices=NORMS, default=None, help=f'normalisation layer (default {RunConfig.norm}; the seed used batch)')
     model.add_argument('--output', choices=KINDS, default=None, help='output channels: softmax over background and mutually exclusive structures (cross-entropy + Dice, arg max), or one sigmoid per structure (default: softmax for several structures, sigmoid for one or for nnU-Net v2 regions)')
-    model.add_argument('--pooling', choices=POOLINGS, default=POOLINGS[0], help="per-axis: nnU-Net's plan, an axis pooled only while its spacing is under twice the finest (kernel 1 along it before) and its feature map at least 8 voxels long; isotropic: 2x2x2 at every level (default: %(default)s)")
+    model.add_argument('--pooling', choices=POOLINGS, default=None, help=f"per-axis: nnU-Net's plan, an axis pooled only while its spacing is under twice the finest (kernel 1 along it before) and its feature map at least 8 voxels long; isotropic: 2x2x2 at every level (default: {POOLINGS[0]})")
     model.add_argument('--deep-supervision', action=argparse.BooleanOptionalAction, default=None, help=f'nnU-Net deep supervision: extra loss terms on the decoder at 1/2 to 1/2**(levels-2) resolution; a 2-level net has none (default {_on(RunConfig.deep_supervision)})')
 
     train = parser.add_argument_group('training')
@@ -164,7 +167,7 @@ def resolve_data_root(args: argparse.Namespace) -> tuple[Path, bool]:
     if args.data is not None:
         return args.data, False
     if args.download:
-        return download_task02(DATA_ROOT, url=args.download_url), False
+        return download_task02(DATA_ROOT, url=args.download_url or TASK02_URL), False
     if (DATA_ROOT / TASK02_FOLDER / 'dataset.json').is_file():
         return DATA_ROOT / TASK02_FOLDER, False
     synthetic = DATA_ROOT / SYNTHETIC_FOLDER
@@ -178,8 +181,28 @@ def resolve_data_root(args: argparse.Namespace) -> tuple[Path, bool]:
     return synthetic, True
 
 
+# Flags that another flag makes moot: (flag, the flag that overrides it, why).
+OVERRIDDEN = (
+    ('split_seed', 'splits', 'the splits file gives the folds'),
+    ('group_by_patient', 'splits', 'the splits file gives the folds'),
+    ('val_fraction', 'splits', 'the splits file gives the folds'),
+    ('val_fraction', 'folds', 'each fold validates on its own share of the cases'),
+)
+
+
+def refuse_moot_flags(args: argparse.Namespace) -> None:
+    """One line naming a flag that could not take effect beside the others."""
+    given = given_flags(args)
+    for flag, other, why in OVERRIDDEN:
+        if flag in given and other in given:
+            raise UserError(f'--{flag.replace("_", "-")}', f'has no effect with --{other}: {why}')
+    if 'download_url' in given and 'download' not in given:
+        raise UserError('--download-url', 'has no effect without --download')
+
+
 def configure_run(args: argparse.Namespace, spec: DatasetSpec, synthetic: bool) -> RunConfig:
     """Turn flags and the dataset fingerprint into one RunConfig."""
+    refuse_moot_flags(args)
     given = explicit_settings(args)
     device = select_device(given.get('device', 'auto'))
     defaults = DEVICE_DEFAULTS[device.type]
@@ -187,7 +210,7 @@ def configure_run(args: argparse.Namespace, spec: DatasetSpec, synthetic: bool) 
     headers = [read_header(case, spec) for case in cases]
     levels = given.get('levels', RunConfig.levels)
     spacing, patch, network = spacing_and_patch_for_device(headers, device.type, levels, given.get('target_spacing'),
-                                                           per_axis=args.pooling == 'per-axis', patch_size=given.get('patch_size'))
+                                                           per_axis=(args.pooling or POOLINGS[0]) == 'per-axis', patch_size=given.get('patch_size'))
     if 'levels' in given and network.levels < levels:
         raise UserError('--levels', f'{levels} levels cannot be pooled in patch {list(patch)}: after {network.levels} poolings no axis is '
                                     f'{2 * MIN_FEATURE_MAP_SIZE} voxels long with a spacing under {POOLING_SPACING_RATIO:g}x the finest (nnU-Net\'s rule)')
@@ -195,7 +218,7 @@ def configure_run(args: argparse.Namespace, spec: DatasetSpec, synthetic: bool) 
     config = RunConfig(
         data=str(spec.root.resolve()),  # absolute: --resume may run from another folder
         run_dir=str(args.run_dir or Path('runs') / datetime.now().strftime('%Y%m%d-%H%M%S')),
-        cache_dir=str(args.cache_dir),
+        cache_dir=str(args.cache_dir or DEFAULT_CACHE),
         target_spacing=tuple(float(s) for s in spacing),
         patch_size=patch,
         base_channels=defaults.base_channels,
@@ -285,9 +308,32 @@ def cases_in_use(spec: DatasetSpec, given: dict) -> tuple:
     return spec.cases[:max_cases] if max_cases else spec.cases
 
 
+def given_flags(args: argparse.Namespace) -> list[str]:
+    """The flags on the command line: every flag's default is None (or False for a switch), so 'not given' is never a value."""
+    return [name for name, value in vars(args).items() if value is not None and value is not False]
+
+
+def refuse_flags_beside(args: argparse.Namespace, mode: str, allowed: tuple[str, ...]) -> None:
+    """One line naming the first given flag that ``mode`` would ignore."""
+    for name in given_flags(args):
+        if name not in allowed:
+            raise UserError(f'--{name.replace("_", "-")}', f'has no effect with {mode}; leave it out')
+
+
+# Flags that shape a run's plan or set-up but no setting a resumed run could change.
+PLANNING_FLAGS = ('pooling', 'download', 'download_url')
+
+
 def resume_config(args: argparse.Namespace) -> RunConfig:
-    """The saved config of ``--resume``, with only the settings a resume may change."""
+    """The saved config of ``--resume``, with only the settings a resume may change; any other flag is refused."""
+    for name in given_flags(args):
+        if name in PLANNING_FLAGS:
+            raise UserError(f'--{name.replace("_", "-")}', f'cannot change the plan of {args.resume}: a resumed run keeps its own (only --{", --".join(sorted(f.replace("_", "-") for f in RESUMABLE_SETTINGS))} may change)')
     config = load_config(args.resume / 'config.json')
+    for flag, saved_path in (('run_dir', config.run_dir), ('cache_dir', config.cache_dir)):
+        given = getattr(args, flag)
+        if given is not None and Path(given).resolve() != Path(saved_path).resolve():
+            raise UserError(f'--{flag.replace("_", "-")}', f'{given} is not {saved_path}, which {args.resume} uses; a resumed run keeps its folders')
     saved = asdict(config)
     for setting, value in explicit_settings(args).items():
         if setting in RESUMABLE_SETTINGS:
@@ -373,6 +419,7 @@ def configure(args: argparse.Namespace) -> tuple[RunConfig, DatasetSpec, bool]:
         spec = read_dataset(data_root)
         config = configure_run(args, spec, synthetic)
     run_dir = Path(config.run_dir)
+    refuse_if_in_use(run_dir)
     if args.resume is None and ((run_dir / 'last.pt').exists() or crossval.fold_folder(run_dir, 0).exists()):
         raise UserError(run_dir, 'run folder already holds a run; use --resume to continue it or choose another --run-dir')
     ranks = distributed.world_size()
@@ -391,21 +438,24 @@ def main(argv: list[str] | None = None) -> int:
 
 def train(args: argparse.Namespace) -> int:
     if args.score_folds is not None:
+        refuse_flags_beside(args, '--score-folds', allowed=('score_folds', 'device'))
         if distributed.is_main():
-            print(crossval.score_trained_folds(args.score_folds, args.device or 'auto'))
+            with folder_lock(args.score_folds):
+                print(crossval.score_trained_folds(args.score_folds, args.device or 'auto'))
             print(f'Done. Scores: {args.score_folds / "crossval.csv"}, {args.score_folds / "crossval.json"}.')
         return 0
     started = time.perf_counter()
     # Rank 0 plans (and may download or write data); the other ranks take its plan.
     config, spec, created = distributed.broadcast(configure(args) if distributed.is_main() else None)
     run_dir = Path(config.run_dir)
-    if config.cross_validation:
-        return cross_validate(config, spec, started, resuming=args.resume is not None, cleanup_dir=run_dir if created else None)
-    resuming = args.resume is not None and (run_dir / 'last.pt').is_file()
-    if args.resume is not None and not resuming and distributed.is_main():
-        # A job requeued after preemption resumes with the same command, even if the kill came before any checkpoint.
-        print(f'{run_dir}: no checkpoint yet (stopped before its first epoch ended); starting from epoch 0 with its config.json')
-    return train_run(config, spec, started, resuming, cleanup_dir=run_dir if created else None, resume_dir=run_dir)
+    with folder_lock(run_dir) if distributed.is_main() else nullcontext():  # one run per folder
+        if config.cross_validation:
+            return cross_validate(config, spec, started, resuming=args.resume is not None, cleanup_dir=run_dir if created else None)
+        resuming = args.resume is not None and (run_dir / 'last.pt').is_file()
+        if args.resume is not None and not resuming and distributed.is_main():
+            # A job requeued after preemption resumes with the same command, even if the kill came before any checkpoint.
+            print(f'{run_dir}: no checkpoint yet (stopped before its first epoch ended); starting from epoch 0 with its config.json')
+        return train_run(config, spec, started, resuming, cleanup_dir=run_dir if created else None, resume_dir=run_dir)
 
 
 def train_run(config: RunConfig, spec: DatasetSpec, started: float, resuming: bool,
@@ -443,6 +493,8 @@ def train_run(config: RunConfig, spec: DatasetSpec, started: float, resuming: bo
     except KeyboardInterrupt:
         print(f'\nInterrupted. The last completed epoch is saved; resume with: python main.py --resume {resume_dir}', file=sys.stderr)
         return EXIT_INTERRUPTED
+    except DiskFull as error:
+        raise DiskFull(error.where, f'the last completed epoch is saved; free some space and resume with: python main.py --resume {resume_dir}') from None
     if not trainer.has_validation:
         outcome = 'No validation split: best.pt holds the final weights.'
     elif trainer.selects_best:

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,11 +38,12 @@ import torch
 from tqdm import tqdm
 
 from heartseg import distributed
-from heartseg.cli import Parser, integer, number
+from heartseg.cli import DefaultsHelpFormatter, Parser, integer, number
 from heartseg.crossval import fold_checkpoints, is_cross_validation, postprocessing_of, resolve_checkpoints
 from heartseg.data import case_id_from_path, folder_case_ids, read_dataset
-from heartseg.errors import EXIT_USER_ERROR, UserError, run_cli
-from heartseg.files import ensure_writable_dir, save_nifti
+from heartseg.errors import EXIT_USER_ERROR, DiskFull, UserError, run_cli
+from heartseg.files import ensure_writable_dir, file_digest, save_nifti
+from heartseg.folder_lock import LOCK_NAME, folder_lock
 from heartseg.inference import (
     BLENDINGS,
     DEFAULT_BLENDING,
@@ -49,7 +52,7 @@ from heartseg.inference import (
 )
 from heartseg.postprocessing import Postprocessing
 from heartseg.prediction import MIRRORING_TTA, Predictor, read_reference, score_case
-from heartseg.prediction_folder import PredictionFolder
+from heartseg.prediction_folder import NOT_YET, PredictionFolder
 from heartseg.qc import assess, measure, uncertainty_map
 from heartseg.review import orthogonal_views, save_png
 
@@ -135,7 +138,7 @@ def select_subset(cases: list[InputCase], subset: str, splits_path: Path) -> lis
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = Parser(description=__doc__.split('\n\n')[0], formatter_class=DefaultsHelpFormatter)
     parser.add_argument('--checkpoint', type=Path, nargs='+', required=True,
                         help='a best.pt or last.pt written by main.py, a run folder (its best.pt), an ONNX or TorchScript '
                              "file written by export.py, or several: their ensemble. A cross-validation run folder means every fold's best.pt")
@@ -179,40 +182,100 @@ def predict(args: argparse.Namespace) -> int:
     cases = [case for job in jobs for case in job.cases]
     refuse_overwriting_inputs(args.output, cases, args.labels)
     folder = PredictionFolder(args.output)
-    todo = [(job, case) for job in jobs for case in job.cases if args.overwrite or not is_done(folder, case, args)]
-    mine = todo[distributed.rank()::distributed.world_size()]
-    predictors = {id(job): Predictor(job.checkpoints, args.device, args.batch_size, args.overlap, args.blending, args.tta, job.postprocessing)
-                  for job in {id(job): job for job, _ in mine}.values()}
-    ensure_writable_dir(args.output)  # only once the models load: a refused ensemble leaves no folder behind
-    announce(len(cases), len(todo), predictors)
-    pairs = [(predictors[id(job)], case) for job, case in mine]
-    loads = prefetched(pairs, lambda pair: pair[0].load(pair[1].image), args.prefetch)
-    for (predictor, case), loading in tqdm(zip(pairs, loads), total=len(pairs), desc='Predicting', unit='case',
-                                           disable=not distributed.is_main()):
-        record = {'case': case.case_id, 'status': 'failed', 'image': str(case.image), 'mask_written': False}
-        try:
-            predict_case(predictor, case, loading, folder, args, record)
-        except UserError as error:
-            record['error'] = str(error)
-            tqdm.write(f'error: {error} (case skipped)', file=sys.stderr)
-        folder.write_record(record)
-    distributed.barrier()
-    records = [folder.read_record(c.case_id) or {} for c in cases]
-    failed = sum(record.get('status') != 'ok' for record in records)
-    if distributed.is_main():
-        for line in folder.finish([c.case_id for c in cases], metrics=args.labels is not None, qc=args.qc):
-            print(line)
-        written = sum(bool(record.get('mask_written')) for record in records)
-        print(f'Wrote {written} masks to {args.output}' + (f'; {failed} case(s) failed' if failed else ''))
+    created = distributed.is_main() and not args.output.exists()
+    with output_lock(args.output, created):
+        producers = [producer(job, args) for job in jobs]
+        # Process 0 decides what is left and shares it, so that no case is skipped or done twice by processes that list at different times.
+        todo = distributed.broadcast(cases_to_predict(folder, jobs, producers, args) if distributed.is_main() else None)
+        mine = todo[distributed.rank()::distributed.world_size()]
+        predictors = {index: Predictor(jobs[index].checkpoints, args.device, args.batch_size, args.overlap, args.blending, args.tta,
+                                       jobs[index].postprocessing) for index in {index for index, _ in mine}}
+        announce(len(todo), predictors)
+        pairs = [(predictors[index], jobs[index].cases[position], producers[index]) for index, position in mine]
+        loads = prefetched(pairs, lambda pair: pair[0].load(pair[1].image), args.prefetch)
+        for (predictor, case, produced_by), loading in tqdm(zip(pairs, loads), total=len(pairs), desc='Predicting', unit='case',
+                                                            disable=not distributed.is_main()):
+            folder.forget(case.case_id)  # until this case's files are all written, no record vouches for them
+            record = {'case': case.case_id, 'status': 'failed', 'image': str(case.image), 'mask_written': False,
+                      'produced_by': {**produced_by, 'input': input_identity(case.image)}}
+            try:
+                predict_case(predictor, case, loading, folder, args, record)
+            except DiskFull:
+                raise  # every later case would fail the same way; the finished ones stay, and the same command goes on
+            except UserError as error:
+                record['error'] = str(error)
+                tqdm.write(f'error: {error} (case skipped)', file=sys.stderr)
+            folder.write_record(record)
+        distributed.barrier()
+        records = [folder.read_record(c.case_id) or {} for c in cases]
+        failed = sum(record.get('status') != 'ok' for record in records)
+        if distributed.is_main():
+            for line in folder.finish([c.case_id for c in cases], metrics=args.labels is not None, qc=args.qc):
+                print(line)
+            written = sum(bool(record.get('mask_written')) for record in records)
+            print(f'{written} mask{"s" if written != 1 else ""} in {args.output}' + (f'; {failed} case(s) failed' if failed else ''))
     return EXIT_USER_ERROR if failed else 0
 
 
-def announce(total: int, todo: int, predictors: dict) -> None:
-    """Say what this run will do: how many cases are left, over how many processes, by what ensemble, with what post-processing."""
+@contextmanager
+def output_lock(output: Path, created: bool) -> Iterator[None]:
+    """Process 0 holds the output folder's lock (:mod:`heartseg.folder_lock`); a folder it made for a run refused before writing anything goes again."""
     if not distributed.is_main():
+        yield
         return
-    if todo < total:
-        print(f'{total - todo} of {total} cases already predicted in this folder (use --overwrite to redo them)')
+    ensure_writable_dir(output)
+    try:
+        with folder_lock(output):
+            yield
+    except UserError:
+        if created and not any(path.name != LOCK_NAME for path in output.iterdir()):
+            shutil.rmtree(output, ignore_errors=True)
+        raise
+
+
+def producer(job: PredictionJob, args: argparse.Namespace) -> dict:
+    """What makes a job's masks: its model files, by content, and every setting that changes a mask."""
+    postprocessing = job.postprocessing.to_dict() if job.postprocessing is not None else 'every structure'
+    return {'models': [file_digest(path) for path in job.checkpoints],
+            'settings': {'tta': args.tta, 'overlap': args.overlap, 'blending': args.blending, 'postprocessing': postprocessing}}
+
+
+def input_identity(image: Path) -> dict:
+    """The input scan a mask was made from: where it is, and its size and time (an edited or replaced scan differs)."""
+    try:
+        stat = image.stat()
+    except OSError:  # its case fails when loaded, with the reason; until then it matches no record
+        return {'path': str(image.resolve()), 'size': None, 'mtime_ns': None}
+    return {'path': str(image.resolve()), 'size': stat.st_size, 'mtime_ns': stat.st_mtime_ns}
+
+
+def cases_to_predict(folder: PredictionFolder, jobs: list[PredictionJob], producers: list[dict], args: argparse.Namespace) -> list[tuple[int, int]]:
+    """The (job, case) positions left to predict, saying why any case made before is made again."""
+    todo, again = [], {}
+    for index, job in enumerate(jobs):
+        for position, case in enumerate(job.cases):
+            produced_by = {**producers[index], 'input': input_identity(case.image)}
+            reason = folder.missing(case.case_id, wanted_files(folder, case.case_id, args), args.labels is not None, args.qc,
+                                    produced_by)
+            if reason is None and args.overwrite:
+                reason = 'asked to (--overwrite)'
+            if reason is not None:
+                todo.append((index, position))
+                again[reason] = again.get(reason, 0) + (reason != NOT_YET)
+    total = sum(len(job.cases) for job in jobs)
+    if total > len(todo):
+        print(f'{total - len(todo)} of {total} cases already predicted in this folder by these models and settings'
+              + ('; nothing to do (--overwrite redoes them)' if not todo else ''))
+    for reason, count in again.items():
+        if count:
+            print(f'{count} case{"s" if count > 1 else ""} {reason}: predicting {"them" if count > 1 else "it"} again')
+    return todo
+
+
+def announce(todo: int, predictors: dict) -> None:
+    """Say how the cases left are shared, by what ensemble, with what post-processing."""
+    if not distributed.is_main() or not todo:
+        return
     if distributed.world_size() > 1:
         print(f'Distributed: {distributed.world_size()} processes share {todo} cases')
     models = max((len(p.models) for p in predictors.values()), default=1)
@@ -253,10 +316,6 @@ def wanted_files(folder: PredictionFolder, case_id: str, args: argparse.Namespac
     options = ((True, folder.mask), (args.save_probabilities, folder.probabilities), (args.save_uncertainty, folder.uncertainty),
                (args.png, folder.overview), (args.qc, folder.thumbnail))
     return [path(case_id) for wanted, path in options if wanted]
-
-
-def is_done(folder: PredictionFolder, case: InputCase, args: argparse.Namespace) -> bool:
-    return folder.is_done(case.case_id, wanted_files(folder, case.case_id, args), metrics=args.labels is not None, qc=args.qc)
 
 
 def predict_case(predictor: Predictor, case: InputCase, loading: Future, folder: PredictionFolder, args: argparse.Namespace,

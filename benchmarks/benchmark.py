@@ -59,7 +59,7 @@ from benchmarks.timing import (
     timed,
 )
 from heartseg.augmentation import PLACES
-from heartseg.cli import Parser, integer, number
+from heartseg.cli import DefaultsHelpFormatter, Parser, integer, number
 from heartseg.config import RunConfig
 from heartseg.crossval import resolve_checkpoints
 from heartseg.data import (
@@ -432,14 +432,14 @@ def memory_benchmark(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = Parser(description=__doc__.split('\n\n')[0], formatter_class=DefaultsHelpFormatter)
     commands = parser.add_subparsers(dest='command', required=True)
     train = _planned_command(commands, 'train', 'training throughput: model only, data only, end to end; FLOPs; against MONAI',
                              cases=16, example='--batch-size 4 --no-channels-last')
     train.add_argument('--steps', type=integer(1), default=16, help='optimiser steps per measurement')
     train.add_argument('--no-monai', action='store_true', help='skip the MONAI comparison')
     predict = commands.add_parser('predict', help='seconds per case, and our sliding window against MONAI',
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                  formatter_class=DefaultsHelpFormatter)
     predict.add_argument('--checkpoint', type=Path, required=True)
     predict.add_argument('--data', type=Path, required=True, help='MSD-layout dataset whose first cases are predicted')
     predict.add_argument('--cases', type=integer(1), default=5)
@@ -459,14 +459,14 @@ def build_parser() -> argparse.ArgumentParser:
     loader.add_argument('--workers', type=integer(0), nargs='+', default=[1, 2], help='worker counts to measure (0: the main process loads)')
     loader.add_argument('--worker-threads', type=integer(0), default=1, help="threads per library (torch, ITK) in each worker; 0: the libraries' defaults")
     norm = commands.add_parser('norm', help="our InstanceNorm3d's forward and backward against nn.GroupNorm's, per U-Net stage (CPU)",
-                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                               formatter_class=DefaultsHelpFormatter)
     norm.add_argument('--patch-size', type=integer(1), nargs=3, default=(96, 64, 32))
     norm.add_argument('--batch-size', type=integer(1), default=2)
     norm.add_argument('--base-channels', type=integer(1), default=8)
     norm.add_argument('--levels', type=integer(1), default=4)
     norm.add_argument('--repeats', type=integer(1), default=5, help='runs per measurement; the median is reported')
     ensemble = commands.add_parser('ensemble', help='test Dice of each model and of the ensemble (probabilities vs logits averaged); seconds per case',
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   formatter_class=DefaultsHelpFormatter)
     ensemble.add_argument('--checkpoint', type=Path, nargs='+', required=True, help="checkpoints, or a cross-validation folder (every fold's best.pt)")
     ensemble.add_argument('--images', type=Path, required=True, help='folder of test scans')
     ensemble.add_argument('--labels', type=Path, required=True, help='folder of their reference label maps, same file names')
@@ -475,14 +475,14 @@ def build_parser() -> argparse.ArgumentParser:
     ensemble.add_argument('--repeats', type=integer(1), default=3, help='timing runs; the median is reported')
     ensemble.add_argument('--device', default='cpu')
     qc = commands.add_parser('qc', help="predict.py's seconds per case with and without quality control and the background prefetch",
-                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                             formatter_class=DefaultsHelpFormatter)
     qc.add_argument('--checkpoint', type=Path, required=True)
     qc.add_argument('--images', type=Path, required=True, help='folder of scans; its first --cases are predicted')
     qc.add_argument('--cases', type=integer(1), default=4)
     qc.add_argument('--repeats', type=integer(1), default=3, help='runs per variant after one warm-up; the median is reported')
     qc.add_argument('--device', default='cpu')
     memory = commands.add_parser('memory', help='peak RSS of predicting one large synthetic volume',
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=DefaultsHelpFormatter)
     memory.add_argument('--checkpoint', type=Path, required=True)
     memory.add_argument('--shape', type=integer(1), nargs=3, default=(512, 512, 300))
     memory.add_argument('--spacing', type=number(0, inclusive=False), nargs=3, default=(0.625, 0.625, 0.625))
@@ -492,7 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _planned_command(commands, name: str, summary: str, cases: int, example: str) -> argparse.ArgumentParser:
     """A subcommand that plans its run as main.py would, from ``--data`` and main.py's flags after ``--``."""
-    command = commands.add_parser(name, help=summary, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    command = commands.add_parser(name, help=summary, formatter_class=DefaultsHelpFormatter,
                                   epilog=f"Flags after -- go to main.py's planner, e.g. -- {example}")
     command.add_argument('--data', type=Path, required=True, help='MSD-layout dataset; its first cases feed the patches')
     command.add_argument('--cases', type=integer(1), default=cases, help='how many of the first cases to use')

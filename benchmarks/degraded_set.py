@@ -109,11 +109,13 @@ DAMAGES: dict[str, tuple[Damage, tuple[float, ...]]] = {
 }
 
 
-def variants(subject: tio.Subject, case_id: str) -> list[tuple[str, tio.Subject]]:
-    """The clean subject, then every damage at every strength, each seeded by its name."""
+def variants(subject: tio.Subject, case_id: str, levels: tuple[int, ...] = (1, 2, 3)) -> list[tuple[str, tio.Subject]]:
+    """The clean subject, then every damage at each strength level asked for, each seeded by its name."""
     out = [(f'{case_id}__clean', subject)]
     for kind, (damage, strengths) in DAMAGES.items():
         for level, strength in enumerate(strengths, 1):
+            if level not in levels:
+                continue
             name = f'{case_id}__{kind}{level}'
             torch.manual_seed(zlib.crc32(name.encode()))
             out.append((name, damage(_copy(subject), strength)))
@@ -131,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--images', type=Path, required=True, help="folder of clean <case>.nii.gz scans (or nnU-Net's <case>_0000.nii.gz)")
     parser.add_argument('--labels', type=Path, required=True, help='folder of their <case>.nii.gz reference labels')
     parser.add_argument('--output', type=Path, required=True, help='folder for images/ and labels/ (git-ignored, never in the repository)')
+    parser.add_argument('--strength-levels', type=int, nargs='+', choices=(1, 2, 3), default=[1, 2, 3],
+                        help='which of each damage\'s three strengths to write (default: all)')
     return parser
 
 
@@ -146,10 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         if not label.is_file():
             raise UserError(label, 'reference label not found')
         subject = tio.Subject(image=tio.ScalarImage(scan), label=tio.LabelMap(label))
-        for name, damaged in variants(subject, case_id):
+        for name, damaged in variants(subject, case_id, tuple(args.strength_levels)):
             save_nifti(damaged['image'].data[0].numpy().astype(np.float32), damaged['image'].affine, args.output / 'images' / f'{name}.nii.gz')
             save_nifti(damaged['label'].data[0].numpy().astype(np.uint8), damaged['label'].affine, args.output / 'labels' / f'{name}.nii.gz')
-    print(f'Wrote {len(scans)} x {1 + sum(len(s) for _, s in DAMAGES.values())} cases to {args.output}')
+    print(f'Wrote {len(scans)} x {1 + len(DAMAGES) * len(set(args.strength_levels))} cases to {args.output}')
     return 0
 
 

@@ -9,6 +9,10 @@
   along its last axis, each averaging its slab, the label resampled with it
   as training resamples labels (``benchmarks.degraded_set.thick_slices``).
   Written in the input's layout.
+- ``resampled``: each scan and its label resampled to ``--spacing`` (linear;
+  labels as training resamples them), for predicting scans whose size times
+  spacing is not a whole number of the model's voxels. A folder of scans and
+  labels, named by case.
 
 The input is an MSD dataset folder (``--data``) or a pair of image and label
 folders (``--images``, ``--labels``, for a test set). The copies inherit the
@@ -34,7 +38,7 @@ from tqdm import tqdm
 
 from benchmarks.degraded_set import thick_slices
 from heartseg.cli import Parser, number
-from heartseg.data import case_id_from_path, read_dataset
+from heartseg.data import folder_case_ids, read_dataset, resample_label
 from heartseg.errors import UserError, run_cli
 from heartseg.files import atomic_write_text, ensure_writable_dir, save_nifti
 
@@ -71,7 +75,7 @@ def input_cases(args: argparse.Namespace) -> list[tuple[str, Path, Path]]:
     scans = sorted(args.images.glob('*.nii*'))
     if not scans:
         raise UserError(args.images, 'holds no .nii or .nii.gz scans')
-    return [(case_id_from_path(scan), scan, args.labels / scan.name) for scan in scans]
+    return [(case_id, scan, args.labels / f'{case_id}.nii.gz') for scan, case_id in zip(scans, folder_case_ids(scans))]
 
 
 def write_three_structures(cases: list[tuple[str, Path, Path]], output: Path, as_dataset: bool) -> None:
@@ -107,15 +111,27 @@ def write_thick_slices(cases: list[tuple[str, Path, Path]], output: Path, thickn
         atomic_write_text(output / 'dataset.json', json.dumps(description, indent=1))
 
 
+def write_resampled(cases: list[tuple[str, Path, Path]], output: Path, spacing: tuple[float, float, float]) -> None:
+    for folder in ('images', 'labels'):
+        ensure_writable_dir(output / folder)
+    resample = tio.Resample(spacing)
+    for case_id, image, label in tqdm(cases, desc='Resampling', unit='case'):
+        scan = resample(tio.ScalarImage(image))
+        save_nifti(scan.data[0].numpy().astype(np.float32), scan.affine, output / 'images' / f'{case_id}.nii.gz')
+        resampled = resample_label(tio.LabelMap(label), resample)
+        save_nifti(resampled.data[0].numpy().astype(np.uint8), resampled.affine, output / 'labels' / f'{case_id}.nii.gz')
+
+
 def build_parser() -> argparse.ArgumentParser:
     summary, _, rest = __doc__.partition('\n\n')
     parser = Parser(description=summary, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('kind', choices=('three-structures', 'thick-slices'))
+    parser.add_argument('kind', choices=('three-structures', 'thick-slices', 'resampled'))
     parser.add_argument('--data', type=Path, help='an MSD dataset folder to derive a training dataset from')
     parser.add_argument('--images', type=Path, help='or: a folder of <case>.nii.gz scans (a test set) ...')
     parser.add_argument('--labels', type=Path, help='... and the folder of their labels')
     parser.add_argument('--output', type=Path, required=True, help='where to write (git-ignored, never in the repository)')
     parser.add_argument('--thickness', type=number(0, inclusive=False), default=5.0, help='thick-slices: mm between slices (default %(default)s)')
+    parser.add_argument('--spacing', type=number(0, inclusive=False), nargs=3, default=(1.37, 1.37, 10.0), help='resampled: the new spacing in mm (default %(default)s)')
     return parser
 
 
@@ -124,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     cases = input_cases(args)
     if args.kind == 'three-structures':
         write_three_structures(cases, args.output, as_dataset=args.data is not None)
+    elif args.kind == 'resampled':
+        write_resampled(cases, args.output, tuple(args.spacing))
     else:
         write_thick_slices(cases, args.output, args.thickness, args.data)
     print(f'Wrote {len(cases)} {args.kind} cases to {args.output}')

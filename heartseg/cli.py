@@ -30,6 +30,15 @@ from typing import NoReturn
 from heartseg.errors import UserError
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: ...)`` to a flag's help unless the help already says its default, or it has none (None)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or '(default' in (action.help or ''):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are :class:`UserError` s: one line naming the flag, exit code 2."""
 

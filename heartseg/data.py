@@ -33,13 +33,14 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import SimpleITK as sitk
 import torch
 import torchio as tio
 from tqdm import tqdm
 
 from heartseg.checkpoint import ModelPlan
 from heartseg.errors import UserError
-from heartseg.files import atomic_torch_save
+from heartseg.files import atomic_torch_save, file_digest
 from heartseg.fingerprint import CaseHeader, canonical_header
 from heartseg.validation import CaseCheck, channels_first
 
@@ -424,10 +425,10 @@ def load_case(case: Case, spec: DatasetSpec, image_nifti: nib.Nifti1Image, label
 
 
 def _cache_key(case: Case, preprocessing: Preprocessing) -> str:
-    parts = [PREPROCESSING_VERSION, preprocessing.target_spacing]
-    for path in (case.image, case.label):
-        stat = path.stat()
-        parts += [str(path), stat.st_size, stat.st_mtime_ns]
+    """What a cache entry is made from: the files' content (not their size and time, which an edit in place or
+    ``cp -p`` keeps), the preprocessing, and the versions of the libraries that resample (TorchIO's grid has changed)."""
+    parts = [PREPROCESSING_VERSION, preprocessing.target_spacing, tio.__version__, sitk.Version.VersionString()]
+    parts += [file_digest(path) for path in (case.image, case.label)]
     return hashlib.sha1(repr(parts).encode()).hexdigest()[:16]
 
 

@@ -32,6 +32,13 @@ class UserError(Exception):
         super().__init__(f'{self.where}: {self.problem}')
 
 
+class DiskFull(UserError):
+    """A write that ran out of space: nothing half-written is kept, and the run can go on once there is space."""
+
+    def __init__(self, where: str | Path, hint: str = 'free some space and run the same command again'):
+        super().__init__(where, f'the disk is full (no space left on device); nothing half-written was kept: {hint}')
+
+
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
     """Run ``main`` and turn user errors and Ctrl-C into one-line messages."""
     try:

@@ -14,6 +14,8 @@ Example:
 from __future__ import annotations
 
 import csv
+import errno
+import hashlib
 import io
 import os
 import tempfile
@@ -26,7 +28,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from heartseg.errors import UserError
+from heartseg.errors import DiskFull, UserError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -52,11 +54,18 @@ def _atomic_path(path: Path) -> Iterator[Path]:
 
 
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    """Call ``write(temporary_path)``, then move the result to ``path``."""
+    """Call ``write(temporary_path)``, then move the result to ``path``.
+
+    Raises:
+        DiskFull: The disk filled up; the temporary file is gone and ``path`` is as it was.
+        UserError: Any other failure to write.
+    """
     try:
         with _atomic_path(path) as temporary:
             write(temporary)
     except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(path) from None
         raise UserError(path, f'cannot write file ({error.strerror or error})') from None
 
 
@@ -74,7 +83,16 @@ def write_rows_csv(path: Path, rows: list[dict]) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    atomic_write(path, lambda temporary: torch.save(obj, temporary))
+    """``torch.save`` atomically. The object is serialised in memory first: torch's own writer reports a full disk
+    as an unrelated ``RuntimeError`` (``unexpected pos``), a plain write as the ``OSError`` it is."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, lambda temporary: write_bytes(temporary, buffer.getbuffer()))
+
+
+def write_bytes(path: Path, data: bytes | memoryview) -> None:
+    with open(path, 'wb') as handle:
+        handle.write(data)
 
 
 def save_nifti(data: np.ndarray, affine: np.ndarray, path: Path, like: nib.Nifti1Image | None = None) -> None:
@@ -94,6 +112,18 @@ def save_nifti(data: np.ndarray, affine: np.ndarray, path: Path, like: nib.Nifti
         image.set_sform(like.get_sform(), code=int(like.header['sform_code']))
     image.set_data_dtype(data.dtype)
     atomic_write(path, lambda temporary: nib.save(image, temporary))
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's content: a file edited in place, or restored with its old size and time, is told apart."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, 'rb') as handle:
+            for block in iter(lambda: handle.read(1 << 20), b''):
+                digest.update(block)
+    except OSError as error:
+        raise UserError(path, f'cannot read file ({error.strerror or error})') from None
+    return digest.hexdigest()
 
 
 def ensure_writable_dir(folder: Path) -> None:

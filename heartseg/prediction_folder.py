@@ -1,10 +1,14 @@
 """A prediction folder's per-case records, and the tables, summary and review page made from them.
 
 ``predict.py`` writes ``case_records/<case>.json`` after each case's files: its
-status (``ok`` or ``failed``, with the error), its metrics against the
-reference and its QC row. A case whose record and files are complete is done:
-a killed run started again skips it, and torchrun processes, each predicting
-its share, need to share nothing but the folder. At the end, process 0 turns
+status (``ok`` or ``failed``, with the error), what produced it (the model
+files' SHA-256, the settings that change a mask, the input file's path, size
+and time), its metrics against the reference and its QC row. A case whose
+record and files are complete, and made the way this run would make it, is
+done: a killed run started again skips it, a run with another checkpoint,
+other settings or a changed scan predicts it again, and torchrun processes,
+each predicting its share of the list process 0 made, need to share nothing
+but the folder. At the end, process 0 turns
 every case's record into ``metrics.csv``, ``qc.csv``, ``summary.json`` and
 ``review.html``.
 
@@ -27,6 +31,7 @@ from heartseg.prediction import write_evaluation
 from heartseg.review import write_review_page
 
 RECORDS = 'case_records'
+NOT_YET = 'not predicted yet'
 THUMBNAILS = 'review'
 FLAGGED_LISTED = 10  # the printed line names this many flagged cases, then counts the rest
 
@@ -65,11 +70,31 @@ class PredictionFolder:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             return None
 
-    def is_done(self, case_id: str, wanted: list[Path], metrics: bool, qc: bool) -> bool:
-        """Whether an earlier run finished this case: an ``ok`` record with what this run asks for, and every file."""
+    def forget(self, case_id: str) -> None:
+        """Drop the case's record before its files are made again, so that a run killed halfway leaves none to trust."""
+        self.record(case_id).unlink(missing_ok=True)
+
+    def missing(self, case_id: str, wanted: list[Path], metrics: bool, qc: bool, produced_by: dict) -> str | None:
+        """Why this case must be predicted (:data:`NOT_YET`, or why an earlier result will not do), or None if it is done.
+
+        Done means an ``ok`` record made by the same models and mask settings from
+        the same input file, with what this run asks for, and every file.
+        """
         record = self.read_record(case_id)
-        return (record is not None and record.get('status') == 'ok' and (not metrics or 'metrics' in record)
-                and (not qc or 'qc' in record) and all(path.is_file() for path in wanted))
+        if record is None:
+            return NOT_YET
+        if record.get('status') != 'ok':
+            return 'failed before'
+        earlier = record.get('produced_by')
+        if earlier is None:
+            return 'predicted by an older version that kept no record of its model'
+        for key, reason in (('models', 'predicted with another checkpoint'), ('settings', 'predicted with other settings'),
+                            ('input', 'predicted from another input file')):
+            if earlier.get(key) != produced_by[key]:
+                return reason
+        if (metrics and 'metrics' not in record) or (qc and 'qc' not in record) or not all(path.is_file() for path in wanted):
+            return 'predicted without some of the files asked for now'
+        return None
 
     def finish(self, case_ids: list[str], metrics: bool, qc: bool) -> list[str]:
         """Write the folder's tables, summary and page from every case's record; return the lines to print."""

@@ -51,6 +51,36 @@ def test_a_cached_case_is_reused_and_a_changed_file_or_spacing_is_preprocessed_a
     assert len(cached_files(cache)) == 3
 
 
+def test_a_label_edited_in_place_with_its_size_and_time_kept_is_preprocessed_again(small_dataset, tmp_path):
+    """An uncompressed .nii edited in place keeps its size, and cp -p or rsync -a restore its time: the content decides."""
+    spec = read_dataset(small_dataset)
+    case, cache, preprocessing = spec.cases[0], tmp_path / 'cache', Preprocessing((3.0, 3.0, 3.0))
+    label = nib.load(case.label)
+    plain = case.label.with_name(case.label.name.replace('.nii.gz', '.nii'))
+    nib.save(nib.Nifti1Image(np.asarray(label.dataobj), label.affine), plain)
+    listing = json.loads((small_dataset / 'dataset.json').read_text())
+    listing['training'][0]['label'] = f'./labelsTr/{plain.name}'
+    (small_dataset / 'dataset.json').write_text(json.dumps(listing))
+    spec = read_dataset(small_dataset)
+    case = spec.cases[0]
+    before = preprocess_case(case, spec, preprocessing, cache)['label'].numpy()
+    stat = case.label.stat()
+    edited = np.asarray(nib.load(case.label).dataobj).copy()
+    edited[edited == 1] = 0
+    nib.save(nib.Nifti1Image(edited, label.affine), case.label)
+    os.utime(case.label, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert case.label.stat().st_size == stat.st_size and case.label.stat().st_mtime_ns == stat.st_mtime_ns
+    after = preprocess_case(case, spec, preprocessing, cache)['label'].numpy()
+    assert before.sum() > 0 and after.sum() == 0, 'the stale volume was served'
+
+
+def test_the_cache_key_changes_with_the_resampling_libraries(small_dataset, monkeypatch):
+    spec = read_dataset(small_dataset)
+    key = data._cache_key(spec.cases[0], Preprocessing((3.0, 3.0, 3.0)))
+    monkeypatch.setattr(data.tio, '__version__', '0.0.0')
+    assert data._cache_key(spec.cases[0], Preprocessing((3.0, 3.0, 3.0))) != key
+
+
 @pytest.mark.parametrize('damage', [lambda path: path.write_bytes(path.read_bytes()[:100]), lambda path: path.write_bytes(b'')])
 def test_a_damaged_cache_entry_is_made_again_with_a_warning(small_dataset, tmp_path, capsys, damage):
     spec = read_dataset(small_dataset)

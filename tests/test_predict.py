@@ -339,7 +339,7 @@ def test_a_case_that_fails_evaluation_still_counts_its_written_mask(trained, sma
                                   '--output', str(tmp_path / 'out')])
     printed = capsys.readouterr()
     assert code == EXIT_USER_ERROR and 'reference label not found' in printed.err
-    assert (tmp_path / 'out' / 'synthetic_001.nii.gz').is_file() and 'Wrote 1 masks' in printed.out and '1 case(s) failed' in printed.out
+    assert (tmp_path / 'out' / 'synthetic_001.nii.gz').is_file() and '1 mask in' in printed.out and '1 case(s) failed' in printed.out
 
 
 def test_predictor_loads_checkpoint_plan(trained):
