@@ -3,9 +3,11 @@
 Reads prediction folders written by ``predict.py --labels`` (``qc.csv`` with
 the true Dice beside the estimate, per structure when there are several).
 Cases are grouped by source scan (the name before ``__``, as
-``benchmarks/degraded_set.py`` writes it). Without ``--report-on``, sorted
-sources alternate: the even ones fit and the odd ones are reported, so no
-damaged copy of a fitting scan is ever scored; with it, the first folder fits
+``benchmarks/degraded_set.py`` writes it) and scans by patient
+(:func:`heartseg.splits.patient_of`). Without ``--report-on``, sorted
+patients alternate: the even ones fit and the odd ones are reported, so no
+damaged copy of a fitting scan, and no other frame of a fitting patient, is
+ever scored; with it, the first folder fits
 and the other (other patients, another model) is reported. The fit prints each
 candidate feature set's coefficients and the Spearman correlation it gives the
 fitting structures, and where their measures lie, for ``heartseg/qc.py``; the
@@ -39,6 +41,7 @@ from scipy import stats
 from heartseg.cli import Parser
 from heartseg.errors import UserError, run_cli
 from heartseg.qc import FEATURES, assess, features
+from heartseg.splits import patient_of
 
 FAILURE_BELOW = 0.80
 MEASURE_KEYS = ('tta_agreement', 'model_agreement', 'confidence', 'volume_ml', 'volume_ratio', 'components',
@@ -75,9 +78,11 @@ def structure_rows(cases: list[dict]) -> list[dict]:
 
 
 def split(cases: list[dict]) -> tuple[list[dict], list[dict]]:
-    sources = sorted({case['source'] for case in cases})
-    fitting = set(sources[0::2])
-    return [c for c in cases if c['source'] in fitting], [c for c in cases if c['source'] not in fitting]
+    """Alternate patients (not scans: ACDC's two frames of a patient stay on one side) between fitting and held out."""
+    patients = sorted({patient_of(case['source']) for case in cases})
+    fitting = set(patients[0::2])
+    return ([c for c in cases if patient_of(c['source']) in fitting],
+            [c for c in cases if patient_of(c['source']) not in fitting])
 
 
 def fit_rule(cases: list[dict], names: tuple[str, ...]) -> dict:

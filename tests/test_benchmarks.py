@@ -105,6 +105,17 @@ def test_the_risk_coverage_area_orders_oracle_below_random_and_auroc_is_one_for_
     assert auroc(true, true < 0.8) == 1.0 and auroc(-true, true < 0.8) == 0.0
 
 
+def test_the_qc_fit_keeps_a_patient_s_frames_and_their_damaged_copies_on_one_side():
+    from benchmarks.qc_fit import split
+
+    cases = [{'case': f'patient{p:03d}_frame{f:02d}__{d}', 'source': f'patient{p:03d}_frame{f:02d}'}
+             for p in range(1, 7) for f in (1, 12) for d in ('clean', 'noise2')]
+    fitting, held_out = split(cases)
+    patients = lambda group: {c['source'][:10] for c in group}  # noqa: E731
+    assert len(patients(fitting)) == len(patients(held_out)) == 3
+    assert not patients(fitting) & patients(held_out)
+
+
 def test_the_three_structure_split_cuts_across_the_long_axis_in_millimetres():
     """An oblique rod, long in mm only because its voxels are anisotropic: the ends are its two quarters."""
     mask = np.zeros((12, 40, 12), bool)
