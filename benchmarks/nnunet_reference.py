@@ -73,8 +73,9 @@ def trainer(dataset: str, configuration: str, iterations_per_epoch: int = 250, e
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
     folder = join(nnUNet_preprocessed, maybe_convert_to_dataset_name(dataset))
-    nnunet = nnUNetTrainer(load_json(join(folder, 'nnUNetPlans.json')), configuration, 'all', load_json(join(folder, 'dataset.json')),
-                           device=torch.device('cpu'))
+    plans = load_json(join(folder, 'nnUNetPlans.json'))
+    plans['continue_training'] = False  # nnunetv2 2.8's trainer pops this key, which its run_training adds
+    nnunet = nnUNetTrainer(plans, configuration, 'all', load_json(join(folder, 'dataset.json')), device=torch.device('cpu'))
     nnunet.num_iterations_per_epoch, nnunet.num_val_iterations_per_epoch, nnunet.num_epochs = iterations_per_epoch, 1, epochs
     return nnunet
 
