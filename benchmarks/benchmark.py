@@ -90,8 +90,8 @@ from training import create_trainer
 def training_setup(args: argparse.Namespace) -> tuple[RunConfig, list]:
     """The run main.py would plan for ``--data`` and the extra flags, and its preprocessed cases."""
     spec = read_dataset(args.data)
-    main_args = training_cli.build_parser().parse_args(['--data', str(args.data), '--run-dir', tempfile.mkdtemp(), *args.main_flags])
-    config = training_cli.configure_run(main_args, spec, synthetic=False)
+    flags = training_cli.build_parser().parse_args(['--data', str(args.data), '--run-dir', tempfile.mkdtemp(), *args.main_flags])
+    config, _ = training_cli.plan(training_cli.given_flags(flags))
     config.steps_per_epoch = args.steps
     subjects = preprocess_cases(spec.cases[: args.cases], spec, Preprocessing(config.target_spacing), Path(config.cache_dir) / spec.name)
     return config, subjects

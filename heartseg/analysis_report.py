@@ -12,20 +12,20 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
+import torch
 
 from heartseg.analysis import AXES, SAMPLES_PER_CASE, CaseResult, statistics
+from heartseg.config import RunConfig
 from heartseg.data import DatasetSpec
 from heartseg.fingerprint import (
     ANISOTROPY_THRESHOLD,
     MIN_FEATURE_MAP_SIZE,
-    MIN_SPACING_MM,
-    PATCH_VOXELS,
     anisotropic_axis,
     median_resampled_shape,
     pooling_text,
-    spacing_and_patch_for_device,
     suggest_target_spacing,
 )
+from heartseg.planning import DEVICE_DEFAULTS, plan_geometry
 from heartseg.splits import grouping_text, patient_groups
 from heartseg.validation import Problem
 
@@ -52,8 +52,9 @@ def plan_summary(results: list[CaseResult]) -> dict[str, Any] | None:
         return None
     target = suggest_target_spacing(headers)
     median_spacing = np.median([h.spacing for h in headers], axis=0)
-    _, patch, network = spacing_and_patch_for_device(headers, 'cpu', target_spacing=target)
-    cpu_spacing, cpu_patch, _ = spacing_and_patch_for_device(headers, 'cpu')
+    cpu = torch.device('cpu')
+    _, patch, network = plan_geometry(headers, cpu, RunConfig.levels, target_spacing=target)
+    cpu_spacing, cpu_patch, _ = plan_geometry(headers, cpu, RunConfig.levels)
     thick = anisotropic_axis(headers)
     return {
         'target_spacing': list(target),
@@ -65,7 +66,7 @@ def plan_summary(results: list[CaseResult]) -> dict[str, Any] | None:
         'patch_divisor': list(network.divisors),
         'pool_sizes': network.pool_sizes,
         'levels': network.levels,
-        'patch_voxel_budget': PATCH_VOXELS['cpu'],
+        'patch_voxel_budget': DEVICE_DEFAULTS['cpu'].patch_voxels,
         'cpu_training_spacing': list(cpu_spacing),
         'cpu_training_patch_size': list(cpu_patch),
     }
@@ -202,7 +203,7 @@ def _plan_lines(plan: dict[str, Any] | None, extent: dict[str, list[float]] | No
         f'main.py\'s CPU budget of {budget:,} voxels (main.py may adjust for its device, e.g. a larger patch budget on a GPU).',
         f'  network pooling per level ({plan["levels"]} levels): {pooling_text(plan["pool_sizes"])} (an axis is pooled while its spacing '
         f'is under twice the finest and its feature map at least {2 * MIN_FEATURE_MAP_SIZE} voxels; its kernel is 1 before).',
-        f'  main.py on a CPU trains at {_vector(plan["cpu_training_spacing"])} mm (no finer than {MIN_SPACING_MM["cpu"]:g} mm there) '
+        f'  main.py on a CPU trains at {_vector(plan["cpu_training_spacing"])} mm (no finer than {DEVICE_DEFAULTS["cpu"].min_spacing_mm:g} mm there) '
         f'with patch {plan["cpu_training_patch_size"]}.',
     ]
     if extent:

@@ -1,13 +1,14 @@
 """The run configuration: one object, built once from the command line.
 
-Every setting of a run lives in :class:`RunConfig`. ``main.py`` fills it from
-flags and dataset planning; ``training.py`` only reads it; ``config.json`` in
+Every setting of a run lives in :class:`RunConfig`. ``heartseg.planning``
+plans it from the dataset, the device and the flags; ``training.py`` only reads it; ``config.json`` in
 the run folder is its serialised form, with library versions and git commit.
 
 Example:
     >>> config = RunConfig(data='data/Task02_Heart', run_dir='runs/x', cache_dir='cache',
-    ...                    target_spacing=(1.25, 1.25, 1.25), patch_size=(64, 64, 48),
-    ...                    labels={'0': 'background', '1': 'left atrium'})
+    ...                    target_spacing=(1.25, 1.25, 1.25), patch_size=(64, 64, 48), epochs=100, val_every=5,
+    ...                    output='sigmoid', base_channels=8, channels_last=True, num_workers=0,
+    ...                    labels={'0': 'background', '1': 'left atrium'}, modalities={'0': 'MRI'})
     >>> config.network_kwargs()['levels'], config.outputs.kind
     (4, 'sigmoid')
 """
@@ -26,51 +27,11 @@ from heartseg.checkpoint import ModelPlan
 from heartseg.data import PREPROCESSING_VERSION
 from heartseg.errors import UserError
 from heartseg.files import atomic_write_text
-from heartseg.fingerprint import DEFAULT_LEVELS
 from heartseg.inference import DEFAULT_OVERLAP
 from heartseg.outputs import LEGACY_KIND, Outputs, outputs_from_config
 
-
-@dataclass(frozen=True)
-class DeviceDefaults:
-    """The settings whose best value depends on the device."""
-
-    base_channels: int
-    channels_last: bool
-    num_workers: int
-
-
-# base_channels: on a 2-core CPU, 8 channels beat 16 on LA2018 at an equal 12-minute budget
-#   (Dice 0.880 vs 0.871 at 0.625 mm; BENCHMARKS.md).
-# channels_last: channels_last_3d made the CPU training step 1.5x faster, the H100's 1.14x slower.
-# num_workers: on a 2-core CPU the main process keeps up (the pipeline makes 16x the patches the
-#   model uses); a GPU needs background workers so that it never waits for patches. main.py gives
-#   each torchrun process at most its share of the cores, less one for itself.
-DEVICE_DEFAULTS = {
-    'cpu': DeviceDefaults(base_channels=8, channels_last=True, num_workers=0),
-    'mps': DeviceDefaults(base_channels=16, channels_last=False, num_workers=2),
-    'cuda': DeviceDefaults(base_channels=16, channels_last=False, num_workers=8),
-}
-# The default length, in optimiser steps (main.py turns it into epochs). Steps, not epochs, as in
-# nnU-Net: an epoch is one patch per training case, so a fixed epoch count trains a 16-case dataset
-# a quarter as long as a 64-case one. On the LA2018 learning curve at the CPU plan (BENCHMARKS.md,
-# "Training length"), the test Dice rose 0.0064 from 1,920 to 3,840 steps, 0.0041 more by 7,680,
-# and 0.0017 more by 10,000: inside the ±0.002 that a new patch stream alone moves it. The GPU
-# plan's patch covers the same field of view at twice the resolution, so a step shows the network
-# as much anatomy, and it gets the same steps.
-DEFAULT_TRAINING_STEPS = 10_000
-# A run of the default length validates about this many times (every epoch would dominate a small
-# dataset's run, whose epochs are a few steps each); the last epoch always validates.
-DEFAULT_LENGTH_VALIDATIONS = 20
-# With --time-limit the epoch count is fitted to the clock; this only caps it.
-TIME_LIMITED_MAX_EPOCHS = 10_000
-# A short schedule that reaches a useful Dice on the built-in synthetic data within minutes on a laptop CPU.
-SYNTHETIC_SCHEDULE = {'epochs': 10, 'steps_per_epoch': 20}
 # Settings added after the first runs, with the value those runs used: a config.json without them loads as it ran.
-LEGACY_VALUES = {'deep_supervision': False, 'group_by_patient': False}
-
-# Settings a resumed run may change; anything else must match the original run.
-RESUMABLE_SETTINGS = frozenset({'epochs', 'device', 'num_workers', 'time_limit', 'image_every', 'channels_last', 'compile'})
+LEGACY_VALUES = {'deep_supervision': False, 'group_by_patient': False, 'output': LEGACY_KIND}
 
 
 @dataclass
@@ -82,21 +43,27 @@ class RunConfig:
     cache_dir: str
     target_spacing: tuple[float, float, float]
     patch_size: tuple[int, int, int]
+    # Planned (heartseg.planning) with no default here: the length, the output kind and the device's settings.
+    epochs: int
+    val_every: int  # 0: automatic, about a tenth of the time
+    output: str  # 'sigmoid' or 'softmax' (heartseg.outputs)
+    base_channels: int
+    channels_last: bool
+    num_workers: int
+    labels: dict[str, str]
+    modalities: dict[str, str]
     seed: int = 0
-    split_seed: int | None = None  # None: the training seed, as before this setting existed
-    epochs: int = 100
+    split_seed: int | None = None  # None: the training seed
     steps_per_epoch: int = 0
     batch_size: int = 2
     lr: float = 1e-3
     weight_decay: float = 3e-5
     loss: str = 'bce_dice'
-    output: str = LEGACY_KIND  # 'sigmoid' or 'softmax' (heartseg.outputs); main.py plans it from the labels
     regions: list[dict[str, Any]] = field(default_factory=list)  # nnU-Net v2 regions: {'name', 'values', 'paint'} each
-    levels: int = DEFAULT_LEVELS
-    base_channels: int = DEVICE_DEFAULTS['cpu'].base_channels
+    levels: int = 4
     norm: str = 'instance'
     deep_supervision: bool = True
-    # Per level, the pooling along each axis; None: 2 on every axis (the seed, and plans before per-axis planning).
+    # Per level, the pooling along each axis; None: 2 on every axis (the isotropic plan).
     pool_sizes: list[list[int]] | None = None
     kernel_sizes: list[list[int]] | None = None  # per stage (levels, then the bridge); None: 3 on every axis
     augmentation: str = 'default'
@@ -108,17 +75,12 @@ class RunConfig:
     group_by_patient: bool = True  # seeded splits keep one patient's scans (heartseg.splits.patient_of) on one side
     fold: int | None = None  # with folds: None trains every fold in turn (a cross-validation)
     max_cases: int = 0
-    val_every: int = 1
     val_overlap: float = DEFAULT_OVERLAP
     image_every: int = 5
     device: str = 'auto'
     amp: bool = True
-    channels_last: bool = DEVICE_DEFAULTS['cpu'].channels_last
     compile: bool = False
-    num_workers: int = DEVICE_DEFAULTS['cpu'].num_workers
     time_limit: float = 0.0
-    labels: dict[str, str] = field(default_factory=dict)
-    modalities: dict[str, str] = field(default_factory=dict)
 
     @property
     def data_split_seed(self) -> int:

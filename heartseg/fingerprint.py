@@ -1,14 +1,16 @@
-"""Dataset fingerprint: the header facts that planning derives settings from.
+"""Dataset fingerprint: the header facts, and nnU-Net's rules that derive spacing, patch and pooling from them.
 
-This is the one place that decides the default target spacing and patch size,
-for training (``main.py``) and for the dataset report (``analyze_data.py``),
-so the two can never disagree.
+``heartseg.planning`` applies these rules with each device's budgets, for
+training (``main.py``) and for the dataset report (``analyze_data.py``), so
+the two can never disagree.
 
 Example:
     >>> header = CaseHeader('case', shape=(256, 216, 10), spacing=(1.5625, 1.5625, 10.0), orientation='RAS')
-    >>> spacing, patch, network = spacing_and_patch_for_device([header], 'cpu')
-    >>> spacing, patch, pooling_text(network.pool_sizes)
-    ((1.5625, 1.5625, 10.0), (128, 144, 10), '2x2x1, 2x2x1, 2x2x2, 2x2x1')
+    >>> suggest_target_spacing([header])
+    (1.5625, 1.5625, 10.0)
+    >>> patch, network = plan_patch_and_network((256.0, 216.0, 10.0), (1.5625, 1.5625, 10.0), 4, 64 * 64 * 48)
+    >>> patch, pooling_text(network.pool_sizes)
+    ((128, 144, 10), '2x2x1, 2x2x1, 2x2x2, 2x2x1')
 """
 
 from __future__ import annotations
@@ -24,12 +26,6 @@ from mymodel import total_pooling
 
 # nnU-Net treats a dataset as anisotropic past this ratio of spacings.
 ANISOTROPY_THRESHOLD = 3.0
-# Patch budgets in voxels: what one training step can afford on each kind of device.
-PATCH_VOXELS = {'cpu': 64 * 64 * 48, 'cuda': 128 * 128 * 96, 'mps': 96 * 96 * 64}
-# Finest target spacing each device can afford: 0.625 mm scans have 8x the voxels
-# of 1.25 mm ones, which a CPU cannot train on in useful time.
-MIN_SPACING_MM = {'cpu': 1.25, 'mps': 1.0, 'cuda': 0.0}
-DEFAULT_LEVELS = 4
 
 
 @dataclass(frozen=True)
@@ -206,30 +202,3 @@ def plan_patch_and_network(median_shape: tuple[float, ...], target_spacing: tupl
             return tuple(int(p) for p in patch), network
         shape = patch.astype(float)
         shape[longest] -= network.divisors[longest]
-
-
-def spacing_and_patch_for_device(
-    headers: list[CaseHeader],
-    device_type: str,
-    levels: int = DEFAULT_LEVELS,
-    target_spacing: tuple[float, float, float] | None = None,
-    per_axis: bool = True,
-    patch_size: tuple[int, int, int] | None = None,
-) -> tuple[tuple[float, float, float], tuple[int, int, int], NetworkPlan]:
-    """Target spacing, patch size and network plan that training uses on ``device_type``.
-
-    The spacing is :func:`suggest_target_spacing`, floored at the device's
-    ``MIN_SPACING_MM``, unless ``target_spacing`` is given; the patch and the
-    network are planned together from the median resampled case within the
-    device's budget (:func:`plan_patch_and_network`), or the network alone
-    for a given ``patch_size``.
-    """
-    if target_spacing is None:
-        suggested = suggest_target_spacing(headers)
-        # The floor applies to the in-plane (finest) axes; a thick-slice axis already coarser keeps its spacing.
-        target_spacing = tuple(max(s, MIN_SPACING_MM[device_type]) for s in suggested)
-    if patch_size is not None:
-        return target_spacing, tuple(patch_size), plan_network(target_spacing, patch_size, levels, per_axis)
-    patch, network = plan_patch_and_network(median_resampled_shape(headers, target_spacing), target_spacing, levels,
-                                            PATCH_VOXELS[device_type], per_axis)
-    return target_spacing, patch, network

@@ -179,7 +179,7 @@ def test_resume_from_a_damaged_config_json_is_a_one_line_error(tmp_path, capsys,
 @pytest.mark.parametrize('spacing,problem', [('1000', 'coarser than a whole case'), ('0.001', 'one case may have')])
 def test_a_spacing_no_case_survives_is_refused_before_the_run_folder_exists(small_dataset, tmp_path, capsys, spacing, problem):
     code, errors = run_main(['--data', str(small_dataset), '--run-dir', str(tmp_path / 'run'), '--spacing', spacing], capsys)
-    assert code == EXIT_USER_ERROR and len(errors) == 1 and '--spacing' in errors[0] and problem in errors[0], errors
+    assert code == EXIT_USER_ERROR and len(errors) == 1 and '--target-spacing' in errors[0] and problem in errors[0], errors
     assert not (tmp_path / 'run').exists()
 
 

@@ -27,7 +27,7 @@ BAD_VALUES = [
     (main, ['--seed', '99999999999999999999'], '--seed', 'from 0 to 4294967295'),
     (main, ['--split-seed', '-1'], '--split-seed', 'from 0 to 4294967295'),
     (main, ['--patch-size', '64', '0', '32'], '--patch-size', 'at least 1'),
-    (main, ['--spacing', '0'], '--spacing', 'above 0'),
+    (main, ['--spacing', '0'], '--target-spacing', 'above 0'),
     (main, ['--levels', '0'], '--levels', 'at least 1'),
     (main, ['--base-channels', '0'], '--base-channels', 'at least 1'),
     (main, ['--num-workers', '-1'], '--num-workers', 'at least 0'),

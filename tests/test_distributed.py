@@ -30,6 +30,7 @@ def tiny_config(run_dir: Path, **overrides) -> RunConfig:
         data='unused', run_dir=str(run_dir), cache_dir='unused', target_spacing=(1.0, 1.0, 1.0),
         patch_size=(16, 16, 16), levels=2, base_channels=4, batch_size=2, steps_per_epoch=2, epochs=2,
         lr=1e-3, device='cpu', labels={'0': 'background', '1': 'atrium'}, modalities={'0': 'MRI'},
+        val_every=1, output='sigmoid', channels_last=False, num_workers=0,
     )
     return RunConfig(**{**settings, **overrides})
 

@@ -7,12 +7,10 @@ import numpy as np
 import pytest
 
 from heartseg.fingerprint import (
-    PATCH_VOXELS,
     CaseHeader,
     NetworkPlan,
     canonical_header,
     plan_network,
-    spacing_and_patch_for_device,
     suggest_target_spacing,
 )
 
@@ -62,21 +60,6 @@ def test_isotropic_enough_data_with_room_to_pool_keeps_today_s_network(spacing):
 
 def test_isotropic_pooling_can_be_asked_for_on_thick_slices():
     assert plan_network((1.25, 1.25, 5.0), (64, 64, 16), 4, per_axis=False) == NetworkPlan(None, None, (16, 16, 16), 4)
-
-
-def test_the_patch_covers_the_stack_and_is_a_multiple_of_each_axis_own_pooling():
-    headers = [CaseHeader(f'c{i}', (48, 48, 10), (1.5, 1.5, 10.0), 'RAS') for i in range(3)]
-    spacing, patch, network = spacing_and_patch_for_device(headers, 'cpu', levels=4)
-    assert spacing == (1.5, 1.5, 10.0) and network.pool_sizes == [[2, 2, 1], [2, 2, 1], [2, 2, 2]]
-    assert patch == (48, 48, 10), 'all 10 slices: z is pooled once, so the patch needs a multiple of 2, not of 4 (8 slices)'
-    _, isotropic_patch, _ = spacing_and_patch_for_device(headers, 'cpu', levels=4, per_axis=False)
-    assert isotropic_patch == (48, 48, 16)
-
-
-def test_a_thin_stack_over_the_budget_shrinks_in_plane_and_keeps_its_slices():
-    headers = [CaseHeader('c', (256, 216, 9), (1.5625, 1.5625, 10.0), 'RAS')]
-    _, patch, network = spacing_and_patch_for_device(headers, 'cpu')
-    assert patch[2] == 10 and np.prod(patch) <= PATCH_VOXELS['cpu'] and network.divisors[2] == 2
 
 
 @pytest.mark.parametrize('shapes,spacings,expected', [

@@ -26,7 +26,9 @@ class ThreadCounts(Augmentation):
 
 def test_loader_workers_run_one_thread_per_library():
     config = RunConfig(data='d', run_dir='r', cache_dir='c', target_spacing=(1.0,) * 3, patch_size=(16, 16, 16), levels=2,
-                       batch_size=2, steps_per_epoch=1, num_workers=1, labels={'0': 'background', '1': 'blob'}, modalities={'0': 'MRI'})
+                       epochs=1, val_every=1, output='sigmoid', base_channels=4, channels_last=False,
+                       batch_size=2, steps_per_epoch=1, num_workers=1, labels={'0': 'background', '1': 'blob'},
+                       modalities={'0': 'MRI'})
     images, *_ = next(iter(build_patch_loader(config, blob_subjects(2), ThreadCounts(), torch.device('cpu')).loader))
     assert images.flatten()[:2].tolist() == [1.0, 1.0], 'torch and ITK threads in a worker'
     defaults = build_patch_loader(replace(config, num_workers=1), blob_subjects(2), ThreadCounts(), torch.device('cpu'), worker_threads=None)

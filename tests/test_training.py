@@ -13,12 +13,9 @@ import torch
 
 import training
 from heartseg.checkpoint import load_checkpoint
-from heartseg.config import DEFAULT_LENGTH_VALIDATIONS, DEFAULT_TRAINING_STEPS, TIME_LIMITED_MAX_EPOCHS
-from heartseg.data import read_dataset
 from heartseg.augmentation import Augmentation
 from heartseg.errors import EXIT_USER_ERROR, run_cli
 from heartseg.splits import split_cases
-import main as main_script
 from main import main
 from predict import main as predict_main
 
@@ -244,24 +241,3 @@ def test_the_overlay_image_follows_the_validations_it_can_use(small_dataset, tmp
     assert run_cli(main, ['--data', str(small_dataset), '--run-dir', str(run_dir), *flags]) == 0
     events = EventAccumulator(str(run_dir), size_guidance={IMAGES: 0}).Reload()
     assert [image.step for image in events.Images('val/overlay')] == [3, 9]
-
-
-# The small dataset has 6 cases: a 0.2 hold-out trains on 5, of the first 4 on 3, and 3 folds train on 4.
-@pytest.mark.parametrize('flags, training_cases', [([], 5), (['--max-cases', '4'], 3), (['--steps-per-epoch', '7'], 5), (['--folds', '3'], 4)],
-                         ids=['6 cases', '4 cases', '7 steps an epoch', '3 folds'])
-def test_the_default_length_is_a_number_of_steps_whatever_the_dataset_size(flags, training_cases, small_dataset, capsys):
-    args = main_script.build_parser().parse_args(['--data', str(small_dataset), *flags])
-    config = main_script.configure_run(args, read_dataset(small_dataset), synthetic=False)
-    per_epoch = config.steps_per_epoch or -(-training_cases // config.batch_size)
-    steps = config.epochs * per_epoch
-    assert abs(steps - DEFAULT_TRAINING_STEPS) <= per_epoch / 2, f'{config.epochs} epochs of {per_epoch} steps, expected about {DEFAULT_TRAINING_STEPS}'
-    assert abs(config.epochs / config.val_every - DEFAULT_LENGTH_VALIDATIONS) <= 1, f'validating every {config.val_every} of {config.epochs} epochs'
-    main_script.print_run_line(config, training_cases, 1, 'split case by case')
-    assert f'= {steps:,} steps (the default length' in capsys.readouterr().out
-
-
-@pytest.mark.parametrize('flags, epochs, val_every', [(['--epochs', '7'], 7, 1), (['--epochs', '7', '--val-every', '3'], 7, 3), (['--time-limit', '5'], TIME_LIMITED_MAX_EPOCHS, 0)])
-def test_a_given_length_overrides_the_default_one(flags, epochs, val_every, small_dataset):
-    args = main_script.build_parser().parse_args(['--data', str(small_dataset), *flags])
-    config = main_script.configure_run(args, read_dataset(small_dataset), synthetic=False)
-    assert (config.epochs, config.val_every) == (epochs, val_every)

@@ -1,0 +1,390 @@
+"""Planning a run: the dataset's headers, the device and the user's overrides, made into one RunConfig.
+
+As nnU-Net's experiment planner turns a dataset fingerprint into a plans file,
+:func:`plan_run` turns the case headers into a :class:`RunConfig`: the target
+spacing (the median, floored per device), the patch and its per-axis pooling
+(nnU-Net's ``get_pool_and_conv_props``, in ``heartseg.fingerprint``), the
+output kind from the labels, and the length (epochs and validation interval).
+A setting the user gave replaces the planned one. :func:`resume_plan` plans a
+resumed run.
+
+Defaults have one owner each: those that depend on the device live in
+``DEVICE_DEFAULTS``, the length's here, and every other setting's default is
+its :class:`RunConfig` field default.
+
+Example:
+    >>> import torch
+    >>> from heartseg.fingerprint import CaseHeader, pooling_text
+    >>> header = CaseHeader('case', shape=(256, 216, 10), spacing=(1.5625, 1.5625, 10.0), orientation='RAS')
+    >>> spacing, patch, network = plan_geometry([header], torch.device('cpu'), levels=4)
+    >>> spacing, patch, pooling_text(network.pool_sizes)
+    ((1.5625, 1.5625, 10.0), (128, 144, 10), '2x2x1, 2x2x1, 2x2x2, 2x2x1')
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from heartseg import distributed
+from heartseg.augmentation import dummy_2d_axis
+from heartseg.config import RunConfig, load_config
+from heartseg.data import DatasetSpec, read_header
+from heartseg.devices import mixed_precision_dtype, select_device
+from heartseg.errors import UserError
+from heartseg.fingerprint import (
+    MIN_FEATURE_MAP_SIZE,
+    POOLING_SPACING_RATIO,
+    CaseHeader,
+    NetworkPlan,
+    median_resampled_shape,
+    plan_network,
+    plan_patch_and_network,
+    pooling_text,
+    resampled_shape,
+    suggest_target_spacing,
+)
+from heartseg.outputs import planned_kind
+from heartseg.splits import Split, grouping_text, read_splits_file, split_cases
+from mymodel import isotropic_pooling, total_pooling
+
+
+@dataclass(frozen=True)
+class DeviceDefaults:
+    """The settings whose best value depends on the device."""
+
+    base_channels: int
+    channels_last: bool
+    num_workers: int
+    patch_voxels: int  # what one training step can afford
+    min_spacing_mm: float  # the finest target spacing the device trains at in useful time
+
+
+# base_channels: on a 2-core CPU, 8 channels train about twice as many steps as 16 in the same time.
+# channels_last: channels_last_3d made the CPU training step 1.5x faster, the H100's 1.14x slower.
+# num_workers: on a 2-core CPU the main process keeps up (the pipeline makes 16x the patches the
+#   model uses); a GPU needs background workers so that it never waits for patches. Each torchrun
+#   process gets at most its share of the cores, less one for itself.
+# min_spacing_mm: 0.625 mm scans have 8x the voxels of 1.25 mm ones, which a CPU cannot train on in useful time.
+DEVICE_DEFAULTS = {
+    'cpu': DeviceDefaults(base_channels=8, channels_last=True, num_workers=0,
+                          patch_voxels=64 * 64 * 48, min_spacing_mm=1.25),
+    'mps': DeviceDefaults(base_channels=16, channels_last=False, num_workers=2,
+                          patch_voxels=96 * 96 * 64, min_spacing_mm=1.0),
+    'cuda': DeviceDefaults(base_channels=16, channels_last=False, num_workers=8,
+                           patch_voxels=128 * 128 * 96, min_spacing_mm=0.0),
+}
+# The default length, in optimiser steps, as in nnU-Net: an epoch is one patch per training case, so a
+# fixed epoch count trains a 16-case dataset a quarter as long as a 64-case one. On the LA2018 learning
+# curve at the CPU plan (BENCHMARKS.md, "Training length") the test Dice gained 0.0017 from 7,680 to
+# 10,000 steps, inside the noise of a new patch stream. The GPU plan's patch covers the same field of
+# view at twice the resolution, so it gets the same steps.
+DEFAULT_TRAINING_STEPS = 10_000
+# A run of the default length validates about this many times (every epoch would dominate a small
+# dataset's run, whose epochs are a few steps each); the last epoch always validates.
+DEFAULT_LENGTH_VALIDATIONS = 20
+# With a time limit the epoch count is fitted to the clock (validating about a tenth of the time: val_every 0);
+# this only caps it.
+TIME_LIMITED_MAX_EPOCHS = 10_000
+# A short schedule that reaches a useful Dice on the built-in synthetic data within minutes on a laptop CPU.
+SYNTHETIC_SCHEDULE = {'epochs': 10, 'steps_per_epoch': 20}
+DEFAULT_CACHE = 'cache'
+# per-axis: nnU-Net's plan; isotropic: 2x2x2 at every level.
+POOLINGS = ('per-axis', 'isotropic')
+MAX_RESAMPLED_VOXELS = 2**30  # 4 GiB as float32; the largest LA2018 case has 3.2 million voxels at 0.625 mm
+
+# Overrides are RunConfig settings by field name, plus these choices that shape the plan but are stored nowhere.
+PLAN_CHOICES = frozenset({'pooling'})
+# Settings a resumed run may change; any other must match the original run.
+RESUMABLE_SETTINGS = frozenset({'epochs', 'device', 'num_workers', 'time_limit', 'image_every', 'channels_last',
+                                'compile'})
+# Settings that another makes moot: (setting, the setting that overrides it, why).
+OVERRIDDEN = (
+    ('split_seed', 'splits', 'the splits file gives the folds'),
+    ('group_by_patient', 'splits', 'the splits file gives the folds'),
+    ('val_fraction', 'splits', 'the splits file gives the folds'),
+    ('val_fraction', 'folds', 'each fold validates on its own share of the cases'),
+)
+SETTINGS = frozenset(f.name for f in fields(RunConfig))
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a setting or plan choice: every flag is named after where its value goes."""
+    return '--' + name.replace('_', '-')
+
+
+def plan_run(dataset: DatasetSpec, device: torch.device, overrides: dict[str, Any], synthetic: bool = False) -> RunConfig:
+    """The run's config: planned from ``dataset``'s headers for ``device``, with ``overrides`` replacing the plan.
+
+    Args:
+        overrides: RunConfig settings by field name, and the plan choices in
+            ``PLAN_CHOICES``; only what the user gave (a None value is not given).
+        synthetic: Train on the built-in synthetic dataset with ``SYNTHETIC_SCHEDULE``.
+    """
+    given = settings_given(overrides)
+    refuse_moot_settings(given)
+    cases = cases_in_use(dataset, given.get('max_cases', 0))
+    headers = [read_header(case, dataset) for case in cases]
+    levels = given.get('levels', RunConfig.levels)
+    per_axis = overrides.get('pooling', POOLINGS[0]) == 'per-axis'
+    spacing, patch, network = plan_geometry(headers, device, levels, given.get('target_spacing'), per_axis,
+                                            given.get('patch_size'))
+    if 'levels' in given and network.levels < levels:
+        raise UserError('--levels', f'{levels} levels cannot be pooled in patch {list(patch)}: after {network.levels} '
+                                    f'poolings no axis is {2 * MIN_FEATURE_MAP_SIZE} voxels long with a spacing under '
+                                    f"{POOLING_SPACING_RATIO:g}x the finest (nnU-Net's rule)")
+    check_resampled_sizes(headers, spacing)
+    config = RunConfig(**{**planned_settings(dataset, device, spacing, patch, network, synthetic), **given})
+    config.levels = network.levels  # fewer than asked by default when the patch is too small to pool any more
+    check_output(config, dataset)
+    if config.splits:
+        config.splits = str(Path(config.splits).resolve())  # absolute: --resume may run from another folder
+        config.folds = folds_in_splits_file(config, cases, given.get('folds'))
+    check_patch_size(config)
+    check_split(config, len(cases))
+    plan_length(config, given, [case.case_id for case in cases], synthetic)
+    return config
+
+
+def settings_given(overrides: dict[str, Any]) -> dict[str, Any]:
+    """The RunConfig settings among ``overrides``, as RunConfig holds them (tuples, strings for paths)."""
+    unknown = set(overrides) - SETTINGS - PLAN_CHOICES
+    if unknown:
+        raise ValueError(f'not settings of a run: {sorted(unknown)}')
+    given = {name: _as_setting(value) for name, value in overrides.items() if name in SETTINGS and value is not None}
+    spacing = given.get('target_spacing')
+    if spacing is not None and len(spacing) not in (1, 3):
+        raise UserError('--target-spacing', f'{list(spacing)} is not allowed: give one value (isotropic) or three, in mm')
+    if spacing is not None and len(spacing) == 1:
+        given['target_spacing'] = spacing * 3
+    return given
+
+
+def _as_setting(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else str(value) if isinstance(value, Path) else value
+
+
+def refuse_moot_settings(given: dict[str, Any]) -> None:
+    """One line naming a setting that could not take effect beside another that was given."""
+    for setting, other, why in OVERRIDDEN:
+        if setting in given and other in given:
+            raise UserError(flag(setting), f'has no effect with {flag(other)}: {why}')
+
+
+def plan_geometry(headers: list[CaseHeader], device: torch.device, levels: int,
+                  target_spacing: tuple[float, float, float] | None = None, per_axis: bool = True,
+                  patch_size: tuple[int, int, int] | None = None,
+                  ) -> tuple[tuple[float, float, float], tuple[int, int, int], NetworkPlan]:
+    """Target spacing, patch size and network plan that training uses on ``device``.
+
+    The spacing is :func:`~heartseg.fingerprint.suggest_target_spacing`,
+    floored at the device's ``min_spacing_mm``, unless ``target_spacing`` is
+    given; the patch and the network are planned together from the median
+    resampled case within the device's ``patch_voxels``, or the network alone
+    for a given ``patch_size``.
+    """
+    defaults = DEVICE_DEFAULTS[device.type]
+    if target_spacing is None:
+        # The floor applies to the in-plane (finest) axes; a thick-slice axis already coarser keeps its spacing.
+        target_spacing = tuple(max(s, defaults.min_spacing_mm) for s in suggest_target_spacing(headers))
+    if patch_size is not None:
+        return target_spacing, tuple(patch_size), plan_network(target_spacing, patch_size, levels, per_axis)
+    patch, network = plan_patch_and_network(median_resampled_shape(headers, target_spacing), target_spacing, levels,
+                                            defaults.patch_voxels, per_axis)
+    return target_spacing, patch, network
+
+
+def planned_settings(dataset: DatasetSpec, device: torch.device, spacing: tuple[float, float, float],
+                     patch: tuple[int, int, int], network: NetworkPlan, synthetic: bool) -> dict[str, Any]:
+    """The settings planned from the dataset and the device, before the user's overrides."""
+    defaults = DEVICE_DEFAULTS[device.type]
+    structures = [region['values'] for region in dataset.regions] or [[v] for v in dataset.foreground_labels]
+    settings = dict(
+        data=str(dataset.root.resolve()),  # absolute: --resume may run from another folder
+        run_dir=str(Path('runs') / datetime.now().strftime('%Y%m%d-%H%M%S')),
+        cache_dir=DEFAULT_CACHE,
+        target_spacing=tuple(float(s) for s in spacing),
+        patch_size=patch,
+        base_channels=defaults.base_channels,
+        channels_last=defaults.channels_last,
+        num_workers=min(defaults.num_workers, max(0, (os.cpu_count() or 1) // distributed.world_size() - 1)),
+        labels={str(k): v for k, v in dataset.labels.items()},
+        modalities={str(k): v for k, v in dataset.modalities.items()},
+        regions=[dict(region) for region in dataset.regions],
+        output=planned_kind(structures),
+        pool_sizes=network.pool_sizes,
+        kernel_sizes=network.kernel_sizes,
+        epochs=TIME_LIMITED_MAX_EPOCHS,  # plan_length sets the length once the split is known
+        val_every=0,
+    )
+    return {**settings, **(SYNTHETIC_SCHEDULE if synthetic else {})}
+
+
+def plan_length(config: RunConfig, given: dict[str, Any], case_ids: list[str], synthetic: bool) -> None:
+    """Epochs and validation interval, unless given.
+
+    With a time limit: at most ``TIME_LIMITED_MAX_EPOCHS``, fitted to the clock
+    as training goes, validating about a tenth of the time (``val_every`` 0).
+    Otherwise ``DEFAULT_TRAINING_STEPS`` optimiser steps, validating about
+    ``DEFAULT_LENGTH_VALIDATIONS`` times, or ``SYNTHETIC_SCHEDULE`` on the
+    synthetic dataset, validating every epoch.
+    """
+    if config.time_limit:
+        config.epochs = given.get('epochs', TIME_LIMITED_MAX_EPOCHS)
+        config.val_every = given.get('val_every', 0)
+    elif synthetic or 'epochs' in given:
+        config.val_every = given.get('val_every', 1)
+    else:
+        config.epochs = default_epochs(config, training_cases(config, case_ids))
+        config.val_every = given.get('val_every', max(1, round(config.epochs / DEFAULT_LENGTH_VALIDATIONS)))
+
+
+def default_epochs(config: RunConfig, training_cases: int) -> int:
+    """The epochs that make up the default number of optimiser steps."""
+    return max(1, round(DEFAULT_TRAINING_STEPS / config.steps_in_epoch(training_cases)))
+
+
+def training_cases(config: RunConfig, case_ids: list[str]) -> int:
+    """How many of ``case_ids`` the split trains on (fold 0's, for a whole cross-validation)."""
+    return len(run_split(config, case_ids, config.fold or 0)['training'])
+
+
+def run_split(config: RunConfig, case_ids: list[str], fold: int | None) -> Split:
+    """The run's split of ``case_ids``: fold ``fold`` of the splits file, or the seeded split."""
+    if config.splits:
+        return read_splits_file(Path(config.splits), case_ids)[fold or 0]
+    return split_cases(case_ids, config.data_split_seed, config.val_fraction, config.folds, fold,
+                       config.group_by_patient)
+
+
+def split_description(config: RunConfig, case_ids: list[str]) -> str:
+    """Where the run's split comes from, and how it grouped the cases."""
+    if config.splits:
+        return f'split from {Path(config.splits).name}'
+    if not (config.folds or config.val_fraction):
+        return 'no split'
+    return f'split {grouping_text(case_ids, config.group_by_patient)}'
+
+
+def cases_in_use(dataset: DatasetSpec, max_cases: int) -> tuple:
+    return dataset.cases[:max_cases] if max_cases else dataset.cases
+
+
+def check_output(config: RunConfig, dataset: DatasetSpec) -> None:
+    if dataset.regions and config.output == 'softmax':
+        raise UserError('--output', f'softmax needs mutually exclusive structures; {dataset.root / "dataset.json"} '
+                                    'declares overlapping regions, which take sigmoid channels')
+
+
+def folds_in_splits_file(config: RunConfig, cases: tuple, given_folds: int | None) -> int:
+    """The folds of ``--splits`` (0 for a file of one split: a holdout); a different ``--folds`` is refused."""
+    in_file = len(read_splits_file(Path(config.splits), [case.case_id for case in cases]))
+    folds = in_file if in_file > 1 else 0
+    if given_folds is not None and given_folds != folds:
+        raise UserError('--folds', f'{given_folds} does not match {config.splits}, which holds {in_file} '
+                                   f'fold{"s" if in_file > 1 else ""}')
+    return folds
+
+
+def check_split(config: RunConfig, cases: int) -> None:
+    if config.fold is not None and not config.folds:
+        raise UserError('--fold', f'{config.fold} needs --folds K (the number of folds)')
+    if config.folds and not 2 <= config.folds <= cases:
+        raise UserError('--folds', f'{config.folds} is not allowed: K-fold cross-validation needs 2 <= K <= {cases}, '
+                                   'the number of cases')
+    if config.fold is not None and not 0 <= config.fold < config.folds:
+        raise UserError('--fold', f'{config.fold} is not a fold of --folds {config.folds}: use 0..{config.folds - 1}')
+
+
+def check_resampled_sizes(headers: list[CaseHeader], spacing: tuple[float, float, float]) -> None:
+    """Every case keeps at least one voxel per axis at ``spacing``, and the largest fits in memory."""
+    shapes = np.array([resampled_shape(header, spacing) for header in headers])
+    if shapes.min() < 1:
+        smallest = shapes[shapes.min(axis=1).argmin()].tolist()
+        raise UserError('--target-spacing', f'{list(spacing)} mm is coarser than a whole case: one shrinks to '
+                                            f'{smallest} voxels')
+    largest = shapes.prod(axis=1).max()
+    if largest > MAX_RESAMPLED_VOXELS:
+        raise UserError('--target-spacing', f'{list(spacing)} mm makes the largest case {largest:.3g} voxels, over the '
+                                            f'{MAX_RESAMPLED_VOXELS:.3g} one case may have')
+
+
+def check_patch_size(config: RunConfig) -> None:
+    divisors = total_pooling(config.pool_sizes or isotropic_pooling(config.levels))
+    if any(p % d for p, d in zip(config.patch_size, divisors)):
+        raise UserError('--patch-size', f"{list(config.patch_size)} must be divisible per axis by {list(divisors)}, "
+                                        f"each axis's total pooling over {config.levels} levels")
+
+
+def resume_plan(run_dir: Path, overrides: dict[str, Any]) -> RunConfig:
+    """The saved config of the run in ``run_dir``, with only the settings a resume may change.
+
+    Any other override must equal the saved setting, and a plan choice is
+    refused: a resumed run keeps its plan.
+    """
+    resumable = ', '.join(flag(name) for name in sorted(RESUMABLE_SETTINGS))
+    for name in set(overrides) - SETTINGS:
+        raise UserError(flag(name), f'cannot change the plan of {run_dir}: a resumed run keeps its own (only '
+                                    f'{resumable} may change)')
+    config = load_config(run_dir / 'config.json')
+    saved = asdict(config)
+    given = settings_given(overrides)
+    for name in ('data', 'run_dir', 'cache_dir'):
+        if name in given and Path(given[name]).resolve() != Path(saved[name]).resolve():
+            raise UserError(flag(name), f'{given.pop(name)} is not {saved[name]}, which {run_dir} uses; a resumed run '
+                                        'keeps its data and folders')
+    for name, value in given.items():
+        if name in RESUMABLE_SETTINGS:
+            setattr(config, name, value)
+        elif name not in ('data', 'run_dir', 'cache_dir') and _normalise(value) != _normalise(saved[name]):
+            raise UserError(run_dir, f'cannot resume with {flag(name)} {value}: the run used {saved[name]} (only '
+                                     f'{resumable} may change)')
+    if saved['time_limit'] and config.time_limit == 0 and 'epochs' not in given:
+        raise UserError('--time-limit', f'0 ends the time limit of {run_dir}: give --epochs too, the number of '
+                                        'epochs to train in all')
+    config.run_dir = str(run_dir)
+    return config
+
+
+def _normalise(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def plan_text(config: RunConfig, num_train: int, num_val: int, split_text: str) -> str:
+    """The plan line printed at the start of a run."""
+    pooling = '' if config.pool_sizes is None else f' pooling {pooling_text(config.pool_sizes)}'
+    supervision = ' deep-supervision' if config.deep_supervision else ''
+    length = (f'epochs fitted to the time limit of {config.time_limit:g} min' if config.time_limit
+              else _length_text(config, num_train))
+    return (
+        f'Plan: {num_train} training / {num_val} validation cases ({split_text}), spacing {config.target_spacing} mm, '
+        f'patch {list(config.patch_size)}, U-Net levels={config.levels} base={config.base_channels} '
+        f'norm={config.norm}{supervision}{pooling}, {config.outputs.channels} {config.output} outputs, '
+        f'loss {config.loss}, augmentation {_augmentation_text(config)}, batch {config.batch_size}, {length}, '
+        f'{_precision_text(config)}'
+    )
+
+
+def _augmentation_text(config: RunConfig) -> str:
+    thick = dummy_2d_axis(config.target_spacing, config.patch_size)
+    in_2d = config.augmentation == 'default' and thick is not None
+    return config.augmentation + (f' in 2D across {"xyz"[thick]} (the patch is thin along it)' if in_2d else '')
+
+
+def _length_text(config: RunConfig, num_train: int) -> str:
+    steps = config.steps_in_epoch(num_train)
+    default = config.epochs == default_epochs(config, num_train)
+    source = ' (the default length, BENCHMARKS.md "Training length")' if default else ''
+    return f'epochs {config.epochs} x {steps} steps = {config.epochs * steps:,} steps{source}'
+
+
+def _precision_text(config: RunConfig) -> str:
+    dtype = mixed_precision_dtype(select_device(config.device)) if config.amp else None
+    return f'{str(dtype).removeprefix("torch.")} mixed precision' if dtype else 'fp32'
