@@ -86,5 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cli() -> int:
+    """The console command (pyproject.toml): one line and a non-zero exit for bad input, never a traceback."""
+    return run_cli(main)
+
+
 if __name__ == '__main__':
-    sys.exit(run_cli(main))
+    sys.exit(cli())

@@ -360,5 +360,10 @@ def refuse_overwriting_inputs(output: Path, cases: list[InputCase], labels: Path
         raise UserError(output, "holds the dataset's reference labels: the masks would overwrite them; choose another --output")
 
 
+def cli() -> int:
+    """The console command (pyproject.toml): one line and a non-zero exit for bad input, never a traceback."""
+    return run_cli(main)
+
+
 if __name__ == '__main__':
-    sys.exit(run_cli(main))
+    sys.exit(cli())

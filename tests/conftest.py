@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from heartseg.errors import run_cli
+from heartseg.synthetic import write_synthetic_dataset
+from main import main as train_main
 
-from heartseg.errors import run_cli  # noqa: E402
-from heartseg.synthetic import write_synthetic_dataset  # noqa: E402
-from main import main as train_main  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+
 
 SMALL_SHAPE = (40, 40, 20)
 SMALL_SPACING = (1.5, 1.5, 3.0)

@@ -12,11 +12,9 @@ from pathlib import Path
 import torch
 import torchio as tio
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from heartseg import distributed  # noqa: E402
-from heartseg.config import RunConfig  # noqa: E402
-from training import create_trainer  # noqa: E402
+from heartseg import distributed
+from heartseg.config import RunConfig
+from training import create_trainer
 
 
 def blob_subjects(count: int = 4, shape: tuple[int, int, int] = (24, 24, 16)) -> list[tio.Subject]:

@@ -14,10 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from heartseg.errors import run_cli  # noqa: E402
-from main import main  # noqa: E402
+from heartseg.errors import run_cli
+from main import main
 
 PAUSE_SECONDS = 0.3
 _replace = os.replace
