@@ -1,7 +1,7 @@
 """nnU-Net v2 itself, side by side: its iterations per second at its own plan, a run of a given length, and its test masks scored.
 
 nnU-Net is a benchmark-only dependency, in its own environment (BENCHMARKS.md
-"nnU-Net v2 on the same patients" gives the set-up): plan and preprocess with
+"nnU-Net v2 side by side" gives the set-up): plan and preprocess with
 ``nnUNetv2_plan_and_preprocess -d ID -c 3d_fullres 2d``, then
 
 - ``speed``: training iterations per second of ``nnUNetTrainer`` at the plan's
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import nnunetv2  # noqa: F401
     except ImportError:
-        raise UserError('nnunetv2', 'not installed here; it runs in its own environment (BENCHMARKS.md "nnU-Net v2 on the same patients")') from None
+        raise UserError('nnunetv2', 'not installed here; it runs in its own environment (BENCHMARKS.md "nnU-Net v2 side by side")') from None
     torch.set_num_threads(args.threads)
     print(json.dumps({'speed': speed, 'train': train, 'predict': predict}[args.command](args), indent=2))
     return 0

@@ -30,8 +30,6 @@ def help_text(script: str) -> str:
     """``python SCRIPT --help`` as argparse prints it at WIDTH columns, without colour."""
     os.environ['COLUMNS'] = str(WIDTH)  # read by argparse's HelpFormatter through shutil.get_terminal_size
     os.environ['NO_COLOR'] = '1'  # Python 3.14's argparse colours help on a terminal
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
     parser = importlib.import_module(script.removesuffix('.py')).build_parser()
     parser.prog = script
     return parser.format_help().rstrip() + '\n'

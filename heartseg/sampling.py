@@ -46,7 +46,7 @@ class PatchCorners:
     valid patch centres, then a uniform centre of that value. ``LabelSampler``
     builds a float64 probability map and its cumulative sum over the whole
     volume for every patch: a third of a loader worker's time at the GPU plan
-    on LA2018 (BENCHMARKS.md, "The data loader"), against 5 % here.
+    on LA2018 (BENCHMARKS.md, "Patch sampler and worker threads"), against 5 % here.
 
     Args:
         label: ``(1, X, Y, Z)`` integer label map, at least ``patch_size``.
