@@ -28,6 +28,7 @@ from heartseg.errors import UserError
 from heartseg.files import atomic_write_text
 from heartseg.fingerprint import DEFAULT_LEVELS
 from heartseg.inference import DEFAULT_OVERLAP
+from heartseg.losses import canonical_loss
 from heartseg.outputs import LEGACY_KIND, Outputs, outputs_from_config
 
 
@@ -89,7 +90,7 @@ class RunConfig:
     batch_size: int = 2
     lr: float = 1e-3
     weight_decay: float = 3e-5
-    loss: str = 'bce_dice'
+    loss: str = 'ce_dice'
     output: str = LEGACY_KIND  # 'sigmoid' or 'softmax' (heartseg.outputs); main.py plans it from the labels
     regions: list[dict[str, Any]] = field(default_factory=list)  # nnU-Net v2 regions: {'name', 'values', 'paint'} each
     levels: int = DEFAULT_LEVELS
@@ -175,6 +176,8 @@ class RunConfig:
         known = {f.name for f in fields(cls)}
         if 'group_by_prefix' in values:  # its name until patients were told by their ids' time-point suffixes
             values = {'group_by_patient': values['group_by_prefix'], **values}
+        if 'loss' in values:  # configs written before the losses were renamed say 'bce' or 'bce_dice'
+            values = {**values, 'loss': canonical_loss(values['loss'])}
         config = cls(**{**LEGACY_VALUES, **{k: v for k, v in values.items() if k in known}})
         config.target_spacing = tuple(config.target_spacing)
         config.patch_size = tuple(config.patch_size)
