@@ -135,10 +135,6 @@ class RunConfig:
         return bool(self.folds) and self.fold is None
 
     @property
-    def foreground_labels(self) -> tuple[int, ...]:
-        return tuple(sorted(int(value) for value in self.labels if int(value) != 0))
-
-    @property
     def outputs(self) -> Outputs:
         """What the network's output channels mean (sigmoid or softmax, which structures)."""
         return outputs_from_config(asdict(self))

@@ -27,7 +27,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,5 +153,14 @@ def outputs_from_config(config: Mapping[str, Any]) -> Outputs:
     if regions:
         return Outputs(config.get('output') or LEGACY_KIND, tuple(tuple(r['values']) for r in regions),
                        tuple(r['paint'] for r in regions), tuple(r['name'] for r in regions))
-    values = sorted(int(value) for value in config['labels'] if int(value) != 0)
+    values = foreground_values(config['labels'])
     return Outputs.one_per_label(config.get('output') or LEGACY_KIND, values, [config['labels'][str(v)] for v in values])
+
+
+def foreground_values(labels: Iterable[int | str]) -> list[int]:
+    """The label values other than background (0), sorted, of a dataset's labels (keyed by value, int or str).
+
+    Without regions these are the outputs' structures, so :attr:`Outputs.foreground_labels` gives them again;
+    only a dataset, before its outputs are planned, asks this function.
+    """
+    return sorted(int(value) for value in labels if int(value) != 0)

@@ -110,7 +110,6 @@ def build_patch_loader(config: RunConfig, subjects: list[tio.Subject], augmentat
         seed=config.seed,
         foreground_probability=config.foreground_probability,
         augmentation=augmentation,
-        foreground_labels=config.foreground_labels,
         outputs=config.outputs,
         batch_size=config.batch_size,
     )
