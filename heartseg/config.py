@@ -162,6 +162,8 @@ class RunConfig:
             patch_size=self.patch_size,
             labels=self.labels,
             modalities=self.modalities,
+            output=self.output,
+            regions=self.regions,
             preprocessing_version=PREPROCESSING_VERSION,
             config=asdict(self),
             training_cases=training_cases or {},

@@ -149,12 +149,16 @@ def planned_kind(structures: Sequence[Sequence[int]]) -> str:
 
 def outputs_from_config(config: Mapping[str, Any]) -> Outputs:
     """The outputs a run config (a dict, as checkpoints store it) trained."""
-    regions = config.get('regions') or []
+    return planned_outputs(config.get('output') or LEGACY_KIND, config['labels'], config.get('regions') or [])
+
+
+def planned_outputs(kind: str, labels: Mapping[str, str], regions: Sequence[Mapping[str, Any]]) -> Outputs:
+    """The outputs of a planned kind: one per region (nnU-Net v2's ``{'name', 'values', 'paint'}``), or per label."""
     if regions:
-        return Outputs(config.get('output') or LEGACY_KIND, tuple(tuple(r['values']) for r in regions),
+        return Outputs(kind, tuple(tuple(r['values']) for r in regions),
                        tuple(r['paint'] for r in regions), tuple(r['name'] for r in regions))
-    values = foreground_values(config['labels'])
-    return Outputs.one_per_label(config.get('output') or LEGACY_KIND, values, [config['labels'][str(v)] for v in values])
+    values = foreground_values(labels)
+    return Outputs.one_per_label(kind, values, [labels[str(v)] for v in values])
 
 
 def foreground_values(labels: Iterable[int | str]) -> list[int]:

@@ -221,7 +221,7 @@ def test_several_labels_train_a_softmax_and_predict_every_label(small_dataset, t
         nib.save(nib.Nifti1Image(values, label.affine), path)
     assert run_cli(main, ['--data', str(small_dataset), '--run-dir', 'multi', '--epochs', '5', *TINY]) == 0
     state = load_checkpoint(tmp_path / 'multi' / 'best.pt')
-    assert state['plan'].model['out_channels'] == 3 and state['plan'].config['output'] == 'softmax'
+    assert state['plan'].model['out_channels'] == 3 and state['plan'].output == 'softmax'
     output = tmp_path / 'masks'
     argv = ['--checkpoint', str(tmp_path / 'multi' / 'best.pt'), '--input', str(small_dataset / 'dataset.json'),
             '--subset', 'validation', '--output', str(output), '--labels', str(small_dataset / 'labelsTr'), '--no-tta']
