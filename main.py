@@ -33,7 +33,7 @@ from heartseg.devices import select_device
 from heartseg.download import TASK02_FOLDER, TASK02_URL, download_task02
 from heartseg.errors import UserError, run_cli
 from heartseg.folder_lock import folder_lock
-from heartseg.losses import LOSSES
+from heartseg.losses import LOSS_ALIASES, LOSSES
 from heartseg.outputs import KINDS
 from heartseg.planning import (
     DEFAULT_CACHE,
@@ -137,7 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help='patch size in voxels (default: planned from the median case and the device)')
     train.add_argument('--lr', dest='lr', type=number(0, inclusive=False),
                        help=f'initial Adam learning rate, decayed polynomially (default {RunConfig.lr:g})')
-    train.add_argument('--loss', dest='loss', choices=LOSSES, help=f'loss function (default {RunConfig.loss})')
+    train.add_argument('--loss', dest='loss', choices=[*LOSSES, *LOSS_ALIASES],
+                       help='ce: cross-entropy, binary per sigmoid channel or categorical over the softmax; ce_dice: '
+                            f'plus soft Dice; {" and ".join(LOSS_ALIASES)} are their old names '
+                            f'(default {RunConfig.loss})')
     train.add_argument('--augmentation', dest='augmentation', choices=STRENGTHS,
                        help="nnU-Net's transforms: none, light (mirroring) or default (rotation, scaling, mirroring, "
                             'noise, blur, brightness, contrast, low resolution, gamma) '

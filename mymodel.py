@@ -26,7 +26,6 @@ from torch import nn
 from heartseg.normalization import InstanceNorm3d
 
 NORMS = ('batch', 'instance')
-FOREGROUND_PRIOR = 0.01
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -138,14 +137,10 @@ class UNet3D(nn.Module):
         self.head = nn.Conv3d(widths[0], out_channels, 1)
         supervised = widths[1:1 + deep_supervision_heads(levels)] if deep_supervision else []
         self.deep_heads = nn.ModuleList(nn.Conv3d(width, out_channels, 1) for width in supervised)
-        # Start from a small foreground prior (RetinaNet's trick): a random
-        # half-foreground guess on a 2%-foreground volume swamps the Dice term
-        # with false positives and stalls early training.
-        self.set_head_bias(torch.full((out_channels,), math.log(FOREGROUND_PRIOR / (1 - FOREGROUND_PRIOR))))
 
     @torch.no_grad()
     def set_head_bias(self, bias: torch.Tensor) -> None:
-        """Start every logit head at ``bias`` per channel (``heartseg.outputs.Outputs.initial_bias`` gives a softmax's)."""
+        """Start every logit head at ``bias`` per channel; ``heartseg.recipe.build_network`` sets the outputs' prior."""
         for head in [self.head, *self.deep_heads]:
             head.bias.copy_(bias)
 

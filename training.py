@@ -37,7 +37,7 @@ from heartseg.overlay import overlay_image
 from heartseg.qc import summarise_training_cases
 from heartseg.recipe import PatchLoader, Recipe, build_patch_loader, build_recipe
 from heartseg.run_log import EpochResult, append_metric_row, keep_metric_rows
-from heartseg.schedule import TimeBudget, fit_epochs_to_budget
+from heartseg.schedule import ScheduleState, TimeBudget, fit_epochs_to_budget
 
 
 class NonFiniteLossError(UserError):
@@ -72,14 +72,8 @@ class Trainer:
         self.selects_best = self.has_validation and not config.folds
         # Each rank validates its share of the cases; the metrics are gathered over all of them.
         self.val_subjects = val_subjects[distributed.rank()::distributed.world_size()]
-        self.start_epoch = 0
-        self.total_epochs = config.epochs
-        self.best_dice = -1.0
-        self.elapsed = 0.0
-        self.train_times: list[float] = []
-        self.val_every = config.val_every or 1
-        self.val_seconds = 0.0
-        self.last_validated_epoch = 0
+        self.schedule = ScheduleState(total_epochs=config.epochs, val_every=config.val_every or 1)
+        self.start_epoch = 0  # this process's first epoch: after the checkpoint's, when resumed
         self.overlay: np.ndarray | None = None
         self.last_image_epoch: int | None = None  # the first validation of a process logs one
 
@@ -106,34 +100,21 @@ class Trainer:
         self.model.load_state_dict(state['model'])
         self.optimizer.load_state_dict(state['optimizer'])
         self.scaler.load_state_dict(state['scaler'])
-        self.start_epoch = int(state['epoch'])
-        self.best_dice = float(state['best_dice'])
-        self.elapsed = float(state['elapsed_seconds'])
-        self.train_times = [float(t) for t in state['train_times']]
-        self.val_every = int(state['val_every'])
-        self.val_seconds = float(state['val_seconds'])
-        self.last_validated_epoch = int(state['last_validated_epoch'])
-        self.total_epochs = int(state['total_epochs'])
+        self.schedule.load_state_dict(state)
+        self.start_epoch = self.schedule.epoch
         # Planned again from the time spent: a resume may give a longer or shorter --time-limit, or none.
-        self._refit_remaining_epochs(self.start_epoch)
+        self._refit_remaining_epochs()
 
-    def _save(self, name: str, epoch: int) -> None:
+    def _save(self, name: str) -> None:
         if not distributed.is_main():
             return
         save_checkpoint(
             self.run_dir / name,
             self.config.model_plan(self.training_cases),
-            epoch=epoch,
-            total_epochs=self.total_epochs,
             model=self.model.state_dict(),
             optimizer=self.optimizer.state_dict(),
             scaler=self.scaler.state_dict(),
-            best_dice=self.best_dice,
-            elapsed_seconds=self.elapsed,
-            train_times=self.train_times,
-            val_every=self.val_every,
-            val_seconds=self.val_seconds,
-            last_validated_epoch=self.last_validated_epoch,
+            **self.schedule.state_dict(),
         )
 
     # -- the loop ------------------------------------------------------------
@@ -151,52 +132,53 @@ class Trainer:
             finally:
                 if writer is not None:
                     writer.close()
-        return self.best_dice
+        return self.schedule.best_dice
 
     def _train_epochs(self, writer: SummaryWriter | None) -> None:
-        epoch = self.start_epoch
-        while epoch < self.total_epochs:
+        schedule = self.schedule
+        while schedule.epoch < schedule.total_epochs:
             started = time.perf_counter()
-            result = self.run_epoch(epoch)
-            epoch += 1
+            result = self.run_epoch(schedule.epoch)
+            schedule.epoch += 1
             # Logs first, checkpoint last: a kill in between is undone on resume.
             if writer is not None:
                 self.log(result, writer)
-            if self.selects_best and result.val_dice > self.best_dice:
-                self.best_dice = result.val_dice
-                self._save('best.pt', epoch)
+            if self.selects_best and result.val_dice > schedule.best_dice:
+                schedule.best_dice = result.val_dice
+                self._save('best.pt')
             elif not self.selects_best and not math.isnan(result.val_dice):
-                self.best_dice = result.val_dice
-            self.elapsed += time.perf_counter() - started
-            self._refit_remaining_epochs(epoch)
-            if not self.selects_best and epoch >= self.total_epochs:
-                self._save('best.pt', epoch)  # the final weights (written before last.pt, so a kill redoes the epoch)
-            self._save('last.pt', epoch)
+                schedule.best_dice = result.val_dice
+            schedule.elapsed_seconds += time.perf_counter() - started
+            self._refit_remaining_epochs()
+            if not self.selects_best and schedule.epoch >= schedule.total_epochs:
+                self._save('best.pt')  # the final weights (written before last.pt, so a kill redoes the epoch)
+            self._save('last.pt')
 
     def run_epoch(self, epoch: int) -> EpochResult:
         started = time.perf_counter()
-        lr = self.recipe.learning_rate(epoch, self.total_epochs)
+        schedule = self.schedule
+        lr = self.recipe.learning_rate(epoch, schedule.total_epochs)
         for group in self.optimizer.param_groups:
             group['lr'] = lr
         train_loss = self.train_one_epoch(epoch)
         distributed.average_buffers(self.model)
-        self.train_times.append(time.perf_counter() - started)
-        due = epoch + 1 - self.last_validated_epoch >= self.val_every or epoch + 1 == self.total_epochs
+        schedule.train_times.append(time.perf_counter() - started)
+        due = epoch + 1 - schedule.last_validated_epoch >= schedule.val_every or epoch + 1 == schedule.total_epochs
         val_loss, val_dice = float('nan'), float('nan')
         if self.has_validation and due:
             val_loss, val_dice = self.validate(epoch)
-            self.val_seconds = time.perf_counter() - started - self.train_times[-1]
+            schedule.val_seconds = time.perf_counter() - started - schedule.train_times[-1]
         if due or not self.has_validation:
-            self.last_validated_epoch = epoch + 1
+            schedule.last_validated_epoch = epoch + 1
         seconds = time.perf_counter() - started
-        return EpochResult(epoch + 1, train_loss, val_loss, val_dice, lr, seconds, self.elapsed + seconds)
+        return EpochResult(epoch + 1, train_loss, val_loss, val_dice, lr, seconds, schedule.elapsed_seconds + seconds)
 
     def train_one_epoch(self, epoch: int) -> float:
         self.model.train()
         self.sampler.set_epoch(epoch)
         torch.manual_seed(self.config.seed + epoch)
         losses = []
-        progress = tqdm(self.loader, desc=f'Epoch {epoch + 1}/{self.total_epochs}',
+        progress = tqdm(self.loader, desc=f'Epoch {epoch + 1}/{self.schedule.total_epochs}',
                         unit='step', leave=False, disable=not distributed.is_main())
         for step, (images, targets, augmentation) in enumerate(progress):
             images, targets = self.augment_on_device(images, targets, augmentation)
@@ -264,16 +246,17 @@ class Trainer:
                 self.overlay = overlay_image(subject['image'].data[0], reference, prediction, outputs.paint_values)
         return float(np.mean(distributed.gather(losses))), float(np.mean(distributed.gather(dices)))
 
-    def _refit_remaining_epochs(self, completed: int) -> None:
+    def _refit_remaining_epochs(self) -> None:
         """With a time limit, fit the schedule to the time left, so the LR still anneals to zero."""
+        schedule = self.schedule
         if not self.config.time_limit:
-            self.total_epochs = self.config.epochs
+            schedule.total_epochs = self.config.epochs
             return
         budget = TimeBudget(self.config.time_limit * 60, self.config.epochs, automatic_validation=self.config.val_every == 0)
-        plan = fit_epochs_to_budget(budget, completed, self.elapsed, self.train_times, self.val_seconds,
-                                    self.val_every, self.last_validated_epoch)
+        plan = fit_epochs_to_budget(budget, schedule.epoch, schedule.elapsed_seconds, schedule.train_times,
+                                    schedule.val_seconds, schedule.val_every, schedule.last_validated_epoch)
         # Rank 0's clock decides, so that all ranks run the same number of epochs.
-        self.total_epochs, self.val_every = distributed.broadcast(plan)
+        schedule.total_epochs, schedule.val_every = distributed.broadcast(plan)
 
     # -- logging -------------------------------------------------------------
 
@@ -290,7 +273,7 @@ class Trainer:
         append_metric_row(self.run_dir / 'metrics.csv', result)
         validation = f'val loss {result.val_loss:.4f}  val Dice {result.val_dice:.4f}  ' if not math.isnan(result.val_dice) else ''
         tqdm.write(
-            f'epoch {result.epoch}/{self.total_epochs}  train loss {result.train_loss:.4f}  '
+            f'epoch {result.epoch}/{self.schedule.total_epochs}  train loss {result.train_loss:.4f}  '
             f'{validation}lr {result.lr:.2e}  {result.epoch_seconds:.1f}s'
         )
 

@@ -118,8 +118,9 @@ def nnunet_initial_patch(patch_size: tuple[int, ...], dummy_2d: bool) -> tuple[i
 def centres(subjects: list, patch_size: tuple[int, ...], count: int, config) -> list[tuple]:
     """``count`` label-balanced (case, patch corner, padded image, padded label), as our loader draws them."""
     rng = np.random.default_rng(0)
-    share = config.foreground_probability / len(config.foreground_labels)
-    probabilities = {0: 1 - config.foreground_probability, **{label: share for label in config.foreground_labels}}
+    foreground_labels = config.outputs.foreground_labels
+    share = config.foreground_probability / len(foreground_labels)
+    probabilities = {0: 1 - config.foreground_probability, **{label: share for label in foreground_labels}}
     labels = [pad_to_patch(s['label'].data, patch_size, torch.zeros(1)) for s in subjects]
     images = [pad_to_patch(s['image'].data, patch_size, s['image'].data.amin(dim=(1, 2, 3))) for s in subjects]
     corners = [PatchCorners(label, patch_size, probabilities) for label in labels]

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from heartseg.data import Case, DatasetSpec
 from heartseg.errors import UserError
 from heartseg.fingerprint import CaseHeader, canonical_header
+from heartseg.outputs import foreground_values
 from heartseg.validation import SPACING_OUTLIER_FACTOR, CaseCheck, Problem, channels_first
 
 PERCENTILES = (0.5, 99.5)
@@ -194,7 +195,8 @@ def _measure_voxels(task: CaseTask, result: CaseResult, image: np.ndarray, label
     result.foreground_stats = statistics(foreground)
     result.foreground_sample, result.background_sample = _sample(foreground, rng), _sample(background, rng)
     voxel_ml = float(np.prod(result.header.spacing)) / 1000
-    result.volumes_ml = {value: int(np.count_nonzero(label == value)) * voxel_ml for value in task.labels if value != 0}
+    result.volumes_ml = {value: int(np.count_nonzero(label == value)) * voxel_ml
+                         for value in foreground_values(task.labels)}
     result.foreground_fraction = float(np.count_nonzero(mask)) / mask.size
     result.foreground_bbox = _bounding_box(mask)
     result.slice_image, result.slice_label = _montage_slice(image, label, mask)

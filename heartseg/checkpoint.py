@@ -24,6 +24,7 @@ import torch
 
 from heartseg.errors import UserError
 from heartseg.files import atomic_torch_save
+from heartseg.outputs import LEGACY_KIND, Outputs, planned_outputs
 
 CHECKPOINT_FORMAT = 'heartseg-checkpoint-v1'
 
@@ -33,9 +34,13 @@ class ModelPlan:
     """Everything needed to rebuild a trained network and apply it to a new scan.
 
     Example:
-        >>> plan = ModelPlan({'in_channels': 1}, (1.25, 1.25, 1.25), (80, 64, 32), {'0': 'background', '1': 'left atrium'}, {'0': 'MRI'})
+        >>> labels = {'0': 'background', '1': 'left atrium'}
+        >>> plan = ModelPlan({'in_channels': 1}, (1.25, 1.25, 1.25), (80, 64, 32), labels, {'0': 'MRI'},
+        ...                  output='sigmoid', regions=[])
         >>> ModelPlan.from_json(plan.to_json(), 'best.pt') == plan
         True
+        >>> plan.outputs.channels
+        1
     """
 
     model: dict[str, Any]  # keyword arguments of mymodel.UNet3D
@@ -43,16 +48,23 @@ class ModelPlan:
     patch_size: tuple[int, int, int]
     labels: dict[str, str]
     modalities: dict[str, str]
+    # What the output channels mean (heartseg.outputs). No defaults: only from_json supplies older plans' values.
+    output: str = field(kw_only=True)  # 'sigmoid' or 'softmax'
+    regions: list[dict[str, Any]] = field(kw_only=True)  # nnU-Net v2 regions, {'name', 'values', 'paint'} each; or none
     normalization: str = 'zscore'
     # heartseg.data.PREPROCESSING_VERSION at training; plans written before it was recorded were version 3
     preprocessing_version: int = 3
-    config: dict[str, Any] = field(default_factory=dict)  # the full training RunConfig
+    config: dict[str, Any] = field(default_factory=dict)  # the full training RunConfig, for provenance
     # heartseg.qc.summarise_training_cases of the training cases; empty in checkpoints written before it was recorded
     training_cases: dict[str, Any] = field(default_factory=dict)
 
     @property
     def channels(self) -> int:
         return max(1, len(self.modalities))
+
+    @property
+    def outputs(self) -> Outputs:
+        return planned_outputs(self.output, self.labels, self.regions)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -62,9 +74,18 @@ class ModelPlan:
         try:
             values = json.loads(text)
             values.update(target_spacing=tuple(values['target_spacing']), patch_size=tuple(values['patch_size']))
-            return cls(**values)
+            return cls(**_with_older_plans_outputs(values))
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
             raise UserError(path, f'invalid model plan ({type(error).__name__}: {error})') from None
+
+
+def _with_older_plans_outputs(values: dict[str, Any]) -> dict[str, Any]:
+    """A plan's fields, with the output kind and regions of a plan written before they were fields.
+
+    Such plans kept them only in the training config, and the oldest not at all: they trained sigmoid channels.
+    """
+    config = values.get('config', {})
+    return {'output': config.get('output') or LEGACY_KIND, 'regions': config.get('regions') or [], **values}
 
 
 def save_checkpoint(path: Path, plan: ModelPlan, **state: Any) -> None:

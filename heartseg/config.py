@@ -28,6 +28,7 @@ from heartseg.data import PREPROCESSING_VERSION
 from heartseg.errors import UserError
 from heartseg.files import atomic_write_text
 from heartseg.inference import DEFAULT_OVERLAP
+from heartseg.losses import canonical_loss
 from heartseg.outputs import LEGACY_KIND, Outputs, outputs_from_config
 
 # Settings added after the first runs, with the value those runs used: a config.json without them loads as it ran.
@@ -58,7 +59,7 @@ class RunConfig:
     batch_size: int = 2
     lr: float = 1e-3
     weight_decay: float = 3e-5
-    loss: str = 'bce_dice'
+    loss: str = 'ce_dice'
     regions: list[dict[str, Any]] = field(default_factory=list)  # nnU-Net v2 regions: {'name', 'values', 'paint'} each
     levels: int = 4
     norm: str = 'instance'
@@ -96,10 +97,6 @@ class RunConfig:
         return bool(self.folds) and self.fold is None
 
     @property
-    def foreground_labels(self) -> tuple[int, ...]:
-        return tuple(sorted(int(value) for value in self.labels if int(value) != 0))
-
-    @property
     def outputs(self) -> Outputs:
         """What the network's output channels mean (sigmoid or softmax, which structures)."""
         return outputs_from_config(asdict(self))
@@ -127,6 +124,8 @@ class RunConfig:
             patch_size=self.patch_size,
             labels=self.labels,
             modalities=self.modalities,
+            output=self.output,
+            regions=self.regions,
             preprocessing_version=PREPROCESSING_VERSION,
             config=asdict(self),
             training_cases=training_cases or {},
@@ -137,6 +136,8 @@ class RunConfig:
         known = {f.name for f in fields(cls)}
         if 'group_by_prefix' in values:  # its name until patients were told by their ids' time-point suffixes
             values = {'group_by_patient': values['group_by_prefix'], **values}
+        if 'loss' in values:  # configs written before the losses were renamed say 'bce' or 'bce_dice'
+            values = {**values, 'loss': canonical_loss(values['loss'])}
         config = cls(**{**LEGACY_VALUES, **{k: v for k, v in values.items() if k in known}})
         config.target_spacing = tuple(config.target_spacing)
         config.patch_size = tuple(config.patch_size)

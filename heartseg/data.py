@@ -42,6 +42,7 @@ from heartseg.checkpoint import ModelPlan
 from heartseg.errors import UserError
 from heartseg.files import atomic_torch_save, file_digest
 from heartseg.fingerprint import CaseHeader, canonical_header
+from heartseg.outputs import foreground_values
 from heartseg.validation import CaseCheck, channels_first
 
 # Bump when preprocessing changes, so that stale cache entries are never reused; checkpoints record it.
@@ -84,7 +85,7 @@ class DatasetSpec:
 
     @property
     def foreground_labels(self) -> list[int]:
-        return sorted(value for value in self.labels if value != 0)
+        return foreground_values(self.labels)
 
 
 @dataclass(frozen=True)

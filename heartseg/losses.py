@@ -1,13 +1,17 @@
 """Segmentation losses: cross-entropy and soft Dice on the output channels that :mod:`heartseg.outputs` defines.
 
-``bce`` is the cross-entropy alone and ``bce_dice`` adds soft Dice, as
+``ce`` is the cross-entropy alone and ``ce_dice`` adds soft Dice, as
 nnU-Net's ``DC_and_BCE_loss`` (sigmoid channels) and ``DC_and_CE_loss``
-(softmax, its Dice over the structures, not background) do.
+(softmax, its Dice over the structures, not background) do. The
+cross-entropy is binary per channel for sigmoid outputs and categorical over
+the channels for softmax outputs. ``bce`` and ``bce_dice``, the names before
+softmax outputs existed, are accepted as aliases (:data:`LOSS_ALIASES`), so
+that older run configs and checkpoints still load.
 
 Example:
     >>> import torch
     >>> from heartseg.outputs import Outputs
-    >>> loss = build_loss('bce_dice', Outputs('sigmoid', ((1,),)))
+    >>> loss = build_loss('ce_dice', Outputs('sigmoid', ((1,),)))
     >>> float(loss(torch.full((1, 1, 4, 4, 4), 10.0), torch.ones(1, 1, 4, 4, 4))) < 0.01
     True
 """
@@ -21,7 +25,21 @@ from torch import nn
 from heartseg.distributed import all_reduce_sum
 from heartseg.outputs import Outputs
 
-LOSSES = ('bce', 'bce_dice')
+LOSSES = ('ce', 'ce_dice')
+# The names of the losses when every output was a sigmoid channel; run configs and checkpoints still hold them.
+LOSS_ALIASES = {'bce': 'ce', 'bce_dice': 'ce_dice'}
+
+
+def canonical_loss(name: str) -> str:
+    """The name in :data:`LOSSES` of a loss given by that name or an alias.
+
+    Example:
+        >>> canonical_loss('bce_dice'), canonical_loss('ce')
+        ('ce_dice', 'ce')
+    """
+    canonical = LOSS_ALIASES.get(name, name)
+    assert canonical in LOSSES, f'loss must be one of {LOSSES} or an alias {tuple(LOSS_ALIASES)}, got {name!r}'
+    return canonical
 
 
 class SoftDiceLoss(nn.Module):
@@ -67,8 +85,8 @@ class CrossEntropyLoss(nn.Module):
         return F.binary_cross_entropy_with_logits(logits.float(), target)
 
 
-class BCEDiceLoss(nn.Module):
-    """Cross-entropy plus soft Dice, equally weighted."""
+class CrossEntropyDiceLoss(nn.Module):
+    """Cross-entropy (binary per sigmoid channel, categorical over softmax channels) plus soft Dice, equally weighted."""
 
     def __init__(self, outputs: Outputs, across_ranks: bool = False):
         super().__init__()
@@ -88,7 +106,7 @@ class DeepSupervisionLoss(nn.Module):
     tensor of logits is scored by the wrapped loss alone.
 
     Example:
-        >>> loss = DeepSupervisionLoss(BCEDiceLoss(Outputs('sigmoid', ((1,),))))
+        >>> loss = DeepSupervisionLoss(CrossEntropyDiceLoss(Outputs('sigmoid', ((1,),))))
         >>> target = torch.ones(1, 1, 8, 8, 8)
         >>> logits = [torch.full((1, 1, 8, 8, 8), 10.0), torch.full((1, 1, 4, 4, 4), 10.0)]
         >>> float(loss(logits, target)) < 0.01
@@ -110,11 +128,10 @@ class DeepSupervisionLoss(nn.Module):
 
 
 def build_loss(name: str, outputs: Outputs, across_ranks: bool = False) -> nn.Module:
-    """The named loss on ``outputs``' channels, accepting deep supervision's list of logits.
+    """The loss named (or aliased) ``name`` on ``outputs``' channels, accepting deep supervision's list of logits.
 
     ``across_ranks`` pools the Dice term over all DDP ranks' patches.
     """
-    assert name in LOSSES, f'loss must be one of {LOSSES}, got {name!r}'
     # Cross-entropy is a mean over voxels: DDP's gradient averaging already makes it global.
-    loss = CrossEntropyLoss(outputs) if name == 'bce' else BCEDiceLoss(outputs, across_ranks)
+    loss = CrossEntropyLoss(outputs) if canonical_loss(name) == 'ce' else CrossEntropyDiceLoss(outputs, across_ranks)
     return DeepSupervisionLoss(loss)

@@ -27,7 +27,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -149,9 +149,22 @@ def planned_kind(structures: Sequence[Sequence[int]]) -> str:
 
 def outputs_from_config(config: Mapping[str, Any]) -> Outputs:
     """The outputs a run config (a dict, as checkpoints store it) trained."""
-    regions = config.get('regions') or []
+    return planned_outputs(config.get('output') or LEGACY_KIND, config['labels'], config.get('regions') or [])
+
+
+def planned_outputs(kind: str, labels: Mapping[str, str], regions: Sequence[Mapping[str, Any]]) -> Outputs:
+    """The outputs of a planned kind: one per region (nnU-Net v2's ``{'name', 'values', 'paint'}``), or per label."""
     if regions:
-        return Outputs(config.get('output') or LEGACY_KIND, tuple(tuple(r['values']) for r in regions),
+        return Outputs(kind, tuple(tuple(r['values']) for r in regions),
                        tuple(r['paint'] for r in regions), tuple(r['name'] for r in regions))
-    values = sorted(int(value) for value in config['labels'] if int(value) != 0)
-    return Outputs.one_per_label(config.get('output') or LEGACY_KIND, values, [config['labels'][str(v)] for v in values])
+    values = foreground_values(labels)
+    return Outputs.one_per_label(kind, values, [labels[str(v)] for v in values])
+
+
+def foreground_values(labels: Iterable[int | str]) -> list[int]:
+    """The label values other than background (0), sorted, of a dataset's labels (keyed by value, int or str).
+
+    Without regions these are the outputs' structures, so :attr:`Outputs.foreground_labels` gives them again;
+    only a dataset, before its outputs are planned, asks this function.
+    """
+    return sorted(int(value) for value in labels if int(value) != 0)

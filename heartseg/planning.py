@@ -51,6 +51,7 @@ from heartseg.fingerprint import (
     resampled_shape,
     suggest_target_spacing,
 )
+from heartseg.losses import canonical_loss
 from heartseg.outputs import planned_kind
 from heartseg.splits import Split, grouping_text, read_splits_file, split_cases
 from mymodel import isotropic_pooling, total_pooling
@@ -159,6 +160,8 @@ def settings_given(overrides: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f'not settings of a run: {sorted(unknown)}')
     given = {name: _as_setting(value) for name, value in overrides.items() if name in SETTINGS and value is not None}
+    if 'loss' in given:
+        given['loss'] = canonical_loss(given['loss'])
     spacing = given.get('target_spacing')
     if spacing is not None and len(spacing) not in (1, 3):
         raise UserError('--target-spacing', f'{list(spacing)} is not allowed: give one value (isotropic) or three, in mm')

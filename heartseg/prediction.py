@@ -36,7 +36,7 @@ from heartseg.inference import (
     mirrored_logits,
 )
 from heartseg.metrics import case_metrics
-from heartseg.outputs import Outputs, outputs_from_config
+from heartseg.outputs import Outputs
 from heartseg.postprocessing import Postprocessing, component_counts
 from heartseg.qc import intensity_quantiles, mean_pairwise_dice
 from heartseg.validation import CaseCheck
@@ -105,7 +105,7 @@ def load_trained_model(path: Path, device: torch.device) -> TrainedModel:
         preprocessing=Preprocessing.for_plan(plan, path),
         patch_size=plan.patch_size,
         labels=plan.labels,
-        outputs=outputs_from_config({**plan.config, 'labels': plan.labels}),
+        outputs=plan.outputs,
         channels=plan.channels,
         training_cases=plan.training_cases,
     )

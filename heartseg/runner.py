@@ -106,7 +106,7 @@ def train_run(config: RunConfig, dataset: DatasetSpec, started: float, resuming:
     if resuming:
         trainer.resume()
     else:
-        trainer.elapsed = time.perf_counter() - started
+        trainer.schedule.elapsed_seconds = time.perf_counter() - started  # the time limit counts set-up too
     if not distributed.is_main():
         trainer.fit()
         return 0
@@ -152,9 +152,8 @@ def cross_validate(config: RunConfig, dataset: DatasetSpec, started: float, resu
         fold_dir = crossval.fold_folder(root, fold)
         if distributed.broadcast(crossval.is_scored(fold_dir) if distributed.is_main() else None):
             continue
-        fold_config, fold_resumes = distributed.broadcast(
-            fold_config(config, dataset, fold) if distributed.is_main() else None)
-        code = train_run(fold_config, dataset, started, fold_resumes, cleanup_dir if fold == 0 else None,
+        planned, fold_resumes = distributed.broadcast(fold_config(config, dataset, fold) if distributed.is_main() else None)
+        code = train_run(planned, dataset, started, fold_resumes, cleanup_dir if fold == 0 else None,
                          resume_dir=root)
         if code:
             return code

@@ -115,8 +115,8 @@ class PatchDataset(Dataset):
         foreground_probability: Chance that a patch is centred on foreground.
         augmentation: Optional augmentation: its spatial part is applied here,
             its intensity part here too, or later on the training device.
-        foreground_labels: Label values that foreground patches are centred on, each as often.
-        outputs: The output channels, which make each patch's target.
+        outputs: The output channels, which make each patch's target; foreground patches are centred
+            on each of their foreground labels as often.
         batch_size: Global batch size; the cases within one batch are distinct
             whenever there are at least as many cases as patches per batch.
 
@@ -132,7 +132,6 @@ class PatchDataset(Dataset):
         seed: int,
         foreground_probability: float = 0.5,
         augmentation: Augmentation | None = None,
-        foreground_labels: tuple[int, ...] = (1,),
         outputs: Outputs | None = None,
         batch_size: int = 1,
     ):
@@ -147,7 +146,8 @@ class PatchDataset(Dataset):
         self.batch_size = batch_size
         self.seed = seed
         self.augmentation = augmentation
-        self.outputs = outputs or Outputs.one_per_label('sigmoid', foreground_labels)
+        self.outputs = outputs or Outputs.one_per_label('sigmoid', (1,))
+        foreground_labels = self.outputs.foreground_labels
         share = foreground_probability / len(foreground_labels)
         probabilities = {0: 1 - foreground_probability, **{label: share for label in foreground_labels}}
         # Located here, before loader workers fork, so that they share them.

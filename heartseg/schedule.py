@@ -17,7 +17,9 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +34,37 @@ RECENT_EPOCHS = 5
 def poly_lr(initial: float, epoch: int, total_epochs: int) -> float:
     """nnU-Net's polynomial decay (exponent 0.9), reaching zero at the end of training."""
     return initial * (1 - epoch / max(total_epochs, 1)) ** 0.9
+
+
+@dataclass
+class ScheduleState:
+    """Where a run stands in its schedule: what each checkpoint saves, under these names, and a resume restores.
+
+    Example:
+        >>> state = ScheduleState(total_epochs=10, val_every=2, epoch=3, train_times=[4.0, 4.5, 4.2])
+        >>> restored = ScheduleState(total_epochs=10, val_every=1)
+        >>> restored.load_state_dict({**state.state_dict(), 'model': 'the weights, beside it in the checkpoint'})
+        >>> restored == state
+        True
+    """
+
+    total_epochs: int
+    val_every: int
+    epoch: int = 0  # epochs completed
+    best_dice: float = -1.0  # below any Dice, until a validation
+    elapsed_seconds: float = 0.0  # set-up and completed epochs
+    train_times: list[float] = field(default_factory=list)  # each epoch's training seconds, without validation
+    val_seconds: float = 0.0  # the latest validation's
+    last_validated_epoch: int = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take every field from ``state`` (a checkpoint, which holds more), converted to the field's type."""
+        for name, current in asdict(self).items():
+            value = state[name]
+            setattr(self, name, [float(item) for item in value] if isinstance(current, list) else type(current)(value))
 
 
 @dataclass(frozen=True)

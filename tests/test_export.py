@@ -50,7 +50,8 @@ def test_deep_supervision_heads_are_left_out(filename, tmp_path):
     arguments = {'levels': 3, 'base_channels': 4, 'deep_supervision': True}
     network = UNet3D(**arguments)
     assert any('deep_heads' in name for name, _ in network.named_parameters()), 'the network must have heads to leave out'
-    plan = ModelPlan(arguments, (1.0, 1.0, 1.0), (16, 16, 16), {'0': 'background', '1': 'structure'}, {'0': 'MRI'})
+    plan = ModelPlan(arguments, (1.0, 1.0, 1.0), (16, 16, 16), {'0': 'background', '1': 'structure'}, {'0': 'MRI'},
+                     output='sigmoid', regions=[])
     export_network(network, plan, tmp_path / filename)
     if filename.endswith('.onnx'):
         names = [initializer.name for initializer in onnx.load(str(tmp_path / filename)).graph.initializer]

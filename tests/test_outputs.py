@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from heartseg.outputs import Outputs, outputs_from_config, planned_kind
+from heartseg.outputs import Outputs, foreground_values, outputs_from_config, planned_kind
 
 SOFTMAX = Outputs('softmax', ((1,), (2,), (3,)))
 # BraTS-like regions: whole tumour {1, 2, 3}, tumour core {2, 3}, enhancing {3}, painted in that order.
@@ -64,3 +64,10 @@ def test_a_config_from_before_the_output_kind_was_recorded_trained_sigmoid_chann
     outputs = outputs_from_config({'labels': {'0': 'background', '1': 'a', '2': 'b'}})
     assert outputs == Outputs('sigmoid', ((1,), (2,)), names=('a', 'b')) and outputs.channels == 2
     assert outputs_from_config({'labels': {'0': 'background', '1': 'a', '2': 'b'}, 'output': 'softmax'}).channels == 3
+
+
+def test_foreground_values_leave_out_background_whether_labels_are_keyed_by_int_or_str():
+    labels = {'0': 'background', '3': 'c', '1': 'a'}
+    by_int = {int(value): name for value, name in labels.items()}
+    assert foreground_values(labels) == foreground_values(by_int) == [1, 3]
+    assert outputs_from_config({'labels': labels}).foreground_labels == (1, 3)

@@ -155,7 +155,7 @@ def sure_of_the_bright_half(trained: Path, target: Path, kind: str) -> Predictor
     for name in [key for key in state['model'] if key.split('.')[0] in ('head', 'deep_heads')]:
         state['model'][name] = torch.zeros(channels, *state['model'][name].shape[1:])
     plan = state.pop('plan')
-    plan = replace(plan, model={**plan.model, 'out_channels': channels}, config={**plan.config, 'output': kind})
+    plan = replace(plan, model={**plan.model, 'out_channels': channels}, output=kind)
     save_checkpoint(target, plan, **{key: value for key, value in state.items() if key != 'format'})
     predictor = Predictor(target, tta=False, postprocessing=Postprocessing.none())
     predictor.models[0] = replace(predictor.models[0], network=SureOfTheBrightHalf(channels))

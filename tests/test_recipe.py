@@ -1,8 +1,11 @@
-"""The recipe's patch loader: its workers compute single-threaded in every library."""
+"""The recipe: the network's initial head biases; the patch loader, its workers single-threaded in every library."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
+
+import pytest
 
 import SimpleITK as sitk
 import torch
@@ -10,7 +13,7 @@ from ddp_worker import blob_subjects
 
 from heartseg.augmentation import Augmentation
 from heartseg.config import RunConfig
-from heartseg.recipe import build_patch_loader
+from heartseg.recipe import build_network, build_patch_loader
 
 
 class ThreadCounts(Augmentation):
@@ -34,3 +37,22 @@ def test_loader_workers_run_one_thread_per_library():
     defaults = build_patch_loader(replace(config, num_workers=1), blob_subjects(2), ThreadCounts(), torch.device('cpu'), worker_threads=None)
     images, *_ = next(iter(defaults.loader))
     assert images.flatten()[1].item() == sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), "without a limit, ITK's default"
+
+
+LOG_ODDS_OF_ONE_PERCENT = math.log(0.01 / 0.99)
+
+
+@pytest.mark.parametrize('output, labels, expected', [
+    ('sigmoid', {'0': 'background', '1': 'blob'}, [LOG_ODDS_OF_ONE_PERCENT]),
+    # The background logit at 0 against each structure's log-odds: every structure starts near 1%.
+    ('softmax', {'0': 'background', '1': 'a', '2': 'b'}, [0.0, LOG_ODDS_OF_ONE_PERCENT, LOG_ODDS_OF_ONE_PERCENT]),
+])
+def test_every_head_starts_each_structure_at_a_one_percent_prior(output, labels, expected):
+    config = RunConfig(data='d', run_dir='r', cache_dir='c', target_spacing=(1.0,) * 3, patch_size=(16, 16, 16),
+                       epochs=1, val_every=1, channels_last=False, num_workers=0, levels=3, base_channels=4,
+                       deep_supervision=True, output=output, labels=labels, modalities={'0': 'MRI'})
+    network = build_network(config, torch.device('cpu'))
+    heads = [network.head, *network.deep_heads]
+    assert len(heads) == 2, 'a 3-level network has one deep-supervision head'
+    for head in heads:
+        assert head.bias.tolist() == pytest.approx(expected, abs=1e-6)

@@ -8,6 +8,7 @@ import torch
 import torchio as tio
 from ddp_worker import blob_subjects
 
+from heartseg.outputs import Outputs
 from heartseg.sampling import EpochSampler, PatchCorners, PatchDataset, pad_to_patch, patch_seed, rank_indices
 
 
@@ -83,7 +84,7 @@ def test_a_foreground_only_patch_stream_is_centred_on_foreground_in_its_affine()
     affine = np.diag([0.5, 0.7, 2.0, 1.0])
     affine[:3, 3] = (10, -20, 5)
     subject = tio.Subject(image=tio.ScalarImage(tensor=torch.rand(1, 12, 10, 9), affine=affine), label=tio.LabelMap(tensor=label, affine=affine))
-    dataset = PatchDataset([subject], (4, 4, 4), samples_per_epoch=30, seed=0, foreground_probability=1.0, foreground_labels=(1,))
+    dataset = PatchDataset([subject], (4, 4, 4), samples_per_epoch=30, seed=0, foreground_probability=1.0)
     for index in range(30):
         image, target, _ = dataset[index]
         assert target[0, 2, 2, 2] == 1, 'the centre voxel of a foreground-only patch must be foreground'
@@ -91,6 +92,22 @@ def test_a_foreground_only_patch_stream_is_centred_on_foreground_in_its_affine()
         window = (slice(None), *(slice(c, c + 4) for c in corner))
         assert torch.equal(image, subject['image'].data[window]), 'without augmentation a patch is the exact crop at its corner'
         assert torch.equal(target[0], (label[window][0] == 1).float())
+
+
+@pytest.mark.parametrize('outputs', [
+    Outputs('sigmoid', ((1,),)),
+    Outputs('softmax', ((1,), (2,))),
+    Outputs('sigmoid', ((1, 2), (2,)), paint_values=(1, 2)),
+], ids=['one', 'two', 'regions'])
+def test_foreground_patches_are_centred_on_the_outputs_foreground_labels_each_as_often(outputs):
+    label = _three_label_map()
+    subject = tio.Subject(image=tio.ScalarImage(tensor=torch.rand(label.shape)), label=tio.LabelMap(tensor=label))
+    dataset = PatchDataset([subject], (4, 4, 4), samples_per_epoch=1, seed=0, foreground_probability=0.6,
+                           outputs=outputs)
+    corners = dataset.corners[0]
+    foreground = outputs.foreground_labels
+    assert corners.values == [0, *foreground]
+    assert corners.weights.tolist() == pytest.approx([0.4, *[0.6 / len(foreground)] * len(foreground)])
 
 
 def test_padding_to_the_patch_fills_labels_with_background_and_images_with_their_value():

@@ -7,6 +7,7 @@ import pytest
 from heartseg.schedule import (
     EPOCH_OVERHEAD,
     VALIDATION_SHARE,
+    ScheduleState,
     TimeBudget,
     fit_epochs_to_budget,
     poly_lr,
@@ -72,3 +73,22 @@ def test_one_slow_epoch_does_not_shorten_the_run():
     steady = fit_epochs_to_budget(budget, 5, 50, [10.0] * 5, 0.0, 1, 5)
     with_hiccup = fit_epochs_to_budget(budget, 5, 50, [10.0, 10.0, 10.0, 10.0, 60.0], 0.0, 1, 5)
     assert with_hiccup == steady
+
+
+# The keys of the schedule in every last.pt written so far: a resume reads them.
+CHECKPOINT_KEYS = {'epoch', 'total_epochs', 'best_dice', 'elapsed_seconds', 'train_times', 'val_every', 'val_seconds',
+                   'last_validated_epoch'}
+
+
+def test_the_schedule_state_is_saved_under_the_keys_checkpoints_have_always_had():
+    assert set(ScheduleState(total_epochs=5, val_every=1).state_dict()) == CHECKPOINT_KEYS
+
+
+def test_a_checkpoint_s_schedule_is_restored_with_each_field_s_type():
+    checkpoint = {'epoch': 3, 'total_epochs': 8, 'best_dice': 0.5, 'elapsed_seconds': 12, 'train_times': [3, 4.5, 4],
+                  'val_every': 2, 'val_seconds': 1, 'last_validated_epoch': 2, 'model': {}, 'format': 'heartseg'}
+    state = ScheduleState(total_epochs=1, val_every=1)
+    state.load_state_dict(checkpoint)
+    assert state.state_dict() == {key: checkpoint[key] for key in CHECKPOINT_KEYS}
+    assert type(state.elapsed_seconds) is float and all(type(seconds) is float for seconds in state.train_times)
+    assert type(state.epoch) is int

@@ -124,6 +124,29 @@ def test_extending_a_finished_run(small_dataset, tmp_path, monkeypatch):
     assert {'torch', 'torchio', 'SimpleITK', 'scipy', 'git_commit', 'git_uncommitted_changes'} <= set(started[0])
 
 
+def test_a_run_from_before_the_loss_and_output_renames_resumes_and_predicts(small_dataset, tmp_path, monkeypatch):
+    """Its config.json says 'bce_dice', its checkpoints' plans keep the output kind only in their config."""
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / 'run'
+    assert run_cli(main, ['--data', str(small_dataset), '--run-dir', str(run_dir), '--epochs', '1', *TINY]) == 0
+    document = json.loads((run_dir / 'config.json').read_text())
+    document['config']['loss'] = 'bce_dice'
+    (run_dir / 'config.json').write_text(json.dumps(document))
+    for name in ('last.pt', 'best.pt'):
+        state = torch.load(run_dir / name, weights_only=True)
+        plan = json.loads(state['plan'])
+        state['plan'] = json.dumps({**{key: value for key, value in plan.items() if key not in ('output', 'regions')},
+                                    'config': {**plan['config'], 'loss': 'bce_dice'}})
+        torch.save(state, run_dir / name)
+    image = small_dataset / 'imagesTr' / 'synthetic_001.nii.gz'
+    assert run_cli(predict_main, ['--checkpoint', str(run_dir / 'best.pt'), '--input', str(image),
+                                  '--output', str(tmp_path / 'masks'), '--no-tta', '--no-qc']) == 0
+    assert (tmp_path / 'masks' / image.name).is_file()
+    assert run_cli(main, ['--resume', str(run_dir), '--epochs', '2']) == 0
+    assert [int(r['epoch']) for r in read_metrics(run_dir)] == [1, 2]
+    assert json.loads((run_dir / 'config.json').read_text())['config']['loss'] == 'ce_dice'
+
+
 def test_a_time_limited_run_can_be_extended_past_its_limit(small_dataset, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / 'run'
@@ -218,7 +241,7 @@ def test_several_labels_train_a_softmax_and_predict_every_label(small_dataset, t
         nib.save(nib.Nifti1Image(values, label.affine), path)
     assert run_cli(main, ['--data', str(small_dataset), '--run-dir', 'multi', '--epochs', '5', *TINY]) == 0
     state = load_checkpoint(tmp_path / 'multi' / 'best.pt')
-    assert state['plan'].model['out_channels'] == 3 and state['plan'].config['output'] == 'softmax'
+    assert state['plan'].model['out_channels'] == 3 and state['plan'].output == 'softmax'
     output = tmp_path / 'masks'
     argv = ['--checkpoint', str(tmp_path / 'multi' / 'best.pt'), '--input', str(small_dataset / 'dataset.json'),
             '--subset', 'validation', '--output', str(output), '--labels', str(small_dataset / 'labelsTr'), '--no-tta']
