@@ -31,8 +31,9 @@ from heartseg.recipe import build_augmentation, build_patch_loader, limit_thread
 
 def loader_throughput(config: RunConfig, subjects: list[tio.Subject], workers: int, worker_threads: int | None) -> dict:
     """One pass over an epoch's patches by a fresh loader: patches/s, and the time its processes spent in user and system mode."""
-    loader = build_patch_loader(replace(config, num_workers=workers), subjects, build_augmentation(config), torch.device('cpu'),
-                                worker_threads).loader
+    loader = build_patch_loader(
+        replace(config, num_workers=workers), subjects, build_augmentation(config), torch.device('cpu'), worker_threads
+    ).loader
     before = _cpu_seconds()
     started = time.perf_counter()
     patches = sum(len(images) for images, *_ in loader)
@@ -40,11 +41,19 @@ def loader_throughput(config: RunConfig, subjects: list[tio.Subject], workers: i
     gc.collect()  # the loader and its iterator hold each other: collecting them stops the workers, whose CPU time then counts
     seconds = time.perf_counter() - started
     user, system, faults = (after - first for after, first in zip(_cpu_seconds(), before))
-    return {'patches_per_s': patches / seconds, 'patches_per_s_per_worker': patches / seconds / max(workers, 1),
-            'user_s': user, 'system_s': system, 'system_share': system / (user + system), 'page_faults_per_patch': faults / patches}
+    return {
+        'patches_per_s': patches / seconds,
+        'patches_per_s_per_worker': patches / seconds / max(workers, 1),
+        'user_s': user,
+        'system_s': system,
+        'system_share': system / (user + system),
+        'page_faults_per_patch': faults / patches,
+    }
 
 
-def median_throughput(config: RunConfig, subjects: list[tio.Subject], workers: int, worker_threads: int | None, repeats: int) -> dict:
+def median_throughput(
+    config: RunConfig, subjects: list[tio.Subject], workers: int, worker_threads: int | None, repeats: int
+) -> dict:
     runs = [loader_throughput(config, subjects, workers, worker_threads) for _ in range(repeats)]
     return {'workers': workers, **{key: round(statistics.median(run[key] for run in runs), 3) for key in runs[0]}}
 
@@ -57,7 +66,9 @@ def transform_shares(config: RunConfig, subjects: list[tio.Subject], patches: in
     """Share of one process's loader time in the patch sampling, the intensity augmentation (in the loader only), and the rest."""
     totals: dict[str, float] = {}
     augmentation = build_augmentation(config)
-    dataset = build_patch_loader(replace(config, num_workers=0), subjects, augmentation, torch.device('cpu')).loader.dataset
+    dataset = build_patch_loader(
+        replace(config, num_workers=0), subjects, augmentation, torch.device('cpu')
+    ).loader.dataset
     with _threads_as_in_a_worker(), ExitStack() as timers:
         timers.enter_context(_timed(sampling, 'sample_patch', SPATIAL, totals))
         if augmentation is not None:

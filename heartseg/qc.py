@@ -89,7 +89,11 @@ class Calibration:
 ONE_STRUCTURE = Calibration(
     with_agreement={'intercept': 0.9755, 'disagreement': -1.7908},
     without_agreement={'intercept': 0.9971, 'unconfidence': -1.6992},
-    flag_below=0.88, flag_below_without_agreement=0.86, agreement_below=0.90, confidence_below=0.87, removed_above=0.08,
+    flag_below=0.88,
+    flag_below_without_agreement=0.86,
+    agreement_below=0.90,
+    confidence_below=0.87,
+    removed_above=0.08,
 )
 # Fitted the same way on degraded ACDC predictions (BENCHMARKS.md "Cine MRI on real ACDC"), each of RV, MYO and LV a
 # row: 8 patients' 48 volumes (clean, and one frame with bias, cut field of view, motion or noise), predicted by a model
@@ -102,7 +106,11 @@ ONE_STRUCTURE = Calibration(
 SEVERAL_STRUCTURES = Calibration(
     with_agreement={'intercept': 0.9734, 'disagreement': -0.6945, 'unconfidence': -0.5139},
     without_agreement={'intercept': 0.9603, 'unconfidence': -1.3272},
-    flag_below=0.58, flag_below_without_agreement=0.55, agreement_below=0.77, confidence_below=0.81, removed_above=0.21,
+    flag_below=0.58,
+    flag_below_without_agreement=0.55,
+    agreement_below=0.77,
+    confidence_below=0.81,
+    removed_above=0.21,
 )
 # The volume range is LA2018's training range (0.42 to 2.7 times the median) widened 1.5 times.
 VOLUME_RATIO_RANGE = (0.28, 4.0)
@@ -128,13 +136,23 @@ class QualityReport:
 
         One structure's columns are its measures; several structures' are prefixed with the structure's name.
         """
-        row = {'case': case_id, 'predicted_dice': round(self.predicted_dice, 4), 'flag': int(self.flag), 'reasons': '; '.join(self.reasons)}
+        row = {
+            'case': case_id,
+            'predicted_dice': round(self.predicted_dice, 4),
+            'flag': int(self.flag),
+            'reasons': '; '.join(self.reasons),
+        }
         single = len(self.structures) == 1
         for name, columns in self.structures.items():
             if single:
                 row.update({key: value for key, value in columns.items() if key not in ('predicted_dice', 'flag')})
             else:
-                row.update({f'{name} {key}': round(value, 4) if key == 'predicted_dice' else value for key, value in columns.items()})
+                row.update(
+                    {
+                        f'{name} {key}': round(value, 4) if key == 'predicted_dice' else value
+                        for key, value in columns.items()
+                    }
+                )
         return row
 
 
@@ -238,7 +256,11 @@ def volume_ratio(volume_ml: float, training_volumes: list[float]) -> float:
 
 def edge_limit(training_contacts: list[float]) -> float:
     """The edge area above which a structure is flagged: :data:`EDGE_ABOVE_MM2`, or more where its training labels touch more."""
-    return max(EDGE_ABOVE_MM2, EDGE_TRAINING_FACTOR * float(np.percentile(training_contacts, 95))) if training_contacts else EDGE_ABOVE_MM2
+    return (
+        max(EDGE_ABOVE_MM2, EDGE_TRAINING_FACTOR * float(np.percentile(training_contacts, 95)))
+        if training_contacts
+        else EDGE_ABOVE_MM2
+    )
 
 
 def features(measures: dict) -> dict[str, float]:
@@ -265,7 +287,9 @@ def predicted_dice(measures: dict, calibration: Calibration) -> float:
     """The fitted linear rule, clipped to [0, 1]."""
     values = features(measures)
     rule = calibration.with_agreement if has_agreement(measures) else calibration.without_agreement
-    estimate = rule['intercept'] + sum(rule.get(name, 0.0) * values[name] for name in FEATURES if not math.isnan(values[name]))
+    estimate = rule['intercept'] + sum(
+        rule.get(name, 0.0) * values[name] for name in FEATURES if not math.isnan(values[name])
+    )
     return float(np.clip(estimate, 0.0, 1.0))
 
 
@@ -280,7 +304,11 @@ def out_of_range(measures: dict, calibration: Calibration) -> list[str]:
     if measures['confidence'] < calibration.confidence_below:
         reasons.append(f'confidence {measures["confidence"]:.2f}')
     ratio = measures['volume_ratio']
-    if measures['volume_ml'] > 0 and not math.isnan(ratio) and not VOLUME_RATIO_RANGE[0] <= ratio <= VOLUME_RATIO_RANGE[1]:
+    if (
+        measures['volume_ml'] > 0
+        and not math.isnan(ratio)
+        and not VOLUME_RATIO_RANGE[0] <= ratio <= VOLUME_RATIO_RANGE[1]
+    ):
         reasons.append(f'volume {ratio:.1f}x the training median')
     if measures['removed_fraction'] > calibration.removed_above:
         reasons.append(f'{100 * measures["removed_fraction"]:.0f}% of the mask in stray pieces')
@@ -311,8 +339,14 @@ def assess(structures: dict[str, dict]) -> QualityReport:
     return QualityReport(mean, bool(reasons), reasons, columns)
 
 
-def measure(probabilities: np.ndarray, affine: np.ndarray, structure_masks: np.ndarray, signals: dict,
-            reference: dict, names: Sequence[str]) -> dict[str, dict]:
+def measure(
+    probabilities: np.ndarray,
+    affine: np.ndarray,
+    structure_masks: np.ndarray,
+    signals: dict,
+    reference: dict,
+    names: Sequence[str],
+) -> dict[str, dict]:
     """Every measure of each structure of one predicted case, by structure name.
 
     Args:

@@ -96,8 +96,13 @@ class PatchLoader:
     sampler: EpochSampler
 
 
-def build_patch_loader(config: RunConfig, subjects: list[tio.Subject], augmentation: Augmentation | None,
-                       device: torch.device, worker_threads: int | None = 1) -> PatchLoader:
+def build_patch_loader(
+    config: RunConfig,
+    subjects: list[tio.Subject],
+    augmentation: Augmentation | None,
+    device: torch.device,
+    worker_threads: int | None = 1,
+) -> PatchLoader:
     """The run's patch stream; each loader worker runs ``worker_threads`` threads per library (None: their defaults).
 
     ``augmentation`` is drawn and its spatial part applied in the loader; with

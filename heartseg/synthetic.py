@@ -38,7 +38,9 @@ STRUCTURE_NAMES = ('left atrium', 'atrial wall', 'neighbouring chamber')
 LAYOUTS = (MSD, NNUNET_V2)
 
 
-def synthetic_affine(rng: np.random.Generator, shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> np.ndarray:
+def synthetic_affine(
+    rng: np.random.Generator, shape: tuple[int, int, int], spacing: tuple[float, float, float]
+) -> np.ndarray:
     """An oblique affine whose voxel axes are flipped like a scanner's LPS-ish storage."""
     flips = np.diag([-1.0, -1.0, 1.0])
     rotation = rotation_matrix(rng.uniform(-12, 12, size=3)) @ flips
@@ -86,7 +88,9 @@ def synthetic_case(
     atrium = _atrium(rng, coords, centre)
     wall = ndimage.binary_dilation(atrium, iterations=2) & ~atrium
     chamber_centre = centre + rng.choice([-1, 1], size=3) * rng.uniform(18, 26, size=3) * np.array([1, 1, 0.5])
-    chamber = (((coords - chamber_centre[:, None, None, None]) / rng.uniform(10, 16, size=3)[:, None, None, None]) ** 2).sum(0) < 1
+    chamber = (
+        ((coords - chamber_centre[:, None, None, None]) / rng.uniform(10, 16, size=3)[:, None, None, None]) ** 2
+    ).sum(0) < 1
     chamber &= ~ndimage.binary_dilation(atrium, iterations=3)
 
     tissue = 0.35 + 0.08 * _smooth_noise(rng, shape, sigma=2) + 0.05 * _smooth_noise(rng, shape, sigma=0.7)
