@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         '--output',
         type=Path,
-        help=f'folder for the report, fingerprint.json, cases.csv and figures (default: DATA_DIR/{DEFAULT_OUTPUT_NAME})',
+        help='folder for the report, fingerprint.json, cases.csv and figures '
+        f'(default: DATA_DIR/{DEFAULT_OUTPUT_NAME})',
     )
     parser.add_argument('--workers', type=integer(1), default=2, help='worker processes that read cases in parallel')
     return parser

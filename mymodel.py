@@ -57,7 +57,8 @@ def deep_supervision_heads(levels: int) -> int:
 
 
 class ConvBlock(nn.Sequential):
-    """Two convolutions (3x3x3 unless ``kernel_size`` says otherwise per axis), each followed by normalisation and activation."""
+    """Two convolutions (3x3x3 unless ``kernel_size`` says otherwise per axis),
+    each followed by normalisation and activation."""
 
     def __init__(self, in_channels: int, out_channels: int, norm: str, kernel_size: Sequence[int] = (3, 3, 3)):
         kernel, padding = tuple(kernel_size), tuple(k // 2 for k in kernel_size)

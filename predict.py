@@ -76,13 +76,13 @@ class PredictionJob:
 
     checkpoints: list[Path]
     cases: list[InputCase]
-    postprocessing: Postprocessing | None = (
-        None  # None: each structure's largest component (a model with no cross-validation)
-    )
+    # None: each structure's largest component (a model with no cross-validation)
+    postprocessing: Postprocessing | None = None
 
 
 def gather_inputs(source: Path, subset: str) -> list[InputCase]:
-    """Cases from one NIfTI file, a folder of them, a dataset folder's test scans, or a ``dataset.json``'s training cases."""
+    """Cases from one NIfTI file, a folder of them,
+    a dataset folder's test scans, or a ``dataset.json``'s training cases."""
     if subset != 'all' and source.name != 'dataset.json':
         raise UserError('--subset', f'{subset!r} selects cases of a dataset.json --input, not of {source}')
     if source.name == 'dataset.json':
@@ -93,7 +93,8 @@ def gather_inputs(source: Path, subset: str) -> list[InputCase]:
         if not test_cases:
             raise UserError(
                 source,
-                f'dataset holds no test scans (imagesTs/); to predict its training cases, give {source / "dataset.json"}',
+                'dataset holds no test scans (imagesTs/); '
+                f'to predict its training cases, give {source / "dataset.json"}',
             )
         return [InputCase(c.case_id, c.image) for c in test_cases]
     if source.is_dir():
@@ -131,13 +132,15 @@ def prediction_jobs(
     if folds:
         raise UserError(
             '--subset',
-            "'training' cases of a cross-validation belong to several folds; use 'validation' (each fold's own cases) or 'all'",
+            "'training' cases of a cross-validation belong to several folds; "
+            "use 'validation' (each fold's own cases) or 'all'",
         )
     checkpoints = resolve_checkpoints(checkpoint_paths)
     if len(checkpoints) > 1:
         raise UserError(
             '--subset',
-            f'{subset!r} needs one checkpoint or one cross-validation folder; an ensemble of {len(checkpoints)} checkpoints has no split of its own',
+            f'{subset!r} needs one checkpoint or one cross-validation folder; '
+            f'an ensemble of {len(checkpoints)} checkpoints has no split of its own',
         )
     return [
         PredictionJob(checkpoints, select_subset(cases, subset, checkpoints[0].parent / 'splits.json'), postprocessing)
@@ -153,7 +156,8 @@ def select_subset(cases: list[InputCase], subset: str, splits_path: Path) -> lis
     if not selected:
         raise UserError(
             splits_path,
-            f'none of its {len(wanted)} {subset!r} cases is in the --input dataset; is it the dataset the run trained on?',
+            f'none of its {len(wanted)} {subset!r} cases is in the --input dataset; '
+            'is it the dataset the run trained on?',
         )
     return selected
 
@@ -166,13 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
         nargs='+',
         required=True,
         help='a best.pt or last.pt written by main.py, a run folder (its best.pt), an ONNX or TorchScript '
-        "file written by export.py, or several: their ensemble. A cross-validation run folder means every fold's best.pt",
+        'file written by export.py, or several: their ensemble. '
+        "A cross-validation run folder means every fold's best.pt",
     )
     parser.add_argument(
         '--input',
         type=Path,
         required=True,
-        help="a .nii/.nii.gz scan, a folder of them (nnU-Net's <case>_0000 names give <case> masks), a dataset folder (its test scans, imagesTs/), or a dataset.json (its training cases, with their labels); MSD or nnU-Net v2 layout",
+        help="a .nii/.nii.gz scan, a folder of them (nnU-Net's <case>_0000 names give <case> masks), "
+        'a dataset folder (its test scans, imagesTs/), '
+        'or a dataset.json (its training cases, with their labels); MSD or nnU-Net v2 layout',
     )
     parser.add_argument('--output', type=Path, required=True, help='folder for <case>.nii.gz masks (and metrics)')
     parser.add_argument(
@@ -211,12 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
         '--qc',
         action=argparse.BooleanOptionalAction,
         default=True,
-        help='quality control: qc.csv (predicted Dice, flag and reasons per case), summary.json\'s "qc" and review.html',
+        help='quality control: qc.csv (predicted Dice, flag and reasons per case), '
+        'summary.json\'s "qc" and review.html',
     )
     parser.add_argument(
         '--save-uncertainty',
         action='store_true',
-        help='also write <case>_uncertainty.nii.gz: per-voxel entropy (bits) of the mean probability over TTA and models',
+        help='also write <case>_uncertainty.nii.gz: '
+        'per-voxel entropy (bits) of the mean probability over TTA and models',
     )
     parser.add_argument(
         '--overwrite',
@@ -252,7 +261,8 @@ def predict(args: argparse.Namespace) -> int:
     created = distributed.is_main() and not args.output.exists()
     with output_lock(args.output, created):
         producers = [producer(job, args) for job in jobs]
-        # Process 0 decides what is left and shares it, so that no case is skipped or done twice by processes that list at different times.
+        # Process 0 decides what is left and shares it,
+        # so that no case is skipped or done twice by processes that list at different times.
         todo = distributed.broadcast(cases_to_predict(folder, jobs, producers, args) if distributed.is_main() else None)
         mine = todo[distributed.rank() :: distributed.world_size()]
         predictors = {
@@ -305,7 +315,8 @@ def predict(args: argparse.Namespace) -> int:
 
 @contextmanager
 def output_lock(output: Path, created: bool) -> Iterator[None]:
-    """Process 0 holds the output folder's lock (:mod:`heartseg.folder_lock`); a folder it made for a run refused before writing anything goes again."""
+    """Process 0 holds the output folder's lock (:mod:`heartseg.folder_lock`);
+    a folder it made for a run refused before writing anything goes again."""
     if not distributed.is_main():
         yield
         return
@@ -384,7 +395,8 @@ def announce(todo: int, predictors: dict) -> None:
 
 
 def prefetched(items: list, load, ahead: bool) -> Iterator[Future]:
-    """``load(item)`` for each item, as futures; with ``ahead``, the next item loads in a thread while this one is used."""
+    """``load(item)`` for each item, as futures;
+    with ``ahead``, the next item loads in a thread while this one is used."""
     if not ahead:
         for item in items:
             yield _settled(load, item)
@@ -429,7 +441,8 @@ def predict_case(
     args: argparse.Namespace,
     record: dict,
 ) -> None:
-    """Predict one case and write its files, filling in its record: metrics and QC row when asked, then status ``ok``."""
+    """Predict one case and write its files, filling in its record:
+    metrics and QC row when asked, then status ``ok``."""
     prediction = predictor.predict_loaded(loading.result())
     mask, nifti = prediction.mask, prediction.nifti
     save_nifti(mask.astype(np.uint8), nifti.affine, folder.mask(case.case_id), like=nifti)
@@ -477,7 +490,8 @@ def label_file(labels: Path, case: InputCase) -> Path:
 
 
 def refuse_overwriting_inputs(output: Path, cases: list[InputCase], labels: Path | None) -> None:
-    """Masks are named ``<case>.nii.gz``: in a scans' or the labels' folder they would replace the files they are judged by."""
+    """Masks are named ``<case>.nii.gz``:
+    in a scans' or the labels' folder they would replace the files they are judged by."""
     output = output.resolve()
     if labels is not None and labels.resolve() == output:
         raise UserError(

@@ -160,7 +160,8 @@ def nnunet_transforms(patch_size: tuple[int, ...], dummy_2d: bool):
 
 
 def nnunet_initial_patch(patch_size: tuple[int, ...], dummy_2d: bool) -> tuple[int, ...]:
-    """nnU-Net's ``get_patch_size``: the patch's extent after the largest rotation about each axis, over the smallest zoom."""
+    """nnU-Net's ``get_patch_size``: the patch's extent after the largest
+    rotation about each axis, over the smallest zoom."""
     angle = min(math.radians(ROTATION['degrees_dummy_2d'] if dummy_2d else ROTATION['degrees']), math.pi / 2)
     size = np.asarray(patch_size, dtype=float)
     extent = size.copy()
@@ -217,7 +218,8 @@ def theirs(patches: list, config, thick: int) -> float:
 
 
 def crop_padded(volume: torch.Tensor, centre: np.ndarray, size: tuple[int, ...], pad: float) -> torch.Tensor:
-    """The ``size`` region around ``centre``, padded with ``pad`` where it leaves the volume (nnU-Net's crop_and_pad_nd)."""
+    """The ``size`` region around ``centre``,
+    padded with ``pad`` where it leaves the volume (nnU-Net's crop_and_pad_nd)."""
     low = centre - np.asarray(size) // 2
     region = torch.full((volume.shape[0], *size), pad, dtype=volume.dtype)
     start, stop = np.maximum(low, 0), np.minimum(low + size, volume.shape[1:])

@@ -22,7 +22,8 @@ Example:
     python -m benchmarks.benchmark feed --data ../shared/data/LA2018 --workers 4 8 15 -- --spacing 0.625
     python -m benchmarks.benchmark predict --checkpoint runs/la/best.pt --data ../shared/data/LA2018 --cases 5
     python -m benchmarks.benchmark memory --checkpoint runs/la/best.pt
-    python -m benchmarks.benchmark loader --data ../shared/data/LA2018 --workers 1 2 -- --spacing 0.625 --patch-size 144 128 80
+    python -m benchmarks.benchmark loader --data ../shared/data/LA2018 --workers 1 2 -- --spacing 0.625 \
+--patch-size 144 128 80
     python -m benchmarks.benchmark norm
     python -m benchmarks.benchmark ensemble --checkpoint runs/cv --images test/images --labels test/labels
     python -m benchmarks.benchmark qc --checkpoint runs/la/best.pt --images test/images --cases 4
@@ -41,6 +42,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +124,8 @@ def require_monai() -> None:
 
 
 def monai_pipeline(config: RunConfig, subjects: list, device: torch.device) -> dict[str, Callable[[], object]]:
-    """MONAI's equivalent: DynUNet of the same depth, widths and deep supervision, MONAI transforms and loader, DiceCE."""
+    """MONAI's equivalent: DynUNet of the same depth,
+    widths and deep supervision, MONAI transforms and loader, DiceCE."""
     require_monai()
     from monai import transforms as mt
     from monai.data import DataLoader, Dataset
@@ -247,7 +250,8 @@ def train_benchmark(args: argparse.Namespace) -> dict:
 
 
 def feed_benchmark(args: argparse.Namespace) -> dict:
-    """Whether the loader keeps the model busy, for each augmentation place and worker count: the GPU check's question."""
+    """Whether the loader keeps the model busy,
+    for each augmentation place and worker count: the GPU check's question."""
     config, subjects = training_setup(args)
     device = select_device(config.device)
     patches = config.steps_per_epoch * config.batch_size
@@ -257,13 +261,13 @@ def feed_benchmark(args: argparse.Namespace) -> dict:
             pipeline = our_pipeline(replace(config, augment_on=place, num_workers=workers), subjects)
             pipeline['one_step']()  # warm-up: allocations, cuDNN kernel choice
             seconds = {
-                part: median_seconds(lambda: synchronised(pipeline[part], device), args.repeats)
+                part: median_seconds(partial(synchronised, pipeline[part], device), args.repeats)
                 for part in ('model', 'data', 'device_augmentation')
                 if part in pipeline
             }
             with UtilisationSampler(device) as utilisation:
                 seconds['end_to_end'] = median_seconds(
-                    lambda: synchronised(pipeline['end_to_end'], device), args.repeats
+                    partial(synchronised, pipeline['end_to_end'], device), args.repeats
                 )
             row = {'augment_on': place, 'workers': workers}
             row.update({f'{part}_patches_per_s': round(patches / value, 2) for part, value in seconds.items()})
@@ -322,7 +326,8 @@ def _device_name(device: torch.device) -> str:
 
 @torch.no_grad()  # without leaving grad mode off for whatever runs next in this process
 def predict_benchmark(args: argparse.Namespace) -> dict:
-    """Seconds per case end to end (read → preprocess → infer → resample back → write), and the window loop against MONAI's."""
+    """Seconds per case end to end (read → preprocess → infer → resample back → write),
+    and the window loop against MONAI's."""
     require_monai()
     from monai.inferers import sliding_window_inference
 
@@ -396,7 +401,7 @@ def ensemble_benchmark(args: argparse.Namespace) -> dict:
         nifti = loaded.nifti
         logits = [ensemble.input_grid_logits(model, loaded)[0] for model in ensemble.models]
         outputs = ensemble.outputs
-        candidates = {f'model_{i}': outputs.probabilities(l) for i, l in enumerate(logits)}
+        candidates = {f'model_{i}': outputs.probabilities(logit) for i, logit in enumerate(logits)}
         candidates['mean_of_probabilities'] = ensemble_probabilities(logits, outputs)
         candidates['mean_of_logits'] = outputs.probabilities(torch.stack(logits).mean(0))
         case_id = case_id_from_path(image)
@@ -496,7 +501,8 @@ def qc_benchmark(args: argparse.Namespace) -> dict:
 
 
 def norm_benchmark(args: argparse.Namespace) -> dict:
-    """Forward and backward of our InstanceNorm3d against nn.GroupNorm, per U-Net stage, on channels_last_3d CPU tensors."""
+    """Forward and backward of our InstanceNorm3d against nn.GroupNorm,
+    per U-Net stage, on channels_last_3d CPU tensors."""
     result = {'device': _device_name(torch.device('cpu'))}
     for dtype in (torch.float32, torch.bfloat16):
         stages = []

@@ -8,7 +8,8 @@ original resolution with this project's metrics. MONAI is a development-only
 dependency (``requirements-bench.txt``).
 
 Example:
-    python -m benchmarks.monai_reference --data ../shared/data/LA2018 --splits runs/la/splits.json --minutes 12 --output runs/monai
+    python -m benchmarks.monai_reference --data ../shared/data/LA2018 --splits runs/la/splits.json --minutes 12 \
+--output runs/monai
 """
 
 from __future__ import annotations

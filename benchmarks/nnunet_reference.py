@@ -1,4 +1,5 @@
-"""nnU-Net v2 itself, side by side: its iterations per second at its own plan, a run of a given length, and its test masks scored.
+"""nnU-Net v2 itself, side by side: its iterations per second at its own plan, \
+a run of a given length, and its test masks scored.
 
 nnU-Net is a benchmark-only dependency, in its own environment (BENCHMARKS.md
 "nnU-Net v2 side by side" gives the set-up): plan and preprocess with
@@ -18,7 +19,8 @@ nnU-Net is a benchmark-only dependency, in its own environment (BENCHMARKS.md
 Example:
     python -m benchmarks.nnunet_reference speed --dataset 27 --configuration 3d_fullres
     python -m benchmarks.nnunet_reference train --dataset 27 --configuration 3d_fullres --iterations 120 --epochs 4
-    python -m benchmarks.nnunet_reference predict --dataset 27 --configuration 3d_fullres --input test/images --labels test/labels --output nnunet_test
+    python -m benchmarks.nnunet_reference predict --dataset 27 --configuration 3d_fullres --input test/images \
+--labels test/labels --output nnunet_test
 """
 
 from __future__ import annotations

@@ -59,7 +59,8 @@ MEASURE_KEYS = (
 
 
 def read_cases(folder: Path) -> list[dict]:
-    """Each case's source scan, damage, and per structure its measures and true Dice, from a prediction folder's qc.csv."""
+    """Each case's source scan, damage, and per structure its measures and true Dice,
+    from a prediction folder's qc.csv."""
     path = folder / 'qc.csv'
     try:
         rows = list(csv.DictReader(path.read_text().splitlines()))
@@ -100,7 +101,8 @@ def split(cases: list[dict]) -> tuple[list[dict], list[dict]]:
 
 
 def fit_rule(cases: list[dict], names: tuple[str, ...]) -> dict:
-    """Least-squares coefficients of true Dice on the named features, and the Spearman correlation their fit gives the structures."""
+    """Least-squares coefficients of true Dice on the named features,
+    and the Spearman correlation their fit gives the structures."""
     rows = structure_rows(cases)
     design = np.array([[1.0] + [features(r['measures'])[name] for name in names] for r in rows])
     target = np.array([r['true_dice'] for r in rows])
@@ -112,7 +114,8 @@ def fit_rule(cases: list[dict], names: tuple[str, ...]) -> dict:
 
 
 def candidate_rules(cases: list[dict], with_agreement: bool) -> list[dict]:
-    """The fits of growing feature sets, first feature the strongest signal available; qc.py keeps the best-ranking one."""
+    """The fits of growing feature sets, first feature the strongest signal available;
+    qc.py keeps the best-ranking one."""
     first = ('disagreement',) if with_agreement else ('unconfidence',)
     rest = [name for name in FEATURES if name not in first and (with_agreement or name != 'disagreement')]
     return [fit_rule(cases, first + tuple(rest[:k])) for k in range(len(rest) + 1)]

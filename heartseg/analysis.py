@@ -290,7 +290,8 @@ def spacing_outliers(results: list[CaseResult]) -> None:
                     result.image,
                     (
                         f'spacing {spacing:g} mm on axis {AXES[axis]} is outside [{low[axis]:g}, {high[axis]:g}] mm '
-                        f'(the training median {median[axis]:g} mm divided and multiplied by {SPACING_OUTLIER_FACTOR:g})'
+                        f'(the training median {median[axis]:g} mm divided '
+                        f'and multiplied by {SPACING_OUTLIER_FACTOR:g})'
                     ),
                 )
 

@@ -46,7 +46,8 @@ def geometry_summary(results: list[CaseResult]) -> dict[str, Any] | None:
 
 
 def plan_summary(results: list[CaseResult]) -> dict[str, Any] | None:
-    """Target spacing, patch size and network by main.py's planning rules (CPU budget, 4 levels), at the suggested spacing and at the CPU's."""
+    """Target spacing, patch size and network by main.py's planning rules (CPU budget, 4 levels),
+    at the suggested spacing and at the CPU's."""
     headers = [r.header for r in results if r.header and r.split == 'training']
     if not headers:
         return None
@@ -175,7 +176,8 @@ def _counts(counter: dict[str, int]) -> str:
 def format_report(summary: dict[str, Any], problems: list[Problem]) -> str:
     dataset = summary['dataset']
     lines = [
-        f'Dataset {dataset["name"]} ({dataset["root"]}): {dataset["training_cases"]} training cases, {dataset["test_cases"]} test cases',
+        f'Dataset {dataset["name"]} ({dataset["root"]}): '
+        f'{dataset["training_cases"]} training cases, {dataset["test_cases"]} test cases',
         'Labels: ' + ', '.join(f'{k} {v}' for k, v in dataset['labels'].items()),
         '',
     ]
@@ -220,37 +222,47 @@ def _plan_lines(plan: dict[str, Any] | None, extent: dict[str, list[float]] | No
     lines = [
         'Plan (nnU-Net rules, computed by the fingerprint.py functions main.py plans with)',
         f'  target spacing {_vector(plan["target_spacing"])} mm: the median spacing per axis over training cases; '
-        f"an axis over {ANISOTROPY_THRESHOLD:g}x the others' spacing and {ANISOTROPY_THRESHOLD:g}x shorter in voxels would use its "
+        f"an axis over {ANISOTROPY_THRESHOLD:g}x the others' spacing and "
+        f'{ANISOTROPY_THRESHOLD:g}x shorter in voxels would use its '
         f'10th percentile instead ({rule}).',
-        f'  patch size {plan["patch_size"]} voxels = {_vector(plan["patch_extent_mm"])} mm: the median case shape after resampling, '
+        f'  patch size {plan["patch_size"]} voxels = {_vector(plan["patch_extent_mm"])} mm: '
+        'the median case shape after resampling, '
         f'{_vector(plan["median_resampled_shape"])}, rounded up to multiples of {plan["patch_divisor"]} per axis '
         f"(each axis's total pooling), then the axis longest in mm shrunk by its multiple until it fits "
-        f"main.py's CPU budget of {budget:,} voxels (main.py may adjust for its device, e.g. a larger patch budget on a GPU).",
-        f'  network pooling per level ({plan["levels"]} levels): {pooling_text(plan["pool_sizes"])} (an axis is pooled while its spacing '
-        f'is under twice the finest and its feature map at least {2 * MIN_FEATURE_MAP_SIZE} voxels; its kernel is 1 before).',
-        f'  main.py on a CPU trains at {_vector(plan["cpu_training_spacing"])} mm (no finer than {DEVICE_DEFAULTS["cpu"].min_spacing_mm:g} mm there) '
+        f"main.py's CPU budget of {budget:,} voxels (main.py may adjust for its device, e.g. "
+        'a larger patch budget on a GPU).',
+        f'  network pooling per level ({plan["levels"]} levels): '
+        f'{pooling_text(plan["pool_sizes"])} (an axis is pooled while its spacing '
+        'is under twice the finest and its feature map at least '
+        f'{2 * MIN_FEATURE_MAP_SIZE} voxels; its kernel is 1 before).',
+        f'  main.py on a CPU trains at {_vector(plan["cpu_training_spacing"])} mm '
+        f'(no finer than {DEVICE_DEFAULTS["cpu"].min_spacing_mm:g} mm there) '
         f'with patch {plan["cpu_training_patch_size"]}.',
     ]
     if extent:
         lines.append(
-            f'  foreground bounding box extent: median {_vector(extent["median"])} mm, largest {_vector(extent["max"])} mm'
+            f'  foreground bounding box extent: median {_vector(extent["median"])} mm, '
+            f'largest {_vector(extent["max"])} mm'
         )
     return lines + ['']
 
 
 def _intensity_lines(intensity: dict[str, Any]) -> list[str]:
     lines = [
-        f'Intensity, pooled from up to {intensity["samples_per_case"]:,} voxels per training case (foreground = label > 0)'
+        f'Intensity, pooled from up to {intensity["samples_per_case"]:,} '
+        'voxels per training case (foreground = label > 0)'
     ]
     for region in ('foreground', 'background'):
         stats = intensity[region]
         if stats:
             lines.append(
                 f'  {region:10}  mean {stats["mean"]:.4g}  std {stats["std"]:.4g}  median {stats["median"]:.4g}  '
-                f'0.5-99.5 percentile [{stats["p0.5"]:.4g}, {stats["p99.5"]:.4g}]  range [{stats["min"]:.4g}, {stats["max"]:.4g}]'
+                f'0.5-99.5 percentile [{stats["p0.5"]:.4g}, '
+                f'{stats["p99.5"]:.4g}]  range [{stats["min"]:.4g}, {stats["max"]:.4g}]'
             )
     lines.append(
-        '  main.py z-scores each image on its own; the foreground percentiles are the clipping range nnU-Net would use for CT-like data.'
+        '  main.py z-scores each image on its own; '
+        'the foreground percentiles are the clipping range nnU-Net would use for CT-like data.'
     )
     return lines + ['']
 
@@ -260,8 +272,10 @@ def _label_lines(labels: dict[str, Any]) -> list[str]:
     for value, stats in labels.items():
         volume, fraction = stats['volume_ml'], stats['case_fraction']
         lines += [
-            f'  {value} {stats["name"]}: {stats["voxel_fraction"]:.2%} of all voxels (per case median {fraction["median"]:.2%}, '
-            f'range {fraction["min"]:.2%}-{fraction["max"]:.2%}); present in {stats["cases_present"]}/{stats["cases_measured"]} cases',
+            f'  {value} {stats["name"]}: {stats["voxel_fraction"]:.2%} '
+            f'of all voxels (per case median {fraction["median"]:.2%}, '
+            f'range {fraction["min"]:.2%}-{fraction["max"]:.2%}); '
+            f'present in {stats["cases_present"]}/{stats["cases_measured"]} cases',
             f'      volume mL: median {volume["median"]:.4g}, IQR {volume["p25"]:.4g}-{volume["p75"]:.4g}, '
             f'min {volume["min"]:.4g} ({volume["min_case"]}), max {volume["max"]:.4g} ({volume["max_case"]})',
         ]

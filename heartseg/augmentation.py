@@ -84,7 +84,8 @@ UNCHANGED = SpatialDraw((False, False, False), None)
 
 
 class Augmentation:
-    """Draw per patch (in the loader), and apply the intensity transforms in either place (:func:`sample_patch` the spatial ones).
+    """Draw per patch (in the loader), and apply the intensity transforms in either
+    place (:func:`sample_patch` the spatial ones).
 
     Args:
         strength: ``'light'`` (mirroring) or ``'default'`` (everything above).
@@ -200,7 +201,8 @@ def dummy_2d_axis(target_spacing: Sequence[float], patch_size: Sequence[int]) ->
 
 
 def below_or_above_one(rng: np.random.Generator, low: float, high: float) -> float:
-    """A factor from ``[low, high]`` drawn as nnU-Net's ``BGContrast`` draws it: ``U(low, 1)`` half of the time, else ``U(1, high)``.
+    """A factor from ``[low, high]`` drawn as nnU-Net's ``BGContrast`` draws it:
+    ``U(low, 1)`` half of the time, else ``U(1, high)``.
 
     A gamma range of (0.7, 1.5) then darkens as often as it brightens, where a
     plain ``U(0.7, 1.5)`` would draw below 1 only 3 times in 8.
@@ -218,7 +220,8 @@ def sample_patch(
     voxel_to_world: np.ndarray,
     draw: SpatialDraw,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The patch at ``corner``, rotated and scaled about its centre with content from the volume around it, then mirrored."""
+    """The patch at ``corner``, rotated and scaled about its centre with
+    content from the volume around it, then mirrored."""
     if draw.motion is None:
         window = (slice(None), *(slice(c, c + p) for c, p in zip(corner, patch_size)))
         image, label = image[window], label[window]
@@ -283,7 +286,8 @@ def resample_patch(
 
 
 def padded_region(volume: torch.Tensor, low: np.ndarray, size: np.ndarray, pad_values: torch.Tensor) -> torch.Tensor:
-    """``volume[:, low:low + size]``, each channel padded with its ``pad_values`` entry where the region leaves the volume."""
+    """``volume[:, low:low + size]``, each channel padded with its
+    ``pad_values`` entry where the region leaves the volume."""
     region = pad_values.to(volume.dtype).view(-1, 1, 1, 1).expand(volume.shape[0], *size.tolist()).clone()
     start = np.maximum(low, 0)
     stop = np.minimum(low + size, volume.shape[1:])

@@ -102,7 +102,8 @@ class RunConfig:
         return outputs_from_config(asdict(self))
 
     def network_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :class:`mymodel.UNet3D`: the outputs' channels, and the per-axis plan if there is one."""
+        """Keyword arguments of :class:`mymodel.UNet3D`:
+        the outputs' channels, and the per-axis plan if there is one."""
         kwargs = {
             'in_channels': max(1, len(self.modalities)),
             'out_channels': self.outputs.channels,
@@ -117,7 +118,8 @@ class RunConfig:
         return kwargs
 
     def model_plan(self, training_cases: dict[str, Any] | None = None) -> ModelPlan:
-        """What a checkpoint must carry to predict: model, preprocessing, labels, and what QC compares new cases with."""
+        """What a checkpoint must carry to predict:
+        model, preprocessing, labels, and what QC compares new cases with."""
         return ModelPlan(
             model=self.network_kwargs(),
             target_spacing=self.target_spacing,

@@ -204,7 +204,8 @@ def score_trained_folds(root: Path, device: str = 'auto') -> str:
 
 
 def _fold_configs(root: Path) -> list:
-    """Every fold's config, in fold order, once each fold is checked to be fold I of the same K, on the same data, and finished."""
+    """Every fold's config, in fold order, once each fold is checked to be fold I of
+    the same K, on the same data, and finished."""
     if not root.is_dir():
         raise UserError(root, 'folder not found')
     found = sorted(
@@ -213,7 +214,8 @@ def _fold_configs(root: Path) -> list:
     if not found:
         raise UserError(
             root,
-            f'holds no {FOLD_PREFIX}I folders; train each fold with: python main.py --folds K --fold I --run-dir {root}/{FOLD_PREFIX}I',
+            f'holds no {FOLD_PREFIX}I folders; train each fold with: '
+            f'python main.py --folds K --fold I --run-dir {root}/{FOLD_PREFIX}I',
         )
     configs = {fold: load_config(fold_folder(root, fold) / 'config.json') for fold in found}
     first = configs[found[0]]
@@ -222,7 +224,8 @@ def _fold_configs(root: Path) -> list:
         if (config.folds, config.fold) != (first.folds, fold):
             raise UserError(
                 folder,
-                f'trained as fold {config.fold} of {config.folds}, not as fold {fold} of {first.folds} ({FOLD_PREFIX}{found[0]} is one of {first.folds})',
+                f'trained as fold {config.fold} of {config.folds}, not as fold {fold} of '
+                f'{first.folds} ({FOLD_PREFIX}{found[0]} is one of {first.folds})',
             )
         if config.data != first.data:
             raise UserError(folder, f'trained on {config.data}, {FOLD_PREFIX}{found[0]} on {first.data}')
@@ -232,7 +235,8 @@ def _fold_configs(root: Path) -> list:
     if missing:
         raise UserError(
             root,
-            f'folds {missing} of {first.folds} are missing; train them with --folds {first.folds} --fold I --run-dir {root}/{FOLD_PREFIX}I',
+            f'folds {missing} of {first.folds} are missing; '
+            f'train them with --folds {first.folds} --fold I --run-dir {root}/{FOLD_PREFIX}I',
         )
     return [configs[fold] for fold in range(first.folds)]
 
@@ -252,7 +256,8 @@ def _check_validation_partition(root: Path, folds: int) -> None:
             if case_id in seen:
                 raise UserError(
                     path,
-                    f'case {case_id!r} validates in folds {seen[case_id]} and {fold}; the folds come from different splits (another --split-seed or --splits file?)',
+                    f'case {case_id!r} validates in folds {seen[case_id]} and {fold}; '
+                    'the folds come from different splits (another --split-seed or --splits file?)',
                 )
             seen[case_id] = fold
 
@@ -269,7 +274,8 @@ def fold_rows(fold_dir: Path) -> list[dict]:
 
 
 def write_cross_validation(root: Path, folds: int, outputs: Outputs, cases: list[Case]) -> str:
-    """Pool every fold's scores into crossval.csv and crossval.json with the post-processing they choose, log them, and return a report."""
+    """Pool every fold's scores into crossval.csv and crossval.json with the post-processing
+    they choose, log them, and return a report."""
     per_fold = {fold: fold_rows(fold_folder(root, fold)) for fold in range(folds)}
     rows = [row for fold_rows_ in per_fold.values() for row in fold_rows_]
     write_rows_csv(root / 'crossval.csv', rows)
@@ -329,7 +335,8 @@ def log_to_tensorboard(root: Path, document: dict) -> None:
 
 def report(document: dict) -> str:
     lines = [
-        f'Cross-validation over {document["cases"]} cases in {document["folds"]} folds, at the original resolution, before post-processing:'
+        f'Cross-validation over {document["cases"]} cases in {document["folds"]} folds, '
+        'at the original resolution, before post-processing:'
     ]
     for label, stats in document['pooled'].items():
         lines.append(f'  {stats["name"]} (label {label}): ' + _metrics_text(stats))
@@ -339,7 +346,8 @@ def report(document: dict) -> str:
     before, after = postprocessing['mean_dice_before'], postprocessing['mean_dice_after']
     changes = ', '.join(f'{name} {before[name]:.4f} → {after[name]:.4f}' for name in before)
     lines.append(
-        f'Post-processing chosen on these out-of-fold masks (so its gain is optimistic): {postprocessing["description"]} (Dice {changes})'
+        'Post-processing chosen on these out-of-fold masks (so its gain is optimistic): '
+        f'{postprocessing["description"]} (Dice {changes})'
     )
     return '\n'.join(lines)
 

@@ -127,7 +127,8 @@ class Preprocessing:
 
     @classmethod
     def for_plan(cls, plan: ModelPlan, path: Path) -> Preprocessing:
-        """The preprocessing a checkpoint's model was trained with, or a one-line error where this code cannot reproduce it."""
+        """The preprocessing a checkpoint's model was trained with,
+        or a one-line error where this code cannot reproduce it."""
         if plan.normalization != 'zscore':
             raise UserError(
                 path,
@@ -136,12 +137,14 @@ class Preprocessing:
         if plan.preprocessing_version > PREPROCESSING_VERSION:
             raise UserError(
                 path,
-                f"its preprocessing (version {plan.preprocessing_version}) is newer than this code's ({PREPROCESSING_VERSION}); update heartseg",
+                f'its preprocessing (version {plan.preprocessing_version}) is '
+                f"newer than this code's ({PREPROCESSING_VERSION}); update heartseg",
             )
         if plan.preprocessing_version < PER_CHANNEL_SINCE and plan.channels > 1:
             raise UserError(
                 path,
-                f'its {plan.channels} channels were z-scored together (preprocessing version {plan.preprocessing_version}), which this version no longer reproduces; retrain it',
+                f'its {plan.channels} channels were z-scored together (preprocessing version '
+                f'{plan.preprocessing_version}), which this version no longer reproduces; retrain it',
             )
         return cls(plan.target_spacing, plan.normalization)
 
@@ -201,7 +204,8 @@ def case_id_from_path(path: Path) -> str:
 
 
 def folder_case_ids(files: list[Path]) -> list[str]:
-    """Case ids of a folder's scans; nnU-Net's channel suffix ``_0000`` is dropped when every file has it, as nnU-Net names its outputs.
+    """Case ids of a folder's scans; nnU-Net's channel suffix ``_0000`` is dropped when
+    every file has it, as nnU-Net names its outputs.
 
     Example:
         >>> folder_case_ids([Path('heart_001_0000.nii.gz'), Path('heart_002_0000.nii.gz')])
@@ -214,7 +218,8 @@ def folder_case_ids(files: list[Path]) -> list[str]:
         if later is not None:
             raise UserError(
                 later,
-                'a second channel file (nnU-Net naming <case>_0001); multi-channel nnU-Net v2 inputs are not supported yet',
+                'a second channel file (nnU-Net naming <case>_0001); '
+                'multi-channel nnU-Net v2 inputs are not supported yet',
             )
         return [name[:-5] for name in names]
     return names
@@ -258,7 +263,8 @@ def read_dataset(root: Path, allow_duplicates: bool = False) -> DatasetSpec:
     if not json_path.is_file():
         raise UserError(
             json_path,
-            'dataset.json not found; expected an MSD folder (dataset.json, imagesTr/, labelsTr/) or an nnU-Net v2 raw folder',
+            'dataset.json not found; '
+            'expected an MSD folder (dataset.json, imagesTr/, labelsTr/) or an nnU-Net v2 raw folder',
         )
     try:
         content = json.loads(json_path.read_text())
@@ -286,7 +292,8 @@ def _read_msd(root: Path, json_path: Path, content: dict, allow_duplicates: bool
         if key not in content:
             raise UserError(
                 json_path,
-                f'missing required key "{key}" (an MSD dataset.json; nnU-Net v2 ones have {", ".join(V2_REQUIRED_KEYS)})',
+                f'missing required key "{key}" (an MSD dataset.json; '
+                f'nnU-Net v2 ones have {", ".join(V2_REQUIRED_KEYS)})',
             )
     labels = _parse_int_keys(content['labels'], json_path, 'labels')
     _check_label_values(labels, json_path)
@@ -352,7 +359,8 @@ def _read_nnunet_v2(root: Path, json_path: Path, content: dict) -> DatasetSpec:
     if len(modalities) > 1:
         raise UserError(
             json_path,
-            f'"channel_names" declares {len(modalities)} channels; multi-channel nnU-Net v2 datasets (one file per channel) are not supported yet, single-channel ones and MSD 4D files are',
+            f'"channel_names" declares {len(modalities)} channels; multi-channel nnU-Net v2 datasets '
+            '(one file per channel) are not supported yet, single-channel ones and MSD 4D files are',
         )
     labels, regions = _parse_v2_labels(content, json_path)
     cases = _v2_cases(root, 'imagesTr', ending, json_path, with_labels=True)
@@ -398,7 +406,8 @@ def _parse_v2_labels(content: dict, json_path: Path) -> tuple[dict[int, str], tu
     if not isinstance(order, list) or len(order) != len(structures) or not all(isinstance(v, int) for v in order):
         raise UserError(
             json_path,
-            f'"labels" declares regions, so "regions_class_order" must list one label value per region ({len(structures)}), got {order!r}',
+            '"labels" declares regions, so "regions_class_order" must list '
+            f'one label value per region ({len(structures)}), got {order!r}',
         )
     regions = tuple(
         {'name': name, 'values': list(values), 'paint': paint} for (name, values), paint in zip(structures, order)
@@ -492,7 +501,8 @@ def load_case(case: Case, spec: DatasetSpec, image_nifti: nib.Nifti1Image, label
 
 def _cache_key(case: Case, preprocessing: Preprocessing) -> str:
     """What a cache entry is made from: the files' content (not their size and time, which an edit in place or
-    ``cp -p`` keeps), the preprocessing, and the versions of the libraries that resample (TorchIO's grid has changed)."""
+    ``cp -p`` keeps), the preprocessing, and the versions of the libraries
+    that resample (TorchIO's grid has changed)."""
     parts = [PREPROCESSING_VERSION, preprocessing.target_spacing, tio.__version__, sitk.Version.VersionString()]
     parts += [file_digest(path) for path in (case.image, case.label)]
     return hashlib.sha1(repr(parts).encode()).hexdigest()[:16]
@@ -527,7 +537,8 @@ def preprocess_case(
 
 
 def _read_cache_entry(path: Path) -> dict[str, torch.Tensor] | None:
-    """A cache entry, or None when it is damaged (a full disk, a copy cut short): then the case is preprocessed again."""
+    """A cache entry, or None when it is damaged (a full disk, a copy cut short):
+    then the case is preprocessed again."""
     try:
         return torch.load(path, weights_only=True)
     except Exception as error:  # torch raises many unrelated types for damaged files

@@ -63,7 +63,8 @@ def session(device: str | None) -> Iterator[None]:
         if local_rank >= gpus:
             raise UserError(
                 'torchrun',
-                f'process {local_rank} has no GPU of its own ({gpus} visible); use --nproc_per_node={gpus}, or --device cpu',
+                f'process {local_rank} has no GPU of its own ({gpus} visible); '
+                f'use --nproc_per_node={gpus}, or --device cpu',
             )
         torch.cuda.set_device(local_rank)
     dist.init_process_group('nccl' if use_cuda else 'gloo', timeout=COLLECTIVE_TIMEOUT)

@@ -79,12 +79,14 @@ def anisotropic_axis(headers: list[CaseHeader]) -> int | None:
 
 
 def suggest_target_spacing(headers: list[CaseHeader]) -> tuple[float, float, float]:
-    """Median spacing; a thick-slice axis (:func:`anisotropic_axis`) takes its 10th percentile, no finer than the other axes.
+    """Median spacing; a thick-slice axis (:func:`anisotropic_axis`) takes its
+    10th percentile, no finer than the other axes.
 
     So thin-slice cases are not blurred to the thickest slices, as in nnU-Net.
 
     Example:
-        >>> headers = [CaseHeader('a', (256, 256, 10), (1.5, 1.5, 10.0), 'RAS'), CaseHeader('b', (256, 256, 20), (1.5, 1.5, 5.0), 'RAS'),
+        >>> headers = [CaseHeader('a', (256, 256, 10), (1.5, 1.5, 10.0), 'RAS'),
+        ...            CaseHeader('b', (256, 256, 20), (1.5, 1.5, 5.0), 'RAS'),
         ...            CaseHeader('c', (256, 256, 10), (1.5, 1.5, 10.0), 'RAS')]
         >>> suggest_target_spacing(headers)
         (1.5, 1.5, 6.0)
@@ -180,7 +182,8 @@ def pooling_text(pool_sizes: list[list[int]] | None) -> str:
 
 
 def padded_to(shape: Sequence[float], divisors: Sequence[int]) -> tuple[int, ...]:
-    """Each axis rounded up to a multiple of its divisor (nnU-Net's ``pad_shape``): the patch covers the whole median case."""
+    """Each axis rounded up to a multiple of its divisor (nnU-Net's ``pad_shape``):
+    the patch covers the whole median case."""
     return tuple(int(math.ceil(round(s, 6) / d) * d) for s, d in zip(shape, divisors))
 
 

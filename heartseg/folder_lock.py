@@ -1,4 +1,5 @@
-"""One run per folder: a second ``main.py`` or ``predict.py`` on a folder in use is refused, a killed run's lock is taken over.
+"""One run per folder: a second ``main.py`` or ``predict.py`` on a folder in use
+is refused, a killed run's lock is taken over.
 
 A run writes ``.heartseg.lock`` into its folder (its process id, host, start
 time and command), created exclusively, and removes it when it ends. A second

@@ -61,7 +61,8 @@ class LoadedCase:
 
 @dataclass(frozen=True)
 class Prediction:
-    """A mask and probabilities ``(C, X, Y, Z)`` in the input's grid, and what :mod:`heartseg.qc` measures from prediction."""
+    """A mask and probabilities ``(C, X, Y, Z)`` in the input's grid,
+    and what :mod:`heartseg.qc` measures from prediction."""
 
     mask: np.ndarray
     probabilities: np.ndarray
@@ -123,7 +124,8 @@ def check_ensemble(models: list[TrainedModel]) -> None:
             if ours != theirs:
                 raise UserError(
                     other.checkpoint,
-                    f"its {what} {theirs} differ from {first.checkpoint}'s {ours}; an ensemble needs the same labels, outputs and input channels",
+                    f"its {what} {theirs} differ from {first.checkpoint}'s {ours}; "
+                    'an ensemble needs the same labels, outputs and input channels',
                 )
 
 
@@ -178,7 +180,8 @@ class Predictor:
         return LoadedCase(path, nifti, preprocessed)
 
     def model_logits(self, model: TrainedModel, image: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
-        """One model's (TTA-averaged) logits in its own grid, and per structure the agreement of its mirrored predictions."""
+        """One model's (TTA-averaged) logits in its own grid,
+        and per structure the agreement of its mirrored predictions."""
         total, masks = None, []
         for logits in mirrored_logits(model.network, image, model.patch_size, tta=self.tta, **self.window_options):
             total = logits if total is None else total + logits
@@ -186,13 +189,15 @@ class Predictor:
         return total / len(masks), agreement_per_structure(torch.stack(masks))
 
     def input_grid_logits(self, model: TrainedModel, case: LoadedCase) -> tuple[torch.Tensor, list[float]]:
-        """One model's logits ``(C, X, Y, Z)`` resampled linearly onto the input's voxel grid, and its TTA agreement per structure."""
+        """One model's logits ``(C, X, Y, Z)`` resampled linearly onto the input's voxel grid,
+        and its TTA agreement per structure."""
         image = case.preprocessed[model.preprocessing]['image']
         logits, agreement = self.model_logits(model, image.data)
         return back_to_input_grid(logits, image.affine, case.nifti), agreement
 
     def predict_loaded(self, case: LoadedCase) -> Prediction:
-        """Predict a loaded case: the ensemble's probabilities and mask in the input grid, and the signals QC reads, per structure."""
+        """Predict a loaded case: the ensemble's probabilities and mask in the input grid,
+        and the signals QC reads, per structure."""
         mean, tta_agreements, member_masks = MeanProbability(self.outputs), [], []
         for model in self.models:
             logits, agreement = self.input_grid_logits(model, case)
@@ -280,7 +285,8 @@ def back_to_input_grid(volume: torch.Tensor, affine: np.ndarray, nifti: nib.Nift
 def replicate_to_cover(
     volume: torch.Tensor, affine: np.ndarray, shape: tuple[int, ...], target_affine: np.ndarray
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """``volume`` padded by repeating its edge voxels until its voxel centres enclose those of the grid ``(shape, target_affine)``.
+    """``volume`` padded by repeating its edge voxels until its voxel centres enclose
+    those of the grid ``(shape, target_affine)``.
 
     Each target corner's centre ``c`` lies at ``inv(affine) @ target_affine @ c`` in
     the volume's voxel indices; every face is padded by the whole voxels it lacks.

@@ -75,7 +75,8 @@ class PredictionFolder:
         self.record(case_id).unlink(missing_ok=True)
 
     def missing(self, case_id: str, wanted: list[Path], metrics: bool, qc: bool, produced_by: dict) -> str | None:
-        """Why this case must be predicted (:data:`NOT_YET`, or why an earlier result will not do), or None if it is done.
+        """Why this case must be predicted (:data:`NOT_YET`,
+        or why an earlier result will not do), or None if it is done.
 
         Done means an ``ok`` record made by the same models and mask settings from
         the same input file, with what this run asks for, and every file.

@@ -85,7 +85,8 @@ class Calibration:
 # other measures only flag, with their reasons. Without agreement, confidence alone (Spearman 0.34). The flag lies
 # midway between the fitting half's highest failure (0.854) and its lowest clean case (0.911); without agreement the
 # clean cases (0.880 to 0.922) and failures (up to 0.895) overlap, and it lies 0.02 below the lowest clean case.
-# The ranges are the 1st or 99th percentile of the fitting half's masks with true Dice of at least 0.85, rounded outwards.
+# The ranges are the 1st or 99th percentile of the fitting half's masks with
+# true Dice of at least 0.85, rounded outwards.
 ONE_STRUCTURE = Calibration(
     with_agreement={'intercept': 0.9755, 'disagreement': -1.7908},
     without_agreement={'intercept': 0.9971, 'unconfidence': -1.6992},
@@ -124,7 +125,8 @@ INTENSITY_CAP = 20.0  # robust distances beyond this all mean "unlike", and woul
 
 @dataclass(frozen=True)
 class QualityReport:
-    """One case's verdict: ``predicted_dice`` in [0, 1] (the mean over its structures), whether to review it, and why."""
+    """One case's verdict: ``predicted_dice`` in [0, 1]
+    (the mean over its structures), whether to review it, and why."""
 
     predicted_dice: float
     flag: bool
@@ -163,7 +165,8 @@ def intensity_quantiles(image: torch.Tensor) -> list[float]:
 
 
 def summarise_training_cases(subjects: Sequence[tio.Subject], outputs: Outputs) -> dict[str, list]:
-    """What QC compares a new case with: each preprocessed training case's volume and edge contact per structure, and its intensity quantiles."""
+    """What QC compares a new case with:
+    each preprocessed training case's volume and edge contact per structure, and its intensity quantiles."""
     volumes, edges, quantiles = [], [], []
     for subject in subjects:
         label = subject['label']
@@ -175,7 +178,8 @@ def summarise_training_cases(subjects: Sequence[tio.Subject], outputs: Outputs) 
 
 
 def training_column(reference: dict, key: str, structure: int, structures: int) -> list[float]:
-    """One structure's values of a training summary; a checkpoint from before per-structure summaries has only total volumes."""
+    """One structure's values of a training summary;
+    a checkpoint from before per-structure summaries has only total volumes."""
     rows = reference.get(f'structure_{key}') or []
     if rows:
         return [row[structure] for row in rows]
@@ -183,7 +187,8 @@ def training_column(reference: dict, key: str, structure: int, structures: int) 
 
 
 def uncertainty_map(probabilities: np.ndarray) -> np.ndarray:
-    """Per-voxel entropy in bits of the mean probability over TTA and models, the largest over channels: 0 certain, 1 a coin toss.
+    """Per-voxel entropy in bits of the mean probability over TTA and models,
+    the largest over channels: 0 certain, 1 a coin toss.
 
     Example:
         >>> uncertainty_map(np.array([[[[0.5, 1.0]]]])).ravel().tolist()
@@ -219,7 +224,8 @@ def mean_pairwise_dice(masks: torch.Tensor) -> float:
 
 
 def soft_dice(probabilities: np.ndarray, structure_masks: np.ndarray) -> float:
-    """Agreement of the structure probabilities ``(S, ...)`` with the masks ``(S, ...)`` they produced: 1 when every voxel is certain."""
+    """Agreement of the structure probabilities ``(S, ...)`` with the masks ``(S, ...)`` they produced:
+    1 when every voxel is certain."""
     overlap = float((probabilities * structure_masks).sum())
     total = float(probabilities.sum()) + float(structure_masks.sum())
     return 1.0 if total == 0 else 2 * overlap / total
@@ -240,7 +246,8 @@ def edge_contact(mask: np.ndarray, affine: np.ndarray) -> tuple[float, str]:
 
 
 def intensity_distance(quantiles: Sequence[float], reference: dict) -> float:
-    """The largest robust z-score of the case's intensity quantiles against the training cases'; NaN without a reference."""
+    """The largest robust z-score of the case's intensity quantiles against
+    the training cases'; NaN without a reference."""
     training = np.asarray(reference.get('intensity_quantiles', []), dtype=float)
     if training.ndim != 2 or len(training) < 2 or training.shape[1] != len(quantiles):
         return math.nan
@@ -255,7 +262,8 @@ def volume_ratio(volume_ml: float, training_volumes: list[float]) -> float:
 
 
 def edge_limit(training_contacts: list[float]) -> float:
-    """The edge area above which a structure is flagged: :data:`EDGE_ABOVE_MM2`, or more where its training labels touch more."""
+    """The edge area above which a structure is flagged:
+    :data:`EDGE_ABOVE_MM2`, or more where its training labels touch more."""
     return (
         max(EDGE_ABOVE_MM2, EDGE_TRAINING_FACTOR * float(np.percentile(training_contacts, 95)))
         if training_contacts

@@ -139,7 +139,8 @@ img {{ height: 96px; image-rendering: pixelated; display: block; }}
 <body>
 <h1>{flagged} of {count} masks flagged for review</h1>
 <p>Worst predicted Dice first. Click a column to sort by it. Contours: <span style="color:#e33">prediction</span>,
-<span style="color:#2b2">reference</span> (when labels were given). Slices: axial, coronal, sagittal, through the mask's centre.</p>
+<span style="color:#2b2">reference</span> (when labels were given). \
+Slices: axial, coronal, sagittal, through the mask's centre.</p>
 <table><thead><tr><th data-key="thumbnail">Slices</th>{headers}</tr></thead><tbody id="cases"></tbody></table>
 <script type="application/json" id="data">{data}</script>
 <script>
@@ -180,7 +181,8 @@ function render() {{
     tr.appendChild(picture);
     for (const [key] of data.columns) {{
       const v = value(row, key);
-      const text = v === null ? "" : (key === "flag" ? (Number(v) ? "review" : "") : (typeof v === "number" ? v.toFixed(key === "volume_ml" ? 1 : 3) : v));
+      const text = v === null ? "" : (key === "flag" ? (Number(v) ? "review" : "") : \
+(typeof v === "number" ? v.toFixed(key === "volume_ml" ? 1 : 3) : v));
       cell(tr, text, key);
     }}
     body.appendChild(tr);

@@ -28,7 +28,8 @@ from heartseg.outputs import Outputs
 
 
 def pad_to_patch(volume: torch.Tensor, patch_size: tuple[int, int, int], value: torch.Tensor) -> torch.Tensor:
-    """A ``(C, X, Y, Z)`` volume padded at its end, each channel with its ``value``, so that every axis is at least the patch size."""
+    """A ``(C, X, Y, Z)`` volume padded at its end, each channel with its ``value``,
+    so that every axis is at least the patch size."""
     shape = np.maximum(volume.shape[1:], patch_size)
     return volume if np.array_equal(shape, volume.shape[1:]) else padded_region(volume, np.zeros(3, int), shape, value)
 

@@ -31,7 +31,8 @@ from heartseg.errors import UserError
 
 Split = dict[str, list[str]]
 # What the ids of one patient's scans differ by: a frame or time point (ACDC's _frame01, M&Ms' _ED and _ES,
-# _t0, _tp1, _visit2, BIDS's _ses-02), after an underscore or hyphen. A bare number (MSD's la_003) is a case, not a time.
+# _t0, _tp1, _visit2, BIDS's _ses-02), after an underscore or hyphen.
+# A bare number (MSD's la_003) is a case, not a time.
 TIME_POINT_SUFFIX = re.compile(
     r'[_-](?:(?:frame|fr|time|timepoint|tp|t|phase|visit|ses|session|scan)[-_]?\d+|ed|es)$', re.IGNORECASE
 )
@@ -90,7 +91,10 @@ def grouping_text(case_ids: Sequence[str], group_by_patient: bool) -> str:
     several = sum(len(cases) > 1 for cases in groups.values())
     if not group_by_patient:
         return f'case by case, although {several} patients have several scans (--no-group-by-patient)'
-    return f'by patient: {len(case_ids)} scans of {len(groups)} patients, {several} with several (ids that differ only in a frame or time-point suffix)'
+    return (
+        f'by patient: {len(case_ids)} scans of {len(groups)} patients, '
+        f'{several} with several (ids that differ only in a frame or time-point suffix)'
+    )
 
 
 def _split_groups(
@@ -148,7 +152,8 @@ def read_splits_file(path: Path, case_ids: Sequence[str]) -> list[Split]:
     if not isinstance(entries, list) or not entries:
         raise UserError(
             path,
-            'expected a list of folds ({"train": [...], "val": [...]}, as nnU-Net\'s splits_final.json) or one {"training": [...], "validation": [...]}',
+            'expected a list of folds ({"train": [...], "val": [...]}, '
+            'as nnU-Net\'s splits_final.json) or one {"training": [...], "validation": [...]}',
         )
     splits = [_read_fold(entry, index, path) for index, entry in enumerate(entries)]
     known = set(case_ids)
@@ -182,7 +187,8 @@ def _check_fold(split: Split, index: int, known: set[str], path: Path) -> None:
     if missing:
         raise UserError(
             path,
-            f"fold {index} leaves out {len(missing)} of the dataset's cases, e.g. {missing[0]!r}; each fold must list every case once",
+            f"fold {index} leaves out {len(missing)} of the dataset's cases, e.g. "
+            f'{missing[0]!r}; each fold must list every case once',
         )
     if not training or not validation:
         raise UserError(path, f'fold {index} has an empty {"training" if not training else "validation"} list')

@@ -15,7 +15,8 @@ Example:
     >>> root = write_synthetic_dataset(Path(tempfile.mkdtemp()) / 'Synthetic', num_cases=2, shape=(32, 32, 16))
     >>> sorted(p.name for p in (root / 'imagesTr').iterdir())
     ['synthetic_000.nii.gz', 'synthetic_001.nii.gz']
-    >>> v2 = write_synthetic_dataset(Path(tempfile.mkdtemp()) / 'Dataset001_Synthetic', num_cases=2, shape=(32, 32, 16), layout='nnunet_v2')
+    >>> v2 = write_synthetic_dataset(Path(tempfile.mkdtemp()) / 'Dataset001_Synthetic', num_cases=2, shape=(32, 32, 16),
+    ...                              layout='nnunet_v2')
     >>> sorted(p.name for p in (v2 / 'imagesTr').iterdir())
     ['synthetic_000_0000.nii.gz', 'synthetic_001_0000.nii.gz']
 """
@@ -78,7 +79,8 @@ def synthetic_case(
     spacing: tuple[float, float, float] = DEFAULT_SPACING,
     structures: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return ``(image, label, affine)`` for one synthetic case, labelling the first ``structures`` of :data:`STRUCTURE_NAMES`."""
+    """Return ``(image, label, affine)`` for one synthetic case,
+    labelling the first ``structures`` of :data:`STRUCTURE_NAMES`."""
     assert 1 <= structures <= len(STRUCTURE_NAMES), f'structures must be 1 to {len(STRUCTURE_NAMES)}, got {structures}'
 
     rng = np.random.default_rng(seed)

@@ -106,7 +106,8 @@ class CaseCheck:
             return self.add(
                 'invalid_affine',
                 path,
-                'affine (sform/qform) is not invertible, a voxel axis has no size or direction: the scan has no usable geometry',
+                'affine (sform/qform) is not invertible, '
+                'a voxel axis has no size or direction: the scan has no usable geometry',
             )
         return image
 

@@ -1,4 +1,5 @@
-"""heartseg.augmentation: patches sampled from the volume around them, labels exact and aligned, nnU-Net's intensity transforms."""
+"""heartseg.augmentation: patches sampled from the volume around them,
+labels exact and aligned, nnU-Net's intensity transforms."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ RAMP = np.array([0.3, -0.7, 1.1])
 
 
 def ramp_case() -> tuple[torch.Tensor, torch.Tensor]:
-    """An image linear in the voxel indices (trilinear interpolation reproduces it exactly), and a label that is 1 everywhere."""
+    """An image linear in the voxel indices (trilinear interpolation reproduces it
+    exactly), and a label that is 1 everywhere."""
     grid = np.stack(np.meshgrid(*(np.arange(n) for n in SHAPE), indexing='ij'))
     image = np.tensordot(RAMP, grid, axes=1) + 100.0
     return torch.tensor(image, dtype=torch.float32)[None], torch.ones(1, *SHAPE, dtype=torch.uint8)
@@ -152,7 +154,8 @@ def test_dummy_2d_rotates_and_scales_only_across_the_thick_axis_and_never_lowers
 
 
 def test_a_dummy_2d_patch_takes_each_slice_from_its_own_slice():
-    """Every output voxel comes from the slice it sits in, never from a neighbouring 10 mm slice nor from padding above or below."""
+    """Every output voxel comes from the slice it sits in,
+    never from a neighbouring 10 mm slice nor from padding above or below."""
     label = torch.arange(1, 13, dtype=torch.uint8).view(1, 1, 1, 12).expand(1, 96, 96, 12).contiguous()
     image = label.float()
     augmentation = Augmentation('default', thick_axis=2)

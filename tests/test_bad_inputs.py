@@ -281,7 +281,8 @@ def test_output_folder_without_room_is_detected_before_training(small_dataset, t
         'resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 19, 1 << 19))\n'
         'from heartseg.errors import run_cli\n'
         'from main import main\n'
-        f'sys.exit(run_cli(main, ["--data", {str(small_dataset)!r}, "--run-dir", {str(tmp_path / "run")!r}, "--epochs", "1"]))\n'
+        f'sys.exit(run_cli(main, ["--data", {str(small_dataset)!r}, '
+        f'"--run-dir", {str(tmp_path / "run")!r}, "--epochs", "1"]))\n'
     )
     result = subprocess.run(
         [sys.executable, '-c', script],

@@ -1,4 +1,5 @@
-"""Every bad command-line value gets one line naming the flag, the value and what is allowed; exit code 2; nothing written."""
+"""Every bad command-line value gets one line naming the flag,
+the value and what is allowed; exit code 2; nothing written."""
 
 from __future__ import annotations
 

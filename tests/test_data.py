@@ -1,4 +1,5 @@
-"""heartseg.data: the preprocessing cache is reused while its inputs hold, and only then; each channel is normalised on its own."""
+"""heartseg.data: the preprocessing cache is reused while its inputs hold, and only then;
+each channel is normalised on its own."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def test_a_cached_case_is_reused_and_a_changed_file_or_spacing_is_preprocessed_a
 
 
 def test_a_label_edited_in_place_with_its_size_and_time_kept_is_preprocessed_again(small_dataset, tmp_path):
-    """An uncompressed .nii edited in place keeps its size, and cp -p or rsync -a restore its time: the content decides."""
+    """An uncompressed .nii edited in place keeps its size,
+    and cp -p or rsync -a restore its time: the content decides."""
     spec = read_dataset(small_dataset)
     case, cache, preprocessing = spec.cases[0], tmp_path / 'cache', Preprocessing((3.0, 3.0, 3.0))
     label = nib.load(case.label)
@@ -129,7 +131,8 @@ def test_a_case_without_foreground_is_named_in_a_warning(small_dataset, tmp_path
     assert len(subjects) == 3
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith('warning:')]
     assert warnings == [
-        f'warning: case {spec.cases[2].case_id}: {spec.cases[2].label}: label map has no foreground voxels; it trains as background only'
+        f'warning: case {spec.cases[2].case_id}: {spec.cases[2].label}: '
+        'label map has no foreground voxels; it trains as background only'
     ]
 
 
@@ -149,7 +152,8 @@ def test_each_channel_is_z_scored_on_its_own():
 
 @pytest.mark.parametrize('target_spacing', [1.25, 1.0])  # 2x, as at the CPU plan, and a non-integer factor
 def test_a_resampled_label_keeps_its_image_s_centre_of_mass(target_spacing):
-    """Nearest-neighbour labels move by a quarter of a coarse voxel at 2x; one-hot linear + arg max stays with the image."""
+    """Nearest-neighbour labels move by a quarter of a coarse voxel at 2x;
+    one-hot linear + arg max stays with the image."""
     grid = np.stack(np.meshgrid(*(np.arange(n) for n in (48, 44, 40)), indexing='ij')).astype(float)
     radii, centre = np.array([11.0, 8.0, 9.5]), np.array([22.3, 20.6, 19.1])
     mask = (((grid - centre[:, None, None, None]) / radii[:, None, None, None]) ** 2).sum(0) <= 1

@@ -66,7 +66,8 @@ def test_a_per_axis_network_pools_and_convolves_only_the_axes_its_plan_names():
     assert net.encoders[0][0].kernel_size == (3, 3, 1) and net.encoders[0][0].padding == (1, 1, 0)
     assert net.bridge[0].kernel_size == (3, 3, 3)
     assert net.upsamplers[0].stride == (2, 2, 2) and net.upsamplers[-1].stride == (2, 2, 1)
-    assert [tuple(l.shape) for l in net.train()(torch.zeros(1, 1, 16, 16, 6))] == [(1, 1, 16, 16, 6), (1, 1, 8, 8, 6)]
+    outputs = net.train()(torch.zeros(1, 1, 16, 16, 6))
+    assert [tuple(output.shape) for output in outputs] == [(1, 1, 16, 16, 6), (1, 1, 8, 8, 6)]
     with pytest.raises(AssertionError, match=r'divisible by \(8, 8, 2\) per axis'):
         net(torch.zeros(1, 1, 16, 16, 5))
 

@@ -1,4 +1,5 @@
-"""heartseg.overlay: the TensorBoard picture shows the reference in green and the prediction in red (several structures: side by side, one colour each), large enough to judge."""
+"""heartseg.overlay: the TensorBoard picture shows the reference in green and the prediction in red (several structures:
+side by side, one colour each), large enough to judge."""
 
 from __future__ import annotations
 

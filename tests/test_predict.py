@@ -145,7 +145,8 @@ def test_the_boundary_keeps_its_sub_voxel_position_on_the_input_grid():
     ],
 )
 def test_the_faces_of_the_input_take_the_nearest_values_not_the_resampler_s_fill(input_spacing, input_orientation):
-    """Where the preprocessed grid ends short of the input's outermost voxels, the edge values continue; no logit 0 appears."""
+    """Where the preprocessed grid ends short of the input's outermost voxels,
+    the edge values continue; no logit 0 appears."""
     input_affine = np.diag([*(s * o for s, o in zip(input_spacing, input_orientation)), 1.0])
     nifti = nib.Nifti1Image(np.random.rand(203, 203, 10).astype(np.float32), input_affine)
     preprocessed = Preprocessing((1.5625, 1.5625, 10.0))(image_subject(Path('scan.nii.gz'), nifti, 1))['image']
@@ -172,7 +173,8 @@ class SureOfTheBrightHalf(torch.nn.Module):
 
 
 def sure_of_the_bright_half(trained: Path, target: Path, kind: str) -> Predictor:
-    """A predictor with the trained checkpoint's plan as ``kind`` outputs, whose network is :class:`SureOfTheBrightHalf`."""
+    """A predictor with the trained checkpoint's plan as ``kind`` outputs,
+    whose network is :class:`SureOfTheBrightHalf`."""
     state = load_checkpoint(trained)
     channels = 2 if kind == 'softmax' else 1
     for name in [key for key in state['model'] if key.split('.')[0] in ('head', 'deep_heads')]:
@@ -187,7 +189,8 @@ def sure_of_the_bright_half(trained: Path, target: Path, kind: str) -> Predictor
 
 @pytest.mark.parametrize('kind', ['sigmoid', 'softmax'])
 def test_a_model_sure_everywhere_is_as_sure_on_the_faces_of_the_scan(trained, tmp_path, kind):
-    """A scan whose size x spacing is not a whole number of the model's voxels: the faces get the nearest inside probability."""
+    """A scan whose size x spacing is not a whole number of the model's voxels:
+    the faces get the nearest inside probability."""
     predictor = sure_of_the_bright_half(trained, tmp_path / 'sure.pt', kind)
     trained_spacing = load_checkpoint(trained)['plan'].target_spacing
     spacing = (trained_spacing[0] * 0.93, trained_spacing[1] * 0.93, trained_spacing[2])
@@ -205,7 +208,8 @@ def test_a_model_sure_everywhere_is_as_sure_on_the_faces_of_the_scan(trained, tm
 
 
 def test_distances_and_volumes_use_the_affine_s_voxel_size_when_pixdim_disagrees(tmp_path):
-    """The pipeline places voxels by the affine (the sform here): millimetres must follow it, not the header's pixdim."""
+    """The pipeline places voxels by the affine (the sform here):
+    millimetres must follow it, not the header's pixdim."""
     reference = np.zeros((20, 20, 20), np.uint8)
     reference[5:15, 5:15, 5:15] = 1
     paths = {}

@@ -48,7 +48,8 @@ def _label_subject(label: torch.Tensor) -> tio.Subject:
 
 
 def _three_label_map() -> torch.Tensor:
-    """Background, a common label 1 (above the listing share) and a rare label 2, one voxel of it too near the border to centre a patch."""
+    """Background, a common label 1 (above the listing share) and a rare label 2,
+    one voxel of it too near the border to centre a patch."""
     label = torch.zeros(1, 12, 10, 9, dtype=torch.uint8)
     label[0, 2:10, 2:9, 1:8] = 1
     label[0, 5, 5, 4] = label[0, 6, 4, 3] = label[0, 0, 0, 0] = 2

@@ -50,7 +50,8 @@ def test_a_time_limited_run_ends_on_a_validated_epoch_within_its_budget(automati
     )
     assert elapsed <= limit, f'ran {elapsed - limit:.0f} s over the budget'
     assert validated[-1] == completed, 'the last epoch must be validated'
-    # Unused at most: the epoch and validation reserved to end on a validated epoch, and the epoch that no longer fitted.
+    # Unused at most: the epoch and validation reserved to end on a
+    # validated epoch, and the epoch that no longer fitted.
     assert limit - elapsed < EPOCH_OVERHEAD * epoch_seconds + epoch_seconds + 2 * validation_seconds
     if automatic:
         validation_time = validation_seconds * len(validated)

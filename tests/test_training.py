@@ -130,8 +130,8 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_epoch_zero(small_
     capsys.readouterr()
     assert run_cli(main, ['--resume', str(run_dir)]) == 0
     assert (
-        f'{run_dir}: no checkpoint yet (stopped before its first epoch ended); starting from epoch 0 with its config.json'
-        in capsys.readouterr().out
+        f'{run_dir}: no checkpoint yet (stopped before its first epoch ended); '
+        'starting from epoch 0 with its config.json' in capsys.readouterr().out
     )
     assert load_checkpoint(run_dir / 'last.pt')['epoch'] == 2 and [int(r['epoch']) for r in read_metrics(run_dir)] == [
         1,
@@ -325,7 +325,8 @@ def test_a_split_seed_keeps_the_validation_cases_while_the_training_seed_changes
 
 
 def test_several_labels_train_a_softmax_and_predict_every_label(small_dataset, tmp_path, monkeypatch):
-    """Label 1 is split into 1 and 2 along x: the net gets a softmax over background and both, and masks keep both label values."""
+    """Label 1 is split into 1 and 2 along x:
+    the net gets a softmax over background and both, and masks keep both label values."""
     monkeypatch.chdir(tmp_path)
     content = json.loads((small_dataset / 'dataset.json').read_text())
     content['labels'] = {'0': 'background', '1': 'left part', '2': 'right part'}
