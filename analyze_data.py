@@ -45,8 +45,18 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 def build_parser() -> argparse.ArgumentParser:
     summary, _, rest = __doc__.partition('\n\n')
     parser = Parser(description=summary, epilog=rest.replace('``', ''), formatter_class=_HelpFormatter)
-    parser.add_argument('data_dir', type=Path, metavar='DATA_DIR', help='dataset folder, MSD or nnU-Net v2 raw layout: dataset.json, imagesTr/, labelsTr/ and optional imagesTs/')
-    parser.add_argument('--output', type=Path, help=f'folder for the report, fingerprint.json, cases.csv and figures (default: DATA_DIR/{DEFAULT_OUTPUT_NAME})')
+    parser.add_argument(
+        'data_dir',
+        type=Path,
+        metavar='DATA_DIR',
+        help='dataset folder, MSD or nnU-Net v2 raw layout: dataset.json, imagesTr/, labelsTr/ and optional imagesTs/',
+    )
+    parser.add_argument(
+        '--output',
+        type=Path,
+        help='folder for the report, fingerprint.json, cases.csv and figures '
+        f'(default: DATA_DIR/{DEFAULT_OUTPUT_NAME})',
+    )
     parser.add_argument('--workers', type=integer(1), default=2, help='worker processes that read cases in parallel')
     return parser
 
@@ -60,7 +70,10 @@ def prepare_output(output: Path | None, data_dir: Path) -> Path:
     try:
         ensure_writable_dir(default)
     except UserError as error:
-        raise UserError(data_dir, f'cannot write the report into {default} ({error.problem}); pass --output DIR to write it elsewhere') from None
+        raise UserError(
+            data_dir,
+            f'cannot write the report into {default} ({error.problem}); pass --output DIR to write it elsewhere',
+        ) from None
     return default
 
 

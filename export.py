@@ -34,10 +34,18 @@ from heartseg.prediction import load_network
 
 def build_parser() -> argparse.ArgumentParser:
     summary, _, rest = __doc__.partition('\n\n')
-    parser = Parser(description=summary, epilog=rest.replace('``', ''), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--checkpoint', type=Path, required=True,
-                        help='a checkpoint (best.pt), a run folder (its best.pt) or a cross-validation folder (every fold)')
-    parser.add_argument('--output', type=Path, required=True, help='the exported file: .onnx, or .pt / .ts for TorchScript')
+    parser = Parser(
+        description=summary, epilog=rest.replace('``', ''), formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        '--checkpoint',
+        type=Path,
+        required=True,
+        help='a checkpoint (best.pt), a run folder (its best.pt) or a cross-validation folder (every fold)',
+    )
+    parser.add_argument(
+        '--output', type=Path, required=True, help='the exported file: .onnx, or .pt / .ts for TorchScript'
+    )
     return parser
 
 
@@ -47,10 +55,15 @@ def export_targets(checkpoint: Path, output: Path) -> list[tuple[Path, Path]]:
     if len(checkpoints) == 1:
         targets = [(checkpoints[0], output)]
     else:
-        targets = [(source, output.with_name(f'{output.stem}_fold{fold}{output.suffix}')) for fold, source in enumerate(checkpoints)]
+        targets = [
+            (source, output.with_name(f'{output.stem}_fold{fold}{output.suffix}'))
+            for fold, source in enumerate(checkpoints)
+        ]
     for _, target in targets:
         if target.exists() and not is_exported(target):  # a checkpoint, above all: its run could not resume
-            raise UserError(target, 'exists and is not a file export.py wrote; refusing to overwrite it, choose another --output')
+            raise UserError(
+                target, 'exists and is not a file export.py wrote; refusing to overwrite it, choose another --output'
+            )
     return targets
 
 
@@ -67,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         export_network(network, plan, target)
         print(f'Wrote {target} ({described}) from {source}')
     if len(targets) > 1:
-        print('Predict with the ensemble: python predict.py --checkpoint ' + ' '.join(str(target) for _, target in targets) + ' ...')
+        print(
+            'Predict with the ensemble: python predict.py --checkpoint '
+            + ' '.join(str(target) for _, target in targets)
+            + ' ...'
+        )
     return 0
 
 

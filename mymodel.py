@@ -57,7 +57,8 @@ def deep_supervision_heads(levels: int) -> int:
 
 
 class ConvBlock(nn.Sequential):
-    """Two convolutions (3x3x3 unless ``kernel_size`` says otherwise per axis), each followed by normalisation and activation."""
+    """Two convolutions (3x3x3 unless ``kernel_size`` says otherwise per axis),
+    each followed by normalisation and activation."""
 
     def __init__(self, in_channels: int, out_channels: int, norm: str, kernel_size: Sequence[int] = (3, 3, 3)):
         kernel, padding = tuple(kernel_size), tuple(k // 2 for k in kernel_size)
@@ -116,8 +117,12 @@ class UNet3D(nn.Module):
         assert norm in NORMS, f'norm must be one of {NORMS}, got {norm!r}'
         pools = [tuple(p) for p in pool_sizes] if pool_sizes is not None else isotropic_pooling(levels)
         kernels = [tuple(k) for k in kernel_sizes] if kernel_sizes is not None else [(3, 3, 3)] * (levels + 1)
-        assert len(pools) == levels and all(len(p) == 3 and set(p) <= {1, 2} for p in pools), f'pool_sizes must give 1 or 2 per axis for each of the {levels} levels, got {pools}'
-        assert len(kernels) == levels + 1 and all(len(k) == 3 and set(k) <= {1, 3} for k in kernels), f'kernel_sizes must give 1 or 3 per axis for each of the {levels + 1} stages, got {kernels}'
+        assert len(pools) == levels and all(len(p) == 3 and set(p) <= {1, 2} for p in pools), (
+            f'pool_sizes must give 1 or 2 per axis for each of the {levels} levels, got {pools}'
+        )
+        assert len(kernels) == levels + 1 and all(len(k) == 3 and set(k) <= {1, 3} for k in kernels), (
+            f'kernel_sizes must give 1 or 3 per axis for each of the {levels + 1} stages, got {kernels}'
+        )
         widths = [base_channels * 2**i for i in range(levels + 1)]
         self.levels = levels
         self.pool_sizes = pools
@@ -135,7 +140,7 @@ class UNet3D(nn.Module):
             self.upsamplers.append(nn.ConvTranspose3d(deep, shallow, pool, stride=pool))
             self.decoders.append(ConvBlock(2 * shallow, shallow, norm, kernel))
         self.head = nn.Conv3d(widths[0], out_channels, 1)
-        supervised = widths[1:1 + deep_supervision_heads(levels)] if deep_supervision else []
+        supervised = widths[1 : 1 + deep_supervision_heads(levels)] if deep_supervision else []
         self.deep_heads = nn.ModuleList(nn.Conv3d(width, out_channels, 1) for width in supervised)
 
     @torch.no_grad()
@@ -160,7 +165,7 @@ class UNet3D(nn.Module):
         logits = self.head(stages[-1])
         if not (self.training and self.deep_heads):
             return logits
-        coarser = stages[-2:-2 - len(self.deep_heads):-1]
+        coarser = stages[-2 : -2 - len(self.deep_heads) : -1]
         return [logits, *(head(stage) for head, stage in zip(self.deep_heads, coarser))]
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:

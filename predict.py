@@ -28,8 +28,8 @@ import json
 import shutil
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,11 +76,13 @@ class PredictionJob:
 
     checkpoints: list[Path]
     cases: list[InputCase]
-    postprocessing: Postprocessing | None = None  # None: each structure's largest component (a model with no cross-validation)
+    # None: each structure's largest component (a model with no cross-validation)
+    postprocessing: Postprocessing | None = None
 
 
 def gather_inputs(source: Path, subset: str) -> list[InputCase]:
-    """Cases from one NIfTI file, a folder of them, a dataset folder's test scans, or a ``dataset.json``'s training cases."""
+    """Cases from one NIfTI file, a folder of them,
+    a dataset folder's test scans, or a ``dataset.json``'s training cases."""
     if subset != 'all' and source.name != 'dataset.json':
         raise UserError('--subset', f'{subset!r} selects cases of a dataset.json --input, not of {source}')
     if source.name == 'dataset.json':
@@ -89,7 +91,11 @@ def gather_inputs(source: Path, subset: str) -> list[InputCase]:
     if (source / 'dataset.json').is_file():
         test_cases = read_dataset(source).test_cases
         if not test_cases:
-            raise UserError(source, f'dataset holds no test scans (imagesTs/); to predict its training cases, give {source / "dataset.json"}')
+            raise UserError(
+                source,
+                'dataset holds no test scans (imagesTs/); '
+                f'to predict its training cases, give {source / "dataset.json"}',
+            )
         return [InputCase(c.case_id, c.image) for c in test_cases]
     if source.is_dir():
         files = sorted(p for p in source.iterdir() if p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith('.'))
@@ -101,7 +107,9 @@ def gather_inputs(source: Path, subset: str) -> list[InputCase]:
     return [InputCase(case_id_from_path(source), source)]
 
 
-def prediction_jobs(cases: list[InputCase], subset: str, checkpoint_paths: list[Path], keep_largest: bool | None) -> list[PredictionJob]:
+def prediction_jobs(
+    cases: list[InputCase], subset: str, checkpoint_paths: list[Path], keep_largest: bool | None
+) -> list[PredictionJob]:
     """One ensemble for all cases, or, for a split's cases, the model of each case's run, and their post-processing.
 
     With a cross-validation folder, ``--subset validation`` predicts each fold's
@@ -117,13 +125,26 @@ def prediction_jobs(cases: list[InputCase], subset: str, checkpoint_paths: list[
         return [PredictionJob(resolve_checkpoints(checkpoint_paths), cases, postprocessing)]
     folds = fold_checkpoints(checkpoint_paths[0]) if one_folder and is_cross_validation(checkpoint_paths[0]) else []
     if folds and subset == 'validation':
-        return [PredictionJob([fold], select_subset(cases, subset, fold.parent / 'splits.json'), postprocessing) for fold in folds]
+        return [
+            PredictionJob([fold], select_subset(cases, subset, fold.parent / 'splits.json'), postprocessing)
+            for fold in folds
+        ]
     if folds:
-        raise UserError('--subset', "'training' cases of a cross-validation belong to several folds; use 'validation' (each fold's own cases) or 'all'")
+        raise UserError(
+            '--subset',
+            "'training' cases of a cross-validation belong to several folds; "
+            "use 'validation' (each fold's own cases) or 'all'",
+        )
     checkpoints = resolve_checkpoints(checkpoint_paths)
     if len(checkpoints) > 1:
-        raise UserError('--subset', f'{subset!r} needs one checkpoint or one cross-validation folder; an ensemble of {len(checkpoints)} checkpoints has no split of its own')
-    return [PredictionJob(checkpoints, select_subset(cases, subset, checkpoints[0].parent / 'splits.json'), postprocessing)]
+        raise UserError(
+            '--subset',
+            f'{subset!r} needs one checkpoint or one cross-validation folder; '
+            f'an ensemble of {len(checkpoints)} checkpoints has no split of its own',
+        )
+    return [
+        PredictionJob(checkpoints, select_subset(cases, subset, checkpoints[0].parent / 'splits.json'), postprocessing)
+    ]
 
 
 def select_subset(cases: list[InputCase], subset: str, splits_path: Path) -> list[InputCase]:
@@ -133,38 +154,93 @@ def select_subset(cases: list[InputCase], subset: str, splits_path: Path) -> lis
         raise UserError(splits_path, f'cannot read the {subset!r} split ({type(error).__name__})') from None
     selected = [case for case in cases if case.case_id in wanted]
     if not selected:
-        raise UserError(splits_path, f'none of its {len(wanted)} {subset!r} cases is in the --input dataset; is it the dataset the run trained on?')
+        raise UserError(
+            splits_path,
+            f'none of its {len(wanted)} {subset!r} cases is in the --input dataset; '
+            'is it the dataset the run trained on?',
+        )
     return selected
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(description=__doc__.split('\n\n')[0], formatter_class=DefaultsHelpFormatter)
-    parser.add_argument('--checkpoint', type=Path, nargs='+', required=True,
-                        help='a best.pt or last.pt written by main.py, a run folder (its best.pt), an ONNX or TorchScript '
-                             "file written by export.py, or several: their ensemble. A cross-validation run folder means every fold's best.pt")
-    parser.add_argument('--input', type=Path, required=True, help="a .nii/.nii.gz scan, a folder of them (nnU-Net's <case>_0000 names give <case> masks), a dataset folder (its test scans, imagesTs/), or a dataset.json (its training cases, with their labels); MSD or nnU-Net v2 layout")
+    parser.add_argument(
+        '--checkpoint',
+        type=Path,
+        nargs='+',
+        required=True,
+        help='a best.pt or last.pt written by main.py, a run folder (its best.pt), an ONNX or TorchScript '
+        'file written by export.py, or several: their ensemble. '
+        "A cross-validation run folder means every fold's best.pt",
+    )
+    parser.add_argument(
+        '--input',
+        type=Path,
+        required=True,
+        help="a .nii/.nii.gz scan, a folder of them (nnU-Net's <case>_0000 names give <case> masks), "
+        'a dataset folder (its test scans, imagesTs/), '
+        'or a dataset.json (its training cases, with their labels); MSD or nnU-Net v2 layout',
+    )
     parser.add_argument('--output', type=Path, required=True, help='folder for <case>.nii.gz masks (and metrics)')
-    parser.add_argument('--subset', choices=('all', 'training', 'validation'), default='all',
-                        help="with a dataset.json input: which cases of the checkpoint's run splits.json to predict "
-                             "(a cross-validation folder: each fold's validation cases, by that fold's model)")
-    parser.add_argument('--labels', type=Path, help='folder of reference <case>.nii.gz label maps: evaluate the predictions')
-    parser.add_argument('--tta', action=argparse.BooleanOptionalAction, default=MIRRORING_TTA,
-                        help='mirroring test-time augmentation: the mean of the 8 axis flips (--no-tta: about 7x faster)')
-    parser.add_argument('--keep-largest', action=argparse.BooleanOptionalAction, default=None,
-                        help="keep only the largest connected component of every structure, or (--no-keep-largest) of none (default: "
-                             "a cross-validation folder's choice, made on its out-of-fold predictions as nnU-Net makes it; "
-                             "every structure for other models)")
-    parser.add_argument('--save-probabilities', action='store_true', help='also write <case>_probabilities.nii.gz (float32, one channel per label)')
-    parser.add_argument('--png', action='store_true', help='also write <case>.png with three orthogonal slices and the mask contour')
-    parser.add_argument('--qc', action=argparse.BooleanOptionalAction, default=True,
-                        help='quality control: qc.csv (predicted Dice, flag and reasons per case), summary.json\'s "qc" and review.html')
-    parser.add_argument('--save-uncertainty', action='store_true',
-                        help='also write <case>_uncertainty.nii.gz: per-voxel entropy (bits) of the mean probability over TTA and models')
-    parser.add_argument('--overwrite', action='store_true',
-                        help='predict every case again; without it, a run over a folder that was stopped skips the cases it finished')
-    parser.add_argument('--prefetch', action=argparse.BooleanOptionalAction, default=PREFETCH,
-                        help='read and resample the next scan in a background thread while the current one predicts')
-    parser.add_argument('--overlap', type=number(0, below=1), default=DEFAULT_OVERLAP, help='sliding-window overlap fraction')
+    parser.add_argument(
+        '--subset',
+        choices=('all', 'training', 'validation'),
+        default='all',
+        help="with a dataset.json input: which cases of the checkpoint's run splits.json to predict "
+        "(a cross-validation folder: each fold's validation cases, by that fold's model)",
+    )
+    parser.add_argument(
+        '--labels', type=Path, help='folder of reference <case>.nii.gz label maps: evaluate the predictions'
+    )
+    parser.add_argument(
+        '--tta',
+        action=argparse.BooleanOptionalAction,
+        default=MIRRORING_TTA,
+        help='mirroring test-time augmentation: the mean of the 8 axis flips (--no-tta: about 7x faster)',
+    )
+    parser.add_argument(
+        '--keep-largest',
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help='keep only the largest connected component of every structure, or (--no-keep-largest) of none (default: '
+        "a cross-validation folder's choice, made on its out-of-fold predictions as nnU-Net makes it; "
+        'every structure for other models)',
+    )
+    parser.add_argument(
+        '--save-probabilities',
+        action='store_true',
+        help='also write <case>_probabilities.nii.gz (float32, one channel per label)',
+    )
+    parser.add_argument(
+        '--png', action='store_true', help='also write <case>.png with three orthogonal slices and the mask contour'
+    )
+    parser.add_argument(
+        '--qc',
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help='quality control: qc.csv (predicted Dice, flag and reasons per case), '
+        'summary.json\'s "qc" and review.html',
+    )
+    parser.add_argument(
+        '--save-uncertainty',
+        action='store_true',
+        help='also write <case>_uncertainty.nii.gz: '
+        'per-voxel entropy (bits) of the mean probability over TTA and models',
+    )
+    parser.add_argument(
+        '--overwrite',
+        action='store_true',
+        help='predict every case again; without it, a run over a folder that was stopped skips the cases it finished',
+    )
+    parser.add_argument(
+        '--prefetch',
+        action=argparse.BooleanOptionalAction,
+        default=PREFETCH,
+        help='read and resample the next scan in a background thread while the current one predicts',
+    )
+    parser.add_argument(
+        '--overlap', type=number(0, below=1), default=DEFAULT_OVERLAP, help='sliding-window overlap fraction'
+    )
     parser.add_argument('--blending', choices=BLENDINGS, default=DEFAULT_BLENDING, help='window blending weights')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N or mps')
     parser.add_argument('--batch-size', type=integer(1), default=DEFAULT_WINDOW_BATCH, help='windows per forward pass')
@@ -185,19 +261,36 @@ def predict(args: argparse.Namespace) -> int:
     created = distributed.is_main() and not args.output.exists()
     with output_lock(args.output, created):
         producers = [producer(job, args) for job in jobs]
-        # Process 0 decides what is left and shares it, so that no case is skipped or done twice by processes that list at different times.
+        # Process 0 decides what is left and shares it,
+        # so that no case is skipped or done twice by processes that list at different times.
         todo = distributed.broadcast(cases_to_predict(folder, jobs, producers, args) if distributed.is_main() else None)
-        mine = todo[distributed.rank()::distributed.world_size()]
-        predictors = {index: Predictor(jobs[index].checkpoints, args.device, args.batch_size, args.overlap, args.blending, args.tta,
-                                       jobs[index].postprocessing) for index in {index for index, _ in mine}}
+        mine = todo[distributed.rank() :: distributed.world_size()]
+        predictors = {
+            index: Predictor(
+                jobs[index].checkpoints,
+                args.device,
+                args.batch_size,
+                args.overlap,
+                args.blending,
+                args.tta,
+                jobs[index].postprocessing,
+            )
+            for index in {index for index, _ in mine}
+        }
         announce(len(todo), predictors)
         pairs = [(predictors[index], jobs[index].cases[position], producers[index]) for index, position in mine]
         loads = prefetched(pairs, lambda pair: pair[0].load(pair[1].image), args.prefetch)
-        for (predictor, case, produced_by), loading in tqdm(zip(pairs, loads), total=len(pairs), desc='Predicting', unit='case',
-                                                            disable=not distributed.is_main()):
+        for (predictor, case, produced_by), loading in tqdm(
+            zip(pairs, loads), total=len(pairs), desc='Predicting', unit='case', disable=not distributed.is_main()
+        ):
             folder.forget(case.case_id)  # until this case's files are all written, no record vouches for them
-            record = {'case': case.case_id, 'status': 'failed', 'image': str(case.image), 'mask_written': False,
-                      'produced_by': {**produced_by, 'input': input_identity(case.image)}}
+            record = {
+                'case': case.case_id,
+                'status': 'failed',
+                'image': str(case.image),
+                'mask_written': False,
+                'produced_by': {**produced_by, 'input': input_identity(case.image)},
+            }
             try:
                 predict_case(predictor, case, loading, folder, args, record)
             except DiskFull:
@@ -213,13 +306,17 @@ def predict(args: argparse.Namespace) -> int:
             for line in folder.finish([c.case_id for c in cases], metrics=args.labels is not None, qc=args.qc):
                 print(line)
             written = sum(bool(record.get('mask_written')) for record in records)
-            print(f'{written} mask{"s" if written != 1 else ""} in {args.output}' + (f'; {failed} case(s) failed' if failed else ''))
+            print(
+                f'{written} mask{"s" if written != 1 else ""} in {args.output}'
+                + (f'; {failed} case(s) failed' if failed else '')
+            )
     return EXIT_USER_ERROR if failed else 0
 
 
 @contextmanager
 def output_lock(output: Path, created: bool) -> Iterator[None]:
-    """Process 0 holds the output folder's lock (:mod:`heartseg.folder_lock`); a folder it made for a run refused before writing anything goes again."""
+    """Process 0 holds the output folder's lock (:mod:`heartseg.folder_lock`);
+    a folder it made for a run refused before writing anything goes again."""
     if not distributed.is_main():
         yield
         return
@@ -236,8 +333,15 @@ def output_lock(output: Path, created: bool) -> Iterator[None]:
 def producer(job: PredictionJob, args: argparse.Namespace) -> dict:
     """What makes a job's masks: its model files, by content, and every setting that changes a mask."""
     postprocessing = job.postprocessing.to_dict() if job.postprocessing is not None else 'every structure'
-    return {'models': [file_digest(path) for path in job.checkpoints],
-            'settings': {'tta': args.tta, 'overlap': args.overlap, 'blending': args.blending, 'postprocessing': postprocessing}}
+    return {
+        'models': [file_digest(path) for path in job.checkpoints],
+        'settings': {
+            'tta': args.tta,
+            'overlap': args.overlap,
+            'blending': args.blending,
+            'postprocessing': postprocessing,
+        },
+    }
 
 
 def input_identity(image: Path) -> dict:
@@ -249,14 +353,17 @@ def input_identity(image: Path) -> dict:
     return {'path': str(image.resolve()), 'size': stat.st_size, 'mtime_ns': stat.st_mtime_ns}
 
 
-def cases_to_predict(folder: PredictionFolder, jobs: list[PredictionJob], producers: list[dict], args: argparse.Namespace) -> list[tuple[int, int]]:
+def cases_to_predict(
+    folder: PredictionFolder, jobs: list[PredictionJob], producers: list[dict], args: argparse.Namespace
+) -> list[tuple[int, int]]:
     """The (job, case) positions left to predict, saying why any case made before is made again."""
     todo, again = [], {}
     for index, job in enumerate(jobs):
         for position, case in enumerate(job.cases):
             produced_by = {**producers[index], 'input': input_identity(case.image)}
-            reason = folder.missing(case.case_id, wanted_files(folder, case.case_id, args), args.labels is not None, args.qc,
-                                    produced_by)
+            reason = folder.missing(
+                case.case_id, wanted_files(folder, case.case_id, args), args.labels is not None, args.qc, produced_by
+            )
             if reason is None and args.overwrite:
                 reason = 'asked to (--overwrite)'
             if reason is not None:
@@ -264,8 +371,10 @@ def cases_to_predict(folder: PredictionFolder, jobs: list[PredictionJob], produc
                 again[reason] = again.get(reason, 0) + (reason != NOT_YET)
     total = sum(len(job.cases) for job in jobs)
     if total > len(todo):
-        print(f'{total - len(todo)} of {total} cases already predicted in this folder by these models and settings'
-              + ('; nothing to do (--overwrite redoes them)' if not todo else ''))
+        print(
+            f'{total - len(todo)} of {total} cases already predicted in this folder by these models and settings'
+            + ('; nothing to do (--overwrite redoes them)' if not todo else '')
+        )
     for reason, count in again.items():
         if count:
             print(f'{count} case{"s" if count > 1 else ""} {reason}: predicting {"them" if count > 1 else "it"} again')
@@ -286,7 +395,8 @@ def announce(todo: int, predictors: dict) -> None:
 
 
 def prefetched(items: list, load, ahead: bool) -> Iterator[Future]:
-    """``load(item)`` for each item, as futures; with ``ahead``, the next item loads in a thread while this one is used."""
+    """``load(item)`` for each item, as futures;
+    with ``ahead``, the next item loads in a thread while this one is used."""
     if not ahead:
         for item in items:
             yield _settled(load, item)
@@ -313,51 +423,86 @@ def _settled(load, item) -> Future:
 
 def wanted_files(folder: PredictionFolder, case_id: str, args: argparse.Namespace) -> list[Path]:
     """The files this command writes for one case."""
-    options = ((True, folder.mask), (args.save_probabilities, folder.probabilities), (args.save_uncertainty, folder.uncertainty),
-               (args.png, folder.overview), (args.qc, folder.thumbnail))
+    options = (
+        (True, folder.mask),
+        (args.save_probabilities, folder.probabilities),
+        (args.save_uncertainty, folder.uncertainty),
+        (args.png, folder.overview),
+        (args.qc, folder.thumbnail),
+    )
     return [path(case_id) for wanted, path in options if wanted]
 
 
-def predict_case(predictor: Predictor, case: InputCase, loading: Future, folder: PredictionFolder, args: argparse.Namespace,
-                 record: dict) -> None:
-    """Predict one case and write its files, filling in its record: metrics and QC row when asked, then status ``ok``."""
+def predict_case(
+    predictor: Predictor,
+    case: InputCase,
+    loading: Future,
+    folder: PredictionFolder,
+    args: argparse.Namespace,
+    record: dict,
+) -> None:
+    """Predict one case and write its files, filling in its record:
+    metrics and QC row when asked, then status ``ok``."""
     prediction = predictor.predict_loaded(loading.result())
     mask, nifti = prediction.mask, prediction.nifti
     save_nifti(mask.astype(np.uint8), nifti.affine, folder.mask(case.case_id), like=nifti)
     record['mask_written'] = True
     if args.save_probabilities:
-        save_nifti(np.moveaxis(prediction.probabilities, 0, -1).astype(np.float32), nifti.affine, folder.probabilities(case.case_id), like=nifti)
+        save_nifti(
+            np.moveaxis(prediction.probabilities, 0, -1).astype(np.float32),
+            nifti.affine,
+            folder.probabilities(case.case_id),
+            like=nifti,
+        )
     if args.save_uncertainty:
-        save_nifti(uncertainty_map(prediction.probabilities), nifti.affine, folder.uncertainty(case.case_id), like=nifti)
-    reference = read_reference(label_file(args.labels, case), nifti, predictor.outputs, case.image) if args.labels else None
+        save_nifti(
+            uncertainty_map(prediction.probabilities), nifti.affine, folder.uncertainty(case.case_id), like=nifti
+        )
+    reference = (
+        read_reference(label_file(args.labels, case), nifti, predictor.outputs, case.image) if args.labels else None
+    )
     if args.png:
         save_png(orthogonal_views(nifti, mask, reference, height=OVERVIEW_HEIGHT), folder.overview(case.case_id))
     if reference is not None:
         record['metrics'] = score_case(case.case_id, mask, reference, nifti, predictor.outputs)
     if args.qc:
         structures = predictor.outputs.structure_masks(torch.from_numpy(mask)).numpy()
-        measures = measure(prediction.probabilities, nifti.affine, structures, prediction.signals, predictor.training_cases, predictor.outputs.names)
+        measures = measure(
+            prediction.probabilities,
+            nifti.affine,
+            structures,
+            prediction.signals,
+            predictor.training_cases,
+            predictor.outputs.names,
+        )
         record['qc'] = assess(measures).row(case.case_id)
         save_png(orthogonal_views(nifti, mask, reference), folder.thumbnail(case.case_id))
     record['status'] = 'ok'
 
 
 def label_file(labels: Path, case: InputCase) -> Path:
-    found = next((labels / f'{case.case_id}{s}' for s in NIFTI_SUFFIXES if (labels / f'{case.case_id}{s}').is_file()), None)
+    found = next(
+        (labels / f'{case.case_id}{s}' for s in NIFTI_SUFFIXES if (labels / f'{case.case_id}{s}').is_file()), None
+    )
     if found is None:
         raise UserError(labels / f'{case.case_id}.nii.gz', 'reference label not found')
     return found
 
 
 def refuse_overwriting_inputs(output: Path, cases: list[InputCase], labels: Path | None) -> None:
-    """Masks are named ``<case>.nii.gz``: in a scans' or the labels' folder they would replace the files they are judged by."""
+    """Masks are named ``<case>.nii.gz``:
+    in a scans' or the labels' folder they would replace the files they are judged by."""
     output = output.resolve()
     if labels is not None and labels.resolve() == output:
-        raise UserError(output, 'is the --labels folder: the masks would overwrite the reference labels; choose another --output')
+        raise UserError(
+            output, 'is the --labels folder: the masks would overwrite the reference labels; choose another --output'
+        )
     if any(case.image.resolve().parent == output for case in cases):
         raise UserError(output, 'holds the input scans: the masks could overwrite them; choose another --output')
     if any(case.label is not None and case.label.resolve().parent == output for case in cases):
-        raise UserError(output, "holds the dataset's reference labels: the masks would overwrite them; choose another --output")
+        raise UserError(
+            output, "holds the dataset's reference labels: the masks would overwrite them; choose another --output"
+        )
 
 
 def cli() -> int:

@@ -50,8 +50,15 @@ class Trainer:
     Build it with :func:`create_trainer`, which turns the config into the parts.
     """
 
-    def __init__(self, config: RunConfig, recipe: Recipe, patches: PatchLoader, val_subjects: list[tio.Subject],
-                 device: torch.device, training_cases: dict | None = None):
+    def __init__(
+        self,
+        config: RunConfig,
+        recipe: Recipe,
+        patches: PatchLoader,
+        val_subjects: list[tio.Subject],
+        device: torch.device,
+        training_cases: dict | None = None,
+    ):
         self.config = config
         self.training_cases = training_cases or {}  # saved in every checkpoint, for predict.py's quality control
         self.run_dir = Path(config.run_dir)
@@ -71,7 +78,7 @@ class Trainer:
         # cases that later score the fold would flatter the cross-validation.
         self.selects_best = self.has_validation and not config.folds
         # Each rank validates its share of the cases; the metrics are gathered over all of them.
-        self.val_subjects = val_subjects[distributed.rank()::distributed.world_size()]
+        self.val_subjects = val_subjects[distributed.rank() :: distributed.world_size()]
         self.schedule = ScheduleState(total_epochs=config.epochs, val_every=config.val_every or 1)
         self.start_epoch = 0  # this process's first epoch: after the checkpoint's, when resumed
         self.overlay: np.ndarray | None = None
@@ -178,8 +185,13 @@ class Trainer:
         self.sampler.set_epoch(epoch)
         torch.manual_seed(self.config.seed + epoch)
         losses = []
-        progress = tqdm(self.loader, desc=f'Epoch {epoch + 1}/{self.schedule.total_epochs}',
-                        unit='step', leave=False, disable=not distributed.is_main())
+        progress = tqdm(
+            self.loader,
+            desc=f'Epoch {epoch + 1}/{self.schedule.total_epochs}',
+            unit='step',
+            leave=False,
+            disable=not distributed.is_main(),
+        )
         for step, (images, targets, augmentation) in enumerate(progress):
             images, targets = self.augment_on_device(images, targets, augmentation)
             loss = self.train_step(images, targets, epoch, step)
@@ -189,8 +201,9 @@ class Trainer:
         losses = distributed.gather(losses)
         return float(np.mean(losses)) if losses else float('nan')
 
-    def augment_on_device(self, images: torch.Tensor, targets: torch.Tensor,
-                          parameters: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def augment_on_device(
+        self, images: torch.Tensor, targets: torch.Tensor, parameters: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """With ``--augment-on device``, the batch moved to the training device and its intensities augmented there."""
         augmentation = self.recipe.augmentation
         if augmentation is None or not augmentation.on_device or not parameters:
@@ -231,11 +244,17 @@ class Trainer:
         losses, dices = [], []
         self.overlay = None
         outputs = self.config.outputs
-        for subject in tqdm(self.val_subjects, desc='Validating', unit='case', leave=False, disable=not distributed.is_main()):
+        for subject in tqdm(
+            self.val_subjects, desc='Validating', unit='case', leave=False, disable=not distributed.is_main()
+        ):
             logits = sliding_window_logits(
-                self.model, subject['image'].data, self.config.patch_size,
-                overlap=self.config.val_overlap, batch_size=self.config.batch_size,
-                device=self.device, amp_dtype=self.amp_dtype,
+                self.model,
+                subject['image'].data,
+                self.config.patch_size,
+                overlap=self.config.val_overlap,
+                batch_size=self.config.batch_size,
+                device=self.device,
+                amp_dtype=self.amp_dtype,
             )
             losses.append(float(self.recipe.loss(logits[None], outputs.target(subject['label'].data)[None])))
             prediction = outputs.label_map(outputs.probabilities(logits))
@@ -252,9 +271,18 @@ class Trainer:
         if not self.config.time_limit:
             schedule.total_epochs = self.config.epochs
             return
-        budget = TimeBudget(self.config.time_limit * 60, self.config.epochs, automatic_validation=self.config.val_every == 0)
-        plan = fit_epochs_to_budget(budget, schedule.epoch, schedule.elapsed_seconds, schedule.train_times,
-                                    schedule.val_seconds, schedule.val_every, schedule.last_validated_epoch)
+        budget = TimeBudget(
+            self.config.time_limit * 60, self.config.epochs, automatic_validation=self.config.val_every == 0
+        )
+        plan = fit_epochs_to_budget(
+            budget,
+            schedule.epoch,
+            schedule.elapsed_seconds,
+            schedule.train_times,
+            schedule.val_seconds,
+            schedule.val_every,
+            schedule.last_validated_epoch,
+        )
         # Rank 0's clock decides, so that all ranks run the same number of epochs.
         schedule.total_epochs, schedule.val_every = distributed.broadcast(plan)
 
@@ -266,12 +294,18 @@ class Trainer:
         if not math.isnan(result.val_dice):
             writer.add_scalar('loss/val', result.val_loss, result.epoch)
             writer.add_scalar('dice/val', result.val_dice, result.epoch)
-            if self.overlay is not None and (self.last_image_epoch is None or result.epoch - self.last_image_epoch >= self.config.image_every):
+            if self.overlay is not None and (
+                self.last_image_epoch is None or result.epoch - self.last_image_epoch >= self.config.image_every
+            ):
                 writer.add_image('val/overlay', self.overlay, result.epoch, dataformats='HWC')
                 self.last_image_epoch = result.epoch
         writer.flush()
         append_metric_row(self.run_dir / 'metrics.csv', result)
-        validation = f'val loss {result.val_loss:.4f}  val Dice {result.val_dice:.4f}  ' if not math.isnan(result.val_dice) else ''
+        validation = (
+            f'val loss {result.val_loss:.4f}  val Dice {result.val_dice:.4f}  '
+            if not math.isnan(result.val_dice)
+            else ''
+        )
         tqdm.write(
             f'epoch {result.epoch}/{self.schedule.total_epochs}  train loss {result.train_loss:.4f}  '
             f'{validation}lr {result.lr:.2e}  {result.epoch_seconds:.1f}s'
@@ -283,4 +317,6 @@ def create_trainer(config: RunConfig, train_subjects: list[tio.Subject], val_sub
     device = distributed.local_device(select_device(config.device))
     recipe = build_recipe(config, device)
     patches = build_patch_loader(config, train_subjects, recipe.augmentation, device)
-    return Trainer(config, recipe, patches, val_subjects, device, summarise_training_cases(train_subjects, config.outputs))
+    return Trainer(
+        config, recipe, patches, val_subjects, device, summarise_training_cases(train_subjects, config.outputs)
+    )

@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--cases', type=integer(1), default=8, help='how many of the first cases feed the patches')
     parser.add_argument('--patches', type=integer(1), default=64, help='patches per run')
     parser.add_argument('--repeats', type=integer(1), default=3, help='runs of each; the median is reported')
-    parser.add_argument('main_flags', nargs='*', help='main.py flags (after --), e.g. -- --spacing 0.625 --patch-size 144 128 80')
+    parser.add_argument(
+        'main_flags', nargs='*', help='main.py flags (after --), e.g. -- --spacing 0.625 --patch-size 144 128 80'
+    )
     return parser
 
 
@@ -73,26 +75,84 @@ def nnunet_transforms(patch_size: tuple[int, ...], dummy_2d: bool):
     degrees = ROTATION['degrees_dummy_2d'] if dummy_2d else ROTATION['degrees']
     rotation = (-math.radians(degrees), math.radians(degrees))
     transforms = [Convert3DTo2DTransform()] if dummy_2d else []
-    transforms.append(SpatialTransform(patch_size[1:] if dummy_2d else patch_size, patch_center_dist_from_border=0, random_crop=False,
-                                       p_elastic_deform=0, p_rotation=ROTATION['p'], rotation=rotation, p_scaling=SCALING['p'],
-                                       scaling=SCALING['zoom'], p_synchronize_scaling_across_axes=1, bg_style_seg_sampling=False,
-                                       border_mode_seg='constant', padding_value_seg=-1))
+    transforms.append(
+        SpatialTransform(
+            patch_size[1:] if dummy_2d else patch_size,
+            patch_center_dist_from_border=0,
+            random_crop=False,
+            p_elastic_deform=0,
+            p_rotation=ROTATION['p'],
+            rotation=rotation,
+            p_scaling=SCALING['p'],
+            scaling=SCALING['zoom'],
+            p_synchronize_scaling_across_axes=1,
+            bg_style_seg_sampling=False,
+            border_mode_seg='constant',
+            padding_value_seg=-1,
+        )
+    )
     transforms += [Convert2DTo3DTransform()] if dummy_2d else []
     transforms += [
-        RandomTransform(GaussianNoiseTransform(noise_variance=(0, 0.1), p_per_channel=1, synchronize_channels=True), apply_probability=0.1),
-        RandomTransform(GaussianBlurTransform(blur_sigma=(0.5, 1.0), synchronize_channels=False, synchronize_axes=False,
-                                              p_per_channel=0.5, benchmark=True), apply_probability=0.2),
-        RandomTransform(MultiplicativeBrightnessTransform(multiplier_range=BGContrast((0.75, 1.25)), synchronize_channels=False,
-                                                          p_per_channel=1), apply_probability=0.15),
-        RandomTransform(ContrastTransform(contrast_range=BGContrast((0.75, 1.25)), preserve_range=True, synchronize_channels=False,
-                                          p_per_channel=1), apply_probability=0.15),
-        RandomTransform(SimulateLowResolutionTransform(scale=LOW_RESOLUTION['zoom'], synchronize_channels=False, synchronize_axes=True,
-                                                       ignore_axes=(0,) if dummy_2d else None, allowed_channels=None,
-                                                       p_per_channel=0.5), apply_probability=LOW_RESOLUTION['p']),
-        RandomTransform(GammaTransform(gamma=BGContrast(GAMMA['gamma']), p_invert_image=1, synchronize_channels=False, p_per_channel=1,
-                                       p_retain_stats=1), apply_probability=GAMMA['p_inverted']),
-        RandomTransform(GammaTransform(gamma=BGContrast(GAMMA['gamma']), p_invert_image=0, synchronize_channels=False, p_per_channel=1,
-                                       p_retain_stats=1), apply_probability=GAMMA['p']),
+        RandomTransform(
+            GaussianNoiseTransform(noise_variance=(0, 0.1), p_per_channel=1, synchronize_channels=True),
+            apply_probability=0.1,
+        ),
+        RandomTransform(
+            GaussianBlurTransform(
+                blur_sigma=(0.5, 1.0),
+                synchronize_channels=False,
+                synchronize_axes=False,
+                p_per_channel=0.5,
+                benchmark=True,
+            ),
+            apply_probability=0.2,
+        ),
+        RandomTransform(
+            MultiplicativeBrightnessTransform(
+                multiplier_range=BGContrast((0.75, 1.25)), synchronize_channels=False, p_per_channel=1
+            ),
+            apply_probability=0.15,
+        ),
+        RandomTransform(
+            ContrastTransform(
+                contrast_range=BGContrast((0.75, 1.25)),
+                preserve_range=True,
+                synchronize_channels=False,
+                p_per_channel=1,
+            ),
+            apply_probability=0.15,
+        ),
+        RandomTransform(
+            SimulateLowResolutionTransform(
+                scale=LOW_RESOLUTION['zoom'],
+                synchronize_channels=False,
+                synchronize_axes=True,
+                ignore_axes=(0,) if dummy_2d else None,
+                allowed_channels=None,
+                p_per_channel=0.5,
+            ),
+            apply_probability=LOW_RESOLUTION['p'],
+        ),
+        RandomTransform(
+            GammaTransform(
+                gamma=BGContrast(GAMMA['gamma']),
+                p_invert_image=1,
+                synchronize_channels=False,
+                p_per_channel=1,
+                p_retain_stats=1,
+            ),
+            apply_probability=GAMMA['p_inverted'],
+        ),
+        RandomTransform(
+            GammaTransform(
+                gamma=BGContrast(GAMMA['gamma']),
+                p_invert_image=0,
+                synchronize_channels=False,
+                p_per_channel=1,
+                p_retain_stats=1,
+            ),
+            apply_probability=GAMMA['p'],
+        ),
         MirrorTransform(allowed_axes=(0, 1, 2)),
         RemoveLabelTansform(-1, 0),
     ]
@@ -100,7 +160,8 @@ def nnunet_transforms(patch_size: tuple[int, ...], dummy_2d: bool):
 
 
 def nnunet_initial_patch(patch_size: tuple[int, ...], dummy_2d: bool) -> tuple[int, ...]:
-    """nnU-Net's ``get_patch_size``: the patch's extent after the largest rotation about each axis, over the smallest zoom."""
+    """nnU-Net's ``get_patch_size``: the patch's extent after the largest
+    rotation about each axis, over the smallest zoom."""
     angle = min(math.radians(ROTATION['degrees_dummy_2d'] if dummy_2d else ROTATION['degrees']), math.pi / 2)
     size = np.asarray(patch_size, dtype=float)
     extent = size.copy()
@@ -124,7 +185,10 @@ def centres(subjects: list, patch_size: tuple[int, ...], count: int, config) -> 
     labels = [pad_to_patch(s['label'].data, patch_size, torch.zeros(1)) for s in subjects]
     images = [pad_to_patch(s['image'].data, patch_size, s['image'].data.amin(dim=(1, 2, 3))) for s in subjects]
     corners = [PatchCorners(label, patch_size, probabilities) for label in labels]
-    return [(int(case), np.asarray(corners[case].draw(rng)), images[case], labels[case]) for case in rng.integers(len(subjects), size=count)]
+    return [
+        (int(case), np.asarray(corners[case].draw(rng)), images[case], labels[case])
+        for case in rng.integers(len(subjects), size=count)
+    ]
 
 
 def ours(patches: list, config, voxel_to_world: list) -> float:
@@ -132,7 +196,9 @@ def ours(patches: list, config, voxel_to_world: list) -> float:
     rng = np.random.default_rng(1)
     started = time.perf_counter()
     for case, corner, image, label in patches:
-        patch_image, _ = sample_patch(image, label, tuple(corner), config.patch_size, voxel_to_world[case], augmentation.draw_spatial(rng))
+        patch_image, _ = sample_patch(
+            image, label, tuple(corner), config.patch_size, voxel_to_world[case], augmentation.draw_spatial(rng)
+        )
         augmentation.intensity(patch_image, augmentation.draw_intensity(rng, channels=patch_image.shape[0]))
     return len(patches) / (time.perf_counter() - started)
 
@@ -152,13 +218,15 @@ def theirs(patches: list, config, thick: int) -> float:
 
 
 def crop_padded(volume: torch.Tensor, centre: np.ndarray, size: tuple[int, ...], pad: float) -> torch.Tensor:
-    """The ``size`` region around ``centre``, padded with ``pad`` where it leaves the volume (nnU-Net's crop_and_pad_nd)."""
+    """The ``size`` region around ``centre``,
+    padded with ``pad`` where it leaves the volume (nnU-Net's crop_and_pad_nd)."""
     low = centre - np.asarray(size) // 2
     region = torch.full((volume.shape[0], *size), pad, dtype=volume.dtype)
     start, stop = np.maximum(low, 0), np.minimum(low + size, volume.shape[1:])
     if np.all(stop > start):
-        region[(slice(None), *(slice(a - o, b - o) for a, b, o in zip(start, stop, low)))] = \
-            volume[(slice(None), *(slice(a, b) for a, b in zip(start, stop)))]
+        region[(slice(None), *(slice(a - o, b - o) for a, b, o in zip(start, stop, low)))] = volume[
+            (slice(None), *(slice(a, b) for a, b in zip(start, stop)))
+        ]
     return region
 
 
@@ -167,7 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import batchgeneratorsv2  # noqa: F401
     except ImportError:
-        raise UserError('batchgeneratorsv2', 'not installed; it is a benchmark-only dependency: pip install -r requirements-bench.txt') from None
+        raise UserError(
+            'batchgeneratorsv2',
+            'not installed; it is a benchmark-only dependency: pip install -r requirements-bench.txt',
+        ) from None
     setup = argparse.Namespace(data=args.data, main_flags=args.main_flags, steps=1, cases=args.cases)
     config, subjects = training_setup(setup)
     patches = centres(subjects, config.patch_size, args.patches, config)
@@ -179,14 +250,23 @@ def main(argv: list[str] | None = None) -> int:
         runs['ours'].append(ours(patches, config, voxel_to_world))
         runs['nnunet'].append(theirs(patches, config, thick))
     medians = {name: statistics.median(values) for name, values in runs.items()}
-    print(json.dumps({
-        'plan': {'target_spacing': config.target_spacing, 'patch_size': config.patch_size,
-                 'dummy_2d': dummy_2d_axis(config.target_spacing, config.patch_size) is not None},
-        'patches_per_run': args.patches, 'threads': 1,
-        'patches_per_s': {name: [round(v, 2) for v in values] for name, values in runs.items()},
-        'median_patches_per_s': {name: round(v, 2) for name, v in medians.items()},
-        'nnunet_over_ours': round(medians['nnunet'] / medians['ours'], 3),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                'plan': {
+                    'target_spacing': config.target_spacing,
+                    'patch_size': config.patch_size,
+                    'dummy_2d': dummy_2d_axis(config.target_spacing, config.patch_size) is not None,
+                },
+                'patches_per_run': args.patches,
+                'threads': 1,
+                'patches_per_s': {name: [round(v, 2) for v in values] for name, values in runs.items()},
+                'median_patches_per_s': {name: round(v, 2) for name, v in medians.items()},
+                'nnunet_over_ours': round(medians['nnunet'] / medians['ours'], 3),
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

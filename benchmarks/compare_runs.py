@@ -31,7 +31,9 @@ MEAN = 'mean'
 def build_parser() -> argparse.ArgumentParser:
     summary, _, rest = __doc__.partition('\n\n')
     parser = Parser(description=summary, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('folders', type=Path, nargs='+', help='prediction folders holding metrics.csv; the first is the reference')
+    parser.add_argument(
+        'folders', type=Path, nargs='+', help='prediction folders holding metrics.csv; the first is the reference'
+    )
     parser.add_argument('--names', nargs='+', help='a name per folder (default: the folder names)')
     return parser
 
@@ -69,7 +71,11 @@ def paired(reference: dict, other: dict, keys: list, metric: str, form: str) -> 
 def table(names: list[str], runs: list[dict]) -> str:
     structures = sorted({s for _, s in runs[0]} - {MEAN}) + [MEAN]
     cases = sorted({c for c, _ in runs[0]})
-    header = ['run', 'structure', 'cases'] + [name for _, name, _ in METRICS] + [f'{name} minus {names[0]}' for _, name, _ in METRICS]
+    header = (
+        ['run', 'structure', 'cases']
+        + [name for _, name, _ in METRICS]
+        + [f'{name} minus {names[0]}' for _, name, _ in METRICS]
+    )
     lines = ['| ' + ' | '.join(header) + ' |', '|' + ' --- |' * len(header)]
     for structure in structures:
         keys = [(case, structure) for case in cases]

@@ -29,8 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     summary, _, rest = __doc__.partition('\n\n')
     parser = Parser(description=summary, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--data', type=Path, required=True, help='MSD-layout dataset to copy from')
-    parser.add_argument('--output', type=Path, required=True, help='new dataset folder (git-ignored, never in the repository)')
-    parser.add_argument('--max-mib', type=number(0, inclusive=False), required=True, help='size budget of the copied files, in MiB')
+    parser.add_argument(
+        '--output', type=Path, required=True, help='new dataset folder (git-ignored, never in the repository)'
+    )
+    parser.add_argument(
+        '--max-mib', type=number(0, inclusive=False), required=True, help='size budget of the copied files, in MiB'
+    )
     return parser
 
 
@@ -57,11 +61,20 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copyfile(case.image, args.output / 'imagesTr' / case.image.name)
         shutil.copyfile(case.label, args.output / 'labelsTr' / case.label.name)
     listing = json.loads((args.data / 'dataset.json').read_text())
-    listing['training'] = [{'image': f'./imagesTr/{c.image.name}', 'label': f'./labelsTr/{c.label.name}'} for c in chosen]
+    listing['training'] = [
+        {'image': f'./imagesTr/{c.image.name}', 'label': f'./labelsTr/{c.label.name}'} for c in chosen
+    ]
     listing.update(numTraining=len(chosen), test=[], numTest=0)
     atomic_write_text(args.output / 'dataset.json', json.dumps(listing, indent=2))
-    print(json.dumps({'cases': len(chosen), 'of': len(spec.cases), 'mib': round(sum(
-        c.image.stat().st_size + c.label.stat().st_size for c in chosen) / 2**20, 1)}))
+    print(
+        json.dumps(
+            {
+                'cases': len(chosen),
+                'of': len(spec.cases),
+                'mib': round(sum(c.image.stat().st_size + c.label.stat().st_size for c in chosen) / 2**20, 1),
+            }
+        )
+    )
     return 0
 
 

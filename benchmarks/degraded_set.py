@@ -46,8 +46,9 @@ def bias(subject: tio.Subject, strength: float) -> tio.Subject:
 
 def motion(subject: tio.Subject, strength: float) -> tio.Subject:
     """``strength`` degrees and millimetres of movement, in up to four positions."""
-    return tio.RandomMotion(degrees=strength, translation=strength, num_transforms=2 + int(strength // 8),
-                            include=['image'])(subject)
+    return tio.RandomMotion(
+        degrees=strength, translation=strength, num_transforms=2 + int(strength // 8), include=['image']
+    )(subject)
 
 
 def ghosting(subject: tio.Subject, strength: float) -> tio.Subject:
@@ -73,7 +74,7 @@ def low_in_plane(subject: tio.Subject, factor: float) -> tio.Subject:
 
 def _coarser(subject: tio.Subject, spacing: tuple[float, float, float]) -> tio.Subject:
     """The image blurred to the new voxel's profile and resampled; the label resampled as training does."""
-    blur_mm = [max(0.0, new ** 2 - old ** 2) ** 0.5 / FWHM_PER_SIGMA for new, old in zip(spacing, subject['image'].spacing)]
+    blur_mm = [max(0.0, new**2 - old**2) ** 0.5 / FWHM_PER_SIGMA for new, old in zip(spacing, subject['image'].spacing)]
     resample = tio.Resample(spacing)
     image = resample(tio.Blur(std=blur_mm)(subject['image']))
     return tio.Subject(image=image, label=resample_label(subject['label'], resample))
@@ -123,18 +124,36 @@ def variants(subject: tio.Subject, case_id: str, levels: tuple[int, ...] = (1, 2
 
 
 def _copy(subject: tio.Subject) -> tio.Subject:
-    return tio.Subject(image=tio.ScalarImage(tensor=subject['image'].data.clone().float(), affine=subject['image'].affine.copy()),
-                       label=tio.LabelMap(tensor=subject['label'].data.clone(), affine=subject['label'].affine.copy()))
+    return tio.Subject(
+        image=tio.ScalarImage(tensor=subject['image'].data.clone().float(), affine=subject['image'].affine.copy()),
+        label=tio.LabelMap(tensor=subject['label'].data.clone(), affine=subject['label'].affine.copy()),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     summary, _, rest = __doc__.partition('\n\n')
     parser = Parser(description=summary, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--images', type=Path, required=True, help="folder of clean <case>.nii.gz scans (or nnU-Net's <case>_0000.nii.gz)")
+    parser.add_argument(
+        '--images',
+        type=Path,
+        required=True,
+        help="folder of clean <case>.nii.gz scans (or nnU-Net's <case>_0000.nii.gz)",
+    )
     parser.add_argument('--labels', type=Path, required=True, help='folder of their <case>.nii.gz reference labels')
-    parser.add_argument('--output', type=Path, required=True, help='folder for images/ and labels/ (git-ignored, never in the repository)')
-    parser.add_argument('--strength-levels', type=int, nargs='+', choices=(1, 2, 3), default=[1, 2, 3],
-                        help='which of each damage\'s three strengths to write (default: all)')
+    parser.add_argument(
+        '--output',
+        type=Path,
+        required=True,
+        help='folder for images/ and labels/ (git-ignored, never in the repository)',
+    )
+    parser.add_argument(
+        '--strength-levels',
+        type=int,
+        nargs='+',
+        choices=(1, 2, 3),
+        default=[1, 2, 3],
+        help="which of each damage's three strengths to write (default: all)",
+    )
     return parser
 
 
@@ -151,8 +170,16 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(label, 'reference label not found')
         subject = tio.Subject(image=tio.ScalarImage(scan), label=tio.LabelMap(label))
         for name, damaged in variants(subject, case_id, tuple(args.strength_levels)):
-            save_nifti(damaged['image'].data[0].numpy().astype(np.float32), damaged['image'].affine, args.output / 'images' / f'{name}.nii.gz')
-            save_nifti(damaged['label'].data[0].numpy().astype(np.uint8), damaged['label'].affine, args.output / 'labels' / f'{name}.nii.gz')
+            save_nifti(
+                damaged['image'].data[0].numpy().astype(np.float32),
+                damaged['image'].affine,
+                args.output / 'images' / f'{name}.nii.gz',
+            )
+            save_nifti(
+                damaged['label'].data[0].numpy().astype(np.uint8),
+                damaged['label'].affine,
+                args.output / 'labels' / f'{name}.nii.gz',
+            )
     print(f'Wrote {len(scans)} x {1 + len(DAMAGES) * len(set(args.strength_levels))} cases to {args.output}')
     return 0
 

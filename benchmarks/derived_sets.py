@@ -71,7 +71,9 @@ def input_cases(args: argparse.Namespace) -> list[tuple[str, Path, Path]]:
     if args.data is not None:
         return [(case.case_id, case.image, case.label) for case in read_dataset(args.data).cases]
     if args.images is None or args.labels is None:
-        raise UserError('--data', 'give a dataset folder (--data) or an image and a label folder (--images and --labels)')
+        raise UserError(
+            '--data', 'give a dataset folder (--data) or an image and a label folder (--images and --labels)'
+        )
     scans = sorted(args.images.glob('*.nii*'))
     if not scans:
         raise UserError(args.images, 'holds no .nii or .nii.gz scans')
@@ -79,7 +81,9 @@ def input_cases(args: argparse.Namespace) -> list[tuple[str, Path, Path]]:
 
 
 def write_three_structures(cases: list[tuple[str, Path, Path]], output: Path, as_dataset: bool) -> None:
-    images, labels = (output / 'imagesTr', output / 'labelsTr') if as_dataset else (output / 'images', output / 'labels')
+    images, labels = (
+        (output / 'imagesTr', output / 'labelsTr') if as_dataset else (output / 'images', output / 'labels')
+    )
     for folder in (images, labels):
         ensure_writable_dir(folder)
     for case_id, image, label in tqdm(cases, desc='Splitting', unit='case'):
@@ -91,22 +95,33 @@ def write_three_structures(cases: list[tuple[str, Path, Path]], output: Path, as
         os.symlink(image.resolve(), link)
     if as_dataset:
         labels_by_name = {name: int(value) for value, name in THREE_STRUCTURES.items()}
-        description = {'name': output.name, 'channel_names': {'0': 'MRI'}, 'labels': labels_by_name,
-                       'numTraining': len(cases), 'file_ending': '.nii.gz'}
+        description = {
+            'name': output.name,
+            'channel_names': {'0': 'MRI'},
+            'labels': labels_by_name,
+            'numTraining': len(cases),
+            'file_ending': '.nii.gz',
+        }
         atomic_write_text(output / 'dataset.json', json.dumps(description, indent=1))
 
 
-def write_thick_slices(cases: list[tuple[str, Path, Path]], output: Path, thickness: float, dataset: Path | None) -> None:
+def write_thick_slices(
+    cases: list[tuple[str, Path, Path]], output: Path, thickness: float, dataset: Path | None
+) -> None:
     images, labels = (output / 'imagesTr', output / 'labelsTr') if dataset else (output / 'images', output / 'labels')
     for folder in (images, labels):
         ensure_writable_dir(folder)
     for case_id, image, label in tqdm(cases, desc='Thick slices', unit='case'):
         thick = thick_slices(tio.Subject(image=tio.ScalarImage(image), label=tio.LabelMap(label)), thickness)
-        save_nifti(thick['image'].data[0].numpy().astype(np.float32), thick['image'].affine, images / f'{case_id}.nii.gz')
+        save_nifti(
+            thick['image'].data[0].numpy().astype(np.float32), thick['image'].affine, images / f'{case_id}.nii.gz'
+        )
         save_nifti(thick['label'].data[0].numpy().astype(np.uint8), thick['label'].affine, labels / f'{case_id}.nii.gz')
     if dataset:
         description = json.loads((dataset / 'dataset.json').read_text())
-        description['training'] = [{'image': f'./imagesTr/{c}.nii.gz', 'label': f'./labelsTr/{c}.nii.gz'} for c, _, _ in cases]
+        description['training'] = [
+            {'image': f'./imagesTr/{c}.nii.gz', 'label': f'./labelsTr/{c}.nii.gz'} for c, _, _ in cases
+        ]
         description['name'] = output.name
         atomic_write_text(output / 'dataset.json', json.dumps(description, indent=1))
 
@@ -119,7 +134,9 @@ def write_resampled(cases: list[tuple[str, Path, Path]], output: Path, spacing: 
         scan = resample(tio.ScalarImage(image))
         save_nifti(scan.data[0].numpy().astype(np.float32), scan.affine, output / 'images' / f'{case_id}.nii.gz')
         resampled = resample_label(tio.LabelMap(label), resample)
-        save_nifti(resampled.data[0].numpy().astype(np.uint8), resampled.affine, output / 'labels' / f'{case_id}.nii.gz')
+        save_nifti(
+            resampled.data[0].numpy().astype(np.uint8), resampled.affine, output / 'labels' / f'{case_id}.nii.gz'
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,9 +146,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--data', type=Path, help='an MSD dataset folder to derive a training dataset from')
     parser.add_argument('--images', type=Path, help='or: a folder of <case>.nii.gz scans (a test set) ...')
     parser.add_argument('--labels', type=Path, help='... and the folder of their labels')
-    parser.add_argument('--output', type=Path, required=True, help='where to write (git-ignored, never in the repository)')
-    parser.add_argument('--thickness', type=number(0, inclusive=False), default=5.0, help='thick-slices: mm between slices (default %(default)s)')
-    parser.add_argument('--spacing', type=number(0, inclusive=False), nargs=3, default=(1.37, 1.37, 10.0), help='resampled: the new spacing in mm (default %(default)s)')
+    parser.add_argument(
+        '--output', type=Path, required=True, help='where to write (git-ignored, never in the repository)'
+    )
+    parser.add_argument(
+        '--thickness',
+        type=number(0, inclusive=False),
+        default=5.0,
+        help='thick-slices: mm between slices (default %(default)s)',
+    )
+    parser.add_argument(
+        '--spacing',
+        type=number(0, inclusive=False),
+        nargs=3,
+        default=(1.37, 1.37, 10.0),
+        help='resampled: the new spacing in mm (default %(default)s)',
+    )
     return parser
 
 

@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--checkpoint', type=Path, required=True, help='a best.pt written by main.py')
     parser.add_argument('--images', type=Path, required=True, help='folder of scans; the first --cases are used')
     parser.add_argument('--cases', type=integer(1), default=5, help='(default: 5)')
-    parser.add_argument('--repeats', type=integer(1), default=3, help='timing runs; the median is reported (default: 3)')
+    parser.add_argument(
+        '--repeats', type=integer(1), default=3, help='timing runs; the median is reported (default: 3)'
+    )
     return parser
 
 
@@ -74,16 +76,25 @@ def main(argv: list[str] | None = None) -> int:
         files = {name: Path(folder) / filename for name, filename in BACKENDS.items()}
         for path in files.values():
             export_network(network, plan, path)
-        result['max_logit_difference'] = {name: patch_difference(args.checkpoint, path, images[0]) for name, path in files.items()}
+        result['max_logit_difference'] = {
+            name: patch_difference(args.checkpoint, path, images[0]) for name, path in files.items()
+        }
         sources = {'pytorch': args.checkpoint, **files}
         for tta in (False, True):
             predictors = {name: Predictor([path], device='cpu', tta=tta) for name, path in sources.items()}
             masks = {name: [predictor.predict(image)[0] for image in images] for name, predictor in predictors.items()}
             shapes = [load_nifti(image).shape[:3] for image in images]
             result[f'tta_{tta}'] = {
-                'min_dice_against_pytorch': {name: round(min(dice(m > 0, r > 0) for m, r in zip(masks[name], masks['pytorch'])), 5) for name in files},
-                'identical_masks': {name: sum(np.array_equal(m, r) for m, r in zip(masks[name], masks['pytorch'])) for name in files},
-                'masks_in_input_shape': {name: all(m.shape == shape for m, shape in zip(masks[name], shapes)) for name in files},
+                'min_dice_against_pytorch': {
+                    name: round(min(dice(m > 0, r > 0) for m, r in zip(masks[name], masks['pytorch'])), 5)
+                    for name in files
+                },
+                'identical_masks': {
+                    name: sum(np.array_equal(m, r) for m, r in zip(masks[name], masks['pytorch'])) for name in files
+                },
+                'masks_in_input_shape': {
+                    name: all(m.shape == shape for m, shape in zip(masks[name], shapes)) for name in files
+                },
                 'seconds_per_case': seconds_per_case(predictors, images, args.repeats),
             }
     print(json.dumps(result, indent=2))

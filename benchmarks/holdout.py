@@ -35,10 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
     summary, _, rest = __doc__.partition('\n\n')
     parser = Parser(description=summary, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--data', type=Path, required=True, help='dataset folder, MSD or nnU-Net v2 raw layout')
-    parser.add_argument('--output', type=Path, required=True, help='where to write train/ and test/ (git-ignored, never in the repository)')
+    parser.add_argument(
+        '--output',
+        type=Path,
+        required=True,
+        help='where to write train/ and test/ (git-ignored, never in the repository)',
+    )
     held = parser.add_mutually_exclusive_group(required=True)
     held.add_argument('--patients', type=integer(1), help='hold out this many patients, drawn with --seed')
-    held.add_argument('--test-cases', type=Path, help='a text file of case ids to hold out, one per line (their patients go with them)')
+    held.add_argument(
+        '--test-cases',
+        type=Path,
+        help='a text file of case ids to hold out, one per line (their patients go with them)',
+    )
     parser.add_argument('--seed', type=integer(0), default=0, help='seed of the drawn patients (default %(default)s)')
     return parser
 
@@ -52,11 +61,13 @@ def held_out_patients(spec: DatasetSpec, args: argparse.Namespace) -> set[str]:
             raise UserError(args.test_cases, f'cannot read the case list ({error.strerror})') from None
         unknown = sorted(named - {case.case_id for case in spec.cases})
         if unknown:
-            raise UserError(args.test_cases, f'names {len(unknown)} cases the dataset does not have, e.g. {unknown[0]!r}')
+            raise UserError(
+                args.test_cases, f'names {len(unknown)} cases the dataset does not have, e.g. {unknown[0]!r}'
+            )
         return {patient_of(case_id) for case_id in named}
     if args.patients >= len(patients):
         raise UserError('--patients', f'{args.patients} leaves no patient to train on: the dataset has {len(patients)}')
-    return set(np.random.default_rng(args.seed).permutation(patients)[:args.patients].tolist())
+    return set(np.random.default_rng(args.seed).permutation(patients)[: args.patients].tolist())
 
 
 def link(source: Path, target: Path) -> None:
@@ -73,7 +84,9 @@ def write_training_folder(spec: DatasetSpec, cases: list[Case], output: Path) ->
     description = json.loads((spec.root / 'dataset.json').read_text())
     description.update(numTraining=len(cases), name=output.name)
     if spec.layout != NNUNET_V2:
-        description['training'] = [{'image': f'./imagesTr/{c.image.name}', 'label': f'./labelsTr/{c.label.name}'} for c in cases]
+        description['training'] = [
+            {'image': f'./imagesTr/{c.image.name}', 'label': f'./labelsTr/{c.label.name}'} for c in cases
+        ]
         description.update(test=[], numTest=0)
     atomic_write_text(output / 'dataset.json', json.dumps(description, indent=1))
 
@@ -82,7 +95,9 @@ def write_test_folder(spec: DatasetSpec, cases: list[Case], output: Path) -> Non
     for folder in ('images', 'labels'):
         ensure_writable_dir(output / folder)
     for case in cases:
-        link(case.image, output / 'images' / (case.image.name if spec.layout == NNUNET_V2 else f'{case.case_id}.nii.gz'))
+        link(
+            case.image, output / 'images' / (case.image.name if spec.layout == NNUNET_V2 else f'{case.case_id}.nii.gz')
+        )
         link(case.label, output / 'labels' / f'{case.case_id}.nii.gz')
 
 
@@ -95,8 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     write_training_folder(spec, training, args.output / 'train')
     write_test_folder(spec, test, args.output / 'test')
     atomic_write_text(args.output / 'test_cases.txt', ''.join(f'{case.case_id}\n' for case in test))
-    print(f'{len(held)} patients ({len(test)} scans) held out in {args.output / "test"}; '
-          f'{len(training)} scans to train on in {args.output / "train"}')
+    print(
+        f'{len(held)} patients ({len(test)} scans) held out in {args.output / "test"}; '
+        f'{len(training)} scans to train on in {args.output / "train"}'
+    )
     return 0
 
 

@@ -6,7 +6,8 @@ system time come from ``getrusage`` after they exit.
 
 Example::
 
-    python -m benchmarks.benchmark loader --data ../shared/data/LA2018 --workers 1 2 -- --spacing 0.625 --patch-size 144 128 80
+    python -m benchmarks.benchmark loader --data ../shared/data/LA2018 --workers 1 2 -- --spacing 0.625 \
+--patch-size 144 128 80
 """
 
 from __future__ import annotations
@@ -30,21 +31,32 @@ from heartseg.recipe import build_augmentation, build_patch_loader, limit_thread
 
 
 def loader_throughput(config: RunConfig, subjects: list[tio.Subject], workers: int, worker_threads: int | None) -> dict:
-    """One pass over an epoch's patches by a fresh loader: patches/s, and the time its processes spent in user and system mode."""
-    loader = build_patch_loader(replace(config, num_workers=workers), subjects, build_augmentation(config), torch.device('cpu'),
-                                worker_threads).loader
+    """One pass over an epoch's patches by a fresh loader:
+    patches/s, and the time its processes spent in user and system mode."""
+    loader = build_patch_loader(
+        replace(config, num_workers=workers), subjects, build_augmentation(config), torch.device('cpu'), worker_threads
+    ).loader
     before = _cpu_seconds()
     started = time.perf_counter()
     patches = sum(len(images) for images, *_ in loader)
     del loader
-    gc.collect()  # the loader and its iterator hold each other: collecting them stops the workers, whose CPU time then counts
+    # the loader and its iterator hold each other: collecting them stops the workers, whose CPU time then counts
+    gc.collect()
     seconds = time.perf_counter() - started
     user, system, faults = (after - first for after, first in zip(_cpu_seconds(), before))
-    return {'patches_per_s': patches / seconds, 'patches_per_s_per_worker': patches / seconds / max(workers, 1),
-            'user_s': user, 'system_s': system, 'system_share': system / (user + system), 'page_faults_per_patch': faults / patches}
+    return {
+        'patches_per_s': patches / seconds,
+        'patches_per_s_per_worker': patches / seconds / max(workers, 1),
+        'user_s': user,
+        'system_s': system,
+        'system_share': system / (user + system),
+        'page_faults_per_patch': faults / patches,
+    }
 
 
-def median_throughput(config: RunConfig, subjects: list[tio.Subject], workers: int, worker_threads: int | None, repeats: int) -> dict:
+def median_throughput(
+    config: RunConfig, subjects: list[tio.Subject], workers: int, worker_threads: int | None, repeats: int
+) -> dict:
     runs = [loader_throughput(config, subjects, workers, worker_threads) for _ in range(repeats)]
     return {'workers': workers, **{key: round(statistics.median(run[key] for run in runs), 3) for key in runs[0]}}
 
@@ -54,10 +66,13 @@ INTENSITY = 'intensity augmentation'
 
 
 def transform_shares(config: RunConfig, subjects: list[tio.Subject], patches: int) -> dict[str, float]:
-    """Share of one process's loader time in the patch sampling, the intensity augmentation (in the loader only), and the rest."""
+    """Share of one process's loader time in the patch sampling,
+    the intensity augmentation (in the loader only), and the rest."""
     totals: dict[str, float] = {}
     augmentation = build_augmentation(config)
-    dataset = build_patch_loader(replace(config, num_workers=0), subjects, augmentation, torch.device('cpu')).loader.dataset
+    dataset = build_patch_loader(
+        replace(config, num_workers=0), subjects, augmentation, torch.device('cpu')
+    ).loader.dataset
     with _threads_as_in_a_worker(), ExitStack() as timers:
         timers.enter_context(_timed(sampling, 'sample_patch', SPATIAL, totals))
         if augmentation is not None:

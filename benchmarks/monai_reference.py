@@ -8,7 +8,8 @@ original resolution with this project's metrics. MONAI is a development-only
 dependency (``requirements-bench.txt``).
 
 Example:
-    python -m benchmarks.monai_reference --data ../shared/data/LA2018 --splits runs/la/splits.json --minutes 12 --output runs/monai
+    python -m benchmarks.monai_reference --data ../shared/data/LA2018 --splits runs/la/splits.json --minutes 12 \
+--output runs/monai
 """
 
 from __future__ import annotations
@@ -45,21 +46,32 @@ def transforms(training: bool):
     ]
     if not training:
         return mt.Compose(common)
-    return mt.Compose([
-        *common,
-        mt.SpatialPadd(keys=['image', 'label'], spatial_size=PATCH),
-        mt.RandCropByPosNegLabeld(keys=['image', 'label'], label_key='label', spatial_size=PATCH, pos=1, neg=1, num_samples=4),
-        mt.RandFlipd(keys=['image', 'label'], prob=0.5, spatial_axis=0),
-        mt.RandFlipd(keys=['image', 'label'], prob=0.5, spatial_axis=1),
-        mt.RandFlipd(keys=['image', 'label'], prob=0.5, spatial_axis=2),
-    ])
+    return mt.Compose(
+        [
+            *common,
+            mt.SpatialPadd(keys=['image', 'label'], spatial_size=PATCH),
+            mt.RandCropByPosNegLabeld(
+                keys=['image', 'label'], label_key='label', spatial_size=PATCH, pos=1, neg=1, num_samples=4
+            ),
+            mt.RandFlipd(keys=['image', 'label'], prob=0.5, spatial_axis=0),
+            mt.RandFlipd(keys=['image', 'label'], prob=0.5, spatial_axis=1),
+            mt.RandFlipd(keys=['image', 'label'], prob=0.5, spatial_axis=2),
+        ]
+    )
 
 
 def network() -> torch.nn.Module:
     from monai.networks.nets import UNet
 
-    return UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=(16, 32, 64, 128), strides=(2, 2, 2),
-                num_res_units=2, norm='batch')
+    return UNet(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=2,
+        channels=(16, 32, 64, 128),
+        strides=(2, 2, 2),
+        num_res_units=2,
+        norm='batch',
+    )
 
 
 def foreground_probability(model, image: torch.Tensor) -> torch.Tensor:
@@ -70,7 +82,9 @@ def foreground_probability(model, image: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits, dim=1)[0, 1:]
 
 
-def train(args: argparse.Namespace, train_items: list[dict], val_items: list[dict]) -> tuple[torch.nn.Module, list[dict]]:
+def train(
+    args: argparse.Namespace, train_items: list[dict], val_items: list[dict]
+) -> tuple[torch.nn.Module, list[dict]]:
     from monai.data import CacheDataset, DataLoader
     from monai.losses import DiceCELoss
 
@@ -90,9 +104,19 @@ def train(args: argparse.Namespace, train_items: list[dict], val_items: list[dic
             if time.perf_counter() - started >= args.minutes * 60:
                 break
         model.eval()
-        dices = [case_metrics(foreground_probability(model, item['image'])[0].numpy() > 0.5, item['label'][0].numpy() > 0, SPACING)['dice']
-                 for item in val_data]
-        curve.append({'minutes': round((time.perf_counter() - started) / 60, 2), 'steps': steps, 'val_dice': float(np.mean(dices))})
+        dices = [
+            case_metrics(
+                foreground_probability(model, item['image'])[0].numpy() > 0.5, item['label'][0].numpy() > 0, SPACING
+            )['dice']
+            for item in val_data
+        ]
+        curve.append(
+            {
+                'minutes': round((time.perf_counter() - started) / 60, 2),
+                'steps': steps,
+                'val_dice': float(np.mean(dices)),
+            }
+        )
         print(json.dumps(curve[-1]), flush=True)
         if curve[-1]['val_dice'] > best:
             best, best_state = curve[-1]['val_dice'], {k: v.clone() for k, v in model.state_dict().items()}
@@ -120,7 +144,9 @@ def evaluate_original_resolution(model, val_items: list[dict]) -> list[dict]:
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--data', type=Path, required=True, help='MSD-layout dataset')
-    parser.add_argument('--splits', type=Path, required=True, help="a run's splits.json, so both recipes share the split")
+    parser.add_argument(
+        '--splits', type=Path, required=True, help="a run's splits.json, so both recipes share the split"
+    )
     parser.add_argument('--minutes', type=number(0, inclusive=False), default=25, help='training wall-clock budget')
     parser.add_argument('--output', type=Path, required=True, help='folder for curve.json and summary.json')
     parser.add_argument('--seed', type=integer(0), default=0)
@@ -131,12 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     split = json.loads(args.splits.read_text())
     cases = {case.case_id: case for case in read_dataset(args.data).cases}
-    items = {name: [{'image': str(cases[i].image), 'label': str(cases[i].label)} for i in split[name]] for name in ('training', 'validation')}
+    items = {
+        name: [{'image': str(cases[i].image), 'label': str(cases[i].label)} for i in split[name]]
+        for name in ('training', 'validation')
+    }
     model, curve = train(args, items['training'], items['validation'])
     rows = evaluate_original_resolution(model, items['validation'])
     args.output.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.output / 'curve.json', json.dumps(curve, indent=1))
-    atomic_write_text(args.output / 'summary.json', json.dumps({'per_case': rows, 'summary': summarise(rows)}, indent=1))
+    atomic_write_text(
+        args.output / 'summary.json', json.dumps({'per_case': rows, 'summary': summarise(rows)}, indent=1)
+    )
     print(json.dumps(summarise(rows), indent=1))
     return 0
 

@@ -44,12 +44,23 @@ from heartseg.qc import FEATURES, assess, features
 from heartseg.splits import patient_of
 
 FAILURE_BELOW = 0.80
-MEASURE_KEYS = ('tta_agreement', 'model_agreement', 'confidence', 'volume_ml', 'volume_ratio', 'components',
-                'removed_fraction', 'edge_contact_mm2', 'edge_limit_mm2', 'intensity_distance')
+MEASURE_KEYS = (
+    'tta_agreement',
+    'model_agreement',
+    'confidence',
+    'volume_ml',
+    'volume_ratio',
+    'components',
+    'removed_fraction',
+    'edge_contact_mm2',
+    'edge_limit_mm2',
+    'intensity_distance',
+)
 
 
 def read_cases(folder: Path) -> list[dict]:
-    """Each case's source scan, damage, and per structure its measures and true Dice, from a prediction folder's qc.csv."""
+    """Each case's source scan, damage, and per structure its measures and true Dice,
+    from a prediction folder's qc.csv."""
     path = folder / 'qc.csv'
     try:
         rows = list(csv.DictReader(path.read_text().splitlines()))
@@ -65,7 +76,9 @@ def read_cases(folder: Path) -> list[dict]:
             continue  # a failed case has no mask to judge
         structures = {}
         for name, prefix in prefixes.items():
-            measures = {key: float(row[prefix + key]) if row.get(prefix + key, '') != '' else math.nan for key in MEASURE_KEYS}
+            measures = {
+                key: float(row[prefix + key]) if row.get(prefix + key, '') != '' else math.nan for key in MEASURE_KEYS
+            }
             measures['edge'] = row[prefix + 'edge']
             structures[name] = {'true_dice': float(row[prefix + 'true_dice']), 'measures': measures}
         source, _, damage = row['case'].partition('__')
@@ -81,22 +94,28 @@ def split(cases: list[dict]) -> tuple[list[dict], list[dict]]:
     """Alternate patients (not scans: ACDC's two frames of a patient stay on one side) between fitting and held out."""
     patients = sorted({patient_of(case['source']) for case in cases})
     fitting = set(patients[0::2])
-    return ([c for c in cases if patient_of(c['source']) in fitting],
-            [c for c in cases if patient_of(c['source']) not in fitting])
+    return (
+        [c for c in cases if patient_of(c['source']) in fitting],
+        [c for c in cases if patient_of(c['source']) not in fitting],
+    )
 
 
 def fit_rule(cases: list[dict], names: tuple[str, ...]) -> dict:
-    """Least-squares coefficients of true Dice on the named features, and the Spearman correlation their fit gives the structures."""
+    """Least-squares coefficients of true Dice on the named features,
+    and the Spearman correlation their fit gives the structures."""
     rows = structure_rows(cases)
     design = np.array([[1.0] + [features(r['measures'])[name] for name in names] for r in rows])
     target = np.array([r['true_dice'] for r in rows])
     coefficients, *_ = np.linalg.lstsq(design, target, rcond=None)
-    return {'rule': dict(zip(['intercept', *names], (round(float(v), 4) for v in coefficients))),
-            'spearman': round(float(stats.spearmanr(design @ coefficients, target).statistic), 4)}
+    return {
+        'rule': dict(zip(['intercept', *names], (round(float(v), 4) for v in coefficients))),
+        'spearman': round(float(stats.spearmanr(design @ coefficients, target).statistic), 4),
+    }
 
 
 def candidate_rules(cases: list[dict], with_agreement: bool) -> list[dict]:
-    """The fits of growing feature sets, first feature the strongest signal available; qc.py keeps the best-ranking one."""
+    """The fits of growing feature sets, first feature the strongest signal available;
+    qc.py keeps the best-ranking one."""
     first = ('disagreement',) if with_agreement else ('unconfidence',)
     rest = [name for name in FEATURES if name not in first and (with_agreement or name != 'disagreement')]
     return [fit_rule(cases, first + tuple(rest[:k])) for k in range(len(rest) + 1)]
@@ -127,14 +146,19 @@ def evaluate(cases: list[dict]) -> dict:
     clean = np.array([c['damage'] == 'clean' for c in cases])
     risk = 1 - case_true
     return {
-        'cases': len(cases), 'structures': len(true), 'failing_cases': int(case_failure.sum()), 'clean': int(clean.sum()),
+        'cases': len(cases),
+        'structures': len(true),
+        'failing_cases': int(case_failure.sum()),
+        'clean': int(clean.sum()),
         'spearman': float(stats.spearmanr(predicted, true).statistic),
         'auroc': auroc(predicted, true < FAILURE_BELOW),
         'failing_cases_flagged': f'{int(flagged[case_failure].sum())} of {int(case_failure.sum())}',
         'clean_flagged': f'{int(flagged[clean].sum())} of {int(clean.sum())}',
         'clean_flagged_cases': [c['case'] for c, f, k in zip(cases, flagged, clean) if f and k],
         'all_flagged': f'{int(flagged.sum())} of {len(cases)}',
-        'aurc': aurc(np.array([r.predicted_dice for r in reports]), risk), 'aurc_random': float(risk.mean()), 'aurc_oracle': aurc(case_true, risk),
+        'aurc': aurc(np.array([r.predicted_dice for r in reports]), risk),
+        'aurc_random': float(risk.mean()),
+        'aurc_oracle': aurc(case_true, risk),
         'mean_absolute_error': float(np.abs(predicted - true).mean()),
     }
 
@@ -146,10 +170,12 @@ def by_damage(cases: list[dict]) -> dict[str, dict]:
     result = {}
     for damage, group in sorted(groups.items()):
         reports = [assess({name: s['measures'] for name, s in c['structures'].items()}) for c in group]
-        result[damage] = {'cases': len(group),
-                          'true_dice': round(float(np.mean([s['true_dice'] for s in structure_rows(group)])), 4),
-                          'predicted_dice': round(float(np.mean([r.predicted_dice for r in reports])), 4),
-                          'flagged': sum(r.flag for r in reports)}
+        result[damage] = {
+            'cases': len(group),
+            'true_dice': round(float(np.mean([s['true_dice'] for s in structure_rows(group)])), 4),
+            'predicted_dice': round(float(np.mean([r.predicted_dice for r in reports])), 4),
+            'flagged': sum(r.flag for r in reports),
+        }
     return result
 
 
@@ -158,14 +184,23 @@ def normal_ranges(cases: list[dict]) -> dict[str, float]:
     good = [s['measures'] for s in structure_rows(cases) if s['true_dice'] >= 0.85]
     column = lambda key: np.array([m[key] for m in good if not math.isnan(m[key])])  # noqa: E731
     return {
-        'tta_agreement_1st_percentile': float(np.percentile(column('tta_agreement'), 1)) if column('tta_agreement').size else math.nan,
+        'tta_agreement_1st_percentile': float(np.percentile(column('tta_agreement'), 1))
+        if column('tta_agreement').size
+        else math.nan,
         'confidence_1st_percentile': float(np.percentile(column('confidence'), 1)),
-        'volume_ratio_range': (float(column('volume_ratio').min()), float(column('volume_ratio').max())) if column('volume_ratio').size else None,
+        'volume_ratio_range': (float(column('volume_ratio').min()), float(column('volume_ratio').max()))
+        if column('volume_ratio').size
+        else None,
         'removed_fraction_99th_percentile': float(np.percentile(column('removed_fraction'), 99)),
         'intensity_distance_99th_percentile': float(np.percentile(column('intensity_distance'), 99)),
         'predicted_dice_of_clean_and_failing': {
-            'clean_min': float(min(assess({n: s['measures'] for n, s in c['structures'].items()}).predicted_dice
-                                   for c in cases if c['damage'] == 'clean')),
+            'clean_min': float(
+                min(
+                    assess({n: s['measures'] for n, s in c['structures'].items()}).predicted_dice
+                    for c in cases
+                    if c['damage'] == 'clean'
+                )
+            ),
         },
     }
 
@@ -173,9 +208,19 @@ def normal_ranges(cases: list[dict]) -> dict[str, float]:
 def build_parser() -> argparse.ArgumentParser:
     summary, _, rest = __doc__.partition('\n\n')
     parser = Parser(description=summary, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--predictions', type=Path, required=True, help='prediction folder (predict.py --labels, with TTA)')
-    parser.add_argument('--no-tta-predictions', type=Path, help='the same cases predicted with --no-tta: fits and scores the rule without agreement')
-    parser.add_argument('--report-on', type=Path, help='fit on every case of --predictions and report on this folder\'s cases (other patients)')
+    parser.add_argument(
+        '--predictions', type=Path, required=True, help='prediction folder (predict.py --labels, with TTA)'
+    )
+    parser.add_argument(
+        '--no-tta-predictions',
+        type=Path,
+        help='the same cases predicted with --no-tta: fits and scores the rule without agreement',
+    )
+    parser.add_argument(
+        '--report-on',
+        type=Path,
+        help="fit on every case of --predictions and report on this folder's cases (other patients)",
+    )
     parser.add_argument('--output', type=Path, help='also write the results here as JSON')
     return parser
 
@@ -183,7 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.report_on is not None and args.no_tta_predictions is not None:
-        raise UserError('--report-on', 'takes the TTA predictions only; fit the --no-tta rule with the halves of one folder')
+        raise UserError(
+            '--report-on', 'takes the TTA predictions only; fit the --no-tta rule with the halves of one folder'
+        )
     results = {}
     for name, folder, with_agreement in (('tta', args.predictions, True), ('no_tta', args.no_tta_predictions, False)):
         if folder is None:

@@ -39,7 +39,11 @@ def conv3d_peak_gflops(device: torch.device, repeats: int) -> float:
     convolution = torch.nn.Conv3d(32, 32, 3, padding=1).to(device, memory_format=layout)
     volume = torch.randn(2, 32, 64, 64, 64, device=device).to(memory_format=layout).requires_grad_()
     flops = count_flops(lambda: convolution(volume).sum().backward())
-    return flops / median_seconds(lambda: synchronised(lambda: convolution(volume).sum().backward(), device), repeats) / 1e9
+    return (
+        flops
+        / median_seconds(lambda: synchronised(lambda: convolution(volume).sum().backward(), device), repeats)
+        / 1e9
+    )
 
 
 def count_flops(function: Callable[[], object]) -> int:

@@ -26,7 +26,6 @@ import numpy as np
 from tqdm import tqdm
 
 from heartseg.data import Case, DatasetSpec
-from heartseg.errors import UserError
 from heartseg.fingerprint import CaseHeader, canonical_header
 from heartseg.outputs import foreground_values
 from heartseg.validation import SPACING_OUTLIER_FACTOR, CaseCheck, Problem, channels_first
@@ -86,10 +85,14 @@ def duplicate_problems(entries: list[tuple[str, Case]], root: Path) -> list[Prob
     problems = []
     for (split, case_id), count in Counter((split, case.case_id) for split, case in entries).items():
         if count > 1:
-            problems.append(Problem(case_id, 'duplicate_entry', 'dataset.json', f'case listed {count} times in "{split}"'))
+            problems.append(
+                Problem(case_id, 'duplicate_entry', 'dataset.json', f'case listed {count} times in "{split}"')
+            )
     training_ids = {case.case_id for split, case in entries if split == 'training'}
     for case_id in sorted({case.case_id for split, case in entries if split == 'test'} & training_ids):
-        problems.append(Problem(case_id, 'duplicate_entry', 'dataset.json', 'case listed in both "training" and "test"'))
+        problems.append(
+            Problem(case_id, 'duplicate_entry', 'dataset.json', 'case listed in both "training" and "test"')
+        )
     owners: dict[Path, set[str]] = {}
     for _, case in entries:
         if case.label is not None:
@@ -97,7 +100,11 @@ def duplicate_problems(entries: list[tuple[str, Case]], root: Path) -> list[Prob
     for label, case_ids in owners.items():
         if len(case_ids) > 1:
             first, *others = sorted(case_ids)
-            problems.append(Problem(first, 'duplicate_entry', _relative(label, root), f'label file also used by {", ".join(others)}'))
+            problems.append(
+                Problem(
+                    first, 'duplicate_entry', _relative(label, root), f'label file also used by {", ".join(others)}'
+                )
+            )
     return problems
 
 
@@ -105,7 +112,9 @@ def unique_tasks(entries: list[tuple[str, Case]], spec: DatasetSpec) -> list[Cas
     """One task per (split, case id): a duplicate is reported, not analysed twice."""
     tasks: dict[tuple[str, str], CaseTask] = {}
     for split, case in entries:
-        tasks.setdefault((split, case.case_id), CaseTask(case, split, tuple(spec.labels), len(spec.modalities), spec.root))
+        tasks.setdefault(
+            (split, case.case_id), CaseTask(case, split, tuple(spec.labels), len(spec.modalities), spec.root)
+        )
     return list(tasks.values())
 
 
@@ -164,7 +173,9 @@ def _scaling(image: nib.Nifti1Image) -> tuple[float, float] | None:
     return None if (slope, inter) == (1.0, 0.0) else (slope, inter)
 
 
-def _label_voxels(task: CaseTask, image_nifti: nib.Nifti1Image | None, label_nifti: nib.Nifti1Image, check: CaseCheck) -> np.ndarray | None:
+def _label_voxels(
+    task: CaseTask, image_nifti: nib.Nifti1Image | None, label_nifti: nib.Nifti1Image, check: CaseCheck
+) -> np.ndarray | None:
     """Check the label map; return it as integers when it pairs voxel for voxel with the image."""
     path = task.case.label
     if not check.dimensions(path, label_nifti, 1):
@@ -195,8 +206,9 @@ def _measure_voxels(task: CaseTask, result: CaseResult, image: np.ndarray, label
     result.foreground_stats = statistics(foreground)
     result.foreground_sample, result.background_sample = _sample(foreground, rng), _sample(background, rng)
     voxel_ml = float(np.prod(result.header.spacing)) / 1000
-    result.volumes_ml = {value: int(np.count_nonzero(label == value)) * voxel_ml
-                         for value in foreground_values(task.labels)}
+    result.volumes_ml = {
+        value: int(np.count_nonzero(label == value)) * voxel_ml for value in foreground_values(task.labels)
+    }
     result.foreground_fraction = float(np.count_nonzero(mask)) / mask.size
     result.foreground_bbox = _bounding_box(mask)
     result.slice_image, result.slice_label = _montage_slice(image, label, mask)
@@ -212,9 +224,12 @@ def statistics(values: np.ndarray) -> dict[str, float] | None:
         return None
     low, high = np.percentile(values, PERCENTILES)
     return {
-        'min': float(values.min()), 'max': float(values.max()),
-        'mean': float(values.mean(dtype=np.float64)), 'std': float(values.std(dtype=np.float64)),
-        'p0.5': float(low), 'p99.5': float(high),
+        'min': float(values.min()),
+        'max': float(values.max()),
+        'mean': float(values.mean(dtype=np.float64)),
+        'std': float(values.std(dtype=np.float64)),
+        'p0.5': float(low),
+        'p99.5': float(high),
     }
 
 
@@ -270,9 +285,15 @@ def spacing_outliers(results: list[CaseResult]) -> None:
     for result in (r for r in results if r.header):
         for axis, spacing in enumerate(result.header.spacing):
             if not low[axis] <= spacing <= high[axis]:
-                result.add_problem('spacing_outlier', result.image, (
-                    f'spacing {spacing:g} mm on axis {AXES[axis]} is outside [{low[axis]:g}, {high[axis]:g}] mm '
-                    f'(the training median {median[axis]:g} mm divided and multiplied by {SPACING_OUTLIER_FACTOR:g})'))
+                result.add_problem(
+                    'spacing_outlier',
+                    result.image,
+                    (
+                        f'spacing {spacing:g} mm on axis {AXES[axis]} is outside [{low[axis]:g}, {high[axis]:g}] mm '
+                        f'(the training median {median[axis]:g} mm divided '
+                        f'and multiplied by {SPACING_OUTLIER_FACTOR:g})'
+                    ),
+                )
 
 
 def attach_problems(results: list[CaseResult], problems: list[Problem]) -> None:

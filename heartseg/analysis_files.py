@@ -34,11 +34,15 @@ FIGURE_DPI = 100
 def case_record(result: CaseResult) -> dict[str, Any]:
     header = result.header
     return {
-        'case_id': result.case_id, 'split': result.split, 'image': result.image, 'label': result.label,
+        'case_id': result.case_id,
+        'split': result.split,
+        'image': result.image,
+        'label': result.label,
         'shape': list(header.shape) if header else None,
         'spacing': list(header.spacing) if header else None,
         'orientation': header.orientation if header else None,
-        'dtype': result.dtype, 'scaling': list(result.scaling) if result.scaling else None,
+        'dtype': result.dtype,
+        'scaling': list(result.scaling) if result.scaling else None,
         'intensity': {'image': result.image_stats, 'foreground': result.foreground_stats},
         'volume_ml': None if result.volumes_ml is None else {str(k): v for k, v in result.volumes_ml.items()},
         'foreground_fraction': result.foreground_fraction,
@@ -61,7 +65,10 @@ def csv_row(record: dict[str, Any], foreground_labels: list[int]) -> dict[str, A
     for value in foreground_labels:
         row[f'volume_ml_{value}'] = (record['volume_ml'] or {}).get(str(value))
     row['problems'] = ' '.join(record['problems'])
-    return {key: '' if value is None else f'{value:.6g}' if isinstance(value, float) else value for key, value in row.items()}
+    return {
+        key: '' if value is None else f'{value:.6g}' if isinstance(value, float) else value
+        for key, value in row.items()
+    }
 
 
 def to_json(value: Any) -> Any:
@@ -77,7 +84,9 @@ def to_json(value: Any) -> Any:
     return value
 
 
-def write_tables(output: Path, summary: dict[str, Any], results: list[CaseResult], problems: list[Problem], spec: DatasetSpec) -> list[Path]:
+def write_tables(
+    output: Path, summary: dict[str, Any], results: list[CaseResult], problems: list[Problem], spec: DatasetSpec
+) -> list[Path]:
     records = [case_record(r) for r in results]
     fingerprint = {
         **summary,
@@ -105,14 +114,20 @@ def intensity_figure(results: list[CaseResult], intensity: dict[str, Any]) -> Fi
     if foreground.size and background.size:
         low, high = np.percentile(np.concatenate([foreground, background]), (0.1, 99.9))
         bins = np.linspace(low, high, 100) if high > low else 50
-        axes.hist(background, bins=bins, density=True, histtype='stepfilled', alpha=0.5, color='tab:gray', label='background')
-        axes.hist(foreground, bins=bins, density=True, histtype='stepfilled', alpha=0.5, color='tab:red', label='foreground')
+        axes.hist(
+            background, bins=bins, density=True, histtype='stepfilled', alpha=0.5, color='tab:gray', label='background'
+        )
+        axes.hist(
+            foreground, bins=bins, density=True, histtype='stepfilled', alpha=0.5, color='tab:red', label='foreground'
+        )
         for bound in (intensity['foreground']['p0.5'], intensity['foreground']['p99.5']):
             axes.axvline(bound, color='tab:red', linestyle='--', linewidth=1)
         axes.legend(title='dashed: foreground 0.5-99.5 %')
     else:
         axes.text(0.5, 0.5, 'no labelled voxels to compare', ha='center', transform=axes.transAxes)
-    axes.set(xlabel='intensity', ylabel='density', title=f'Intensity, pooled samples from {len(training)} training cases')
+    axes.set(
+        xlabel='intensity', ylabel='density', title=f'Intensity, pooled samples from {len(training)} training cases'
+    )
     return figure
 
 
@@ -127,7 +142,9 @@ def geometry_figure(results: list[CaseResult]) -> Figure:
             axes = figure.add_subplot(2, 3, row * 3 + column + 1)
             axes.scatter(values[~outlier, a], values[~outlier, b], s=14, alpha=0.6, label='cases')
             if outlier.any():
-                axes.scatter(values[outlier, a], values[outlier, b], s=30, color='tab:red', marker='x', label='spacing outlier')
+                axes.scatter(
+                    values[outlier, a], values[outlier, b], s=30, color='tab:red', marker='x', label='spacing outlier'
+                )
                 axes.legend(fontsize=7)
             axes.set(xlabel=f'{name} {AXES[a]} ({unit})', ylabel=f'{name} {AXES[b]} ({unit})')
             axes.grid(alpha=0.3)
@@ -142,10 +159,17 @@ def volume_figure(results: list[CaseResult], spec: DatasetSpec) -> Figure:
     for value in spec.foreground_labels:
         volumes = [r.volumes_ml[value] for r in measured]
         if volumes:
-            axes.hist(volumes, bins=min(30, max(5, len(volumes) // 2)), alpha=0.6, label=f'{value} {spec.labels[value]} (median {np.median(volumes):.4g} mL)')
+            axes.hist(
+                volumes,
+                bins=min(30, max(5, len(volumes) // 2)),
+                alpha=0.6,
+                label=f'{value} {spec.labels[value]} (median {np.median(volumes):.4g} mL)',
+            )
     if measured:
         axes.legend()
-    axes.set(xlabel='structure volume (mL)', ylabel='cases', title=f'Structure volumes of {len(measured)} labelled cases')
+    axes.set(
+        xlabel='structure volume (mL)', ylabel='cases', title=f'Structure volumes of {len(measured)} labelled cases'
+    )
     return figure
 
 
@@ -161,8 +185,11 @@ def montage_figure(results: list[CaseResult], spec: DatasetSpec) -> Figure:
         _draw_tile(axes, result, spec.foreground_labels, colours)
     labelled = sum(r.slice_image is not None for r in results)
     legend = ', '.join(f'{colours[i % len(colours)]}: {spec.labels[v]}' for i, v in enumerate(spec.foreground_labels))
-    figure.suptitle(f'Axial slice through the label centroid, {len(shown)} of {labelled} labelled cases\n'
-                    f'radiological view (patient right on the left, anterior up); {legend}; red title: case has problems', fontsize=9)
+    figure.suptitle(
+        f'Axial slice through the label centroid, {len(shown)} of {labelled} labelled cases\n'
+        f'radiological view (patient right on the left, anterior up); {legend}; red title: case has problems',
+        fontsize=9,
+    )
     return figure
 
 
@@ -177,7 +204,9 @@ def _draw_tile(axes: Any, result: CaseResult, foreground_labels: list[int], colo
         if (label == value).any():
             axes.contour(label == value, levels=[0.5], colors=colours[index % len(colours)], linewidths=0.8)
     volume = sum(result.volumes_ml.values()) if result.volumes_ml else 0.0
-    axes.set_title(f'{_short(result.case_id)}\n{volume:.3g} mL', fontsize=5.5, color='red' if result.problems else 'black', pad=2)
+    axes.set_title(
+        f'{_short(result.case_id)}\n{volume:.3g} mL', fontsize=5.5, color='red' if result.problems else 'black', pad=2
+    )
     axes.set_axis_off()
 
 
@@ -196,5 +225,3 @@ def write_figures(output: Path, results: list[CaseResult], summary: dict[str, An
     for name, figure in figures.items():
         atomic_savefig(figure, output / name)
     return [output / name for name in figures]
-
-

@@ -46,7 +46,8 @@ def geometry_summary(results: list[CaseResult]) -> dict[str, Any] | None:
 
 
 def plan_summary(results: list[CaseResult]) -> dict[str, Any] | None:
-    """Target spacing, patch size and network by main.py's planning rules (CPU budget, 4 levels), at the suggested spacing and at the CPU's."""
+    """Target spacing, patch size and network by main.py's planning rules (CPU budget, 4 levels),
+    at the suggested spacing and at the CPU's."""
     headers = [r.header for r in results if r.header and r.split == 'training']
     if not headers:
         return None
@@ -96,13 +97,21 @@ def label_summary(results: list[CaseResult], spec: DatasetSpec) -> dict[str, Any
         summary[str(value)] = {
             'name': spec.labels[value],
             'voxel_fraction': float(volumes.sum() / sum(total_ml)),
-            'case_fraction': {'median': float(np.median(fractions)), 'min': float(fractions.min()), 'max': float(fractions.max())},
+            'case_fraction': {
+                'median': float(np.median(fractions)),
+                'min': float(fractions.min()),
+                'max': float(fractions.max()),
+            },
             'cases_present': int(np.count_nonzero(volumes)),
             'cases_measured': len(measured),
             'volume_ml': {
-                'median': float(np.median(volumes)), 'p25': float(np.percentile(volumes, 25)), 'p75': float(np.percentile(volumes, 75)),
-                'min': float(volumes.min()), 'min_case': measured[int(volumes.argmin())].case_id,
-                'max': float(volumes.max()), 'max_case': measured[int(volumes.argmax())].case_id,
+                'median': float(np.median(volumes)),
+                'p25': float(np.percentile(volumes, 25)),
+                'p75': float(np.percentile(volumes, 75)),
+                'min': float(volumes.min()),
+                'min_case': measured[int(volumes.argmin())].case_id,
+                'max': float(volumes.max()),
+                'max_case': measured[int(volumes.argmax())].case_id,
             },
         }
     return summary
@@ -110,7 +119,9 @@ def label_summary(results: list[CaseResult], spec: DatasetSpec) -> dict[str, Any
 
 def bbox_summary(results: list[CaseResult]) -> dict[str, list[float]] | None:
     """Median and largest foreground extent in mm: what a patch has to see."""
-    extents = [np.diff(r.foreground_bbox, axis=1)[:, 0] * np.array(r.header.spacing) for r in results if r.foreground_bbox]
+    extents = [
+        np.diff(r.foreground_bbox, axis=1)[:, 0] * np.array(r.header.spacing) for r in results if r.foreground_bbox
+    ]
     if not extents:
         return None
     return {'median': np.median(extents, axis=0).tolist(), 'max': np.max(extents, axis=0).tolist()}
@@ -120,9 +131,12 @@ def summarise(spec: DatasetSpec, results: list[CaseResult]) -> dict[str, Any]:
     splits = Counter(r.split for r in results)
     return {
         'dataset': {
-            'name': spec.name, 'root': str(spec.root),
-            'labels': {str(k): v for k, v in spec.labels.items()}, 'modalities': {str(k): v for k, v in spec.modalities.items()},
-            'training_cases': splits['training'], 'test_cases': splits['test'],
+            'name': spec.name,
+            'root': str(spec.root),
+            'labels': {str(k): v for k, v in spec.labels.items()},
+            'modalities': {str(k): v for k, v in spec.modalities.items()},
+            'training_cases': splits['training'],
+            'test_cases': splits['test'],
         },
         'patients': patient_summary([case.case_id for case in spec.cases]),
         'geometry': {split: geometry_summary([r for r in results if r.split == split]) for split in splits},
@@ -137,8 +151,13 @@ def patient_summary(case_ids: list[str]) -> dict[str, Any]:
     """The patients the training cases belong to (:func:`heartseg.splits.patient_of`): how seeded splits group them."""
     groups = patient_groups(case_ids)
     several = {patient: cases for patient, cases in groups.items() if len(cases) > 1}
-    return {'patients': len(groups), 'cases': len(case_ids), 'with_several_scans': len(several),
-            'grouping': grouping_text(case_ids, True), 'example': dict(list(several.items())[:1])}
+    return {
+        'patients': len(groups),
+        'cases': len(case_ids),
+        'with_several_scans': len(several),
+        'grouping': grouping_text(case_ids, True),
+        'example': dict(list(several.items())[:1]),
+    }
 
 
 def _patient_lines(patients: dict[str, Any]) -> list[str]:
@@ -157,7 +176,8 @@ def _counts(counter: dict[str, int]) -> str:
 def format_report(summary: dict[str, Any], problems: list[Problem]) -> str:
     dataset = summary['dataset']
     lines = [
-        f'Dataset {dataset["name"]} ({dataset["root"]}): {dataset["training_cases"]} training cases, {dataset["test_cases"]} test cases',
+        f'Dataset {dataset["name"]} ({dataset["root"]}): '
+        f'{dataset["training_cases"]} training cases, {dataset["test_cases"]} test cases',
         'Labels: ' + ', '.join(f'{k} {v}' for k, v in dataset['labels'].items()),
         '',
     ]
@@ -181,7 +201,11 @@ def _geometry_lines(geometry: dict[str, Any]) -> list[str]:
             '    shape (voxels)   ' + ''.join(f'{_vector(stats["shape"][k]):25}' for k in ('median', 'min', 'max')),
             '    spacing (mm)     ' + ''.join(f'{_vector(stats["spacing"][k]):25}' for k in ('median', 'min', 'max')),
             f'    orientation: {_counts(stats["orientations"])};  data type on disk: {_counts(stats["dtypes"])}'
-            + (f';  {stats["scaled_cases"]} cases scaled by scl_slope/scl_inter (read as float)' if stats['scaled_cases'] else ''),
+            + (
+                f';  {stats["scaled_cases"]} cases scaled by scl_slope/scl_inter (read as float)'
+                if stats['scaled_cases']
+                else ''
+            ),
         ]
     return lines + ['']
 
@@ -189,36 +213,57 @@ def _geometry_lines(geometry: dict[str, Any]) -> list[str]:
 def _plan_lines(plan: dict[str, Any] | None, extent: dict[str, list[float]] | None) -> list[str]:
     if plan is None:
         return ['Plan: no readable training case to plan from', '']
-    rule = (f'axis {plan["anisotropic_axis"]} is, so it uses its 10th percentile, no finer than the other axes'
-            if plan['anisotropic_axis'] else 'no axis is')
+    rule = (
+        f'axis {plan["anisotropic_axis"]} is, so it uses its 10th percentile, no finer than the other axes'
+        if plan['anisotropic_axis']
+        else 'no axis is'
+    )
     budget = plan['patch_voxel_budget']
     lines = [
         'Plan (nnU-Net rules, computed by the fingerprint.py functions main.py plans with)',
         f'  target spacing {_vector(plan["target_spacing"])} mm: the median spacing per axis over training cases; '
-        f'an axis over {ANISOTROPY_THRESHOLD:g}x the others\' spacing and {ANISOTROPY_THRESHOLD:g}x shorter in voxels would use its '
+        f"an axis over {ANISOTROPY_THRESHOLD:g}x the others' spacing and "
+        f'{ANISOTROPY_THRESHOLD:g}x shorter in voxels would use its '
         f'10th percentile instead ({rule}).',
-        f'  patch size {plan["patch_size"]} voxels = {_vector(plan["patch_extent_mm"])} mm: the median case shape after resampling, '
+        f'  patch size {plan["patch_size"]} voxels = {_vector(plan["patch_extent_mm"])} mm: '
+        'the median case shape after resampling, '
         f'{_vector(plan["median_resampled_shape"])}, rounded up to multiples of {plan["patch_divisor"]} per axis '
-        f'(each axis\'s total pooling), then the axis longest in mm shrunk by its multiple until it fits '
-        f'main.py\'s CPU budget of {budget:,} voxels (main.py may adjust for its device, e.g. a larger patch budget on a GPU).',
-        f'  network pooling per level ({plan["levels"]} levels): {pooling_text(plan["pool_sizes"])} (an axis is pooled while its spacing '
-        f'is under twice the finest and its feature map at least {2 * MIN_FEATURE_MAP_SIZE} voxels; its kernel is 1 before).',
-        f'  main.py on a CPU trains at {_vector(plan["cpu_training_spacing"])} mm (no finer than {DEVICE_DEFAULTS["cpu"].min_spacing_mm:g} mm there) '
+        f"(each axis's total pooling), then the axis longest in mm shrunk by its multiple until it fits "
+        f"main.py's CPU budget of {budget:,} voxels (main.py may adjust for its device, e.g. "
+        'a larger patch budget on a GPU).',
+        f'  network pooling per level ({plan["levels"]} levels): '
+        f'{pooling_text(plan["pool_sizes"])} (an axis is pooled while its spacing '
+        'is under twice the finest and its feature map at least '
+        f'{2 * MIN_FEATURE_MAP_SIZE} voxels; its kernel is 1 before).',
+        f'  main.py on a CPU trains at {_vector(plan["cpu_training_spacing"])} mm '
+        f'(no finer than {DEVICE_DEFAULTS["cpu"].min_spacing_mm:g} mm there) '
         f'with patch {plan["cpu_training_patch_size"]}.',
     ]
     if extent:
-        lines.append(f'  foreground bounding box extent: median {_vector(extent["median"])} mm, largest {_vector(extent["max"])} mm')
+        lines.append(
+            f'  foreground bounding box extent: median {_vector(extent["median"])} mm, '
+            f'largest {_vector(extent["max"])} mm'
+        )
     return lines + ['']
 
 
 def _intensity_lines(intensity: dict[str, Any]) -> list[str]:
-    lines = [f'Intensity, pooled from up to {intensity["samples_per_case"]:,} voxels per training case (foreground = label > 0)']
+    lines = [
+        f'Intensity, pooled from up to {intensity["samples_per_case"]:,} '
+        'voxels per training case (foreground = label > 0)'
+    ]
     for region in ('foreground', 'background'):
         stats = intensity[region]
         if stats:
-            lines.append(f'  {region:10}  mean {stats["mean"]:.4g}  std {stats["std"]:.4g}  median {stats["median"]:.4g}  '
-                         f'0.5-99.5 percentile [{stats["p0.5"]:.4g}, {stats["p99.5"]:.4g}]  range [{stats["min"]:.4g}, {stats["max"]:.4g}]')
-    lines.append('  main.py z-scores each image on its own; the foreground percentiles are the clipping range nnU-Net would use for CT-like data.')
+            lines.append(
+                f'  {region:10}  mean {stats["mean"]:.4g}  std {stats["std"]:.4g}  median {stats["median"]:.4g}  '
+                f'0.5-99.5 percentile [{stats["p0.5"]:.4g}, '
+                f'{stats["p99.5"]:.4g}]  range [{stats["min"]:.4g}, {stats["max"]:.4g}]'
+            )
+    lines.append(
+        '  main.py z-scores each image on its own; '
+        'the foreground percentiles are the clipping range nnU-Net would use for CT-like data.'
+    )
     return lines + ['']
 
 
@@ -227,8 +272,10 @@ def _label_lines(labels: dict[str, Any]) -> list[str]:
     for value, stats in labels.items():
         volume, fraction = stats['volume_ml'], stats['case_fraction']
         lines += [
-            f'  {value} {stats["name"]}: {stats["voxel_fraction"]:.2%} of all voxels (per case median {fraction["median"]:.2%}, '
-            f'range {fraction["min"]:.2%}-{fraction["max"]:.2%}); present in {stats["cases_present"]}/{stats["cases_measured"]} cases',
+            f'  {value} {stats["name"]}: {stats["voxel_fraction"]:.2%} '
+            f'of all voxels (per case median {fraction["median"]:.2%}, '
+            f'range {fraction["min"]:.2%}-{fraction["max"]:.2%}); '
+            f'present in {stats["cases_present"]}/{stats["cases_measured"]} cases',
             f'      volume mL: median {volume["median"]:.4g}, IQR {volume["p25"]:.4g}-{volume["p75"]:.4g}, '
             f'min {volume["min"]:.4g} ({volume["min_case"]}), max {volume["max"]:.4g} ({volume["max_case"]})',
         ]

@@ -54,14 +54,21 @@ FLIP_AXES = (0, 1, 2)
 FLIP_PROBABILITY = 0.5  # per axis
 # All three angles drawn together, about the patch centre, in millimetres; in dummy 2D one angle, about the thick axis.
 ROTATION = {'degrees': 30.0, 'degrees_dummy_2d': 180.0, 'p': 0.2}
-SCALING = {'zoom': (0.7, 1.4), 'p': 0.2}  # the content magnified by one factor on every axis (in dummy 2D, across the thick one)
+SCALING = {
+    'zoom': (0.7, 1.4),
+    'p': 0.2,
+}  # the content magnified by one factor on every axis (in dummy 2D, across the thick one)
 # batchgeneratorsv2 names this range noise_variance but draws the standard deviation from it.
 NOISE = {'std': (0.0, 0.1), 'p': 0.1}
 BLUR = {'sigma': (0.5, 1.0), 'p': 0.2, 'p_per_channel': 0.5}  # sigma in voxels, drawn per axis
 # Brightness, contrast and gamma factors are drawn as nnU-Net's BGContrast draws them (:func:`below_or_above_one`).
 BRIGHTNESS = {'factor': (0.75, 1.25), 'p': 0.15}
 CONTRAST = {'factor': (0.75, 1.25), 'p': 0.15}  # about the mean, clipped to the channel's range
-LOW_RESOLUTION = {'zoom': (0.5, 1.0), 'p': 0.25, 'p_per_channel': 0.5}  # down nearest, up trilinear; one zoom for the axes it changes
+LOW_RESOLUTION = {
+    'zoom': (0.5, 1.0),
+    'p': 0.25,
+    'p_per_channel': 0.5,
+}  # down nearest, up trilinear; one zoom for the axes it changes
 GAMMA = {'gamma': (0.7, 1.5), 'p': 0.3, 'p_inverted': 0.1}
 
 
@@ -77,7 +84,8 @@ UNCHANGED = SpatialDraw((False, False, False), None)
 
 
 class Augmentation:
-    """Draw per patch (in the loader), and apply the intensity transforms in either place (:func:`sample_patch` the spatial ones).
+    """Draw per patch (in the loader), and apply the intensity transforms in either
+    place (:func:`sample_patch` the spatial ones).
 
     Args:
         strength: ``'light'`` (mirroring) or ``'default'`` (everything above).
@@ -118,22 +126,34 @@ class Augmentation:
 
     def draw_intensity(self, rng: np.random.Generator, channels: int) -> dict[str, torch.Tensor]:
         """One patch's intensity parameters (``'default'`` only); neutral values where a transform is not applied."""
+
         def applied(p: float) -> bool:
             return bool(rng.random() < p)
 
         def per_channel(p: float, low: float, high: float, neutral: float = 1.0) -> torch.Tensor:
-            return torch.tensor([rng.uniform(low, high) if applied(p) else neutral for _ in range(channels)], dtype=torch.float32)
+            return torch.tensor(
+                [rng.uniform(low, high) if applied(p) else neutral for _ in range(channels)], dtype=torch.float32
+            )
 
         def factor(transform: dict, key: str) -> torch.Tensor:
-            return torch.tensor(below_or_above_one(rng, *transform[key]) if applied(transform['p']) else 1.0, dtype=torch.float32)
+            return torch.tensor(
+                below_or_above_one(rng, *transform[key]) if applied(transform['p']) else 1.0, dtype=torch.float32
+            )
 
         def gammas() -> torch.Tensor:
-            return torch.tensor([below_or_above_one(rng, *GAMMA['gamma']) for _ in range(channels)], dtype=torch.float32)
+            return torch.tensor(
+                [below_or_above_one(rng, *GAMMA['gamma']) for _ in range(channels)], dtype=torch.float32
+            )
 
         std = rng.uniform(*NOISE['std']) if applied(NOISE['p']) else 0.0
         blur = np.zeros((channels, 3))
         if applied(BLUR['p']):
-            blur = np.array([rng.uniform(*BLUR['sigma'], 3) if applied(BLUR['p_per_channel']) else np.zeros(3) for _ in range(channels)])
+            blur = np.array(
+                [
+                    rng.uniform(*BLUR['sigma'], 3) if applied(BLUR['p_per_channel']) else np.zeros(3)
+                    for _ in range(channels)
+                ]
+            )
         brightness, contrast = factor(BRIGHTNESS, 'factor'), factor(CONTRAST, 'factor')
         low_resolution = torch.ones(channels, 3)
         if applied(LOW_RESOLUTION['p']):
@@ -142,9 +162,14 @@ class Augmentation:
         inverted_gamma = gammas() if applied(GAMMA['p_inverted']) else torch.ones(channels)
         gamma = gammas() if applied(GAMMA['p']) else torch.ones(channels)
         return {
-            'noise_std': torch.tensor(std, dtype=torch.float32), 'noise_seed': torch.tensor(int(rng.integers(2**62))),
-            'blur_sigma': torch.tensor(blur, dtype=torch.float32), 'brightness': brightness, 'contrast': contrast,
-            'low_resolution': low_resolution, 'inverted_gamma': inverted_gamma, 'gamma': gamma,
+            'noise_std': torch.tensor(std, dtype=torch.float32),
+            'noise_seed': torch.tensor(int(rng.integers(2**62))),
+            'blur_sigma': torch.tensor(blur, dtype=torch.float32),
+            'brightness': brightness,
+            'contrast': contrast,
+            'low_resolution': low_resolution,
+            'inverted_gamma': inverted_gamma,
+            'gamma': gamma,
         }
 
     def intensity(self, image: torch.Tensor, parameters: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -153,8 +178,12 @@ class Augmentation:
 
     def apply_intensity(self, images: torch.Tensor, parameters: dict[str, torch.Tensor]) -> torch.Tensor:
         """A ``(B, C, X, Y, Z)`` batch augmented with the collated parameters of its patches; a new tensor."""
-        return torch.stack([self.intensity(image, {name: value[index] for name, value in parameters.items()})
-                            for index, image in enumerate(images)])
+        return torch.stack(
+            [
+                self.intensity(image, {name: value[index] for name, value in parameters.items()})
+                for index, image in enumerate(images)
+            ]
+        )
 
 
 def dummy_2d_axis(target_spacing: Sequence[float], patch_size: Sequence[int]) -> int | None:
@@ -172,7 +201,8 @@ def dummy_2d_axis(target_spacing: Sequence[float], patch_size: Sequence[int]) ->
 
 
 def below_or_above_one(rng: np.random.Generator, low: float, high: float) -> float:
-    """A factor from ``[low, high]`` drawn as nnU-Net's ``BGContrast`` draws it: ``U(low, 1)`` half of the time, else ``U(1, high)``.
+    """A factor from ``[low, high]`` drawn as nnU-Net's ``BGContrast`` draws it:
+    ``U(low, 1)`` half of the time, else ``U(1, high)``.
 
     A gamma range of (0.7, 1.5) then darkens as often as it brightens, where a
     plain ``U(0.7, 1.5)`` would draw below 1 only 3 times in 8.
@@ -182,9 +212,16 @@ def below_or_above_one(rng: np.random.Generator, low: float, high: float) -> flo
     return float(rng.uniform(max(low, 1), high))
 
 
-def sample_patch(image: torch.Tensor, label: torch.Tensor, corner: tuple[int, int, int], patch_size: tuple[int, int, int],
-                 voxel_to_world: np.ndarray, draw: SpatialDraw) -> tuple[torch.Tensor, torch.Tensor]:
-    """The patch at ``corner``, rotated and scaled about its centre with content from the volume around it, then mirrored."""
+def sample_patch(
+    image: torch.Tensor,
+    label: torch.Tensor,
+    corner: tuple[int, int, int],
+    patch_size: tuple[int, int, int],
+    voxel_to_world: np.ndarray,
+    draw: SpatialDraw,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The patch at ``corner``, rotated and scaled about its centre with
+    content from the volume around it, then mirrored."""
     if draw.motion is None:
         window = (slice(None), *(slice(c, c + p) for c, p in zip(corner, patch_size)))
         image, label = image[window], label[window]
@@ -213,8 +250,13 @@ def source_offsets(motion: np.ndarray, voxel_to_world: np.ndarray) -> np.ndarray
     return np.linalg.inv(to_world) @ np.linalg.inv(motion) @ to_world
 
 
-def resample_patch(image: torch.Tensor, label: torch.Tensor, corner: tuple[int, int, int], patch_size: tuple[int, int, int],
-                   offsets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def resample_patch(
+    image: torch.Tensor,
+    label: torch.Tensor,
+    corner: tuple[int, int, int],
+    patch_size: tuple[int, int, int],
+    offsets: np.ndarray,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample a patch centred where the crop at ``corner`` is, each output voxel from ``offsets`` times its offset.
 
     Only the region of the volume that the patch's sources span is cut (and
@@ -234,13 +276,18 @@ def resample_patch(image: torch.Tensor, label: torch.Tensor, corner: tuple[int, 
     # grid_sample orders its coordinates (Z, Y, X) for a (C, X, Y, Z) tensor.
     theta = torch.tensor(np.concatenate([linear[::-1, ::-1], translation[::-1, None]], axis=1), dtype=torch.float32)
     grid = F.affine_grid(theta[None], [1, 1, *patch_size], align_corners=True)
-    sampled_image = F.grid_sample(region_image[None], grid, mode='bilinear', padding_mode='border', align_corners=True)[0]
-    sampled_label = F.grid_sample(region_label[None], grid, mode='nearest', padding_mode='border', align_corners=True)[0]
+    sampled_image = F.grid_sample(region_image[None], grid, mode='bilinear', padding_mode='border', align_corners=True)[
+        0
+    ]
+    sampled_label = F.grid_sample(region_label[None], grid, mode='nearest', padding_mode='border', align_corners=True)[
+        0
+    ]
     return sampled_image, sampled_label.to(label.dtype)
 
 
 def padded_region(volume: torch.Tensor, low: np.ndarray, size: np.ndarray, pad_values: torch.Tensor) -> torch.Tensor:
-    """``volume[:, low:low + size]``, each channel padded with its ``pad_values`` entry where the region leaves the volume."""
+    """``volume[:, low:low + size]``, each channel padded with its
+    ``pad_values`` entry where the region leaves the volume."""
     region = pad_values.to(volume.dtype).view(-1, 1, 1, 1).expand(volume.shape[0], *size.tolist()).clone()
     start = np.maximum(low, 0)
     stop = np.minimum(low + size, volume.shape[1:])
@@ -284,7 +331,7 @@ def _gaussian_blur(channel: torch.Tensor, sigmas: list[float]) -> torch.Tensor:
         shape = [1, 1, 1, 1, 1]
         shape[axis + 2] = kernel.numel()
         padding = [0, 0] * 3
-        padding[2 * (2 - axis):2 * (2 - axis) + 2] = [radius, radius]  # F.pad lists the last axis first
+        padding[2 * (2 - axis) : 2 * (2 - axis) + 2] = [radius, radius]  # F.pad lists the last axis first
         volume = F.conv3d(F.pad(volume, padding, mode='replicate'), (kernel / kernel.sum()).view(shape))
     return volume[0, 0]
 

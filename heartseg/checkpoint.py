@@ -107,9 +107,13 @@ def load_checkpoint(path: Path, map_location: str | torch.device = 'cpu') -> dic
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else 'unsafe content'
-        raise UserError(path, f'refusing to load checkpoint: it holds objects other than tensors ({first_line})') from None
+        raise UserError(
+            path, f'refusing to load checkpoint: it holds objects other than tensors ({first_line})'
+        ) from None
     except Exception as error:  # truncated zip archives raise several types
-        raise UserError(path, f'cannot read checkpoint, file may be truncated or corrupt ({type(error).__name__})') from None
+        raise UserError(
+            path, f'cannot read checkpoint, file may be truncated or corrupt ({type(error).__name__})'
+        ) from None
     if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT:
         raise UserError(path, f'not a checkpoint of this project (expected format {CHECKPOINT_FORMAT!r})')
     state['plan'] = ModelPlan.from_json(state['plan'], path)
@@ -127,6 +131,11 @@ def is_torchscript(path: Path) -> bool:
 def _check_archive(path: Path) -> None:
     """Tell other files from checkpoints before unpickling: torch's messages for them are misleading."""
     if not zipfile.is_zipfile(path):
-        raise UserError(path, 'cannot read checkpoint: not a PyTorch archive; the file may be truncated or corrupt, or of another kind')
+        raise UserError(
+            path,
+            'cannot read checkpoint: not a PyTorch archive; the file may be truncated or corrupt, or of another kind',
+        )
     if is_torchscript(path):
-        raise UserError(path, 'is an exported TorchScript model, not a training checkpoint (predict.py --checkpoint takes it)')
+        raise UserError(
+            path, 'is an exported TorchScript model, not a training checkpoint (predict.py --checkpoint takes it)'
+        )

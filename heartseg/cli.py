@@ -51,6 +51,7 @@ class Parser(argparse.ArgumentParser):
 
 def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     """An integer of at least ``minimum``, and at most ``maximum`` if given."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -60,12 +61,14 @@ def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
             bound = f'of at least {minimum}' if maximum is None else f'from {minimum} to {maximum}'
             raise argparse.ArgumentTypeError(f'{value} is not allowed: an integer {bound} is required')
         return value
+
     parse.__name__ = f'integer >= {minimum}'
     return parse
 
 
 def number(minimum: float, below: float | None = None, inclusive: bool = True) -> Callable[[str], float]:
     """A finite number of at least ``minimum`` (above it if not ``inclusive``), and below ``below`` if given."""
+
     def parse(text: str) -> float:
         try:
             value = float(text)
@@ -73,8 +76,11 @@ def number(minimum: float, below: float | None = None, inclusive: bool = True) -
             raise argparse.ArgumentTypeError(f'{text!r} is not a number') from None
         low_ok = value >= minimum if inclusive else value > minimum
         if not math.isfinite(value) or not low_ok or (below is not None and value >= below):
-            bound = f'{"at least" if inclusive else "above"} {minimum:g}' + (f' and below {below:g}' if below is not None else '')
+            bound = f'{"at least" if inclusive else "above"} {minimum:g}' + (
+                f' and below {below:g}' if below is not None else ''
+            )
             raise argparse.ArgumentTypeError(f'{text} is not allowed: a finite number {bound} is required')
         return value
+
     parse.__name__ = 'number'
     return parse

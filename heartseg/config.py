@@ -102,7 +102,8 @@ class RunConfig:
         return outputs_from_config(asdict(self))
 
     def network_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :class:`mymodel.UNet3D`: the outputs' channels, and the per-axis plan if there is one."""
+        """Keyword arguments of :class:`mymodel.UNet3D`:
+        the outputs' channels, and the per-axis plan if there is one."""
         kwargs = {
             'in_channels': max(1, len(self.modalities)),
             'out_channels': self.outputs.channels,
@@ -117,7 +118,8 @@ class RunConfig:
         return kwargs
 
     def model_plan(self, training_cases: dict[str, Any] | None = None) -> ModelPlan:
-        """What a checkpoint must carry to predict: model, preprocessing, labels, and what QC compares new cases with."""
+        """What a checkpoint must carry to predict:
+        model, preprocessing, labels, and what QC compares new cases with."""
         return ModelPlan(
             model=self.network_kwargs(),
             target_spacing=self.target_spacing,
@@ -169,7 +171,9 @@ def provenance() -> dict[str, str | bool]:
 
 def _git(*command: str) -> str:
     try:
-        result = subprocess.run(['git', *command], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
+        result = subprocess.run(
+            ['git', *command], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.TimeoutExpired):
         return 'unknown'
     return result.stdout.strip() if result.returncode == 0 else 'unknown'
@@ -178,7 +182,10 @@ def _git(*command: str) -> str:
 def save_config(config: RunConfig, path: Path, resuming: bool = False) -> None:
     """Write ``config.json``; a resumed run keeps its start's provenance and adds one entry per resume."""
     earlier = _read_document(path).get('provenance', []) if resuming and path.is_file() else []
-    starts = [*([earlier] if isinstance(earlier, dict) else earlier), provenance()]  # a dict: one start, as versions before 2026-12 wrote
+    starts = [
+        *([earlier] if isinstance(earlier, dict) else earlier),
+        provenance(),
+    ]  # a dict: one start, as versions before 2026-12 wrote
     atomic_write_text(path, json.dumps({'config': asdict(config), 'provenance': starts}, indent=2))
 
 

@@ -80,8 +80,11 @@ def fold_checkpoints(root: Path) -> list[Path]:
     checkpoints = [fold_folder(root, fold) / 'best.pt' for fold in range(folds)]
     missing = [fold for fold, checkpoint in enumerate(checkpoints) if not checkpoint.is_file()]
     if not folds or missing:
-        raise UserError(root, f'not a finished cross-validation: folds {missing} of {folds} have no best.pt yet '
-                              f'(finish it with: python main.py --resume {root})')
+        raise UserError(
+            root,
+            f'not a finished cross-validation: folds {missing} of {folds} have no best.pt yet '
+            f'(finish it with: python main.py --resume {root})',
+        )
     return checkpoints
 
 
@@ -100,8 +103,9 @@ def resolve_checkpoints(paths: list[Path]) -> list[Path]:
     return checkpoints
 
 
-def fold_training_minutes(total_minutes: float, fold: int, folds: int, spent_seconds: float,
-                          seconds_per_case: float | None, cases: int) -> float:
+def fold_training_minutes(
+    total_minutes: float, fold: int, folds: int, spent_seconds: float, seconds_per_case: float | None, cases: int
+) -> float:
     """A fold's training budget: an equal share of the time left to the folds not yet done, less its scoring.
 
     Args:
@@ -118,10 +122,15 @@ def fold_training_minutes(total_minutes: float, fold: int, folds: int, spent_sec
 def schedule_line(folds: int, time_limit: float, root: Path) -> str:
     line = f'Cross-validation: {folds} folds in turn, into {fold_folder(root, 0)} … {fold_folder(root, folds - 1)}'
     if time_limit:
-        line += (f'; the {time_limit:g}-minute limit covers them all: each fold gets an equal share of the time left, '
-                 f'of which it keeps what scoring its validation cases takes (timed on the first fold, '
-                 f'{FIRST_SCORING_SHARE:.0%} until then) and trains for the rest')
-    return line + '. Each fold then predicts its validation cases at their original resolution, with predict.py\'s defaults.'
+        line += (
+            f'; the {time_limit:g}-minute limit covers them all: each fold gets an equal share of the time left, '
+            f'of which it keeps what scoring its validation cases takes (timed on the first fold, '
+            f'{FIRST_SCORING_SHARE:.0%} until then) and trains for the rest'
+        )
+    return (
+        line
+        + ". Each fold then predicts its validation cases at their original resolution, with predict.py's defaults."
+    )
 
 
 def is_scored(fold_dir: Path) -> bool:
@@ -130,8 +139,11 @@ def is_scored(fold_dir: Path) -> bool:
 
 def scored_seconds(root: Path, folds: int) -> tuple[float, float | None]:
     """Time spent by the scored folds, and their scoring seconds per case (None if none is scored)."""
-    records = [json.loads((fold_folder(root, fold) / SCORED_MARKER).read_text())
-               for fold in range(folds) if is_scored(fold_folder(root, fold))]
+    records = [
+        json.loads((fold_folder(root, fold) / SCORED_MARKER).read_text())
+        for fold in range(folds)
+        if is_scored(fold_folder(root, fold))
+    ]
     if not records:
         return 0.0, None
     spent = sum(r['training_seconds'] + r['scoring_seconds'] for r in records)
@@ -147,10 +159,17 @@ def score_fold(fold_dir: Path, fold: int, cases: list[Case], device: str, traini
     for case in tqdm(cases, desc=f'Scoring fold {fold}', unit='case', leave=False):
         mask, _, nifti = predictor.predict(case.image)
         save_nifti(mask, nifti.affine, output / f'{case.case_id}.nii.gz', like=nifti)
-        rows += [{'fold': fold, **row} for row in evaluate_case(case.case_id, mask, nifti, case.label, predictor.outputs, case.image)]
+        rows += [
+            {'fold': fold, **row}
+            for row in evaluate_case(case.case_id, mask, nifti, case.label, predictor.outputs, case.image)
+        ]
     write_evaluation(rows, output)
-    record = {'fold': fold, 'cases': len(cases), 'training_seconds': training_seconds,
-              'scoring_seconds': time.perf_counter() - started}
+    record = {
+        'fold': fold,
+        'cases': len(cases),
+        'training_seconds': training_seconds,
+        'scoring_seconds': time.perf_counter() - started,
+    }
     atomic_write_text(fold_dir / SCORED_MARKER, json.dumps(record, indent=1))
 
 
@@ -185,25 +204,40 @@ def score_trained_folds(root: Path, device: str = 'auto') -> str:
 
 
 def _fold_configs(root: Path) -> list:
-    """Every fold's config, in fold order, once each fold is checked to be fold I of the same K, on the same data, and finished."""
+    """Every fold's config, in fold order, once each fold is checked to be fold I of
+    the same K, on the same data, and finished."""
     if not root.is_dir():
         raise UserError(root, 'folder not found')
-    found = sorted(int(p.name[len(FOLD_PREFIX):]) for p in root.glob(f'{FOLD_PREFIX}*') if p.name[len(FOLD_PREFIX):].isdigit())
+    found = sorted(
+        int(p.name[len(FOLD_PREFIX) :]) for p in root.glob(f'{FOLD_PREFIX}*') if p.name[len(FOLD_PREFIX) :].isdigit()
+    )
     if not found:
-        raise UserError(root, f'holds no {FOLD_PREFIX}I folders; train each fold with: python main.py --folds K --fold I --run-dir {root}/{FOLD_PREFIX}I')
+        raise UserError(
+            root,
+            f'holds no {FOLD_PREFIX}I folders; train each fold with: '
+            f'python main.py --folds K --fold I --run-dir {root}/{FOLD_PREFIX}I',
+        )
     configs = {fold: load_config(fold_folder(root, fold) / 'config.json') for fold in found}
     first = configs[found[0]]
     for fold, config in configs.items():
         folder = fold_folder(root, fold)
         if (config.folds, config.fold) != (first.folds, fold):
-            raise UserError(folder, f'trained as fold {config.fold} of {config.folds}, not as fold {fold} of {first.folds} ({FOLD_PREFIX}{found[0]} is one of {first.folds})')
+            raise UserError(
+                folder,
+                f'trained as fold {config.fold} of {config.folds}, not as fold {fold} of '
+                f'{first.folds} ({FOLD_PREFIX}{found[0]} is one of {first.folds})',
+            )
         if config.data != first.data:
             raise UserError(folder, f'trained on {config.data}, {FOLD_PREFIX}{found[0]} on {first.data}')
         if not _finished(folder):
             raise UserError(folder, f'has not finished training; finish it with: python main.py --resume {folder}')
     missing = sorted(set(range(first.folds)) - set(found))
     if missing:
-        raise UserError(root, f'folds {missing} of {first.folds} are missing; train them with --folds {first.folds} --fold I --run-dir {root}/{FOLD_PREFIX}I')
+        raise UserError(
+            root,
+            f'folds {missing} of {first.folds} are missing; '
+            f'train them with --folds {first.folds} --fold I --run-dir {root}/{FOLD_PREFIX}I',
+        )
     return [configs[fold] for fold in range(first.folds)]
 
 
@@ -220,7 +254,11 @@ def _check_validation_partition(root: Path, folds: int) -> None:
         path = fold_folder(root, fold) / 'splits.json'
         for case_id in json.loads(path.read_text())['validation']:
             if case_id in seen:
-                raise UserError(path, f'case {case_id!r} validates in folds {seen[case_id]} and {fold}; the folds come from different splits (another --split-seed or --splits file?)')
+                raise UserError(
+                    path,
+                    f'case {case_id!r} validates in folds {seen[case_id]} and {fold}; '
+                    'the folds come from different splits (another --split-seed or --splits file?)',
+                )
             seen[case_id] = fold
 
 
@@ -230,13 +268,14 @@ def fold_rows(fold_dir: Path) -> list[dict]:
         with open(path, newline='') as handle:
             rows = list(csv.DictReader(handle))
     except OSError as error:
-        raise UserError(path, f'cannot read the fold\'s scores ({error.strerror})') from None
+        raise UserError(path, f"cannot read the fold's scores ({error.strerror})") from None
     numeric = {'fold': int, 'label': int, **{metric: float for metric in METRIC_NAMES}}
     return [{key: numeric.get(key, str)(value) for key, value in row.items()} for row in rows]
 
 
 def write_cross_validation(root: Path, folds: int, outputs: Outputs, cases: list[Case]) -> str:
-    """Pool every fold's scores into crossval.csv and crossval.json with the post-processing they choose, log them, and return a report."""
+    """Pool every fold's scores into crossval.csv and crossval.json with the post-processing
+    they choose, log them, and return a report."""
     per_fold = {fold: fold_rows(fold_folder(root, fold)) for fold in range(folds)}
     rows = [row for fold_rows_ in per_fold.values() for row in fold_rows_]
     write_rows_csv(root / 'crossval.csv', rows)
@@ -246,16 +285,21 @@ def write_cross_validation(root: Path, folds: int, outputs: Outputs, cases: list
         'cases': len({row['case'] for row in rows}),
         'pooled': summarise(rows),
         'per_fold': {str(fold): summarise(fold_rows_) for fold, fold_rows_ in per_fold.items()},
-        'postprocessing': {**chosen.to_dict(), 'description': chosen.describe(outputs),
-                           'mean_dice_before': dict(zip(outputs.names, dice['before'])),
-                           'mean_dice_after': dict(zip(outputs.names, dice['after']))},
+        'postprocessing': {
+            **chosen.to_dict(),
+            'description': chosen.describe(outputs),
+            'mean_dice_before': dict(zip(outputs.names, dice['before'])),
+            'mean_dice_after': dict(zip(outputs.names, dice['after'])),
+        },
     }
     atomic_write_text(root / 'crossval.json', json.dumps(document, indent=2))
     log_to_tensorboard(root, document)
     return report(document)
 
 
-def out_of_fold_masks(root: Path, folds: int, cases: list[Case], outputs: Outputs) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def out_of_fold_masks(
+    root: Path, folds: int, cases: list[Case], outputs: Outputs
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Each validation case's out-of-fold mask (before post-processing) and its reference label map."""
     by_id = {case.case_id: case for case in cases}
     for fold in range(folds):
@@ -290,7 +334,10 @@ def log_to_tensorboard(root: Path, document: dict) -> None:
 
 
 def report(document: dict) -> str:
-    lines = [f'Cross-validation over {document["cases"]} cases in {document["folds"]} folds, at the original resolution, before post-processing:']
+    lines = [
+        f'Cross-validation over {document["cases"]} cases in {document["folds"]} folds, '
+        'at the original resolution, before post-processing:'
+    ]
     for label, stats in document['pooled'].items():
         lines.append(f'  {stats["name"]} (label {label}): ' + _metrics_text(stats))
         for fold, summary in document['per_fold'].items():
@@ -298,13 +345,21 @@ def report(document: dict) -> str:
     postprocessing = document['postprocessing']
     before, after = postprocessing['mean_dice_before'], postprocessing['mean_dice_after']
     changes = ', '.join(f'{name} {before[name]:.4f} → {after[name]:.4f}' for name in before)
-    lines.append(f'Post-processing chosen on these out-of-fold masks (so its gain is optimistic): {postprocessing["description"]} (Dice {changes})')
+    lines.append(
+        'Post-processing chosen on these out-of-fold masks (so its gain is optimistic): '
+        f'{postprocessing["description"]} (Dice {changes})'
+    )
     return '\n'.join(lines)
 
 
 def _metrics_text(stats: dict) -> str:
     parts = []
-    for metric, name, unit in (('dice', 'Dice', ''), ('iou', 'IoU', ''), ('hd95_mm', 'HD95', ' mm'), ('asd_mm', 'ASD', ' mm')):
+    for metric, name, unit in (
+        ('dice', 'Dice', ''),
+        ('iou', 'IoU', ''),
+        ('hd95_mm', 'HD95', ' mm'),
+        ('asd_mm', 'ASD', ' mm'),
+    ):
         mean, std = stats[metric]['mean'], stats[metric]['std']
         parts.append(f'{name} n/a' if mean is None or math.isnan(mean) else f'{name} {mean:.4f} ± {std:.4f}{unit}')
     return ', '.join(parts)

@@ -118,20 +118,34 @@ class Preprocessing:
         resample = tio.Resample(self.target_spacing)
         image = resample(canonical['image'])
         image.set_data(z_score_per_channel(image.data.float()))
-        preprocessed = tio.Subject(image=image, **{key: value for key, value in subject.items() if not isinstance(value, tio.Image)})
+        preprocessed = tio.Subject(
+            image=image, **{key: value for key, value in subject.items() if not isinstance(value, tio.Image)}
+        )
         if 'label' in subject:
             preprocessed.add_image(resample_label(canonical['label'], resample), 'label')
         return preprocessed
 
     @classmethod
     def for_plan(cls, plan: ModelPlan, path: Path) -> Preprocessing:
-        """The preprocessing a checkpoint's model was trained with, or a one-line error where this code cannot reproduce it."""
+        """The preprocessing a checkpoint's model was trained with,
+        or a one-line error where this code cannot reproduce it."""
         if plan.normalization != 'zscore':
-            raise UserError(path, f'its model was trained on {plan.normalization!r}-normalised images; this version knows only z-scores')
+            raise UserError(
+                path,
+                f'its model was trained on {plan.normalization!r}-normalised images; this version knows only z-scores',
+            )
         if plan.preprocessing_version > PREPROCESSING_VERSION:
-            raise UserError(path, f'its preprocessing (version {plan.preprocessing_version}) is newer than this code\'s ({PREPROCESSING_VERSION}); update heartseg')
+            raise UserError(
+                path,
+                f'its preprocessing (version {plan.preprocessing_version}) is '
+                f"newer than this code's ({PREPROCESSING_VERSION}); update heartseg",
+            )
         if plan.preprocessing_version < PER_CHANNEL_SINCE and plan.channels > 1:
-            raise UserError(path, f'its {plan.channels} channels were z-scored together (preprocessing version {plan.preprocessing_version}), which this version no longer reproduces; retrain it')
+            raise UserError(
+                path,
+                f'its {plan.channels} channels were z-scored together (preprocessing version '
+                f'{plan.preprocessing_version}), which this version no longer reproduces; retrain it',
+            )
         return cls(plan.target_spacing, plan.normalization)
 
 
@@ -147,8 +161,10 @@ def resample_label(label: tio.LabelMap, resample: tio.Resample) -> tio.LabelMap:
     checkerboard: always to the lower one would shrink structures by about a
     quarter of a voxel on every side, always to the higher would grow them.
     """
-    masks = ((value, resample(tio.ScalarImage(tensor=(label.data == value).float(), affine=label.affine)))
-             for value in torch.unique(label.data).tolist())
+    masks = (
+        (value, resample(tio.ScalarImage(tensor=(label.data == value).float(), affine=label.affine)))
+        for value in torch.unique(label.data).tolist()
+    )
     first_value, first = next(masks)
     best, chosen = first.data, torch.full(first.data.shape, first_value, dtype=torch.uint8)
     odd = _checkerboard(first.data.shape[1:])
@@ -188,7 +204,8 @@ def case_id_from_path(path: Path) -> str:
 
 
 def folder_case_ids(files: list[Path]) -> list[str]:
-    """Case ids of a folder's scans; nnU-Net's channel suffix ``_0000`` is dropped when every file has it, as nnU-Net names its outputs.
+    """Case ids of a folder's scans; nnU-Net's channel suffix ``_0000`` is dropped when
+    every file has it, as nnU-Net names its outputs.
 
     Example:
         >>> folder_case_ids([Path('heart_001_0000.nii.gz'), Path('heart_002_0000.nii.gz')])
@@ -199,7 +216,11 @@ def folder_case_ids(files: list[Path]) -> list[str]:
     if all(channels):
         later = next((path for path, match in zip(files, channels) if match.group(1) != '0000'), None)
         if later is not None:
-            raise UserError(later, 'a second channel file (nnU-Net naming <case>_0001); multi-channel nnU-Net v2 inputs are not supported yet')
+            raise UserError(
+                later,
+                'a second channel file (nnU-Net naming <case>_0001); '
+                'multi-channel nnU-Net v2 inputs are not supported yet',
+            )
         return [name[:-5] for name in names]
     return names
 
@@ -208,7 +229,9 @@ def _resolve_inside(root: Path, relative: object, json_path: Path, key: str) -> 
     if not isinstance(relative, str) or not relative:
         raise UserError(json_path, f'"{key}" must be a non-empty path string, got {relative!r}')
     if os.path.isabs(relative):
-        raise UserError(json_path, f'absolute path {relative!r} is not allowed; paths must be relative to the dataset folder')
+        raise UserError(
+            json_path, f'absolute path {relative!r} is not allowed; paths must be relative to the dataset folder'
+        )
     # The path's text must stay inside; a file there may still be a link to elsewhere (a subset of another dataset).
     inside = Path(os.path.normpath(root.absolute() / relative))
     if not inside.is_relative_to(root.absolute()):
@@ -238,7 +261,11 @@ def read_dataset(root: Path, allow_duplicates: bool = False) -> DatasetSpec:
     """
     json_path = root / 'dataset.json'
     if not json_path.is_file():
-        raise UserError(json_path, 'dataset.json not found; expected an MSD folder (dataset.json, imagesTr/, labelsTr/) or an nnU-Net v2 raw folder')
+        raise UserError(
+            json_path,
+            'dataset.json not found; '
+            'expected an MSD folder (dataset.json, imagesTr/, labelsTr/) or an nnU-Net v2 raw folder',
+        )
     try:
         content = json.loads(json_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -254,13 +281,20 @@ def _check_label_values(values: Collection[int], json_path: Path) -> None:
     if 0 not in values:
         raise UserError(json_path, '"labels" must declare 0 (background)')
     if not all(0 <= value <= MAX_LABEL_VALUE for value in values):
-        raise UserError(json_path, f'"labels" values must be 0 to {MAX_LABEL_VALUE} (label maps are stored as uint8), got {sorted(values)}')
+        raise UserError(
+            json_path,
+            f'"labels" values must be 0 to {MAX_LABEL_VALUE} (label maps are stored as uint8), got {sorted(values)}',
+        )
 
 
 def _read_msd(root: Path, json_path: Path, content: dict, allow_duplicates: bool) -> DatasetSpec:
     for key in ('labels', 'modality', 'training'):
         if key not in content:
-            raise UserError(json_path, f'missing required key "{key}" (an MSD dataset.json; nnU-Net v2 ones have {", ".join(V2_REQUIRED_KEYS)})')
+            raise UserError(
+                json_path,
+                f'missing required key "{key}" (an MSD dataset.json; '
+                f'nnU-Net v2 ones have {", ".join(V2_REQUIRED_KEYS)})',
+            )
     labels = _parse_int_keys(content['labels'], json_path, 'labels')
     _check_label_values(labels, json_path)
     modalities = _parse_int_keys(content['modality'], json_path, 'modality')
@@ -305,22 +339,37 @@ def _read_nnunet_v2(root: Path, json_path: Path, content: dict) -> DatasetSpec:
     """An nnU-Net v2 raw dataset: cases found in ``imagesTr/`` by their ``_0000`` channel file."""
     for key in V2_REQUIRED_KEYS:
         if key not in content:
-            raise UserError(json_path, f'missing required key "{key}" (an nnU-Net v2 dataset.json needs {", ".join(V2_REQUIRED_KEYS)})')
+            raise UserError(
+                json_path,
+                f'missing required key "{key}" (an nnU-Net v2 dataset.json needs {", ".join(V2_REQUIRED_KEYS)})',
+            )
     if 'dataset' in content:
-        raise UserError(json_path, '"dataset" (cases listed with their own paths) is not supported; keep the files in imagesTr/ and labelsTr/')
+        raise UserError(
+            json_path,
+            '"dataset" (cases listed with their own paths) is not supported; keep the files in imagesTr/ and labelsTr/',
+        )
     ending = content['file_ending']
     if ending not in NIFTI_ENDINGS:
-        raise UserError(json_path, f'"file_ending" {ending!r} is not supported; only NIfTI ({" or ".join(NIFTI_ENDINGS)}) is read')
+        raise UserError(
+            json_path, f'"file_ending" {ending!r} is not supported; only NIfTI ({" or ".join(NIFTI_ENDINGS)}) is read'
+        )
     modalities = _parse_int_keys(content['channel_names'], json_path, 'channel_names')
     if sorted(modalities) != list(range(len(modalities))):
         raise UserError(json_path, f'"channel_names" keys must be 0..{len(modalities) - 1}, got {sorted(modalities)}')
     if len(modalities) > 1:
-        raise UserError(json_path, f'"channel_names" declares {len(modalities)} channels; multi-channel nnU-Net v2 datasets (one file per channel) are not supported yet, single-channel ones and MSD 4D files are')
+        raise UserError(
+            json_path,
+            f'"channel_names" declares {len(modalities)} channels; multi-channel nnU-Net v2 datasets '
+            '(one file per channel) are not supported yet, single-channel ones and MSD 4D files are',
+        )
     labels, regions = _parse_v2_labels(content, json_path)
     cases = _v2_cases(root, 'imagesTr', ending, json_path, with_labels=True)
     declared = content['numTraining']
     if not isinstance(declared, int) or declared != len(cases):
-        raise UserError(json_path, f'"numTraining" is {declared!r} but {root / "imagesTr"} holds {len(cases)} cases (<case>_0000{ending})')
+        raise UserError(
+            json_path,
+            f'"numTraining" is {declared!r} but {root / "imagesTr"} holds {len(cases)} cases (<case>_0000{ending})',
+        )
     return DatasetSpec(
         root=root,
         name=str(content.get('name', root.name)),
@@ -328,7 +377,9 @@ def _read_nnunet_v2(root: Path, json_path: Path, content: dict) -> DatasetSpec:
         modalities=modalities,
         cases=cases,
         layout=NNUNET_V2,
-        test_cases=_v2_cases(root, 'imagesTs', ending, json_path, with_labels=False) if (root / 'imagesTs').is_dir() else (),
+        test_cases=_v2_cases(root, 'imagesTs', ending, json_path, with_labels=False)
+        if (root / 'imagesTs').is_dir()
+        else (),
         regions=regions,
     )
 
@@ -342,7 +393,9 @@ def _parse_v2_labels(content: dict, json_path: Path) -> tuple[dict[int, str], tu
     for name, value in mapping.items():
         values = value if isinstance(value, list) else [value]
         if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            raise UserError(json_path, f'"labels" entry {name!r} must be an integer or a list of integers, got {value!r}')
+            raise UserError(
+                json_path, f'"labels" entry {name!r} must be an integer or a list of integers, got {value!r}'
+            )
         parsed[name] = tuple(values)
     all_values = {v for values in parsed.values() for v in values}
     _check_label_values(all_values, json_path)
@@ -351,22 +404,43 @@ def _parse_v2_labels(content: dict, json_path: Path) -> tuple[dict[int, str], tu
     structures = [(name, values) for name, values in parsed.items() if values != (0,)]
     order = content.get('regions_class_order')
     if not isinstance(order, list) or len(order) != len(structures) or not all(isinstance(v, int) for v in order):
-        raise UserError(json_path, f'"labels" declares regions, so "regions_class_order" must list one label value per region ({len(structures)}), got {order!r}')
-    regions = tuple({'name': name, 'values': list(values), 'paint': paint} for (name, values), paint in zip(structures, order))
+        raise UserError(
+            json_path,
+            '"labels" declares regions, so "regions_class_order" must list '
+            f'one label value per region ({len(structures)}), got {order!r}',
+        )
+    regions = tuple(
+        {'name': name, 'values': list(values), 'paint': paint} for (name, values), paint in zip(structures, order)
+    )
     names = {region['paint']: region['name'] for region in regions}
-    return {value: names.get(value, 'background' if value == 0 else f'label {value}') for value in sorted(all_values | set(order))}, regions
+    return {
+        value: names.get(value, 'background' if value == 0 else f'label {value}')
+        for value in sorted(all_values | set(order))
+    }, regions
 
 
 def _v2_cases(root: Path, folder: str, ending: str, json_path: Path, with_labels: bool) -> tuple[Case, ...]:
     images = root / folder
     if not images.is_dir():
-        raise UserError(images, f'folder not found; an nnU-Net v2 dataset keeps its scans as {folder}/<case>_0000{ending}')
+        raise UserError(
+            images, f'folder not found; an nnU-Net v2 dataset keeps its scans as {folder}/<case>_0000{ending}'
+        )
     channel_suffix = f'_0000{ending}'
-    case_ids = sorted(p.name[: -len(channel_suffix)] for p in images.iterdir() if p.name.endswith(channel_suffix) and not p.name.startswith('.'))
+    case_ids = sorted(
+        p.name[: -len(channel_suffix)]
+        for p in images.iterdir()
+        if p.name.endswith(channel_suffix) and not p.name.startswith('.')
+    )
     if with_labels and not case_ids:
         raise UserError(images, f'holds no <case>{channel_suffix} files')
-    return tuple(Case(case_id, images / f'{case_id}{channel_suffix}',
-                      root / 'labelsTr' / f'{case_id}{ending}' if with_labels else None) for case_id in case_ids)
+    return tuple(
+        Case(
+            case_id,
+            images / f'{case_id}{channel_suffix}',
+            root / 'labelsTr' / f'{case_id}{ending}' if with_labels else None,
+        )
+        for case_id in case_ids
+    )
 
 
 def load_nifti(path: Path) -> nib.Nifti1Image:
@@ -427,13 +501,16 @@ def load_case(case: Case, spec: DatasetSpec, image_nifti: nib.Nifti1Image, label
 
 def _cache_key(case: Case, preprocessing: Preprocessing) -> str:
     """What a cache entry is made from: the files' content (not their size and time, which an edit in place or
-    ``cp -p`` keeps), the preprocessing, and the versions of the libraries that resample (TorchIO's grid has changed)."""
+    ``cp -p`` keeps), the preprocessing, and the versions of the libraries
+    that resample (TorchIO's grid has changed)."""
     parts = [PREPROCESSING_VERSION, preprocessing.target_spacing, tio.__version__, sitk.Version.VersionString()]
     parts += [file_digest(path) for path in (case.image, case.label)]
     return hashlib.sha1(repr(parts).encode()).hexdigest()[:16]
 
 
-def preprocess_case(case: Case, spec: DatasetSpec, preprocessing: Preprocessing, cache_dir: Path, warn: bool = True) -> tio.Subject:
+def preprocess_case(
+    case: Case, spec: DatasetSpec, preprocessing: Preprocessing, cache_dir: Path, warn: bool = True
+) -> tio.Subject:
     """Return the preprocessed subject, computing and caching it on first use.
 
     The case is checked whether or not its cache entry exists: its headers, and
@@ -460,11 +537,15 @@ def preprocess_case(case: Case, spec: DatasetSpec, preprocessing: Preprocessing,
 
 
 def _read_cache_entry(path: Path) -> dict[str, torch.Tensor] | None:
-    """A cache entry, or None when it is damaged (a full disk, a copy cut short): then the case is preprocessed again."""
+    """A cache entry, or None when it is damaged (a full disk, a copy cut short):
+    then the case is preprocessed again."""
     try:
         return torch.load(path, weights_only=True)
     except Exception as error:  # torch raises many unrelated types for damaged files
-        tqdm.write(f'warning: {path}: unreadable cache entry ({type(error).__name__}); preprocessing the case again', file=sys.stderr)
+        tqdm.write(
+            f'warning: {path}: unreadable cache entry ({type(error).__name__}); preprocessing the case again',
+            file=sys.stderr,
+        )
         return None
 
 

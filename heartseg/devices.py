@@ -46,13 +46,15 @@ def _named_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError('--device', f"unknown device {name!r}; expected auto, cpu, cuda, cuda:N or mps") from None
+        raise UserError('--device', f'unknown device {name!r}; expected auto, cpu, cuda, cuda:N or mps') from None
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise UserError('--device', f'{name!r} requested but CUDA is not available')
     if device.type == 'cuda' and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UserError('--device', f'{name!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s)')
+        raise UserError(
+            '--device', f'{name!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s)'
+        )
     if device.type == 'mps' and not torch.backends.mps.is_available():
         raise UserError('--device', f'{name!r} requested but Apple MPS is not available')
     if device.type not in ('cpu', 'cuda', 'mps'):
-        raise UserError('--device', f"device {name!r} is not supported; expected auto, cpu, cuda, cuda:N or mps")
+        raise UserError('--device', f'device {name!r} is not supported; expected auto, cpu, cuda, cuda:N or mps')
     return device

@@ -61,7 +61,11 @@ def session(device: str | None) -> Iterator[None]:
     if use_cuda:
         local_rank, gpus = int(os.environ['LOCAL_RANK']), torch.cuda.device_count()
         if local_rank >= gpus:
-            raise UserError('torchrun', f'process {local_rank} has no GPU of its own ({gpus} visible); use --nproc_per_node={gpus}, or --device cpu')
+            raise UserError(
+                'torchrun',
+                f'process {local_rank} has no GPU of its own ({gpus} visible); '
+                f'use --nproc_per_node={gpus}, or --device cpu',
+            )
         torch.cuda.set_device(local_rank)
     dist.init_process_group('nccl' if use_cuda else 'gloo', timeout=COLLECTIVE_TIMEOUT)
     try:
@@ -69,7 +73,9 @@ def session(device: str | None) -> Iterator[None]:
         # Leave together: a rank that tears down gloo while another still talks to it can abort.
         dist.barrier()
     except dist.DistError as error:
-        raise UserError(f'rank {rank()}', f'a collective operation failed, most likely because another rank exited: {error}') from None
+        raise UserError(
+            f'rank {rank()}', f'a collective operation failed, most likely because another rank exited: {error}'
+        ) from None
     finally:
         # Free the trainer's DDP wrapper (often held in reference cycles) while the interpreter
         # is whole: if gloo's work objects die only at interpreter shutdown, the process aborts.

@@ -43,7 +43,11 @@ def md5_of(path: Path) -> str:
 def fetch(url: str, destination: Path, md5: str) -> Path:
     """Download ``url`` to ``destination``, resuming a ``.part`` file, then verify it."""
     if urllib.parse.urlsplit(url).scheme not in URL_SCHEMES:
-        raise UserError('--download-url', f'{url!r} is not a URL this can fetch; expected one starting with ' + ', '.join(f'{s}://' for s in URL_SCHEMES))
+        raise UserError(
+            '--download-url',
+            f'{url!r} is not a URL this can fetch; expected one starting with '
+            + ', '.join(f'{s}://' for s in URL_SCHEMES),
+        )
     if destination.is_file() and md5_of(destination) == md5:
         return destination
     partial = destination.with_name(destination.name + '.part')
@@ -56,9 +60,16 @@ def fetch(url: str, destination: Path, md5: str) -> Path:
             if not resumed:
                 have = 0  # the server ignored the range: start over
             total = _content_length(response, have)
-            with open(partial, 'ab' if resumed else 'wb') as handle, tqdm(
-                total=total, initial=have, unit='B', unit_scale=True, desc=f'Downloading {destination.name}',
-            ) as progress:
+            with (
+                open(partial, 'ab' if resumed else 'wb') as handle,
+                tqdm(
+                    total=total,
+                    initial=have,
+                    unit='B',
+                    unit_scale=True,
+                    desc=f'Downloading {destination.name}',
+                ) as progress,
+            ):
                 for chunk in iter(lambda: response.read(CHUNK_BYTES), b''):
                     handle.write(chunk)
                     progress.update(len(chunk))
@@ -68,7 +79,10 @@ def fetch(url: str, destination: Path, md5: str) -> Path:
     actual = md5_of(partial)
     if actual != md5:
         partial.unlink()
-        raise UserError(partial, f'checksum mismatch (MD5 {actual}, expected {md5}); the file was deleted, run again to download afresh')
+        raise UserError(
+            partial,
+            f'checksum mismatch (MD5 {actual}, expected {md5}); the file was deleted, run again to download afresh',
+        )
     partial.replace(destination)
     return destination
 

@@ -82,8 +82,16 @@ def _write_onnx(network: nn.Module, example: torch.Tensor, plan: ModelPlan, path
     buffer = io.BytesIO()
     # The TorchScript-based exporter takes dynamic_axes as they are and, unlike the dynamo one, needs no onnxscript.
     with torch.no_grad(), _quiet_torchscript():
-        torch.onnx.export(network, (example,), buffer, input_names=['image'], output_names=['logits'],
-                          dynamic_axes={'image': axes, 'logits': axes}, opset_version=ONNX_OPSET, dynamo=False)
+        torch.onnx.export(
+            network,
+            (example,),
+            buffer,
+            input_names=['image'],
+            output_names=['logits'],
+            dynamic_axes={'image': axes, 'logits': axes},
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
     model = onnx.load_from_string(buffer.getvalue())
     onnx.helper.set_model_props(model, {PLAN_KEY: plan.to_json()})
     onnx.save(model, str(path))
@@ -95,7 +103,9 @@ def _quiet_torchscript() -> Iterator[None]:
     # callers are held to the same rule by predict.py's patch sizes, so that warning is noise.
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', torch.jit.TracerWarning)
-        warnings.simplefilter('ignore', DeprecationWarning)  # torch 2.13 deprecates torch.jit and this exporter; see the README
+        warnings.simplefilter(
+            'ignore', DeprecationWarning
+        )  # torch 2.13 deprecates torch.jit and this exporter; see the README
         yield
 
 
@@ -114,9 +124,13 @@ def _load_torchscript(path: Path, device: torch.device) -> tuple[Network, ModelP
         with _quiet_torchscript():
             network = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     except Exception as error:  # TorchScript raises RuntimeError and others for damaged archives
-        raise UserError(path, f'cannot read TorchScript file, it may be truncated or corrupt ({type(error).__name__})') from None
+        raise UserError(
+            path, f'cannot read TorchScript file, it may be truncated or corrupt ({type(error).__name__})'
+        ) from None
     if not extra[PLAN_KEY]:
-        raise UserError(path, f'TorchScript file was not exported by this project (no {PLAN_KEY} in it); export one with export.py')
+        raise UserError(
+            path, f'TorchScript file was not exported by this project (no {PLAN_KEY} in it); export one with export.py'
+        )
     return network.eval(), ModelPlan.from_json(extra[PLAN_KEY], path)
 
 
@@ -130,10 +144,15 @@ def _load_onnx(path: Path, device: torch.device) -> tuple[Network, ModelPlan]:
     try:
         session = runtime.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as error:  # onnxruntime raises its own exception types for bad files
-        raise UserError(path, f'cannot read ONNX file, it may be truncated or corrupt ({type(error).__name__})') from None
+        raise UserError(
+            path, f'cannot read ONNX file, it may be truncated or corrupt ({type(error).__name__})'
+        ) from None
     metadata = session.get_modelmeta().custom_metadata_map
     if PLAN_KEY not in metadata:
-        raise UserError(path, f'ONNX file was not exported by this project (no {PLAN_KEY} in its metadata); export one with export.py')
+        raise UserError(
+            path,
+            f'ONNX file was not exported by this project (no {PLAN_KEY} in its metadata); export one with export.py',
+        )
     return OnnxNetwork(session), ModelPlan.from_json(metadata[PLAN_KEY], path)
 
 

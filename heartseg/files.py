@@ -76,7 +76,9 @@ def atomic_write_text(path: Path, text: str) -> None:
 def write_rows_csv(path: Path, rows: list[dict]) -> None:
     """Write rows as a CSV file, atomically: the columns in order of first appearance, a row's missing ones empty."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(key for row in rows for key in row)), restval='', lineterminator='\n')
+    writer = csv.DictWriter(
+        buffer, fieldnames=list(dict.fromkeys(key for row in rows for key in row)), restval='', lineterminator='\n'
+    )
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buffer.getvalue())

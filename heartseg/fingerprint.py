@@ -79,12 +79,14 @@ def anisotropic_axis(headers: list[CaseHeader]) -> int | None:
 
 
 def suggest_target_spacing(headers: list[CaseHeader]) -> tuple[float, float, float]:
-    """Median spacing; a thick-slice axis (:func:`anisotropic_axis`) takes its 10th percentile, no finer than the other axes.
+    """Median spacing; a thick-slice axis (:func:`anisotropic_axis`) takes its
+    10th percentile, no finer than the other axes.
 
     So thin-slice cases are not blurred to the thickest slices, as in nnU-Net.
 
     Example:
-        >>> headers = [CaseHeader('a', (256, 256, 10), (1.5, 1.5, 10.0), 'RAS'), CaseHeader('b', (256, 256, 20), (1.5, 1.5, 5.0), 'RAS'),
+        >>> headers = [CaseHeader('a', (256, 256, 10), (1.5, 1.5, 10.0), 'RAS'),
+        ...            CaseHeader('b', (256, 256, 20), (1.5, 1.5, 5.0), 'RAS'),
         ...            CaseHeader('c', (256, 256, 10), (1.5, 1.5, 10.0), 'RAS')]
         >>> suggest_target_spacing(headers)
         (1.5, 1.5, 6.0)
@@ -102,7 +104,9 @@ def resampled_shape(header: CaseHeader, target_spacing: tuple[float, float, floa
     return tuple(int(round(e / s)) for e, s in zip(header.extent_mm, target_spacing))
 
 
-def median_resampled_shape(headers: list[CaseHeader], target_spacing: tuple[float, float, float]) -> tuple[float, float, float]:
+def median_resampled_shape(
+    headers: list[CaseHeader], target_spacing: tuple[float, float, float]
+) -> tuple[float, float, float]:
     """Median case shape after resampling to ``target_spacing``: what the patch is planned from."""
     shapes = [resampled_shape(header, target_spacing) for header in headers]
     return tuple(float(s) for s in np.median(shapes, axis=0))
@@ -129,8 +133,9 @@ MIN_FEATURE_MAP_SIZE = 4
 POOLING_SPACING_RATIO = 2.0
 
 
-def plan_network(target_spacing: tuple[float, float, float], patch_size: tuple[int, int, int], levels: int,
-                 per_axis: bool = True) -> NetworkPlan:
+def plan_network(
+    target_spacing: tuple[float, float, float], patch_size: tuple[int, int, int], levels: int, per_axis: bool = True
+) -> NetworkPlan:
     """Pooling and kernel sizes per level: nnU-Net's ``get_pool_and_conv_props``, at most ``levels`` poolings.
 
     At each level an axis is pooled when its feature map is at least
@@ -177,12 +182,18 @@ def pooling_text(pool_sizes: list[list[int]] | None) -> str:
 
 
 def padded_to(shape: Sequence[float], divisors: Sequence[int]) -> tuple[int, ...]:
-    """Each axis rounded up to a multiple of its divisor (nnU-Net's ``pad_shape``): the patch covers the whole median case."""
+    """Each axis rounded up to a multiple of its divisor (nnU-Net's ``pad_shape``):
+    the patch covers the whole median case."""
     return tuple(int(math.ceil(round(s, 6) / d) * d) for s, d in zip(shape, divisors))
 
 
-def plan_patch_and_network(median_shape: tuple[float, ...], target_spacing: tuple[float, float, float], levels: int,
-                           max_voxels: int, per_axis: bool = True) -> tuple[tuple[int, int, int], NetworkPlan]:
+def plan_patch_and_network(
+    median_shape: tuple[float, ...],
+    target_spacing: tuple[float, float, float],
+    levels: int,
+    max_voxels: int,
+    per_axis: bool = True,
+) -> tuple[tuple[int, int, int], NetworkPlan]:
     """The largest patch within ``max_voxels`` that covers as much of the median case as it can, and its network.
 
     As nnU-Net plans it: start from the median case, padded up to a multiple

@@ -1,4 +1,5 @@
-"""One run per folder: a second ``main.py`` or ``predict.py`` on a folder in use is refused, a killed run's lock is taken over.
+"""One run per folder: a second ``main.py`` or ``predict.py`` on a folder in use
+is refused, a killed run's lock is taken over.
 
 A run writes ``.heartseg.lock`` into its folder (its process id, host, start
 time and command), created exclusively, and removes it when it ends. A second
@@ -50,9 +51,15 @@ def folder_lock(folder: Path) -> Iterator[None]:
 
 def claim(path: Path) -> dict:
     """Create the lock file for this process, replacing a stale one; the record written, or a one-line refusal."""
-    record = {'pid': os.getpid(), 'host': socket.gethostname(), 'started': datetime.now().isoformat(timespec='seconds'),
-              'command': ' '.join(sys.argv)}
-    for _ in range(3 + 10):  # waits while a racing run writes its record; a stale lock is removed and the claim tried again
+    record = {
+        'pid': os.getpid(),
+        'host': socket.gethostname(),
+        'started': datetime.now().isoformat(timespec='seconds'),
+        'command': ' '.join(sys.argv),
+    }
+    for _ in range(
+        3 + 10
+    ):  # waits while a racing run writes its record; a stale lock is removed and the claim tried again
         try:
             descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
@@ -109,6 +116,8 @@ def is_running(holder: dict) -> bool:
 
 def in_use(holder: dict, path: Path) -> str:
     where = 'this machine' if holder.get('host') == socket.gethostname() else f'host {holder.get("host")}'
-    return (f'is in use by another run (process {holder["pid"]} on {where}, started {holder.get("started")}: '
-            f'{holder.get("command", "")[:120]}); wait for it to end or choose another folder'
-            + ('' if where == 'this machine' else f' (if that run is over, delete {path})'))
+    return (
+        f'is in use by another run (process {holder["pid"]} on {where}, started {holder.get("started")}: '
+        f'{holder.get("command", "")[:120]}); wait for it to end or choose another folder'
+        + ('' if where == 'this machine' else f' (if that run is over, delete {path})')
+    )

@@ -79,14 +79,16 @@ def sliding_window_logits(
     before = [max(0, p - s) // 2 for s, p in zip(spatial, patch_size)]
     after = [max(0, p - s) - b for s, p, b in zip(spatial, patch_size, before)]
     # Pad symmetrically with the image minimum (background after z-scoring).
-    padded = F.pad(image, [pad for b, a in zip(reversed(before), reversed(after)) for pad in (b, a)], value=float(image.min()))
+    padded = F.pad(
+        image, [pad for b, a in zip(reversed(before), reversed(after)) for pad in (b, a)], value=float(image.min())
+    )
     shape = padded.shape[1:]
     weights = blending_weights(patch_size, blending).to(device)
     starts = list(itertools.product(*(window_starts(s, p, overlap) for s, p in zip(shape, patch_size))))
     accumulated = None
     normaliser = torch.zeros(shape, device=device)
     for first in range(0, len(starts), batch_size):
-        corners = starts[first:first + batch_size]
+        corners = starts[first : first + batch_size]
         windows = torch.stack([_window(padded, corner, patch_size) for corner in corners]).to(device)
         # On CUDA the training dtype (devices.mixed_precision_dtype); CPU inference stays fp32.
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None and device.type == 'cuda'):
@@ -108,8 +110,9 @@ def _window(volume: torch.Tensor, corner: tuple[int, ...], patch_size: tuple[int
 MIRRORINGS = tuple(axes for r in range(4) for axes in itertools.combinations((1, 2, 3), r))
 
 
-def mirrored_logits(model: nn.Module, image: torch.Tensor, patch_size: tuple[int, int, int], tta: bool = False,
-                    **window_options) -> Iterator[torch.Tensor]:
+def mirrored_logits(
+    model: nn.Module, image: torch.Tensor, patch_size: tuple[int, int, int], tta: bool = False, **window_options
+) -> Iterator[torch.Tensor]:
     """Sliding-window logits of the image and, when ``tta``, of its 7 other axis mirrorings, each flipped back.
 
     Args:
@@ -121,7 +124,9 @@ def mirrored_logits(model: nn.Module, image: torch.Tensor, patch_size: tuple[int
         yield logits.flip(axes) if axes else logits
 
 
-def predict_logits(model: nn.Module, image: torch.Tensor, patch_size: tuple[int, int, int], tta: bool = False, **window_options) -> torch.Tensor:
+def predict_logits(
+    model: nn.Module, image: torch.Tensor, patch_size: tuple[int, int, int], tta: bool = False, **window_options
+) -> torch.Tensor:
     """Sliding-window logits, averaged over the 8 axis mirrorings when ``tta``."""
     total, count = None, 0
     for logits in mirrored_logits(model, image, patch_size, tta, **window_options):

@@ -27,15 +27,19 @@ def reporting_worker_failures() -> Iterator[None]:
     main process, not only while a batch is fetched. A batch being read when the worker
     dies can fail first, on its broken connection, before that report.
     """
-    hint = ('The last completed epoch is saved: resume with --resume; '
-            'if workers run out of shared memory (/dev/shm), use fewer --num-workers')
+    hint = (
+        'The last completed epoch is saved: resume with --resume; '
+        'if workers run out of shared memory (/dev/shm), use fewer --num-workers'
+    )
     try:
         yield
     except (OSError, EOFError) as error:  # ConnectionError is an OSError
         if not _is_broken_worker_connection(error):
             raise
         _ignore_further_worker_deaths()
-        raise UserError('data loader', f'DataLoader worker connection broke ({error!r}); the worker died. {hint}') from None
+        raise UserError(
+            'data loader', f'DataLoader worker connection broke ({error!r}); the worker died. {hint}'
+        ) from None
     except RuntimeError as error:
         if 'DataLoader worker' not in str(error):
             raise
@@ -50,7 +54,10 @@ _LOADER_SOURCE = Path(torch.utils.data.__file__).parent.as_posix()
 def _is_broken_worker_connection(error: OSError | EOFError) -> bool:
     broken = isinstance(error, (ConnectionError, EOFError)) or 'end of file during message' in str(error)
     # Only a batch fetch talks to the workers; a broken pipe elsewhere (stdout closed, say) is not theirs.
-    fetching = any(_LOADER_SOURCE in Path(frame.f_code.co_filename).as_posix() for frame, _ in traceback.walk_tb(error.__traceback__))
+    fetching = any(
+        _LOADER_SOURCE in Path(frame.f_code.co_filename).as_posix()
+        for frame, _ in traceback.walk_tb(error.__traceback__)
+    )
     return broken and fetching
 
 

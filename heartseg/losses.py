@@ -86,7 +86,8 @@ class CrossEntropyLoss(nn.Module):
 
 
 class CrossEntropyDiceLoss(nn.Module):
-    """Cross-entropy (binary per sigmoid channel, categorical over softmax channels) plus soft Dice, equally weighted."""
+    """Cross-entropy (binary per sigmoid channel,
+    categorical over softmax channels) plus soft Dice, equally weighted."""
 
     def __init__(self, outputs: Outputs, across_ranks: bool = False):
         super().__init__()

@@ -40,7 +40,9 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(3, 1), border_value=0)
 
 
-def surface_distances(prediction: np.ndarray, reference: np.ndarray, spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+def surface_distances(
+    prediction: np.ndarray, reference: np.ndarray, spacing: tuple[float, ...]
+) -> tuple[np.ndarray, np.ndarray]:
     """Distances in mm from each surface voxel of one mask to the other's surface."""
     prediction_surface = _surface(prediction)
     reference_surface = _surface(reference)

@@ -63,11 +63,15 @@ class Outputs:
         if not self.paint_values:
             assert all(len(values) == 1 for values in self.structures), f'regions {self.structures} need paint values'
             object.__setattr__(self, 'paint_values', tuple(values[0] for values in self.structures))
-        assert len(self.paint_values) == len(self.structures), f'{len(self.structures)} structures need as many paint values, got {self.paint_values}'
+        assert len(self.paint_values) == len(self.structures), (
+            f'{len(self.structures)} structures need as many paint values, got {self.paint_values}'
+        )
         if not self.names:
             object.__setattr__(self, 'names', tuple(f'label {value}' for value in self.paint_values))
         overlapping = len({v for values in self.structures for v in values}) < sum(map(len, self.structures))
-        assert not (self.kind == 'softmax' and overlapping), f'softmax needs mutually exclusive structures, got {self.structures}'
+        assert not (self.kind == 'softmax' and overlapping), (
+            f'softmax needs mutually exclusive structures, got {self.structures}'
+        )
 
     @classmethod
     def one_per_label(cls, kind: str, label_values: Sequence[int], names: Sequence[str] = ()) -> Outputs:
@@ -94,7 +98,7 @@ class Outputs:
 
     def structure_probabilities(self, probabilities: torch.Tensor) -> torch.Tensor:
         """``(C, ...)`` probabilities → ``(S, ...)``, one per structure (softmax drops the background channel)."""
-        return probabilities[self.first_structure_channel:]
+        return probabilities[self.first_structure_channel :]
 
     def target(self, label: torch.Tensor) -> torch.Tensor:
         """``(1, X, Y, Z)`` label map → ``(C, X, Y, Z)`` float target of the output channels."""
@@ -105,7 +109,9 @@ class Outputs:
 
     def structure_masks(self, label_map: torch.Tensor) -> torch.Tensor:
         """``(X, Y, Z)`` label map → ``(S, X, Y, Z)`` boolean, one mask per structure."""
-        return torch.stack([torch.isin(label_map, torch.tensor(values, dtype=label_map.dtype)) for values in self.structures])
+        return torch.stack(
+            [torch.isin(label_map, torch.tensor(values, dtype=label_map.dtype)) for values in self.structures]
+        )
 
     def label_map(self, probabilities: torch.Tensor) -> torch.Tensor:
         """``(C, ...)`` probabilities → uint8 label map of label values."""
@@ -155,8 +161,12 @@ def outputs_from_config(config: Mapping[str, Any]) -> Outputs:
 def planned_outputs(kind: str, labels: Mapping[str, str], regions: Sequence[Mapping[str, Any]]) -> Outputs:
     """The outputs of a planned kind: one per region (nnU-Net v2's ``{'name', 'values', 'paint'}``), or per label."""
     if regions:
-        return Outputs(kind, tuple(tuple(r['values']) for r in regions),
-                       tuple(r['paint'] for r in regions), tuple(r['name'] for r in regions))
+        return Outputs(
+            kind,
+            tuple(tuple(r['values']) for r in regions),
+            tuple(r['paint'] for r in regions),
+            tuple(r['name'] for r in regions),
+        )
     values = foreground_values(labels)
     return Outputs.one_per_label(kind, values, [labels[str(v)] for v in values])
 

@@ -27,12 +27,21 @@ CONTOUR_PIXELS = 2
 # Reference green, prediction red: where they coincide the contour turns yellow.
 REFERENCE_CHANNEL, PREDICTION_CHANNEL = 1, 0
 # One colour per structure when there are several, in label order.
-STRUCTURE_COLOURS = ((255, 64, 64), (64, 255, 64), (64, 128, 255), (255, 255, 0), (255, 0, 255), (0, 255, 255), (255, 160, 0))
+STRUCTURE_COLOURS = (
+    (255, 64, 64),
+    (64, 255, 64),
+    (64, 128, 255),
+    (255, 255, 0),
+    (255, 0, 255),
+    (0, 255, 255),
+    (255, 160, 0),
+)
 PANEL_GAP_PIXELS = 8
 
 
-def overlay_image(image: torch.Tensor, label: torch.Tensor, prediction: torch.Tensor,
-                  structure_values: Sequence[int] = (1,)) -> np.ndarray:
+def overlay_image(
+    image: torch.Tensor, label: torch.Tensor, prediction: torch.Tensor, structure_values: Sequence[int] = (1,)
+) -> np.ndarray:
     """An ``(H, W, 3)`` uint8 picture of the axial slice through the reference's largest cross-section.
 
     The image is in grey (0.5 to 99.5 percentile window). Anterior is up and
@@ -48,13 +57,18 @@ def overlay_image(image: torch.Tensor, label: torch.Tensor, prediction: torch.Te
     background = np.stack([_enlarge(grey, scale)] * 3, axis=-1)
     label_slice, prediction_slice = label[:, :, slice_index].numpy(), prediction[:, :, slice_index].numpy()
     if len(structure_values) == 1:
-        outlines = {channel: _contour(_enlarge(mask > 0, scale))
-                    for channel, mask in ((REFERENCE_CHANNEL, label_slice), (PREDICTION_CHANNEL, prediction_slice))}
+        outlines = {
+            channel: _contour(_enlarge(mask > 0, scale))
+            for channel, mask in ((REFERENCE_CHANNEL, label_slice), (PREDICTION_CHANNEL, prediction_slice))
+        }
         background[outlines[REFERENCE_CHANNEL] | outlines[PREDICTION_CHANNEL]] = 0
         for channel, outline in outlines.items():
             background[outline, channel] = 255
         return _display(background)
-    panels = [_display(_structure_contours(background.copy(), mask, structure_values, scale)) for mask in (label_slice, prediction_slice)]
+    panels = [
+        _display(_structure_contours(background.copy(), mask, structure_values, scale))
+        for mask in (label_slice, prediction_slice)
+    ]
     gap = np.zeros((panels[0].shape[0], PANEL_GAP_PIXELS, 3), dtype=np.uint8)
     return np.ascontiguousarray(np.concatenate([panels[0], gap, panels[1]], axis=1))
 

@@ -75,12 +75,15 @@ class DeviceDefaults:
 #   process gets at most its share of the cores, less one for itself.
 # min_spacing_mm: 0.625 mm scans have 8x the voxels of 1.25 mm ones, which a CPU cannot train on in useful time.
 DEVICE_DEFAULTS = {
-    'cpu': DeviceDefaults(base_channels=8, channels_last=True, num_workers=0,
-                          patch_voxels=64 * 64 * 48, min_spacing_mm=1.25),
-    'mps': DeviceDefaults(base_channels=16, channels_last=False, num_workers=2,
-                          patch_voxels=96 * 96 * 64, min_spacing_mm=1.0),
-    'cuda': DeviceDefaults(base_channels=16, channels_last=False, num_workers=8,
-                           patch_voxels=128 * 128 * 96, min_spacing_mm=0.0),
+    'cpu': DeviceDefaults(
+        base_channels=8, channels_last=True, num_workers=0, patch_voxels=64 * 64 * 48, min_spacing_mm=1.25
+    ),
+    'mps': DeviceDefaults(
+        base_channels=16, channels_last=False, num_workers=2, patch_voxels=96 * 96 * 64, min_spacing_mm=1.0
+    ),
+    'cuda': DeviceDefaults(
+        base_channels=16, channels_last=False, num_workers=8, patch_voxels=128 * 128 * 96, min_spacing_mm=0.0
+    ),
 }
 # The default length, in optimiser steps, as in nnU-Net: an epoch is one patch per training case, so a
 # fixed epoch count trains a 16-case dataset a quarter as long as a 64-case one. On the LA2018 learning
@@ -104,8 +107,9 @@ MAX_RESAMPLED_VOXELS = 2**30  # 4 GiB as float32; the largest LA2018 case has 3.
 # Overrides are RunConfig settings by field name, plus these choices that shape the plan but are stored nowhere.
 PLAN_CHOICES = frozenset({'pooling'})
 # Settings a resumed run may change; any other must match the original run.
-RESUMABLE_SETTINGS = frozenset({'epochs', 'device', 'num_workers', 'time_limit', 'image_every', 'channels_last',
-                                'compile'})
+RESUMABLE_SETTINGS = frozenset(
+    {'epochs', 'device', 'num_workers', 'time_limit', 'image_every', 'channels_last', 'compile'}
+)
 # Settings that another makes moot: (setting, the setting that overrides it, why).
 OVERRIDDEN = (
     ('split_seed', 'splits', 'the splits file gives the folds'),
@@ -121,7 +125,9 @@ def flag(name: str) -> str:
     return '--' + name.replace('_', '-')
 
 
-def plan_run(dataset: DatasetSpec, device: torch.device, overrides: dict[str, Any], synthetic: bool = False) -> RunConfig:
+def plan_run(
+    dataset: DatasetSpec, device: torch.device, overrides: dict[str, Any], synthetic: bool = False
+) -> RunConfig:
     """The run's config: planned from ``dataset``'s headers for ``device``, with ``overrides`` replacing the plan.
 
     Args:
@@ -135,12 +141,16 @@ def plan_run(dataset: DatasetSpec, device: torch.device, overrides: dict[str, An
     headers = [read_header(case, dataset) for case in cases]
     levels = given.get('levels', RunConfig.levels)
     per_axis = overrides.get('pooling', POOLINGS[0]) == 'per-axis'
-    spacing, patch, network = plan_geometry(headers, device, levels, given.get('target_spacing'), per_axis,
-                                            given.get('patch_size'))
+    spacing, patch, network = plan_geometry(
+        headers, device, levels, given.get('target_spacing'), per_axis, given.get('patch_size')
+    )
     if 'levels' in given and network.levels < levels:
-        raise UserError('--levels', f'{levels} levels cannot be pooled in patch {list(patch)}: after {network.levels} '
-                                    f'poolings no axis is {2 * MIN_FEATURE_MAP_SIZE} voxels long with a spacing under '
-                                    f"{POOLING_SPACING_RATIO:g}x the finest (nnU-Net's rule)")
+        raise UserError(
+            '--levels',
+            f'{levels} levels cannot be pooled in patch {list(patch)}: after {network.levels} '
+            f'poolings no axis is {2 * MIN_FEATURE_MAP_SIZE} voxels long with a spacing under '
+            f"{POOLING_SPACING_RATIO:g}x the finest (nnU-Net's rule)",
+        )
     check_resampled_sizes(headers, spacing)
     config = RunConfig(**{**planned_settings(dataset, device, spacing, patch, network, synthetic), **given})
     config.levels = network.levels  # fewer than asked by default when the patch is too small to pool any more
@@ -164,7 +174,9 @@ def settings_given(overrides: dict[str, Any]) -> dict[str, Any]:
         given['loss'] = canonical_loss(given['loss'])
     spacing = given.get('target_spacing')
     if spacing is not None and len(spacing) not in (1, 3):
-        raise UserError('--target-spacing', f'{list(spacing)} is not allowed: give one value (isotropic) or three, in mm')
+        raise UserError(
+            '--target-spacing', f'{list(spacing)} is not allowed: give one value (isotropic) or three, in mm'
+        )
     if spacing is not None and len(spacing) == 1:
         given['target_spacing'] = spacing * 3
     return given
@@ -181,10 +193,14 @@ def refuse_moot_settings(given: dict[str, Any]) -> None:
             raise UserError(flag(setting), f'has no effect with {flag(other)}: {why}')
 
 
-def plan_geometry(headers: list[CaseHeader], device: torch.device, levels: int,
-                  target_spacing: tuple[float, float, float] | None = None, per_axis: bool = True,
-                  patch_size: tuple[int, int, int] | None = None,
-                  ) -> tuple[tuple[float, float, float], tuple[int, int, int], NetworkPlan]:
+def plan_geometry(
+    headers: list[CaseHeader],
+    device: torch.device,
+    levels: int,
+    target_spacing: tuple[float, float, float] | None = None,
+    per_axis: bool = True,
+    patch_size: tuple[int, int, int] | None = None,
+) -> tuple[tuple[float, float, float], tuple[int, int, int], NetworkPlan]:
     """Target spacing, patch size and network plan that training uses on ``device``.
 
     The spacing is :func:`~heartseg.fingerprint.suggest_target_spacing`,
@@ -199,13 +215,20 @@ def plan_geometry(headers: list[CaseHeader], device: torch.device, levels: int,
         target_spacing = tuple(max(s, defaults.min_spacing_mm) for s in suggest_target_spacing(headers))
     if patch_size is not None:
         return target_spacing, tuple(patch_size), plan_network(target_spacing, patch_size, levels, per_axis)
-    patch, network = plan_patch_and_network(median_resampled_shape(headers, target_spacing), target_spacing, levels,
-                                            defaults.patch_voxels, per_axis)
+    patch, network = plan_patch_and_network(
+        median_resampled_shape(headers, target_spacing), target_spacing, levels, defaults.patch_voxels, per_axis
+    )
     return target_spacing, patch, network
 
 
-def planned_settings(dataset: DatasetSpec, device: torch.device, spacing: tuple[float, float, float],
-                     patch: tuple[int, int, int], network: NetworkPlan, synthetic: bool) -> dict[str, Any]:
+def planned_settings(
+    dataset: DatasetSpec,
+    device: torch.device,
+    spacing: tuple[float, float, float],
+    patch: tuple[int, int, int],
+    network: NetworkPlan,
+    synthetic: bool,
+) -> dict[str, Any]:
     """The settings planned from the dataset and the device, before the user's overrides."""
     defaults = DEVICE_DEFAULTS[device.type]
     structures = [region['values'] for region in dataset.regions] or [[v] for v in dataset.foreground_labels]
@@ -263,8 +286,9 @@ def run_split(config: RunConfig, case_ids: list[str], fold: int | None) -> Split
     """The run's split of ``case_ids``: fold ``fold`` of the splits file, or the seeded split."""
     if config.splits:
         return read_splits_file(Path(config.splits), case_ids)[fold or 0]
-    return split_cases(case_ids, config.data_split_seed, config.val_fraction, config.folds, fold,
-                       config.group_by_patient)
+    return split_cases(
+        case_ids, config.data_split_seed, config.val_fraction, config.folds, fold, config.group_by_patient
+    )
 
 
 def split_description(config: RunConfig, case_ids: list[str]) -> str:
@@ -282,8 +306,11 @@ def cases_in_use(dataset: DatasetSpec, max_cases: int) -> tuple:
 
 def check_output(config: RunConfig, dataset: DatasetSpec) -> None:
     if dataset.regions and config.output == 'softmax':
-        raise UserError('--output', f'softmax needs mutually exclusive structures; {dataset.root / "dataset.json"} '
-                                    'declares overlapping regions, which take sigmoid channels')
+        raise UserError(
+            '--output',
+            f'softmax needs mutually exclusive structures; {dataset.root / "dataset.json"} '
+            'declares overlapping regions, which take sigmoid channels',
+        )
 
 
 def folds_in_splits_file(config: RunConfig, cases: tuple, given_folds: int | None) -> int:
@@ -291,8 +318,10 @@ def folds_in_splits_file(config: RunConfig, cases: tuple, given_folds: int | Non
     in_file = len(read_splits_file(Path(config.splits), [case.case_id for case in cases]))
     folds = in_file if in_file > 1 else 0
     if given_folds is not None and given_folds != folds:
-        raise UserError('--folds', f'{given_folds} does not match {config.splits}, which holds {in_file} '
-                                   f'fold{"s" if in_file > 1 else ""}')
+        raise UserError(
+            '--folds',
+            f'{given_folds} does not match {config.splits}, which holds {in_file} fold{"s" if in_file > 1 else ""}',
+        )
     return folds
 
 
@@ -300,8 +329,10 @@ def check_split(config: RunConfig, cases: int) -> None:
     if config.fold is not None and not config.folds:
         raise UserError('--fold', f'{config.fold} needs --folds K (the number of folds)')
     if config.folds and not 2 <= config.folds <= cases:
-        raise UserError('--folds', f'{config.folds} is not allowed: K-fold cross-validation needs 2 <= K <= {cases}, '
-                                   'the number of cases')
+        raise UserError(
+            '--folds',
+            f'{config.folds} is not allowed: K-fold cross-validation needs 2 <= K <= {cases}, the number of cases',
+        )
     if config.fold is not None and not 0 <= config.fold < config.folds:
         raise UserError('--fold', f'{config.fold} is not a fold of --folds {config.folds}: use 0..{config.folds - 1}')
 
@@ -311,19 +342,26 @@ def check_resampled_sizes(headers: list[CaseHeader], spacing: tuple[float, float
     shapes = np.array([resampled_shape(header, spacing) for header in headers])
     if shapes.min() < 1:
         smallest = shapes[shapes.min(axis=1).argmin()].tolist()
-        raise UserError('--target-spacing', f'{list(spacing)} mm is coarser than a whole case: one shrinks to '
-                                            f'{smallest} voxels')
+        raise UserError(
+            '--target-spacing', f'{list(spacing)} mm is coarser than a whole case: one shrinks to {smallest} voxels'
+        )
     largest = shapes.prod(axis=1).max()
     if largest > MAX_RESAMPLED_VOXELS:
-        raise UserError('--target-spacing', f'{list(spacing)} mm makes the largest case {largest:.3g} voxels, over the '
-                                            f'{MAX_RESAMPLED_VOXELS:.3g} one case may have')
+        raise UserError(
+            '--target-spacing',
+            f'{list(spacing)} mm makes the largest case {largest:.3g} voxels, over the '
+            f'{MAX_RESAMPLED_VOXELS:.3g} one case may have',
+        )
 
 
 def check_patch_size(config: RunConfig) -> None:
     divisors = total_pooling(config.pool_sizes or isotropic_pooling(config.levels))
     if any(p % d for p, d in zip(config.patch_size, divisors)):
-        raise UserError('--patch-size', f"{list(config.patch_size)} must be divisible per axis by {list(divisors)}, "
-                                        f"each axis's total pooling over {config.levels} levels")
+        raise UserError(
+            '--patch-size',
+            f'{list(config.patch_size)} must be divisible per axis by {list(divisors)}, '
+            f"each axis's total pooling over {config.levels} levels",
+        )
 
 
 def resume_plan(run_dir: Path, overrides: dict[str, Any]) -> RunConfig:
@@ -334,24 +372,33 @@ def resume_plan(run_dir: Path, overrides: dict[str, Any]) -> RunConfig:
     """
     resumable = ', '.join(flag(name) for name in sorted(RESUMABLE_SETTINGS))
     for name in set(overrides) - SETTINGS:
-        raise UserError(flag(name), f'cannot change the plan of {run_dir}: a resumed run keeps its own (only '
-                                    f'{resumable} may change)')
+        raise UserError(
+            flag(name),
+            f'cannot change the plan of {run_dir}: a resumed run keeps its own (only {resumable} may change)',
+        )
     config = load_config(run_dir / 'config.json')
     saved = asdict(config)
     given = settings_given(overrides)
     for name in ('data', 'run_dir', 'cache_dir'):
         if name in given and Path(given[name]).resolve() != Path(saved[name]).resolve():
-            raise UserError(flag(name), f'{given.pop(name)} is not {saved[name]}, which {run_dir} uses; a resumed run '
-                                        'keeps its data and folders')
+            raise UserError(
+                flag(name),
+                f'{given.pop(name)} is not {saved[name]}, which {run_dir} uses; a resumed run '
+                'keeps its data and folders',
+            )
     for name, value in given.items():
         if name in RESUMABLE_SETTINGS:
             setattr(config, name, value)
         elif name not in ('data', 'run_dir', 'cache_dir') and _normalise(value) != _normalise(saved[name]):
-            raise UserError(run_dir, f'cannot resume with {flag(name)} {value}: the run used {saved[name]} (only '
-                                     f'{resumable} may change)')
+            raise UserError(
+                run_dir,
+                f'cannot resume with {flag(name)} {value}: the run used {saved[name]} (only {resumable} may change)',
+            )
     if saved['time_limit'] and config.time_limit == 0 and 'epochs' not in given:
-        raise UserError('--time-limit', f'0 ends the time limit of {run_dir}: give --epochs too, the number of '
-                                        'epochs to train in all')
+        raise UserError(
+            '--time-limit',
+            f'0 ends the time limit of {run_dir}: give --epochs too, the number of epochs to train in all',
+        )
     config.run_dir = str(run_dir)
     return config
 
@@ -364,8 +411,11 @@ def plan_text(config: RunConfig, num_train: int, num_val: int, split_text: str) 
     """The plan line printed at the start of a run."""
     pooling = '' if config.pool_sizes is None else f' pooling {pooling_text(config.pool_sizes)}'
     supervision = ' deep-supervision' if config.deep_supervision else ''
-    length = (f'epochs fitted to the time limit of {config.time_limit:g} min' if config.time_limit
-              else _length_text(config, num_train))
+    length = (
+        f'epochs fitted to the time limit of {config.time_limit:g} min'
+        if config.time_limit
+        else _length_text(config, num_train)
+    )
     return (
         f'Plan: {num_train} training / {num_val} validation cases ({split_text}), spacing {config.target_spacing} mm, '
         f'patch {list(config.patch_size)}, U-Net levels={config.levels} base={config.base_channels} '

@@ -84,7 +84,10 @@ class Postprocessing:
 
 def component_counts(mask: np.ndarray, outputs: Outputs) -> list[int]:
     """The 26-connected components of each structure of a label map."""
-    return [int(ndimage.label(structure, structure=CONNECTIVITY)[1]) for structure in outputs.structure_masks(torch.from_numpy(mask)).numpy()]
+    return [
+        int(ndimage.label(structure, structure=CONNECTIVITY)[1])
+        for structure in outputs.structure_masks(torch.from_numpy(mask)).numpy()
+    ]
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -96,7 +99,9 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return components == 1 + int(np.argmax(sizes))
 
 
-def choose(cases: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], outputs: Outputs) -> tuple[Postprocessing, dict]:
+def choose(
+    cases: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], outputs: Outputs
+) -> tuple[Postprocessing, dict]:
     """nnU-Net's choice from out-of-fold ``(mask, reference)`` pairs, and the mean Dice per structure that made it.
 
     ``cases`` is called once per step, so the masks need not all fit in memory.
@@ -118,8 +123,9 @@ def choose(cases: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], outputs
     return chosen, {'before': before, 'after': current}
 
 
-def mean_dice(cases: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], outputs: Outputs,
-              postprocessing: Postprocessing) -> list[float]:
+def mean_dice(
+    cases: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], outputs: Outputs, postprocessing: Postprocessing
+) -> list[float]:
     """Mean Dice per structure over the cases, each mask post-processed; a structure absent from both counts as 1."""
     totals, count = np.zeros(len(outputs.structures)), 0
     for mask, reference in cases():

@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +61,8 @@ class LoadedCase:
 
 @dataclass(frozen=True)
 class Prediction:
-    """A mask and probabilities ``(C, X, Y, Z)`` in the input's grid, and what :mod:`heartseg.qc` measures from prediction."""
+    """A mask and probabilities ``(C, X, Y, Z)`` in the input's grid,
+    and what :mod:`heartseg.qc` measures from prediction."""
 
     mask: np.ndarray
     probabilities: np.ndarray
@@ -115,10 +116,17 @@ def check_ensemble(models: list[TrainedModel]) -> None:
     """Models can be averaged only when they agree on the labels, the outputs and the input channels."""
     first = models[0]
     for other in models[1:]:
-        for what, ours, theirs in (('labels', first.labels, other.labels), ('outputs', first.outputs, other.outputs),
-                                   ('input channels', first.channels, other.channels)):
+        for what, ours, theirs in (
+            ('labels', first.labels, other.labels),
+            ('outputs', first.outputs, other.outputs),
+            ('input channels', first.channels, other.channels),
+        ):
             if ours != theirs:
-                raise UserError(other.checkpoint, f'its {what} {theirs} differ from {first.checkpoint}\'s {ours}; an ensemble needs the same labels, outputs and input channels')
+                raise UserError(
+                    other.checkpoint,
+                    f"its {what} {theirs} differ from {first.checkpoint}'s {ours}; "
+                    'an ensemble needs the same labels, outputs and input channels',
+                )
 
 
 class Predictor:
@@ -134,9 +142,16 @@ class Predictor:
         >>> folds = Predictor([Path(f'runs/cv/fold_{i}/best.pt') for i in range(5)])  # doctest: +SKIP
     """
 
-    def __init__(self, checkpoints: Path | Sequence[Path], device: str = 'auto', batch_size: int = DEFAULT_WINDOW_BATCH,
-                 overlap: float = DEFAULT_OVERLAP, blending: str = DEFAULT_BLENDING, tta: bool = MIRRORING_TTA,
-                 postprocessing: Postprocessing | None = None):
+    def __init__(
+        self,
+        checkpoints: Path | Sequence[Path],
+        device: str = 'auto',
+        batch_size: int = DEFAULT_WINDOW_BATCH,
+        overlap: float = DEFAULT_OVERLAP,
+        blending: str = DEFAULT_BLENDING,
+        tta: bool = MIRRORING_TTA,
+        postprocessing: Postprocessing | None = None,
+    ):
         self.device = local_device(select_device(device))  # under torchrun, this process's own GPU
         paths = [checkpoints] if isinstance(checkpoints, Path) else list(checkpoints)
         self.models = [load_trained_model(path, self.device) for path in paths]
@@ -146,8 +161,11 @@ class Predictor:
         self.channels = self.models[0].channels
         self.training_cases = self.models[0].training_cases
         self.window_options = {
-            'overlap': overlap, 'batch_size': batch_size, 'blending': blending,
-            'device': self.device, 'amp_dtype': mixed_precision_dtype(self.device),
+            'overlap': overlap,
+            'batch_size': batch_size,
+            'blending': blending,
+            'device': self.device,
+            'amp_dtype': mixed_precision_dtype(self.device),
         }
         self.tta = tta
         self.postprocessing = postprocessing or Postprocessing.every_structure(self.outputs)
@@ -162,7 +180,8 @@ class Predictor:
         return LoadedCase(path, nifti, preprocessed)
 
     def model_logits(self, model: TrainedModel, image: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
-        """One model's (TTA-averaged) logits in its own grid, and per structure the agreement of its mirrored predictions."""
+        """One model's (TTA-averaged) logits in its own grid,
+        and per structure the agreement of its mirrored predictions."""
         total, masks = None, []
         for logits in mirrored_logits(model.network, image, model.patch_size, tta=self.tta, **self.window_options):
             total = logits if total is None else total + logits
@@ -170,13 +189,15 @@ class Predictor:
         return total / len(masks), agreement_per_structure(torch.stack(masks))
 
     def input_grid_logits(self, model: TrainedModel, case: LoadedCase) -> tuple[torch.Tensor, list[float]]:
-        """One model's logits ``(C, X, Y, Z)`` resampled linearly onto the input's voxel grid, and its TTA agreement per structure."""
+        """One model's logits ``(C, X, Y, Z)`` resampled linearly onto the input's voxel grid,
+        and its TTA agreement per structure."""
         image = case.preprocessed[model.preprocessing]['image']
         logits, agreement = self.model_logits(model, image.data)
         return back_to_input_grid(logits, image.affine, case.nifti), agreement
 
     def predict_loaded(self, case: LoadedCase) -> Prediction:
-        """Predict a loaded case: the ensemble's probabilities and mask in the input grid, and the signals QC reads, per structure."""
+        """Predict a loaded case: the ensemble's probabilities and mask in the input grid,
+        and the signals QC reads, per structure."""
         mean, tta_agreements, member_masks = MeanProbability(self.outputs), [], []
         for model in self.models:
             logits, agreement = self.input_grid_logits(model, case)
@@ -206,7 +227,9 @@ class Predictor:
         """The mask, and per structure its connected components before post-processing and the voxels that removed."""
         thresholded = self.outputs.label_map(probabilities).numpy()
         mask = self.postprocessing.apply(thresholded, self.outputs)
-        before, after = (self.outputs.structure_masks(torch.from_numpy(m)).flatten(1).sum(1) for m in (thresholded, mask))
+        before, after = (
+            self.outputs.structure_masks(torch.from_numpy(m)).flatten(1).sum(1) for m in (thresholded, mask)
+        )
         return mask, component_counts(thresholded, self.outputs), (before - after).tolist()
 
 
@@ -259,9 +282,11 @@ def back_to_input_grid(volume: torch.Tensor, affine: np.ndarray, nifti: nib.Nift
     return tio.Resample((nifti.shape[:3], nifti.affine), image_interpolation='linear')(image).data
 
 
-def replicate_to_cover(volume: torch.Tensor, affine: np.ndarray, shape: tuple[int, ...],
-                       target_affine: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-    """``volume`` padded by repeating its edge voxels until its voxel centres enclose those of the grid ``(shape, target_affine)``.
+def replicate_to_cover(
+    volume: torch.Tensor, affine: np.ndarray, shape: tuple[int, ...], target_affine: np.ndarray
+) -> tuple[torch.Tensor, np.ndarray]:
+    """``volume`` padded by repeating its edge voxels until its voxel centres enclose
+    those of the grid ``(shape, target_affine)``.
 
     Each target corner's centre ``c`` lies at ``inv(affine) @ target_affine @ c`` in
     the volume's voxel indices; every face is padded by the whole voxels it lacks.
@@ -281,8 +306,9 @@ def replicate_to_cover(volume: torch.Tensor, affine: np.ndarray, shape: tuple[in
     return padded, affine @ shift
 
 
-def evaluate_case(case_id: str, mask: np.ndarray, nifti: nib.Nifti1Image, label_path: Path,
-                  outputs: Outputs, image_path: Path) -> list[dict]:
+def evaluate_case(
+    case_id: str, mask: np.ndarray, nifti: nib.Nifti1Image, label_path: Path, outputs: Outputs, image_path: Path
+) -> list[dict]:
     """Per-structure metrics of one predicted mask against its reference label file."""
     return score_case(case_id, mask, read_reference(label_path, nifti, outputs, image_path), nifti, outputs)
 
@@ -294,7 +320,9 @@ def read_reference(label_path: Path, nifti: nib.Nifti1Image, outputs: Outputs, i
     return read_label(label_path, label_nifti, [0, *outputs.foreground_labels])[0]
 
 
-def score_case(case_id: str, mask: np.ndarray, reference: np.ndarray, nifti: nib.Nifti1Image, outputs: Outputs) -> list[dict]:
+def score_case(
+    case_id: str, mask: np.ndarray, reference: np.ndarray, nifti: nib.Nifti1Image, outputs: Outputs
+) -> list[dict]:
     """Per-structure metrics of one predicted label map against its reference, both in the grid of ``nifti``.
 
     A structure is scored as :class:`Outputs` defines it: a label value, or a
@@ -303,8 +331,10 @@ def score_case(case_id: str, mask: np.ndarray, reference: np.ndarray, nifti: nib
     spacing = tuple(float(z) for z in nib.affines.voxel_sizes(nifti.affine))  # the mask's grid is the affine's
     predicted = outputs.structure_masks(torch.from_numpy(mask)).numpy()
     expected = outputs.structure_masks(torch.from_numpy(reference)).numpy()
-    return [{'case': case_id, 'label': value, 'name': name, **case_metrics(p, e, spacing)}
-            for value, name, p, e in zip(outputs.paint_values, outputs.names, predicted, expected)]
+    return [
+        {'case': case_id, 'label': value, 'name': name, **case_metrics(p, e, spacing)}
+        for value, name, p, e in zip(outputs.paint_values, outputs.names, predicted, expected)
+    ]
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -340,7 +370,11 @@ def write_evaluation(rows: list[dict], output: Path, extra: dict | None = None) 
         means = ''.join(f'{_format(stats[m]["mean"]):>14}' for m in METRIC_NAMES)
         stds = ''.join(f'{_format(stats[m]["std"]):>14}' for m in METRIC_NAMES)
         counts = ''.join(f'{str(stats[m]["count"]) + " of " + str(stats["cases"]):>14}' for m in METRIC_NAMES)
-        lines += [f'{"mean":<28}{value:>6}' + means, f'{"std":<28}{value:>6}' + stds, f'{"cases averaged":<28}{value:>6}' + counts]
+        lines += [
+            f'{"mean":<28}{value:>6}' + means,
+            f'{"std":<28}{value:>6}' + stds,
+            f'{"cases averaged":<28}{value:>6}' + counts,
+        ]
     return '\n'.join(lines)
 
 

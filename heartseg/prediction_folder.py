@@ -75,7 +75,8 @@ class PredictionFolder:
         self.record(case_id).unlink(missing_ok=True)
 
     def missing(self, case_id: str, wanted: list[Path], metrics: bool, qc: bool, produced_by: dict) -> str | None:
-        """Why this case must be predicted (:data:`NOT_YET`, or why an earlier result will not do), or None if it is done.
+        """Why this case must be predicted (:data:`NOT_YET`,
+        or why an earlier result will not do), or None if it is done.
 
         Done means an ``ok`` record made by the same models and mask settings from
         the same input file, with what this run asks for, and every file.
@@ -88,11 +89,18 @@ class PredictionFolder:
         earlier = record.get('produced_by')
         if earlier is None:
             return 'predicted by an older version that kept no record of its model'
-        for key, reason in (('models', 'predicted with another checkpoint'), ('settings', 'predicted with other settings'),
-                            ('input', 'predicted from another input file')):
+        for key, reason in (
+            ('models', 'predicted with another checkpoint'),
+            ('settings', 'predicted with other settings'),
+            ('input', 'predicted from another input file'),
+        ):
             if earlier.get(key) != produced_by[key]:
                 return reason
-        if (metrics and 'metrics' not in record) or (qc and 'qc' not in record) or not all(path.is_file() for path in wanted):
+        if (
+            (metrics and 'metrics' not in record)
+            or (qc and 'qc' not in record)
+            or not all(path.is_file() for path in wanted)
+        ):
             return 'predicted without some of the files asked for now'
         return None
 
@@ -100,8 +108,11 @@ class PredictionFolder:
         """Write the folder's tables, summary and page from every case's record; return the lines to print."""
         records = [self.read_record(case_id) or _missing(case_id) for case_id in case_ids]
         lines = []
-        metric_rows = [{**_undefined_as_nan(row), **({'predicted_dice': r['qc']['predicted_dice']} if 'qc' in r else {})}
-                       for r in records for row in r.get('metrics', [])]
+        metric_rows = [
+            {**_undefined_as_nan(row), **({'predicted_dice': r['qc']['predicted_dice']} if 'qc' in r else {})}
+            for r in records
+            for row in r.get('metrics', [])
+        ]
         qc_rows = [qc_row(record, metrics) for record in records] if qc else []
         extra = {'qc': qc_summary(qc_rows)} if qc else {}
         if metrics and metric_rows:
@@ -110,7 +121,9 @@ class PredictionFolder:
             atomic_write_text(self.root / 'summary.json', json.dumps(extra, indent=2))
         if qc and qc_rows:
             write_rows_csv(self.root / 'qc.csv', qc_rows)
-            page = write_review_page([{**row, **_page_fields(record)} for row, record in zip(qc_rows, records)], self.root)
+            page = write_review_page(
+                [{**row, **_page_fields(record)} for row, record in zip(qc_rows, records)], self.root
+            )
             lines.append(flagged_line(qc_rows, page))
         return lines
 
@@ -118,7 +131,12 @@ class PredictionFolder:
 def qc_row(record: dict, metrics: bool) -> dict:
     """The case's qc.csv row; a failed case is flagged, with its error as the reason."""
     if record['status'] != 'ok':
-        return {'case': record['case'], 'predicted_dice': '', 'flag': 1, 'reasons': f'prediction failed: {record["error"]}'}
+        return {
+            'case': record['case'],
+            'predicted_dice': '',
+            'flag': 1,
+            'reasons': f'prediction failed: {record["error"]}',
+        }
     row = dict(record['qc'])
     if metrics and record.get('metrics'):
         dices = {m['name']: m['dice'] for m in record['metrics']}
@@ -137,18 +155,32 @@ def qc_summary(rows: list[dict]) -> dict:
 
 def flagged_line(rows: list[dict], page: Path) -> str:
     """e.g. ``2 of 20 masks flagged for review: A (TTA agreement 0.64), B (...); see review.html``, worst first."""
-    flagged = sorted((row for row in rows if int(row['flag'])), key=lambda row: -1 if row['predicted_dice'] == '' else row['predicted_dice'])
+    flagged = sorted(
+        (row for row in rows if int(row['flag'])),
+        key=lambda row: -1 if row['predicted_dice'] == '' else row['predicted_dice'],
+    )
     named = ', '.join(f'{row["case"]} ({row["reasons"]})' for row in flagged[:FLAGGED_LISTED])
     more = f' and {len(flagged) - FLAGGED_LISTED} more' if len(flagged) > FLAGGED_LISTED else ''
-    return f'{len(flagged)} of {len(rows)} masks flagged for review' + (f': {named}{more}' if flagged else '') + f'; see {page}'
+    return (
+        f'{len(flagged)} of {len(rows)} masks flagged for review'
+        + (f': {named}{more}' if flagged else '')
+        + f'; see {page}'
+    )
 
 
 def _page_fields(record: dict) -> dict:
-    return {'status': record['status'], **({'thumbnail': f'{THUMBNAILS}/{record["case"]}.png'} if record['status'] == 'ok' else {})}
+    return {
+        'status': record['status'],
+        **({'thumbnail': f'{THUMBNAILS}/{record["case"]}.png'} if record['status'] == 'ok' else {}),
+    }
 
 
 def _missing(case_id: str) -> dict:
-    return {'case': case_id, 'status': 'failed', 'error': 'no result: the process predicting it stopped before finishing it'}
+    return {
+        'case': case_id,
+        'status': 'failed',
+        'error': 'no result: the process predicting it stopped before finishing it',
+    }
 
 
 def _undefined_as_nan(row: dict) -> dict:

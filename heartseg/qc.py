@@ -85,11 +85,16 @@ class Calibration:
 # other measures only flag, with their reasons. Without agreement, confidence alone (Spearman 0.34). The flag lies
 # midway between the fitting half's highest failure (0.854) and its lowest clean case (0.911); without agreement the
 # clean cases (0.880 to 0.922) and failures (up to 0.895) overlap, and it lies 0.02 below the lowest clean case.
-# The ranges are the 1st or 99th percentile of the fitting half's masks with true Dice of at least 0.85, rounded outwards.
+# The ranges are the 1st or 99th percentile of the fitting half's masks with
+# true Dice of at least 0.85, rounded outwards.
 ONE_STRUCTURE = Calibration(
     with_agreement={'intercept': 0.9755, 'disagreement': -1.7908},
     without_agreement={'intercept': 0.9971, 'unconfidence': -1.6992},
-    flag_below=0.88, flag_below_without_agreement=0.86, agreement_below=0.90, confidence_below=0.87, removed_above=0.08,
+    flag_below=0.88,
+    flag_below_without_agreement=0.86,
+    agreement_below=0.90,
+    confidence_below=0.87,
+    removed_above=0.08,
 )
 # Fitted the same way on degraded ACDC predictions (BENCHMARKS.md "Cine MRI on real ACDC"), each of RV, MYO and LV a
 # row: 8 patients' 48 volumes (clean, and one frame with bias, cut field of view, motion or noise), predicted by a model
@@ -102,7 +107,11 @@ ONE_STRUCTURE = Calibration(
 SEVERAL_STRUCTURES = Calibration(
     with_agreement={'intercept': 0.9734, 'disagreement': -0.6945, 'unconfidence': -0.5139},
     without_agreement={'intercept': 0.9603, 'unconfidence': -1.3272},
-    flag_below=0.58, flag_below_without_agreement=0.55, agreement_below=0.77, confidence_below=0.81, removed_above=0.21,
+    flag_below=0.58,
+    flag_below_without_agreement=0.55,
+    agreement_below=0.77,
+    confidence_below=0.81,
+    removed_above=0.21,
 )
 # The volume range is LA2018's training range (0.42 to 2.7 times the median) widened 1.5 times.
 VOLUME_RATIO_RANGE = (0.28, 4.0)
@@ -116,7 +125,8 @@ INTENSITY_CAP = 20.0  # robust distances beyond this all mean "unlike", and woul
 
 @dataclass(frozen=True)
 class QualityReport:
-    """One case's verdict: ``predicted_dice`` in [0, 1] (the mean over its structures), whether to review it, and why."""
+    """One case's verdict: ``predicted_dice`` in [0, 1]
+    (the mean over its structures), whether to review it, and why."""
 
     predicted_dice: float
     flag: bool
@@ -128,13 +138,23 @@ class QualityReport:
 
         One structure's columns are its measures; several structures' are prefixed with the structure's name.
         """
-        row = {'case': case_id, 'predicted_dice': round(self.predicted_dice, 4), 'flag': int(self.flag), 'reasons': '; '.join(self.reasons)}
+        row = {
+            'case': case_id,
+            'predicted_dice': round(self.predicted_dice, 4),
+            'flag': int(self.flag),
+            'reasons': '; '.join(self.reasons),
+        }
         single = len(self.structures) == 1
         for name, columns in self.structures.items():
             if single:
                 row.update({key: value for key, value in columns.items() if key not in ('predicted_dice', 'flag')})
             else:
-                row.update({f'{name} {key}': round(value, 4) if key == 'predicted_dice' else value for key, value in columns.items()})
+                row.update(
+                    {
+                        f'{name} {key}': round(value, 4) if key == 'predicted_dice' else value
+                        for key, value in columns.items()
+                    }
+                )
         return row
 
 
@@ -145,7 +165,8 @@ def intensity_quantiles(image: torch.Tensor) -> list[float]:
 
 
 def summarise_training_cases(subjects: Sequence[tio.Subject], outputs: Outputs) -> dict[str, list]:
-    """What QC compares a new case with: each preprocessed training case's volume and edge contact per structure, and its intensity quantiles."""
+    """What QC compares a new case with:
+    each preprocessed training case's volume and edge contact per structure, and its intensity quantiles."""
     volumes, edges, quantiles = [], [], []
     for subject in subjects:
         label = subject['label']
@@ -157,7 +178,8 @@ def summarise_training_cases(subjects: Sequence[tio.Subject], outputs: Outputs) 
 
 
 def training_column(reference: dict, key: str, structure: int, structures: int) -> list[float]:
-    """One structure's values of a training summary; a checkpoint from before per-structure summaries has only total volumes."""
+    """One structure's values of a training summary;
+    a checkpoint from before per-structure summaries has only total volumes."""
     rows = reference.get(f'structure_{key}') or []
     if rows:
         return [row[structure] for row in rows]
@@ -165,7 +187,8 @@ def training_column(reference: dict, key: str, structure: int, structures: int) 
 
 
 def uncertainty_map(probabilities: np.ndarray) -> np.ndarray:
-    """Per-voxel entropy in bits of the mean probability over TTA and models, the largest over channels: 0 certain, 1 a coin toss.
+    """Per-voxel entropy in bits of the mean probability over TTA and models,
+    the largest over channels: 0 certain, 1 a coin toss.
 
     Example:
         >>> uncertainty_map(np.array([[[[0.5, 1.0]]]])).ravel().tolist()
@@ -201,7 +224,8 @@ def mean_pairwise_dice(masks: torch.Tensor) -> float:
 
 
 def soft_dice(probabilities: np.ndarray, structure_masks: np.ndarray) -> float:
-    """Agreement of the structure probabilities ``(S, ...)`` with the masks ``(S, ...)`` they produced: 1 when every voxel is certain."""
+    """Agreement of the structure probabilities ``(S, ...)`` with the masks ``(S, ...)`` they produced:
+    1 when every voxel is certain."""
     overlap = float((probabilities * structure_masks).sum())
     total = float(probabilities.sum()) + float(structure_masks.sum())
     return 1.0 if total == 0 else 2 * overlap / total
@@ -222,7 +246,8 @@ def edge_contact(mask: np.ndarray, affine: np.ndarray) -> tuple[float, str]:
 
 
 def intensity_distance(quantiles: Sequence[float], reference: dict) -> float:
-    """The largest robust z-score of the case's intensity quantiles against the training cases'; NaN without a reference."""
+    """The largest robust z-score of the case's intensity quantiles against
+    the training cases'; NaN without a reference."""
     training = np.asarray(reference.get('intensity_quantiles', []), dtype=float)
     if training.ndim != 2 or len(training) < 2 or training.shape[1] != len(quantiles):
         return math.nan
@@ -237,8 +262,13 @@ def volume_ratio(volume_ml: float, training_volumes: list[float]) -> float:
 
 
 def edge_limit(training_contacts: list[float]) -> float:
-    """The edge area above which a structure is flagged: :data:`EDGE_ABOVE_MM2`, or more where its training labels touch more."""
-    return max(EDGE_ABOVE_MM2, EDGE_TRAINING_FACTOR * float(np.percentile(training_contacts, 95))) if training_contacts else EDGE_ABOVE_MM2
+    """The edge area above which a structure is flagged:
+    :data:`EDGE_ABOVE_MM2`, or more where its training labels touch more."""
+    return (
+        max(EDGE_ABOVE_MM2, EDGE_TRAINING_FACTOR * float(np.percentile(training_contacts, 95)))
+        if training_contacts
+        else EDGE_ABOVE_MM2
+    )
 
 
 def features(measures: dict) -> dict[str, float]:
@@ -265,7 +295,9 @@ def predicted_dice(measures: dict, calibration: Calibration) -> float:
     """The fitted linear rule, clipped to [0, 1]."""
     values = features(measures)
     rule = calibration.with_agreement if has_agreement(measures) else calibration.without_agreement
-    estimate = rule['intercept'] + sum(rule.get(name, 0.0) * values[name] for name in FEATURES if not math.isnan(values[name]))
+    estimate = rule['intercept'] + sum(
+        rule.get(name, 0.0) * values[name] for name in FEATURES if not math.isnan(values[name])
+    )
     return float(np.clip(estimate, 0.0, 1.0))
 
 
@@ -280,7 +312,11 @@ def out_of_range(measures: dict, calibration: Calibration) -> list[str]:
     if measures['confidence'] < calibration.confidence_below:
         reasons.append(f'confidence {measures["confidence"]:.2f}')
     ratio = measures['volume_ratio']
-    if measures['volume_ml'] > 0 and not math.isnan(ratio) and not VOLUME_RATIO_RANGE[0] <= ratio <= VOLUME_RATIO_RANGE[1]:
+    if (
+        measures['volume_ml'] > 0
+        and not math.isnan(ratio)
+        and not VOLUME_RATIO_RANGE[0] <= ratio <= VOLUME_RATIO_RANGE[1]
+    ):
         reasons.append(f'volume {ratio:.1f}x the training median')
     if measures['removed_fraction'] > calibration.removed_above:
         reasons.append(f'{100 * measures["removed_fraction"]:.0f}% of the mask in stray pieces')
@@ -311,8 +347,14 @@ def assess(structures: dict[str, dict]) -> QualityReport:
     return QualityReport(mean, bool(reasons), reasons, columns)
 
 
-def measure(probabilities: np.ndarray, affine: np.ndarray, structure_masks: np.ndarray, signals: dict,
-            reference: dict, names: Sequence[str]) -> dict[str, dict]:
+def measure(
+    probabilities: np.ndarray,
+    affine: np.ndarray,
+    structure_masks: np.ndarray,
+    signals: dict,
+    reference: dict,
+    names: Sequence[str],
+) -> dict[str, dict]:
     """Every measure of each structure of one predicted case, by structure name.
 
     Args:

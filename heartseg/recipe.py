@@ -10,8 +10,8 @@ result and only runs it.
 Example:
     >>> from heartseg.config import RunConfig
     >>> config = RunConfig(data='d', run_dir='r', cache_dir='c', target_spacing=(1.25,) * 3, patch_size=(32, 32, 32),
-    ...                    epochs=10, val_every=1, output='sigmoid', base_channels=4, channels_last=False, num_workers=0,
-    ...                    levels=2, labels={'0': 'background', '1': 'atrium'}, modalities={'0': 'MRI'})
+    ...                    epochs=10, val_every=1, output='sigmoid', base_channels=4, channels_last=False,
+    ...                    num_workers=0, levels=2, labels={'0': 'background', '1': 'atrium'}, modalities={'0': 'MRI'})
     >>> recipe = build_recipe(config, torch.device('cpu'))
     >>> type(recipe.optimizer).__name__, recipe.learning_rate(0, 10)
     ('Adam', 0.001)
@@ -96,8 +96,13 @@ class PatchLoader:
     sampler: EpochSampler
 
 
-def build_patch_loader(config: RunConfig, subjects: list[tio.Subject], augmentation: Augmentation | None,
-                       device: torch.device, worker_threads: int | None = 1) -> PatchLoader:
+def build_patch_loader(
+    config: RunConfig,
+    subjects: list[tio.Subject],
+    augmentation: Augmentation | None,
+    device: torch.device,
+    worker_threads: int | None = 1,
+) -> PatchLoader:
     """The run's patch stream; each loader worker runs ``worker_threads`` threads per library (None: their defaults).
 
     ``augmentation`` is drawn and its spatial part applied in the loader; with

@@ -31,8 +31,9 @@ REFERENCE_COLOUR = (64, 224, 64)
 WINDOW_STRIDE = 11
 
 
-def orthogonal_views(image: nib.Nifti1Image, mask: np.ndarray, reference: np.ndarray | None = None,
-                     height: int = THUMBNAIL_HEIGHT) -> np.ndarray:
+def orthogonal_views(
+    image: nib.Nifti1Image, mask: np.ndarray, reference: np.ndarray | None = None, height: int = THUMBNAIL_HEIGHT
+) -> np.ndarray:
     """Axial, coronal and sagittal slices through the mask's centre, side by side, as RGB ``(height, W, 3)``.
 
     The mask's contour is red and the reference's, if given, green. Each view is
@@ -56,7 +57,9 @@ def orthogonal_views(image: nib.Nifti1Image, mask: np.ndarray, reference: np.nda
         index[slice_axis] = int(np.clip(round(centre[slice_axis]), 0, volume.shape[slice_axis] - 1))
         in_plane = [a for a in range(3) if a != slice_axis]
         picture = _square_pixels(volume[tuple(index)], spacing[in_plane], height)
-        rgb = np.repeat((255 * np.clip((picture - low) / max(high - low, 1e-6), 0, 1)).astype(np.uint8)[..., None], 3, axis=2)
+        rgb = np.repeat(
+            (255 * np.clip((picture - low) / max(high - low, 1e-6), 0, 1)).astype(np.uint8)[..., None], 3, axis=2
+        )
         for one_mask, colour in zip(masks, (PREDICTION_COLOUR, REFERENCE_COLOUR)):
             outline = _square_pixels(one_mask[tuple(index)].astype(np.float32), spacing[in_plane], height) > 0.5
             rgb[outline & ~ndimage.binary_erosion(outline)] = colour
@@ -89,19 +92,28 @@ def save_png(rgb: np.ndarray, path: Path) -> None:
 
 
 COLUMNS = (
-    ('case', 'Case'), ('predicted_dice', 'Predicted Dice'), ('true_dice', 'True Dice'), ('flag', 'Flag'),
-    ('volume_ml', 'Volume (mL)'), ('reasons', 'Reasons'),
+    ('case', 'Case'),
+    ('predicted_dice', 'Predicted Dice'),
+    ('true_dice', 'True Dice'),
+    ('flag', 'Flag'),
+    ('volume_ml', 'Volume (mL)'),
+    ('reasons', 'Reasons'),
 )
 
 
 def review_html(rows: list[dict]) -> str:
     """The page for ``rows`` (qc.csv's, plus ``thumbnail`` paths): worst predicted Dice first, every column sortable."""
     columns = [(key, title) for key, title in COLUMNS if any(key in row for row in rows)]
-    plain = [{key: None if isinstance(value, float) and not math.isfinite(value) else value for key, value in row.items()} for row in rows]
+    plain = [
+        {key: None if isinstance(value, float) and not math.isfinite(value) else value for key, value in row.items()}
+        for row in rows
+    ]
     data = json.dumps({'columns': columns, 'rows': plain}, allow_nan=False, default=str)
     flagged = sum(int(row.get('flag', 0)) for row in rows)
     return PAGE.format(
-        count=len(rows), flagged=flagged, data=data.replace('</', '<\\/'),
+        count=len(rows),
+        flagged=flagged,
+        data=data.replace('</', '<\\/'),
         headers=''.join(f'<th data-key="{html.escape(key)}">{html.escape(title)}</th>' for key, title in columns),
     )
 
@@ -112,7 +124,7 @@ def write_review_page(rows: list[dict], output: Path) -> Path:
     return path
 
 
-PAGE = '''<!DOCTYPE html>
+PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Review: {flagged} of {count} masks flagged</title>
 <style>
 body {{ font: 14px system-ui, sans-serif; margin: 1em; }}
@@ -127,7 +139,8 @@ img {{ height: 96px; image-rendering: pixelated; display: block; }}
 <body>
 <h1>{flagged} of {count} masks flagged for review</h1>
 <p>Worst predicted Dice first. Click a column to sort by it. Contours: <span style="color:#e33">prediction</span>,
-<span style="color:#2b2">reference</span> (when labels were given). Slices: axial, coronal, sagittal, through the mask's centre.</p>
+<span style="color:#2b2">reference</span> (when labels were given). \
+Slices: axial, coronal, sagittal, through the mask's centre.</p>
 <table><thead><tr><th data-key="thumbnail">Slices</th>{headers}</tr></thead><tbody id="cases"></tbody></table>
 <script type="application/json" id="data">{data}</script>
 <script>
@@ -168,7 +181,8 @@ function render() {{
     tr.appendChild(picture);
     for (const [key] of data.columns) {{
       const v = value(row, key);
-      const text = v === null ? "" : (key === "flag" ? (Number(v) ? "review" : "") : (typeof v === "number" ? v.toFixed(key === "volume_ml" ? 1 : 3) : v));
+      const text = v === null ? "" : (key === "flag" ? (Number(v) ? "review" : "") : \
+(typeof v === "number" ? v.toFixed(key === "volume_ml" ? 1 : 3) : v));
       cell(tr, text, key);
     }}
     body.appendChild(tr);
@@ -198,4 +212,4 @@ if (wanted) {{
 }}
 </script>
 </body></html>
-'''
+"""

@@ -33,11 +33,16 @@ def open_run_folder(config: RunConfig, resuming: bool) -> bool:
     run_dir = Path(config.run_dir)
     refuse_if_in_use(run_dir)
     if not resuming and ((run_dir / 'last.pt').exists() or crossval.fold_folder(run_dir, 0).exists()):
-        raise UserError(run_dir, 'run folder already holds a run; use --resume to continue it or choose another --run-dir')
+        raise UserError(
+            run_dir, 'run folder already holds a run; use --resume to continue it or choose another --run-dir'
+        )
     ranks = distributed.world_size()
     if config.batch_size % ranks:
-        raise UserError('--batch-size', f'{config.batch_size} patches per step cannot be shared evenly by {ranks} '
-                                        f'processes; the batch size is global, so use a multiple of {ranks}')
+        raise UserError(
+            '--batch-size',
+            f'{config.batch_size} patches per step cannot be shared evenly by {ranks} '
+            f'processes; the batch size is global, so use a multiple of {ranks}',
+        )
     created = not run_dir.exists()
     ensure_writable_dir(run_dir)
     return created
@@ -58,8 +63,10 @@ def run(config: RunConfig, dataset: DatasetSpec, started: float, resuming: bool,
     has_checkpoint = resuming and (run_dir / 'last.pt').is_file()
     if resuming and not has_checkpoint and distributed.is_main():
         # A job requeued after preemption resumes with the same command, even if the kill came before any checkpoint.
-        print(f'{run_dir}: no checkpoint yet (stopped before its first epoch ended); starting from epoch 0 with its '
-              'config.json')
+        print(
+            f'{run_dir}: no checkpoint yet (stopped before its first epoch ended); starting from epoch 0 with its '
+            'config.json'
+        )
     return train_run(config, dataset, started, has_checkpoint, cleanup_dir, resume_dir=run_dir)
 
 
@@ -84,8 +91,9 @@ def prepare_subjects(config: RunConfig, dataset: DatasetSpec, resuming: bool) ->
     return subjects
 
 
-def train_run(config: RunConfig, dataset: DatasetSpec, started: float, resuming: bool,
-              cleanup_dir: Path | None, resume_dir: Path) -> int:
+def train_run(
+    config: RunConfig, dataset: DatasetSpec, started: float, resuming: bool, cleanup_dir: Path | None, resume_dir: Path
+) -> int:
     """Train one run (a whole run, or one fold) into ``config.run_dir``.
 
     Args:
@@ -113,20 +121,28 @@ def train_run(config: RunConfig, dataset: DatasetSpec, started: float, resuming:
     if resuming:
         print(f'Resuming {run_dir} after epoch {trainer.start_epoch}')
     if distributed.world_size() > 1:
-        print(f'Distributed: {distributed.world_size()} processes, '
-              f'{config.batch_size // distributed.world_size()} patches each per step')
+        print(
+            f'Distributed: {distributed.world_size()} processes, '
+            f'{config.batch_size // distributed.world_size()} patches each per step'
+        )
     print(f'TensorBoard logs: {run_dir}  (watch with: tensorboard --logdir {resume_dir.parent})')
     try:
         final = trainer.fit()
     except KeyboardInterrupt:
-        print(f'\nInterrupted. The last completed epoch is saved; resume with: python main.py --resume {resume_dir}',
-              file=sys.stderr)
+        print(
+            f'\nInterrupted. The last completed epoch is saved; resume with: python main.py --resume {resume_dir}',
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     except DiskFull as error:
-        raise DiskFull(error.where, 'the last completed epoch is saved; free some space and resume with: '
-                                    f'python main.py --resume {resume_dir}') from None
-    print(f'Done. {_outcome(trainer, final)} Checkpoints: {run_dir / "best.pt"}, {run_dir / "last.pt"}. '
-          f'Curves: tensorboard --logdir {resume_dir.parent}')
+        raise DiskFull(
+            error.where,
+            f'the last completed epoch is saved; free some space and resume with: python main.py --resume {resume_dir}',
+        ) from None
+    print(
+        f'Done. {_outcome(trainer, final)} Checkpoints: {run_dir / "best.pt"}, {run_dir / "last.pt"}. '
+        f'Curves: tensorboard --logdir {resume_dir.parent}'
+    )
     return 0
 
 
@@ -138,8 +154,9 @@ def _outcome(trainer, final: float) -> str:
     return f'Final validation Dice {final:.4f} (best.pt holds the final weights).'
 
 
-def cross_validate(config: RunConfig, dataset: DatasetSpec, started: float, resuming: bool,
-                   cleanup_dir: Path | None) -> int:
+def cross_validate(
+    config: RunConfig, dataset: DatasetSpec, started: float, resuming: bool, cleanup_dir: Path | None
+) -> int:
     """Train folds 0..K-1 in turn, scoring each fold's validation cases as it ends; then pool the scores.
 
     A resumed cross-validation skips the scored folds and resumes the fold it was in.
@@ -152,9 +169,10 @@ def cross_validate(config: RunConfig, dataset: DatasetSpec, started: float, resu
         fold_dir = crossval.fold_folder(root, fold)
         if distributed.broadcast(crossval.is_scored(fold_dir) if distributed.is_main() else None):
             continue
-        planned, fold_resumes = distributed.broadcast(fold_config(config, dataset, fold) if distributed.is_main() else None)
-        code = train_run(planned, dataset, started, fold_resumes, cleanup_dir if fold == 0 else None,
-                         resume_dir=root)
+        planned, fold_resumes = distributed.broadcast(
+            fold_config(config, dataset, fold) if distributed.is_main() else None
+        )
+        code = train_run(planned, dataset, started, fold_resumes, cleanup_dir if fold == 0 else None, resume_dir=root)
         if code:
             return code
         if distributed.is_main():
@@ -163,8 +181,10 @@ def cross_validate(config: RunConfig, dataset: DatasetSpec, started: float, resu
         started = time.perf_counter()
     if distributed.is_main():
         print(crossval.write_cross_validation(root, config.folds, config.outputs, list(dataset.cases)))
-        print(f'Done. Scores: {root / "crossval.csv"}, {root / "crossval.json"}. '
-              f'The fold ensemble predicts with: python predict.py --checkpoint {root} --input ... --output ...')
+        print(
+            f'Done. Scores: {root / "crossval.csv"}, {root / "crossval.json"}. '
+            f'The fold ensemble predicts with: python predict.py --checkpoint {root} --input ... --output ...'
+        )
     return 0
 
 
@@ -185,6 +205,7 @@ def fold_config(config: RunConfig, dataset: DatasetSpec, fold: int) -> tuple[Run
         spent, seconds_per_case = crossval.scored_seconds(Path(config.run_dir), config.folds)
         case_ids = [case.case_id for case in cases_in_use(dataset, config.max_cases)]
         validation_cases = len(run_split(config, case_ids, fold)['validation'])
-        time_limit = crossval.fold_training_minutes(config.time_limit, fold, config.folds, spent, seconds_per_case,
-                                                    validation_cases)
+        time_limit = crossval.fold_training_minutes(
+            config.time_limit, fold, config.folds, spent, seconds_per_case, validation_cases
+        )
     return replace(config, fold=fold, run_dir=str(fold_dir), time_limit=time_limit), False

@@ -28,7 +28,8 @@ from heartseg.outputs import Outputs
 
 
 def pad_to_patch(volume: torch.Tensor, patch_size: tuple[int, int, int], value: torch.Tensor) -> torch.Tensor:
-    """A ``(C, X, Y, Z)`` volume padded at its end, each channel with its ``value``, so that every axis is at least the patch size."""
+    """A ``(C, X, Y, Z)`` volume padded at its end, each channel with its ``value``,
+    so that every axis is at least the patch size."""
     shape = np.maximum(volume.shape[1:], patch_size)
     return volume if np.array_equal(shape, volume.shape[1:]) else padded_region(volume, np.zeros(3, int), shape, value)
 
@@ -62,7 +63,9 @@ class PatchCorners:
 
     def __init__(self, label: torch.Tensor, patch_size: tuple[int, int, int], probabilities: dict[int, float]):
         shape = label.shape[1:]
-        assert all(s >= p for s, p in zip(shape, patch_size)), f'label map {tuple(shape)} is smaller than the patch {patch_size}'
+        assert all(s >= p for s, p in zip(shape, patch_size)), (
+            f'label map {tuple(shape)} is smaller than the patch {patch_size}'
+        )
         self.corner_ranges = tuple(s - p + 1 for s, p in zip(shape, patch_size))
         # The label at every valid centre: corner + patch // 2, as TorchIO centres a patch.
         self.centre_labels = label[0][tuple(slice(p // 2, p // 2 + n) for p, n in zip(patch_size, self.corner_ranges))]
@@ -73,7 +76,8 @@ class PatchCorners:
         self.weights = weights / weights.sum() if self.values else weights
         self.listed = {
             value: np.flatnonzero(centres[value].numpy())
-            for value in self.values if found[value] < LISTED_LABEL_SHARE * self.centre_labels.numel()
+            for value in self.values
+            if found[value] < LISTED_LABEL_SHARE * self.centre_labels.numel()
         }
 
     def draw(self, rng: np.random.Generator) -> tuple[int, int, int]:
@@ -167,7 +171,9 @@ class PatchDataset(Dataset):
         corner = self.corners[case].draw(rng)
         augmentation = self.augmentation
         draw = UNCHANGED if augmentation is None else augmentation.draw_spatial(rng)
-        image, label = sample_patch(self.images[case], self.labels[case], corner, self.patch_size, self.voxel_to_world[case], draw)
+        image, label = sample_patch(
+            self.images[case], self.labels[case], corner, self.patch_size, self.voxel_to_world[case], draw
+        )
         parameters: dict[str, torch.Tensor] = {}
         if augmentation is not None and augmentation.full:
             parameters = augmentation.draw_intensity(rng, channels=image.shape[0])
@@ -183,7 +189,7 @@ def _case_order(seed: int, epoch: int, cases: int, samples: int, batch_size: int
     order: list[int] = []
     while len(order) < samples:
         shuffle = generator.permutation(cases).tolist()
-        open_batch = set(order[len(order) - len(order) % batch_size:])
+        open_batch = set(order[len(order) - len(order) % batch_size :])
         # A stable sort moves cases already in the unfinished batch to the end of the shuffle.
         order += sorted(shuffle, key=lambda case: case in open_batch)
     return tuple(order)

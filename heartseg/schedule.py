@@ -76,8 +76,15 @@ class TimeBudget:
     automatic_validation: bool
 
 
-def fit_epochs_to_budget(budget: TimeBudget, completed: int, elapsed: float, train_times: list[float],
-                         val_seconds: float, val_every: int, last_validated_epoch: int) -> tuple[int, int]:
+def fit_epochs_to_budget(
+    budget: TimeBudget,
+    completed: int,
+    elapsed: float,
+    train_times: list[float],
+    val_seconds: float,
+    val_every: int,
+    last_validated_epoch: int,
+) -> tuple[int, int]:
     """The total epoch count and validation interval that fit the time left.
 
     Args:

@@ -31,8 +31,11 @@ from heartseg.errors import UserError
 
 Split = dict[str, list[str]]
 # What the ids of one patient's scans differ by: a frame or time point (ACDC's _frame01, M&Ms' _ED and _ES,
-# _t0, _tp1, _visit2, BIDS's _ses-02), after an underscore or hyphen. A bare number (MSD's la_003) is a case, not a time.
-TIME_POINT_SUFFIX = re.compile(r'[_-](?:(?:frame|fr|time|timepoint|tp|t|phase|visit|ses|session|scan)[-_]?\d+|ed|es)$', re.IGNORECASE)
+# _t0, _tp1, _visit2, BIDS's _ses-02), after an underscore or hyphen.
+# A bare number (MSD's la_003) is a case, not a time.
+TIME_POINT_SUFFIX = re.compile(
+    r'[_-](?:(?:frame|fr|time|timepoint|tp|t|phase|visit|ses|session|scan)[-_]?\d+|ed|es)$', re.IGNORECASE
+)
 
 
 def split_cases(
@@ -88,10 +91,15 @@ def grouping_text(case_ids: Sequence[str], group_by_patient: bool) -> str:
     several = sum(len(cases) > 1 for cases in groups.values())
     if not group_by_patient:
         return f'case by case, although {several} patients have several scans (--no-group-by-patient)'
-    return f'by patient: {len(case_ids)} scans of {len(groups)} patients, {several} with several (ids that differ only in a frame or time-point suffix)'
+    return (
+        f'by patient: {len(case_ids)} scans of {len(groups)} patients, '
+        f'{several} with several (ids that differ only in a frame or time-point suffix)'
+    )
 
 
-def _split_groups(groups: dict[str, list[str]], cases: int, seed: int, val_fraction: float, folds: int, fold: int | None) -> Split:
+def _split_groups(
+    groups: dict[str, list[str]], cases: int, seed: int, val_fraction: float, folds: int, fold: int | None
+) -> Split:
     case_ids = [case_id for group in groups.values() for case_id in group]
     order = np.random.default_rng(seed).permutation(sorted(groups)).tolist()
     if folds:
@@ -109,13 +117,20 @@ def _split_groups(groups: dict[str, list[str]], cases: int, seed: int, val_fract
             if len(validation) >= wanted:
                 break
             validation += groups[group]
-    return _checked(case_ids, validation, bool(folds or val_fraction), f' as {len(groups)} patients (by their ids without frame or time-point suffixes)')
+    return _checked(
+        case_ids,
+        validation,
+        bool(folds or val_fraction),
+        f' as {len(groups)} patients (by their ids without frame or time-point suffixes)',
+    )
 
 
 def _checked(case_ids: Sequence[str], validation: list[str], needs_validation: bool, grouping: str = '') -> Split:
     training = [case_id for case_id in case_ids if case_id not in set(validation)]
     if not training or (not validation and needs_validation):
-        raise UserError('dataset.json', f'{len(case_ids)} cases{grouping} are too few to split into training and validation')
+        raise UserError(
+            'dataset.json', f'{len(case_ids)} cases{grouping} are too few to split into training and validation'
+        )
     return {'training': sorted(training), 'validation': sorted(validation)}
 
 
@@ -135,7 +150,11 @@ def read_splits_file(path: Path, case_ids: Sequence[str]) -> list[Split]:
         raise UserError(path, f'invalid JSON: {error}') from None
     entries = [content] if isinstance(content, dict) else content
     if not isinstance(entries, list) or not entries:
-        raise UserError(path, 'expected a list of folds ({"train": [...], "val": [...]}, as nnU-Net\'s splits_final.json) or one {"training": [...], "validation": [...]}')
+        raise UserError(
+            path,
+            'expected a list of folds ({"train": [...], "val": [...]}, '
+            'as nnU-Net\'s splits_final.json) or one {"training": [...], "validation": [...]}',
+        )
     splits = [_read_fold(entry, index, path) for index, entry in enumerate(entries)]
     known = set(case_ids)
     for index, split in enumerate(splits):
@@ -151,7 +170,9 @@ def _read_fold(entry: object, index: int, path: Path) -> Split:
             lists = entry[training_key], entry[validation_key]
             if all(isinstance(ids, list) and all(isinstance(i, str) for i in ids) for ids in lists):
                 return {'training': sorted(lists[0]), 'validation': sorted(lists[1])}
-    raise UserError(path, f'fold {index} must hold "train" and "val" (or "training" and "validation") lists of case ids')
+    raise UserError(
+        path, f'fold {index} must hold "train" and "val" (or "training" and "validation") lists of case ids'
+    )
 
 
 def _check_fold(split: Split, index: int, known: set[str], path: Path) -> None:
@@ -164,7 +185,11 @@ def _check_fold(split: Split, index: int, known: set[str], path: Path) -> None:
         raise UserError(path, f'fold {index} lists case {both[0]!r} for both training and validation')
     missing = sorted(known - training - validation)
     if missing:
-        raise UserError(path, f'fold {index} leaves out {len(missing)} of the dataset\'s cases, e.g. {missing[0]!r}; each fold must list every case once')
+        raise UserError(
+            path,
+            f"fold {index} leaves out {len(missing)} of the dataset's cases, e.g. "
+            f'{missing[0]!r}; each fold must list every case once',
+        )
     if not training or not validation:
         raise UserError(path, f'fold {index} has an empty {"training" if not training else "validation"} list')
 
@@ -177,6 +202,6 @@ def _check_partition(splits: list[Split], case_ids: Sequence[str], path: Path) -
             folds_of[case_id].append(index)
     for case_id, folds in sorted(folds_of.items()):
         if not folds:
-            raise UserError(path, f'case {case_id!r} is in no fold\'s validation set')
+            raise UserError(path, f"case {case_id!r} is in no fold's validation set")
         if len(folds) > 1:
             raise UserError(path, f'case {case_id!r} is in the validation sets of folds {folds[0]} and {folds[1]}')

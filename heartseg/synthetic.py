@@ -15,7 +15,8 @@ Example:
     >>> root = write_synthetic_dataset(Path(tempfile.mkdtemp()) / 'Synthetic', num_cases=2, shape=(32, 32, 16))
     >>> sorted(p.name for p in (root / 'imagesTr').iterdir())
     ['synthetic_000.nii.gz', 'synthetic_001.nii.gz']
-    >>> v2 = write_synthetic_dataset(Path(tempfile.mkdtemp()) / 'Dataset001_Synthetic', num_cases=2, shape=(32, 32, 16), layout='nnunet_v2')
+    >>> v2 = write_synthetic_dataset(Path(tempfile.mkdtemp()) / 'Dataset001_Synthetic', num_cases=2, shape=(32, 32, 16),
+    ...                              layout='nnunet_v2')
     >>> sorted(p.name for p in (v2 / 'imagesTr').iterdir())
     ['synthetic_000_0000.nii.gz', 'synthetic_001_0000.nii.gz']
 """
@@ -38,7 +39,9 @@ STRUCTURE_NAMES = ('left atrium', 'atrial wall', 'neighbouring chamber')
 LAYOUTS = (MSD, NNUNET_V2)
 
 
-def synthetic_affine(rng: np.random.Generator, shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> np.ndarray:
+def synthetic_affine(
+    rng: np.random.Generator, shape: tuple[int, int, int], spacing: tuple[float, float, float]
+) -> np.ndarray:
     """An oblique affine whose voxel axes are flipped like a scanner's LPS-ish storage."""
     flips = np.diag([-1.0, -1.0, 1.0])
     rotation = rotation_matrix(rng.uniform(-12, 12, size=3)) @ flips
@@ -76,7 +79,8 @@ def synthetic_case(
     spacing: tuple[float, float, float] = DEFAULT_SPACING,
     structures: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return ``(image, label, affine)`` for one synthetic case, labelling the first ``structures`` of :data:`STRUCTURE_NAMES`."""
+    """Return ``(image, label, affine)`` for one synthetic case,
+    labelling the first ``structures`` of :data:`STRUCTURE_NAMES`."""
     assert 1 <= structures <= len(STRUCTURE_NAMES), f'structures must be 1 to {len(STRUCTURE_NAMES)}, got {structures}'
 
     rng = np.random.default_rng(seed)
@@ -86,7 +90,9 @@ def synthetic_case(
     atrium = _atrium(rng, coords, centre)
     wall = ndimage.binary_dilation(atrium, iterations=2) & ~atrium
     chamber_centre = centre + rng.choice([-1, 1], size=3) * rng.uniform(18, 26, size=3) * np.array([1, 1, 0.5])
-    chamber = (((coords - chamber_centre[:, None, None, None]) / rng.uniform(10, 16, size=3)[:, None, None, None]) ** 2).sum(0) < 1
+    chamber = (
+        ((coords - chamber_centre[:, None, None, None]) / rng.uniform(10, 16, size=3)[:, None, None, None]) ** 2
+    ).sum(0) < 1
     chamber &= ~ndimage.binary_dilation(atrium, iterations=3)
 
     tissue = 0.35 + 0.08 * _smooth_noise(rng, shape, sigma=2) + 0.05 * _smooth_noise(rng, shape, sigma=0.7)

@@ -99,9 +99,16 @@ class CaseCheck:
         if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
             return self.add('unreadable_file', path, f'expected a NIfTI image, got {type(image).__name__}')
         if not np.isfinite(image.affine).all():
-            return self.add('invalid_affine', path, 'affine (sform/qform) holds NaN or Inf values: the scan has no usable geometry')
+            return self.add(
+                'invalid_affine', path, 'affine (sform/qform) holds NaN or Inf values: the scan has no usable geometry'
+            )
         if np.linalg.matrix_rank(image.affine[:3, :3]) < 3:
-            return self.add('invalid_affine', path, 'affine (sform/qform) is not invertible, a voxel axis has no size or direction: the scan has no usable geometry')
+            return self.add(
+                'invalid_affine',
+                path,
+                'affine (sform/qform) is not invertible, '
+                'a voxel axis has no size or direction: the scan has no usable geometry',
+            )
         return image
 
     def dimensions(self, path: Path, image: nib.Nifti1Image, channels: int) -> bool:
@@ -116,11 +123,19 @@ class CaseCheck:
     def same_grid(self, image_path: Path, image: nib.Nifti1Image, label_path: Path, label: nib.Nifti1Image) -> bool:
         """Whether image and label share shape and affine."""
         if image.shape[:3] != label.shape[:3]:
-            self.add('grid_mismatch', label_path, f'shape {label.shape} does not match image {image_path.name} shape {image.shape}')
+            self.add(
+                'grid_mismatch',
+                label_path,
+                f'shape {label.shape} does not match image {image_path.name} shape {image.shape}',
+            )
             return False
         if not np.allclose(image.affine, label.affine, atol=AFFINE_TOLERANCE_MM):
             difference = np.abs(image.affine - label.affine).max()
-            self.add('grid_mismatch', label_path, f'affine does not match image {image_path.name} (max difference {difference:.4g})')
+            self.add(
+                'grid_mismatch',
+                label_path,
+                f'affine does not match image {image_path.name} (max difference {difference:.4g})',
+            )
             return False
         return True
 
@@ -129,7 +144,11 @@ class CaseCheck:
         try:
             data = np.asarray(image.dataobj, dtype=dtype)
         except Exception as error:  # truncated gzip streams fail only here
-            return self.add('unreadable_file', path, f'cannot read voxel data, file may be truncated or corrupt ({type(error).__name__}: {error})')
+            return self.add(
+                'unreadable_file',
+                path,
+                f'cannot read voxel data, file may be truncated or corrupt ({type(error).__name__}: {error})',
+            )
         if data.dtype.kind == 'f':
             bad = data.size - int(np.count_nonzero(np.isfinite(data)))
             if bad:
@@ -153,7 +172,11 @@ class CaseCheck:
             self.add('non_integer_label', path, f'label values must be integers, found {fractional[:5].tolist()}')
         undeclared = sorted(set(np.rint(values).astype(int).tolist()) - set(declared))
         if undeclared:
-            self.add('undeclared_label', path, f'label values {undeclared} are not declared in dataset.json labels {sorted(declared)}')
+            self.add(
+                'undeclared_label',
+                path,
+                f'label values {undeclared} are not declared in dataset.json labels {sorted(declared)}',
+            )
         if not np.any(values != 0):
             self.add('empty_label', path, 'label map has no foreground voxels; it trains as background only')
 

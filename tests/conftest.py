@@ -31,7 +31,9 @@ def seeded_random_state():
 
 @pytest.fixture(scope='session')
 def small_dataset_template(tmp_path_factory) -> Path:
-    return write_synthetic_dataset(tmp_path_factory.mktemp('template') / 'Small', num_cases=6, shape=SMALL_SHAPE, spacing=SMALL_SPACING)
+    return write_synthetic_dataset(
+        tmp_path_factory.mktemp('template') / 'Small', num_cases=6, shape=SMALL_SHAPE, spacing=SMALL_SPACING
+    )
 
 
 @pytest.fixture
@@ -53,8 +55,27 @@ def la2018() -> Path:
 def trained(small_dataset_template, tmp_path_factory) -> Path:
     """A tiny model trained for a few seconds on the small dataset; returns its best.pt."""
     run_dir = tmp_path_factory.mktemp('trained') / 'run'
-    argv = ['--data', str(small_dataset_template), '--run-dir', str(run_dir), '--cache-dir', str(run_dir.parent / 'cache'),
-            '--epochs', '5', '--steps-per-epoch', '30', '--levels', '2', '--base-channels', '8',
-            '--patch-size', '32', '32', '16', '--lr', '0.01']
+    argv = [
+        '--data',
+        str(small_dataset_template),
+        '--run-dir',
+        str(run_dir),
+        '--cache-dir',
+        str(run_dir.parent / 'cache'),
+        '--epochs',
+        '5',
+        '--steps-per-epoch',
+        '30',
+        '--levels',
+        '2',
+        '--base-channels',
+        '8',
+        '--patch-size',
+        '32',
+        '32',
+        '16',
+        '--lr',
+        '0.01',
+    ]
     assert run_cli(train_main, argv) == 0
     return run_dir / 'best.pt'

@@ -23,7 +23,7 @@ def blob_subjects(count: int = 4, shape: tuple[int, int, int] = (24, 24, 16)) ->
     subjects = []
     for index in range(count):
         label = torch.zeros(1, *shape, dtype=torch.uint8)
-        label[:, 4 + index:14 + index, 6:16, 3:11] = 1
+        label[:, 4 + index : 14 + index, 6:16, 3:11] = 1
         image = label.float() + 0.5 * torch.randn(1, *shape, generator=generator)
         subjects.append(tio.Subject(image=tio.ScalarImage(tensor=image), label=tio.LabelMap(tensor=label)))
     return subjects
@@ -36,7 +36,10 @@ def main(config_path: str, output: str) -> None:
         trainer = create_trainer(config, subjects, subjects[:3])
         trainer.fit()
         gradients = {name: parameter.grad for name, parameter in trainer.model.named_parameters()}
-        torch.save({'weights': trainer.model.state_dict(), 'gradients': gradients}, Path(output) / f'rank{distributed.rank()}.pt')
+        torch.save(
+            {'weights': trainer.model.state_dict(), 'gradients': gradients},
+            Path(output) / f'rank{distributed.rank()}.pt',
+        )
 
 
 if __name__ == '__main__':

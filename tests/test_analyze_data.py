@@ -64,7 +64,12 @@ def write_known_dataset(root: Path) -> Path:
             (root / folder).mkdir(parents=True, exist_ok=True)
             nib.save(nifti, root / folder / f'{case_id}.nii.gz')
         training.append({'image': f'./imagesTr/{case_id}.nii.gz', 'label': f'./labelsTr/{case_id}.nii.gz'})
-    description = {'name': 'Known', 'modality': {'0': 'MRI'}, 'labels': {'0': 'background', '1': 'big', '2': 'small'}, 'training': training}
+    description = {
+        'name': 'Known',
+        'modality': {'0': 'MRI'},
+        'labels': {'0': 'background', '1': 'big', '2': 'small'},
+        'training': training,
+    }
     (root / 'dataset.json').write_text(json.dumps(description))
     return root
 
@@ -87,17 +92,35 @@ def test_statistics_match_known_volumes(tmp_path, capsys):
     assert case['foreground_bbox'] == [[4, 14], [2, 12], [1, 7]]
     image, label = known_volumes()
     foreground = image[label > 0]
-    assert case['intensity']['image'] == pytest.approx({
-        'min': 10, 'max': 210, 'mean': 12.5, 'std': image.std(dtype=np.float64),
-        'p0.5': np.percentile(image, 0.5), 'p99.5': np.percentile(image, 99.5)})
-    assert case['intensity']['foreground'] == pytest.approx({
-        'min': 110, 'max': 210, 'mean': (64 * 110 + 8 * 210) / 72, 'std': foreground.std(dtype=np.float64),
-        'p0.5': np.percentile(foreground, 0.5), 'p99.5': np.percentile(foreground, 99.5)})
+    assert case['intensity']['image'] == pytest.approx(
+        {
+            'min': 10,
+            'max': 210,
+            'mean': 12.5,
+            'std': image.std(dtype=np.float64),
+            'p0.5': np.percentile(image, 0.5),
+            'p99.5': np.percentile(image, 99.5),
+        }
+    )
+    assert case['intensity']['foreground'] == pytest.approx(
+        {
+            'min': 110,
+            'max': 210,
+            'mean': (64 * 110 + 8 * 210) / 72,
+            'std': foreground.std(dtype=np.float64),
+            'p0.5': np.percentile(foreground, 0.5),
+            'p99.5': np.percentile(foreground, 99.5),
+        }
+    )
     assert fingerprint['labels']['1']['voxel_fraction'] == pytest.approx(64 / 3200)
     assert fingerprint['labels']['2']['volume_ml']['median'] == pytest.approx(0.04)
     assert fingerprint['plan']['target_spacing'] == [2.0, 1.0, 2.5]
     assert fingerprint['problems'] == []
-    assert rows[0]['shape_x'] == '20' and rows[0]['bbox_z_stop'] == '7' and float(rows[0]['volume_ml_1']) == pytest.approx(0.32)
+    assert (
+        rows[0]['shape_x'] == '20'
+        and rows[0]['bbox_z_stop'] == '7'
+        and float(rows[0]['volume_ml_1']) == pytest.approx(0.32)
+    )
     assert 'Integrity: no problems found' in out
 
 
@@ -114,7 +137,9 @@ def test_clean_run_writes_valid_figures_and_tables(small_dataset, tmp_path, caps
         with Image.open(path) as png:
             png.verify()
         assert matplotlib.image.imread(path).ndim == 3, name
-    assert sorted(p.name for p in output.iterdir()) == sorted([*FIGURES, 'cases.csv', 'fingerprint.json', 'report.txt']), 'temporary files left behind'
+    assert sorted(p.name for p in output.iterdir()) == sorted(
+        [*FIGURES, 'cases.csv', 'fingerprint.json', 'report.txt']
+    ), 'temporary files left behind'
     assert (output / 'report.txt').read_text().strip() in out
 
 
@@ -129,6 +154,7 @@ def set_voxel(value):
         data = data.astype(np.float32 if np.isnan(value) or np.isinf(value) or value % 1 else data.dtype)
         data[0, 0, 0] = value
         return data, affine
+
     return change
 
 
@@ -180,16 +206,31 @@ def plant_unreadable_dimensions_affine_inf(root: Path) -> None:
 
 
 PLANTED = {
-    'missing, grid, values, spacing, duplicate': (plant_missing_grid_values_spacing_duplicate, {
-        ('synthetic_000', 'missing_file'), ('synthetic_000', 'undeclared_label'), ('synthetic_001', 'grid_mismatch'), ('synthetic_002', 'non_finite'),
-        ('synthetic_002', 'undeclared_label'), ('synthetic_003', 'empty_label'), ('synthetic_004', 'spacing_outlier'),
-        ('synthetic_005', 'duplicate_entry'),
-    }),
-    'unreadable, dimensions, affine, inf': (plant_unreadable_dimensions_affine_inf, {
-        ('synthetic_000', 'unreadable_file'), ('synthetic_001', 'unreadable_file'), ('synthetic_002', 'grid_mismatch'),
-        ('synthetic_003', 'not_3d'), ('synthetic_004', 'not_3d'), ('synthetic_005', 'non_finite'),
-        ('synthetic_005', 'non_integer_label'),
-    }),
+    'missing, grid, values, spacing, duplicate': (
+        plant_missing_grid_values_spacing_duplicate,
+        {
+            ('synthetic_000', 'missing_file'),
+            ('synthetic_000', 'undeclared_label'),
+            ('synthetic_001', 'grid_mismatch'),
+            ('synthetic_002', 'non_finite'),
+            ('synthetic_002', 'undeclared_label'),
+            ('synthetic_003', 'empty_label'),
+            ('synthetic_004', 'spacing_outlier'),
+            ('synthetic_005', 'duplicate_entry'),
+        },
+    ),
+    'unreadable, dimensions, affine, inf': (
+        plant_unreadable_dimensions_affine_inf,
+        {
+            ('synthetic_000', 'unreadable_file'),
+            ('synthetic_001', 'unreadable_file'),
+            ('synthetic_002', 'grid_mismatch'),
+            ('synthetic_003', 'not_3d'),
+            ('synthetic_004', 'not_3d'),
+            ('synthetic_005', 'non_finite'),
+            ('synthetic_005', 'non_integer_label'),
+        },
+    ),
 }
 
 
@@ -203,13 +244,17 @@ def test_every_planted_problem_is_reported_with_its_case(name, small_dataset, tm
     fingerprint, rows = read_outputs(output)
     assert {(p['case_id'], p['kind']) for p in fingerprint['problems']} == expected
     for case_id, kind in expected:
-        assert any(line.split()[:2] == [case_id, kind] for line in out.splitlines()), f'{case_id} {kind} not in the printed report'
+        assert any(line.split()[:2] == [case_id, kind] for line in out.splitlines()), (
+            f'{case_id} {kind} not in the printed report'
+        )
     flagged = {row['case_id'] for row in rows if row['problems']}
     assert flagged == {case_id for case_id, _ in expected}
     assert all((output / name).is_file() for name in FIGURES)
 
 
-def test_an_empty_label_and_a_spacing_outlier_are_listed_as_warnings_and_do_not_fail_the_run(small_dataset, tmp_path, capsys):
+def test_an_empty_label_and_a_spacing_outlier_are_listed_as_warnings_and_do_not_fail_the_run(
+    small_dataset, tmp_path, capsys
+):
     """Training takes both cases (one as background only, one resampled like the rest), so the check must pass too."""
     rewrite(label_of(small_dataset, 3), lambda data, affine: (np.zeros_like(data), affine))
     rewrite(image_of(small_dataset, 4), stretch_x)
@@ -218,7 +263,10 @@ def test_an_empty_label_and_a_spacing_outlier_are_listed_as_warnings_and_do_not_
     code, out, errors = run([str(small_dataset), '--output', str(output), '--workers', '1'], capsys)
     assert code == 0 and not errors
     fingerprint, _ = read_outputs(output)
-    assert [(p['case_id'], p['kind']) for p in fingerprint['problems']] == [('synthetic_003', 'empty_label'), ('synthetic_004', 'spacing_outlier')]
+    assert [(p['case_id'], p['kind']) for p in fingerprint['problems']] == [
+        ('synthetic_003', 'empty_label'),
+        ('synthetic_004', 'spacing_outlier'),
+    ]
     assert 'synthetic_003  empty_label' in out and 'synthetic_004  spacing_outlier' in out
 
 
@@ -237,7 +285,10 @@ def test_test_split_and_shared_files_are_checked(small_dataset, tmp_path, capsys
     assert code == EXIT_USER_ERROR
     fingerprint, rows = read_outputs(output)
     assert {(p['case_id'], p['kind']) for p in fingerprint['problems']} == {
-        ('synthetic_002', 'duplicate_entry'), ('synthetic_003', 'duplicate_entry'), ('synthetic_003', 'grid_mismatch')}
+        ('synthetic_002', 'duplicate_entry'),
+        ('synthetic_003', 'duplicate_entry'),
+        ('synthetic_003', 'grid_mismatch'),
+    }
     test_rows = [row for row in rows if row['split'] == 'test']
     assert [row['case_id'] for row in test_rows] == ['unseen', 'synthetic_002']
     assert all(row['image_mean'] and not row['volume_ml_1'] for row in test_rows)
@@ -302,7 +353,11 @@ def test_an_nnunet_v2_folder_is_analysed_like_an_msd_one(tmp_path, capsys):
         assert code == 0 and not errors, errors
         results[root] = read_outputs(root / 'analysis')
     (msd_fingerprint, msd_rows), (v2_fingerprint, v2_rows) = results[msd], results[v2]
-    assert [row['case_id'] for row in v2_rows] == [row['case_id'] for row in msd_rows] == [f'synthetic_{i:03d}' for i in range(4)]
+    assert (
+        [row['case_id'] for row in v2_rows]
+        == [row['case_id'] for row in msd_rows]
+        == [f'synthetic_{i:03d}' for i in range(4)]
+    )
     for key in ('labels', 'plan', 'geometry'):
         assert v2_fingerprint[key] == msd_fingerprint[key], key
     # Six 10 mm slices are never 8 long, so nnU-Net's rule never pools them; 40 voxels in plane pool three times.

@@ -98,9 +98,17 @@ BAD_INPUTS = {
     'missing image': (lambda r: image_path(r).unlink(), FIRST, 'file not found'),
     'missing label': (lambda r: label_path(r).unlink(), FIRST, 'file not found'),
     'truncated image': (lambda r: truncate(image_path(r)), FIRST, 'truncated or corrupt'),
-    'not gzip or NIfTI': (lambda r: image_path(r).write_bytes(b'this is not an image' * 20), FIRST, 'not a readable NIfTI'),
+    'not gzip or NIfTI': (
+        lambda r: image_path(r).write_bytes(b'this is not an image' * 20),
+        FIRST,
+        'not a readable NIfTI',
+    ),
     'zero-byte file': (lambda r: image_path(r).write_bytes(b''), FIRST, 'empty'),
-    'gzip of garbage': (lambda r: image_path(r).write_bytes(gzip.compress(b'garbage' * 100)), FIRST, 'not a readable NIfTI'),
+    'gzip of garbage': (
+        lambda r: image_path(r).write_bytes(gzip.compress(b'garbage' * 100)),
+        FIRST,
+        'not a readable NIfTI',
+    ),
     'shape mismatch': (lambda r: rewrite(label_path(r), cropped), FIRST, 'does not match image'),
     'affine mismatch': (lambda r: rewrite(label_path(r), shifted), FIRST, 'affine does not match'),
     'undeclared label': (lambda r: rewrite(label_path(r), with_undeclared_label), FIRST, 'not declared'),
@@ -112,11 +120,23 @@ BAD_INPUTS = {
     'invalid JSON': (lambda r: (r / 'dataset.json').write_text('{"labels": '), 'dataset.json', 'invalid JSON'),
     'missing key': (lambda r: edit_json(r, lambda c: c.pop('labels')), 'dataset.json', 'missing required key "labels"'),
     'duplicate case': (lambda r: edit_json(r, duplicate_first), 'dataset.json', 'listed twice'),
-    'path escapes': (lambda r: edit_json(r, set_first_entry('image', '../../etc/passwd')), 'dataset.json', 'escapes the dataset folder'),
+    'path escapes': (
+        lambda r: edit_json(r, set_first_entry('image', '../../etc/passwd')),
+        'dataset.json',
+        'escapes the dataset folder',
+    ),
     'absolute path': (lambda r: edit_json(r, set_first_entry('label', '/etc/passwd')), 'dataset.json', 'absolute path'),
     'no dataset.json': (lambda r: (r / 'dataset.json').unlink(), 'dataset.json', 'not found'),
-    'label value over 255': (lambda r: edit_json(r, lambda c: c['labels'].update({'300': 'too high'})), 'dataset.json', 'must be 0 to 255'),
-    'constant image': (lambda r: rewrite(image_path(r), lambda data, affine: (np.full_like(data, 3.0), affine)), FIRST, 'one value in every voxel'),
+    'label value over 255': (
+        lambda r: edit_json(r, lambda c: c['labels'].update({'300': 'too high'})),
+        'dataset.json',
+        'must be 0 to 255',
+    ),
+    'constant image': (
+        lambda r: rewrite(image_path(r), lambda data, affine: (np.full_like(data, 3.0), affine)),
+        FIRST,
+        'one value in every voxel',
+    ),
     'singular affine': (lambda r: flatten_sform(image_path(r)), FIRST, 'affine (sform/qform) is not invertible'),
 }
 
@@ -152,8 +172,26 @@ def test_unwritable_run_dir_is_detected_before_training(small_dataset, tmp_path,
 def test_resume_with_incompatible_architecture_is_refused(small_dataset, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / 'run'
-    argv = ['--data', str(small_dataset), '--run-dir', str(run_dir), '--epochs', '1', '--steps-per-epoch', '1',
-            '--levels', '2', '--base-channels', '4', '--patch-size', '16', '16', '16', '--max-cases', '3']
+    argv = [
+        '--data',
+        str(small_dataset),
+        '--run-dir',
+        str(run_dir),
+        '--epochs',
+        '1',
+        '--steps-per-epoch',
+        '1',
+        '--levels',
+        '2',
+        '--base-channels',
+        '4',
+        '--patch-size',
+        '16',
+        '16',
+        '16',
+        '--max-cases',
+        '3',
+    ]
     assert run_cli(main, argv) == 0
     code, errors = run_main(['--resume', str(run_dir), '--levels', '3'], capsys)
     assert code == EXIT_USER_ERROR
@@ -162,12 +200,15 @@ def test_resume_with_incompatible_architecture_is_refused(small_dataset, tmp_pat
     assert code == EXIT_USER_ERROR and len(errors) == 1 and 'a resumed run keeps its data' in errors[0]
 
 
-@pytest.mark.parametrize('content,problem', [
-    ('{"config": ', 'invalid run config (JSONDecodeError'),
-    ('[1, 2]', 'expected a JSON object with a "config" object'),
-    ('{"config": "text"}', 'expected a JSON object with a "config" object'),
-    ('{"config": {"target_spacing": 5}}', 'invalid run config (TypeError'),
-])
+@pytest.mark.parametrize(
+    'content,problem',
+    [
+        ('{"config": ', 'invalid run config (JSONDecodeError'),
+        ('[1, 2]', 'expected a JSON object with a "config" object'),
+        ('{"config": "text"}', 'expected a JSON object with a "config" object'),
+        ('{"config": {"target_spacing": 5}}', 'invalid run config (TypeError'),
+    ],
+)
 def test_resume_from_a_damaged_config_json_is_a_one_line_error(tmp_path, capsys, content, problem):
     run_dir = tmp_path / 'run'
     run_dir.mkdir()
@@ -177,14 +218,31 @@ def test_resume_from_a_damaged_config_json_is_a_one_line_error(tmp_path, capsys,
 
 
 @pytest.mark.parametrize('spacing,problem', [('1000', 'coarser than a whole case'), ('0.001', 'one case may have')])
-def test_a_spacing_no_case_survives_is_refused_before_the_run_folder_exists(small_dataset, tmp_path, capsys, spacing, problem):
-    code, errors = run_main(['--data', str(small_dataset), '--run-dir', str(tmp_path / 'run'), '--spacing', spacing], capsys)
-    assert code == EXIT_USER_ERROR and len(errors) == 1 and '--target-spacing' in errors[0] and problem in errors[0], errors
+def test_a_spacing_no_case_survives_is_refused_before_the_run_folder_exists(
+    small_dataset, tmp_path, capsys, spacing, problem
+):
+    code, errors = run_main(
+        ['--data', str(small_dataset), '--run-dir', str(tmp_path / 'run'), '--spacing', spacing], capsys
+    )
+    assert code == EXIT_USER_ERROR and len(errors) == 1 and '--target-spacing' in errors[0] and problem in errors[0], (
+        errors
+    )
     assert not (tmp_path / 'run').exists()
 
 
-IMAGE_DEFECTS = {'missing image', 'truncated image', 'not gzip or NIfTI', 'zero-byte file', 'gzip of garbage',
-                 'NaN voxels', 'Inf voxels', '4D image', '2D image', 'constant image', 'singular affine'}
+IMAGE_DEFECTS = {
+    'missing image',
+    'truncated image',
+    'not gzip or NIfTI',
+    'zero-byte file',
+    'gzip of garbage',
+    'NaN voxels',
+    'Inf voxels',
+    '4D image',
+    '2D image',
+    'constant image',
+    'singular affine',
+}
 # predict.py finds reference labels by case id in --labels, so a missing one reads differently.
 PREDICT_PROBLEMS = {'missing label': 'reference label not found'}
 
@@ -194,8 +252,16 @@ def test_bad_input_gives_one_line_error_in_predict(name, trained, small_dataset,
     corrupt, names, problem = BAD_INPUTS[name]
     corrupt(small_dataset)
     output = tmp_path / 'predictions'
-    argv = ['--checkpoint', str(trained), '--input', str(small_dataset / 'dataset.json'), '--output', str(output),
-            '--labels', str(small_dataset / 'labelsTr')]
+    argv = [
+        '--checkpoint',
+        str(trained),
+        '--input',
+        str(small_dataset / 'dataset.json'),
+        '--output',
+        str(output),
+        '--labels',
+        str(small_dataset / 'labelsTr'),
+    ]
     code = run_cli(predict_main, argv)
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
     assert code == EXIT_USER_ERROR
@@ -215,10 +281,19 @@ def test_output_folder_without_room_is_detected_before_training(small_dataset, t
         'resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 19, 1 << 19))\n'
         'from heartseg.errors import run_cli\n'
         'from main import main\n'
-        f'sys.exit(run_cli(main, ["--data", {str(small_dataset)!r}, "--run-dir", {str(tmp_path / "run")!r}, "--epochs", "1"]))\n'
+        f'sys.exit(run_cli(main, ["--data", {str(small_dataset)!r}, '
+        f'"--run-dir", {str(tmp_path / "run")!r}, "--epochs", "1"]))\n'
     )
-    result = subprocess.run([sys.executable, '-c', script], cwd=Path(__file__).resolve().parents[1],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, '-c', script],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == EXIT_USER_ERROR, result.stderr[-2000:]
-    assert result.stderr.strip().splitlines()[-1] == f'error: {tmp_path / "run"}: output folder is not writable (File too large)'
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == f'error: {tmp_path / "run"}: output folder is not writable (File too large)'
+    )
     assert not list((tmp_path / 'run').glob('*.pt'))

@@ -17,9 +17,17 @@ REGIONS = [{'name': 'whole', 'values': [1, 2, 3], 'paint': 1}, {'name': 'core', 
 
 def plan_before_outputs_were_fields(config: dict) -> dict:
     """A plan as versions before the typed ``output`` and ``regions`` fields wrote it."""
-    return {'model': {'levels': 2, 'out_channels': 3}, 'target_spacing': [1.0, 1.0, 1.0], 'patch_size': [16, 16, 16],
-            'labels': LABELS, 'modalities': {'0': 'MRI'}, 'normalization': 'zscore', 'preprocessing_version': 4,
-            'config': config, 'training_cases': {}}
+    return {
+        'model': {'levels': 2, 'out_channels': 3},
+        'target_spacing': [1.0, 1.0, 1.0],
+        'patch_size': [16, 16, 16],
+        'labels': LABELS,
+        'modalities': {'0': 'MRI'},
+        'normalization': 'zscore',
+        'preprocessing_version': 4,
+        'config': config,
+        'training_cases': {},
+    }
 
 
 def saved(path: Path, plan: dict) -> Path:
@@ -27,13 +35,18 @@ def saved(path: Path, plan: dict) -> Path:
     return path
 
 
-@pytest.mark.parametrize('config, output, regions, structures', [
-    ({'output': 'softmax', 'regions': [], 'loss': 'bce_dice'}, 'softmax', [], ((1,), (2,), (3,))),
-    ({'output': 'sigmoid', 'regions': REGIONS}, 'sigmoid', REGIONS, ((1, 2, 3), (2, 3))),
-    ({'loss': 'bce_dice'}, 'sigmoid', [], ((1,), (2,), (3,))),  # before the kind was recorded: sigmoid channels
-], ids=['softmax', 'regions', 'before-the-kind'])
-def test_a_plan_written_before_the_outputs_were_fields_loads_with_its_kind_and_regions(tmp_path, config, output,
-                                                                                        regions, structures):
+@pytest.mark.parametrize(
+    'config, output, regions, structures',
+    [
+        ({'output': 'softmax', 'regions': [], 'loss': 'bce_dice'}, 'softmax', [], ((1,), (2,), (3,))),
+        ({'output': 'sigmoid', 'regions': REGIONS}, 'sigmoid', REGIONS, ((1, 2, 3), (2, 3))),
+        ({'loss': 'bce_dice'}, 'sigmoid', [], ((1,), (2,), (3,))),  # before the kind was recorded: sigmoid channels
+    ],
+    ids=['softmax', 'regions', 'before-the-kind'],
+)
+def test_a_plan_written_before_the_outputs_were_fields_loads_with_its_kind_and_regions(
+    tmp_path, config, output, regions, structures
+):
     plan = load_checkpoint(saved(tmp_path / 'old.pt', plan_before_outputs_were_fields(config)))['plan']
     assert (plan.output, plan.regions) == (output, regions)
     assert plan.outputs.kind == output and plan.outputs.structures == structures

@@ -1,4 +1,5 @@
-"""Every bad command-line value gets one line naming the flag, the value and what is allowed; exit code 2; nothing written."""
+"""Every bad command-line value gets one line naming the flag,
+the value and what is allowed; exit code 2; nothing written."""
 
 from __future__ import annotations
 
@@ -38,7 +39,12 @@ BAD_VALUES = [
     (main, ['--loss', 'dice'], '--loss', 'invalid choice'),
     (main, ['--norm', 'layer'], '--norm', 'invalid choice'),
     (predict, ['--checkpoint', 'x.pt', '--input', 'x', '--output', 'OUT', '--overlap', '1'], '--overlap', 'below 1'),
-    (predict, ['--checkpoint', 'x.pt', '--input', 'x', '--output', 'OUT', '--batch-size', '0'], '--batch-size', 'at least 1'),
+    (
+        predict,
+        ['--checkpoint', 'x.pt', '--input', 'x', '--output', 'OUT', '--batch-size', '0'],
+        '--batch-size',
+        'at least 1',
+    ),
     (predict, ['--input', 'x', '--output', 'OUT'], '--checkpoint', 'arguments are required'),
     (analyze_data, ['DATA', '--workers', '0'], '--workers', 'at least 1'),
     (export, ['--checkpoint', 'x.pt'], '--output', 'arguments are required'),
@@ -47,13 +53,25 @@ BAD_VALUES = [
     (benchmark, ['loader', '--data', 'DATA', '--workers', '2', '-1'], '--workers', 'at least 0'),
     (benchmark, ['loader', '--data', 'DATA', '--worker-threads', '-1'], '--worker-threads', 'at least 0'),
     (dataset_subset, ['--data', 'DATA', '--output', 'OUT', '--max-mib', '0'], '--max-mib', 'above 0'),
-    (benchmark, ['ensemble', '--checkpoint', 'x', '--images', 'x', '--labels', 'x', '--repeats', '0'], '--repeats', 'at least 1'),
-    (benchmark, ['ensemble', '--checkpoint', 'x', '--images', 'x', '--labels', 'x', '--timing-cases', '-1'], '--timing-cases', 'at least 0'),
+    (
+        benchmark,
+        ['ensemble', '--checkpoint', 'x', '--images', 'x', '--labels', 'x', '--repeats', '0'],
+        '--repeats',
+        'at least 1',
+    ),
+    (
+        benchmark,
+        ['ensemble', '--checkpoint', 'x', '--images', 'x', '--labels', 'x', '--timing-cases', '-1'],
+        '--timing-cases',
+        'at least 0',
+    ),
 ]
 
 
 @pytest.mark.parametrize('script,argv,flag,problem', BAD_VALUES, ids=[' '.join(case[1][-2:]) for case in BAD_VALUES])
-def test_a_bad_value_is_one_line_naming_the_flag_and_nothing_is_written(script, argv, flag, problem, tmp_path, monkeypatch, capsys):
+def test_a_bad_value_is_one_line_naming_the_flag_and_nothing_is_written(
+    script, argv, flag, problem, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / 'run'
     if script is main:

@@ -28,8 +28,26 @@ from predict import main as predict_main
 TESTS = Path(__file__).resolve().parent
 FOLDS = 3
 EPOCHS = 2
-FAST = ['--levels', '2', '--base-channels', '4', '--patch-size', '16', '16', '16', '--steps-per-epoch', '6',
-        '--batch-size', '2', '--seed', '7', '--lr', '0.01', '--epochs', str(EPOCHS)]
+FAST = [
+    '--levels',
+    '2',
+    '--base-channels',
+    '4',
+    '--patch-size',
+    '16',
+    '16',
+    '16',
+    '--steps-per-epoch',
+    '6',
+    '--batch-size',
+    '2',
+    '--seed',
+    '7',
+    '--lr',
+    '0.01',
+    '--epochs',
+    str(EPOCHS),
+]
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -38,7 +56,17 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def cross_validation_command(data: Path, run_dir: Path) -> list[str]:
-    return ['--data', str(data), '--run-dir', str(run_dir), '--cache-dir', str(run_dir.parent / 'cache'), '--folds', str(FOLDS), *FAST]
+    return [
+        '--data',
+        str(data),
+        '--run-dir',
+        str(run_dir),
+        '--cache-dir',
+        str(run_dir.parent / 'cache'),
+        '--folds',
+        str(FOLDS),
+        *FAST,
+    ]
 
 
 @pytest.fixture(scope='module')
@@ -64,9 +92,13 @@ def test_folds_share_the_time_left_and_reserve_their_measured_scoring():
     first = fold_training_minutes(60, fold=0, folds=5, spent_seconds=0, seconds_per_case=None, cases=13)
     assert first == pytest.approx(12 * 0.9)
     # Fold 3 of 5 after 40 minutes: 20 minutes left for 2 folds; 13 cases at 6 s each are its scoring.
-    assert fold_training_minutes(60, fold=3, folds=5, spent_seconds=2400, seconds_per_case=6.0, cases=13) == pytest.approx(10 - 1.3)
+    assert fold_training_minutes(
+        60, fold=3, folds=5, spent_seconds=2400, seconds_per_case=6.0, cases=13
+    ) == pytest.approx(10 - 1.3)
     # Overspent earlier folds shrink the later ones, down to the floor of 1 s, which still trains one epoch.
-    assert fold_training_minutes(60, fold=4, folds=5, spent_seconds=3700, seconds_per_case=6.0, cases=13) * 60 == pytest.approx(1.0)
+    assert fold_training_minutes(
+        60, fold=4, folds=5, spent_seconds=3700, seconds_per_case=6.0, cases=13
+    ) * 60 == pytest.approx(1.0)
 
 
 def test_cross_validation_trains_every_fold_and_scores_every_case_once(cross_validation, small_dataset_template):
@@ -79,7 +111,9 @@ def test_cross_validation_trains_every_fold_and_scores_every_case_once(cross_val
         assert state['epoch'] == EPOCHS
         validation = json.loads((fold_dir / 'splits.json').read_text())['validation']
         assert sorted(row['case'] for row in rows if int(row['fold']) == fold) == validation
-        assert sorted(p.name for p in (fold_dir / 'validation').glob('*.nii.gz')) == sorted(f'{c}.nii.gz' for c in validation)
+        assert sorted(p.name for p in (fold_dir / 'validation').glob('*.nii.gz')) == sorted(
+            f'{c}.nii.gz' for c in validation
+        )
         # A fold's best.pt is its final model: picking an epoch by the fold's own cases would flatter the score.
         best = load_checkpoint(fold_dir / 'best.pt')
         assert all(torch.equal(best['model'][name], tensor) for name, tensor in state['model'].items())
@@ -89,7 +123,9 @@ def test_cross_validation_trains_every_fold_and_scores_every_case_once(cross_val
     assert summary['pooled']['1']['dice']['mean'] == pytest.approx(np.mean(dices))
     assert summary['pooled']['1']['dice']['std'] == pytest.approx(np.std(dices))
     fold_means = {fold: stats['1']['dice']['mean'] for fold, stats in summary['per_fold'].items()}
-    assert fold_means == {str(f): pytest.approx(np.mean([float(r['dice']) for r in rows if int(r['fold']) == f])) for f in range(FOLDS)}
+    assert fold_means == {
+        str(f): pytest.approx(np.mean([float(r['dice']) for r in rows if int(r['fold']) == f])) for f in range(FOLDS)
+    }
     # The out-of-fold masks are saved before post-processing, which they then choose, as nnU-Net does.
     postprocessing = summary['postprocessing']
     assert postprocessing['mean_dice_before']['left atrium'] == pytest.approx(np.mean(dices))
@@ -97,19 +133,38 @@ def test_cross_validation_trains_every_fold_and_scores_every_case_once(cross_val
     assert set(postprocessing) >= {'all_foreground', 'structures', 'description'}
 
 
-@pytest.mark.parametrize('flag,expected', [([], None), (['--keep-largest'], 'keeps the largest component of left atrium'),
-                                           (['--no-keep-largest'], 'keeps every component')])
-def test_the_fold_ensemble_predicts_with_the_post_processing_its_folds_chose(cross_validation, small_dataset_template, tmp_path, capsys, flag, expected):
+@pytest.mark.parametrize(
+    'flag,expected',
+    [
+        ([], None),
+        (['--keep-largest'], 'keeps the largest component of left atrium'),
+        (['--no-keep-largest'], 'keeps every component'),
+    ],
+)
+def test_the_fold_ensemble_predicts_with_the_post_processing_its_folds_chose(
+    cross_validation, small_dataset_template, tmp_path, capsys, flag, expected
+):
     chosen = Postprocessing.from_dict(json.loads((cross_validation / 'crossval.json').read_text())['postprocessing'])
     scan = small_dataset_template / 'imagesTr' / 'synthetic_000.nii.gz'
-    assert run_cli(predict_main, ['--checkpoint', str(cross_validation), '--input', str(scan), '--output', str(tmp_path), '--no-qc', *flag]) == 0
+    assert (
+        run_cli(
+            predict_main,
+            ['--checkpoint', str(cross_validation), '--input', str(scan), '--output', str(tmp_path), '--no-qc', *flag],
+        )
+        == 0
+    )
     outputs = Predictor(resolve_checkpoints([cross_validation])).outputs
     assert f'Post-processing: {expected or chosen.describe(outputs)}' in capsys.readouterr().out
 
 
 def launch_killable(arguments: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(TESTS / 'kill_driver.py'), *arguments], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(TESTS / 'kill_driver.py'), *arguments],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
 
 
 def kill_at(process: subprocess.Popen, marker: str, occurrence: int) -> None:
@@ -125,30 +180,43 @@ def kill_at(process: subprocess.Popen, marker: str, occurrence: int) -> None:
 
 
 # In fold 1's first epoch (after fold 0's two epochs), and after fold 0 is scored but before it is marked done.
-@pytest.mark.parametrize('marker,occurrence,resumed_at', [
-    ('KILLPOINT after last.pt', EPOCHS + 1, ('fold_1', 1)),
-    ('KILLPOINT before scored.json', 1, ('fold_0', EPOCHS)),
-], ids=['mid-fold', 'mid-scoring'])
+@pytest.mark.parametrize(
+    'marker,occurrence,resumed_at',
+    [
+        ('KILLPOINT after last.pt', EPOCHS + 1, ('fold_1', 1)),
+        ('KILLPOINT before scored.json', 1, ('fold_0', EPOCHS)),
+    ],
+    ids=['mid-fold', 'mid-scoring'],
+)
 def test_a_killed_cross_validation_resumes_to_the_uninterrupted_result(
-        cross_validation, small_dataset_template, tmp_path, capsys, marker, occurrence, resumed_at):
+    cross_validation, small_dataset_template, tmp_path, capsys, marker, occurrence, resumed_at
+):
     run_dir = tmp_path / 'cv'
     process = launch_killable(cross_validation_command(small_dataset_template, run_dir), tmp_path)
     kill_at(process, marker, occurrence)
     assert not (run_dir / 'crossval.csv').exists()
-    scored_before = {fold: (run_dir / f'fold_{fold}' / 'scored.json').read_bytes()
-                     for fold in range(FOLDS) if (run_dir / f'fold_{fold}' / 'scored.json').exists()}
+    scored_before = {
+        fold: (run_dir / f'fold_{fold}' / 'scored.json').read_bytes()
+        for fold in range(FOLDS)
+        if (run_dir / f'fold_{fold}' / 'scored.json').exists()
+    }
     assert run_cli(main, ['--resume', str(run_dir)]) == 0
     fold_name, epoch = resumed_at
-    assert f'Resuming {run_dir / fold_name} after epoch {epoch}' in capsys.readouterr().out, 'the fold was not resumed where it stopped'
+    assert f'Resuming {run_dir / fold_name} after epoch {epoch}' in capsys.readouterr().out, (
+        'the fold was not resumed where it stopped'
+    )
     for fold, record in scored_before.items():  # finished folds are not touched
         assert (run_dir / f'fold_{fold}' / 'scored.json').read_bytes() == record
     for fold in range(FOLDS):
         straight, resumed = (load_checkpoint(d / f'fold_{fold}' / 'last.pt') for d in (cross_validation, run_dir))
         for name, tensor in straight['model'].items():
-            assert torch.equal(tensor, resumed['model'][name]), f'fold {fold}: {name} differs from the uninterrupted run'
+            assert torch.equal(tensor, resumed['model'][name]), (
+                f'fold {fold}: {name} differs from the uninterrupted run'
+            )
     columns = ('fold', 'case', 'dice', 'hd95_mm', 'asd_mm')
-    assert [[r[c] for c in columns] for r in read_csv(run_dir / 'crossval.csv')] == \
-           [[r[c] for c in columns] for r in read_csv(cross_validation / 'crossval.csv')]
+    assert [[r[c] for c in columns] for r in read_csv(run_dir / 'crossval.csv')] == [
+        [r[c] for c in columns] for r in read_csv(cross_validation / 'crossval.csv')
+    ]
 
 
 def test_an_ensemble_of_two_copies_of_one_checkpoint_equals_the_single_model(trained, small_dataset_template, tmp_path):
@@ -171,13 +239,27 @@ def edited_checkpoint(source: Path, target: Path, change) -> Path:
     return target
 
 
-@pytest.mark.parametrize('change,problem', [
-    (lambda plan: plan['labels'].update({'2': 'scar'}), 'labels'),
-    (lambda plan: plan['modalities'].update({'1': 'T2'}), 'input channels'),
-], ids=['labels', 'channels'])
-def test_checkpoints_that_disagree_are_refused_in_one_line(trained, small_dataset_template, tmp_path, capsys, change, problem):
+@pytest.mark.parametrize(
+    'change,problem',
+    [
+        (lambda plan: plan['labels'].update({'2': 'scar'}), 'labels'),
+        (lambda plan: plan['modalities'].update({'1': 'T2'}), 'input channels'),
+    ],
+    ids=['labels', 'channels'],
+)
+def test_checkpoints_that_disagree_are_refused_in_one_line(
+    trained, small_dataset_template, tmp_path, capsys, change, problem
+):
     other = edited_checkpoint(trained, tmp_path / 'other.pt', change)
-    argv = ['--checkpoint', str(trained), str(other), '--input', str(small_dataset_template / 'imagesTr'), '--output', str(tmp_path / 'out')]
+    argv = [
+        '--checkpoint',
+        str(trained),
+        str(other),
+        '--input',
+        str(small_dataset_template / 'imagesTr'),
+        '--output',
+        str(tmp_path / 'out'),
+    ]
     assert run_cli(predict_main, argv) == EXIT_USER_ERROR
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
     assert len(errors) == 1 and 'other.pt' in errors[0] and problem in errors[0]
@@ -186,7 +268,16 @@ def test_checkpoints_that_disagree_are_refused_in_one_line(trained, small_datase
 
 def test_a_cross_validation_folder_predicts_as_the_fold_ensemble(cross_validation, small_dataset_template, tmp_path):
     scan = small_dataset_template / 'imagesTr' / 'synthetic_001.nii.gz'
-    argv = ['--checkpoint', str(cross_validation), '--input', str(scan), '--output', str(tmp_path / 'out'), '--no-tta', '--save-probabilities']
+    argv = [
+        '--checkpoint',
+        str(cross_validation),
+        '--input',
+        str(scan),
+        '--output',
+        str(tmp_path / 'out'),
+        '--no-tta',
+        '--save-probabilities',
+    ]
     assert run_cli(predict_main, argv) == 0
     folds = [cross_validation / f'fold_{fold}' / 'best.pt' for fold in range(FOLDS)]
     expected = Predictor(folds, tta=False).predict(scan)[1]
@@ -197,10 +288,22 @@ def test_a_cross_validation_folder_predicts_as_the_fold_ensemble(cross_validatio
     assert not np.allclose(singles[0], singles[1], atol=1e-3), 'the folds should be different models'
 
 
-def test_validation_subset_of_a_cross_validation_uses_each_folds_own_model(cross_validation, small_dataset_template, tmp_path):
+def test_validation_subset_of_a_cross_validation_uses_each_folds_own_model(
+    cross_validation, small_dataset_template, tmp_path
+):
     output = tmp_path / 'out'
-    argv = ['--checkpoint', str(cross_validation), '--input', str(small_dataset_template / 'dataset.json'),
-            '--subset', 'validation', '--output', str(output), '--labels', str(small_dataset_template / 'labelsTr')]
+    argv = [
+        '--checkpoint',
+        str(cross_validation),
+        '--input',
+        str(small_dataset_template / 'dataset.json'),
+        '--subset',
+        'validation',
+        '--output',
+        str(output),
+        '--labels',
+        str(small_dataset_template / 'labelsTr'),
+    ]
     assert run_cli(predict_main, argv) == 0
     ours = {row['case']: row['dice'] for row in read_csv(output / 'metrics.csv')}
     # The same predictions as the cross-validation's own out-of-fold scoring.
@@ -219,16 +322,21 @@ def test_training_on_every_case_saves_the_final_weights_as_best(small_dataset, t
     assert all(row['val_dice'] == 'nan' for row in read_csv(run_dir / 'metrics.csv'))
 
 
-@pytest.mark.parametrize('flags,flag,problem', [
-    (['--fold', '1'], '--fold', 'needs --folds'),
-    (['--folds', '3', '--fold', '7'], '--fold', '0..2'),
-    (['--folds', '3', '--fold', '-1'], '--fold', 'at least 0'),
-    (['--folds', '1'], '--folds', 'at least 2'),
-    (['--folds', '7'], '--folds', '2 <= K <= 6'),
-    (['--val-fraction', '1'], '--val-fraction', 'below 1'),
-    (['--val-fraction', '-0.1'], '--val-fraction', 'at least 0'),
-])
-def test_bad_split_flags_are_refused_before_any_run_folder_exists(small_dataset, tmp_path, capsys, flags, flag, problem):
+@pytest.mark.parametrize(
+    'flags,flag,problem',
+    [
+        (['--fold', '1'], '--fold', 'needs --folds'),
+        (['--folds', '3', '--fold', '7'], '--fold', '0..2'),
+        (['--folds', '3', '--fold', '-1'], '--fold', 'at least 0'),
+        (['--folds', '1'], '--folds', 'at least 2'),
+        (['--folds', '7'], '--folds', '2 <= K <= 6'),
+        (['--val-fraction', '1'], '--val-fraction', 'below 1'),
+        (['--val-fraction', '-0.1'], '--val-fraction', 'at least 0'),
+    ],
+)
+def test_bad_split_flags_are_refused_before_any_run_folder_exists(
+    small_dataset, tmp_path, capsys, flags, flag, problem
+):
     run_dir = tmp_path / 'run'
     assert run_cli(main, ['--data', str(small_dataset), '--run-dir', str(run_dir), *FAST, *flags]) == EXIT_USER_ERROR
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
@@ -244,10 +352,19 @@ def test_resuming_a_cross_validation_with_another_k_is_refused(cross_validation,
     assert sorted(p.name for p in cross_validation.iterdir()) == before
 
 
-def test_an_unfinished_cross_validation_is_refused_as_an_ensemble(cross_validation, small_dataset_template, tmp_path, capsys):
+def test_an_unfinished_cross_validation_is_refused_as_an_ensemble(
+    cross_validation, small_dataset_template, tmp_path, capsys
+):
     unfinished = Path(shutil.copytree(cross_validation, tmp_path / 'cv'))
     (unfinished / 'fold_2' / 'best.pt').unlink()
-    argv = ['--checkpoint', str(unfinished), '--input', str(small_dataset_template / 'imagesTr'), '--output', str(tmp_path / 'out')]
+    argv = [
+        '--checkpoint',
+        str(unfinished),
+        '--input',
+        str(small_dataset_template / 'imagesTr'),
+        '--output',
+        str(tmp_path / 'out'),
+    ]
     assert run_cli(predict_main, argv) == EXIT_USER_ERROR
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
     assert len(errors) == 1 and 'folds [2] of 3 have no best.pt' in errors[0] and '--resume' in errors[0]
@@ -259,17 +376,31 @@ def one_error(capsys) -> str:
     return errors[0]
 
 
-def test_folds_trained_apart_pool_into_the_crossval_of_one_sequential_run(cross_validation, small_dataset_template, tmp_path):
+def test_folds_trained_apart_pool_into_the_crossval_of_one_sequential_run(
+    cross_validation, small_dataset_template, tmp_path
+):
     root = tmp_path / 'apart'
     for fold in (2, 0, 1):  # separate jobs, finishing in any order
-        argv = ['--data', str(small_dataset_template), '--run-dir', str(root / f'fold_{fold}'), '--cache-dir', str(tmp_path / 'cache'),
-                '--folds', str(FOLDS), '--fold', str(fold), *FAST]
+        argv = [
+            '--data',
+            str(small_dataset_template),
+            '--run-dir',
+            str(root / f'fold_{fold}'),
+            '--cache-dir',
+            str(tmp_path / 'cache'),
+            '--folds',
+            str(FOLDS),
+            '--fold',
+            str(fold),
+            *FAST,
+        ]
         assert run_cli(main, argv) == 0
     assert not (root / 'crossval.csv').exists()
     assert run_cli(main, ['--score-folds', str(root)]) == 0
     columns = ('fold', 'case', 'label', 'dice', 'hd95_mm', 'asd_mm')
-    assert [[r[c] for c in columns] for r in read_csv(root / 'crossval.csv')] == \
-           [[r[c] for c in columns] for r in read_csv(cross_validation / 'crossval.csv')]
+    assert [[r[c] for c in columns] for r in read_csv(root / 'crossval.csv')] == [
+        [r[c] for c in columns] for r in read_csv(cross_validation / 'crossval.csv')
+    ]
     apart, together = (json.loads((d / 'crossval.json').read_text()) for d in (root, cross_validation))
     assert apart['pooled'] == together['pooled'] and apart['cases'] == together['cases'] == 6
     assert len(resolve_checkpoints([root])) == FOLDS, 'the pooled folder is a fold ensemble for predict.py'
@@ -285,7 +416,9 @@ def test_pooling_refuses_a_missing_fold_in_one_line(cross_validation, tmp_path, 
 def nnunet_splits(case_ids: list[str], folds: int) -> list[dict]:
     """A fold assignment no seed of ours makes: every K-th case from the end."""
     ordered = sorted(case_ids, reverse=True)
-    return [{'train': [c for c in ordered if c not in ordered[k::folds]], 'val': ordered[k::folds]} for k in range(folds)]
+    return [
+        {'train': [c for c in ordered if c not in ordered[k::folds]], 'val': ordered[k::folds]} for k in range(folds)
+    ]
 
 
 def test_nnunet_splits_final_gives_nnunets_folds(small_dataset_template, tmp_path):
@@ -293,19 +426,39 @@ def test_nnunet_splits_final_gives_nnunets_folds(small_dataset_template, tmp_pat
     splits_file = tmp_path / 'splits_final.json'
     splits_file.write_text(json.dumps(nnunet_splits(case_ids, 3)))
     run_dir = tmp_path / 'fold_1'
-    argv = ['--data', str(small_dataset_template), '--splits', str(splits_file), '--fold', '1', '--run-dir', str(run_dir), *FAST]
+    argv = [
+        '--data',
+        str(small_dataset_template),
+        '--splits',
+        str(splits_file),
+        '--fold',
+        '1',
+        '--run-dir',
+        str(run_dir),
+        *FAST,
+    ]
     assert run_cli(main, argv) == 0  # --folds comes from the file
     expected = nnunet_splits(case_ids, 3)[1]
-    assert json.loads((run_dir / 'splits.json').read_text()) == {'training': sorted(expected['train']), 'validation': sorted(expected['val']),
-                                                                 'grouping': 'split from splits_final.json'}
+    assert json.loads((run_dir / 'splits.json').read_text()) == {
+        'training': sorted(expected['train']),
+        'validation': sorted(expected['val']),
+        'grouping': 'split from splits_final.json',
+    }
     assert json.loads((run_dir / 'config.json').read_text())['config']['folds'] == 3
 
 
-@pytest.mark.parametrize('edit,flags,message', [
-    (lambda f: f[0]['train'].append(f[0]['val'].pop()), [], "is in no fold's validation set"),
-    (lambda f: f[1]['val'].append(f[0]['val'][0]) or f[1]['train'].remove(f[0]['val'][0]), [], 'is in the validation sets of folds 0 and 1'),
-    (lambda f: None, ['--folds', '2'], 'holds 3 folds'),
-])
+@pytest.mark.parametrize(
+    'edit,flags,message',
+    [
+        (lambda f: f[0]['train'].append(f[0]['val'].pop()), [], "is in no fold's validation set"),
+        (
+            lambda f: f[1]['val'].append(f[0]['val'][0]) or f[1]['train'].remove(f[0]['val'][0]),
+            [],
+            'is in the validation sets of folds 0 and 1',
+        ),
+        (lambda f: None, ['--folds', '2'], 'holds 3 folds'),
+    ],
+)
 def test_a_splits_file_that_does_not_fit_is_refused_in_one_line(small_dataset, tmp_path, capsys, edit, flags, message):
     case_ids = [case.case_id for case in read_dataset(small_dataset).cases]
     folds = nnunet_splits(case_ids, 3)
@@ -313,7 +466,12 @@ def test_a_splits_file_that_does_not_fit_is_refused_in_one_line(small_dataset, t
     splits_file = tmp_path / 'splits_final.json'
     splits_file.write_text(json.dumps(folds))
     run_dir = tmp_path / 'run'
-    assert run_cli(main, ['--data', str(small_dataset), '--splits', str(splits_file), '--run-dir', str(run_dir), *FAST, *flags]) == EXIT_USER_ERROR
+    assert (
+        run_cli(
+            main, ['--data', str(small_dataset), '--splits', str(splits_file), '--run-dir', str(run_dir), *FAST, *flags]
+        )
+        == EXIT_USER_ERROR
+    )
     assert message in one_error(capsys)
     assert not run_dir.exists()
 
@@ -340,14 +498,33 @@ def test_a_patient_s_frames_stay_on_one_side_by_default_and_the_run_says_so(smal
     data = as_patients(small_dataset, ids)
     for flags, name in (([], 'grouped'), (['--no-group-by-patient'], 'apart')):
         run_dir = tmp_path / name
-        argv = ['--data', str(data), '--run-dir', str(run_dir), '--cache-dir', str(tmp_path / 'cache'), '--val-fraction', '0.34', '--split-seed', '2', *FAST, '--epochs', '1']
+        argv = [
+            '--data',
+            str(data),
+            '--run-dir',
+            str(run_dir),
+            '--cache-dir',
+            str(tmp_path / 'cache'),
+            '--val-fraction',
+            '0.34',
+            '--split-seed',
+            '2',
+            *FAST,
+            '--epochs',
+            '1',
+        ]
         assert run_cli(main, argv + flags) == 0
         split = json.loads((run_dir / 'splits.json').read_text())
-        sides = {patient: {side for side in ('training', 'validation') for c in split[side] if c.startswith(patient)} for patient in ('patient0', 'patient1', 'patient2')}
+        sides = {
+            patient: {side for side in ('training', 'validation') for c in split[side] if c.startswith(patient)}
+            for patient in ('patient0', 'patient1', 'patient2')
+        }
         plan = next(line for line in capsys.readouterr().out.splitlines() if line.startswith('Plan:'))
         if name == 'grouped':
             assert all(len(s) == 1 for s in sides.values()), split
-            assert split['grouping'].startswith('split by patient: 6 scans of 3 patients') and 'split by patient' in plan
+            assert (
+                split['grouping'].startswith('split by patient: 6 scans of 3 patients') and 'split by patient' in plan
+            )
         else:
             assert any(len(s) == 2 for s in sides.values()), 'this split seed separates frames when asked to'
             assert 'case by case, although 3 patients' in split['grouping'] and 'case by case' in plan

@@ -1,4 +1,5 @@
-"""heartseg.data: the preprocessing cache is reused while its inputs hold, and only then; each channel is normalised on its own."""
+"""heartseg.data: the preprocessing cache is reused while its inputs hold, and only then;
+each channel is normalised on its own."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ def cached_files(cache):
     return sorted(path.name for path in cache.glob('*.pt'))
 
 
-def test_a_cached_case_is_reused_and_a_changed_file_or_spacing_is_preprocessed_again(small_dataset, tmp_path, monkeypatch):
+def test_a_cached_case_is_reused_and_a_changed_file_or_spacing_is_preprocessed_again(
+    small_dataset, tmp_path, monkeypatch
+):
     spec = read_dataset(small_dataset)
     case, cache = spec.cases[0], tmp_path / 'cache'
     coarse = Preprocessing((3.0, 3.0, 3.0))
@@ -52,7 +55,8 @@ def test_a_cached_case_is_reused_and_a_changed_file_or_spacing_is_preprocessed_a
 
 
 def test_a_label_edited_in_place_with_its_size_and_time_kept_is_preprocessed_again(small_dataset, tmp_path):
-    """An uncompressed .nii edited in place keeps its size, and cp -p or rsync -a restore its time: the content decides."""
+    """An uncompressed .nii edited in place keeps its size,
+    and cp -p or rsync -a restore its time: the content decides."""
     spec = read_dataset(small_dataset)
     case, cache, preprocessing = spec.cases[0], tmp_path / 'cache', Preprocessing((3.0, 3.0, 3.0))
     label = nib.load(case.label)
@@ -81,12 +85,14 @@ def test_the_cache_key_changes_with_the_resampling_libraries(small_dataset, monk
     assert data._cache_key(spec.cases[0], Preprocessing((3.0, 3.0, 3.0))) != key
 
 
-@pytest.mark.parametrize('damage', [lambda path: path.write_bytes(path.read_bytes()[:100]), lambda path: path.write_bytes(b'')])
+@pytest.mark.parametrize(
+    'damage', [lambda path: path.write_bytes(path.read_bytes()[:100]), lambda path: path.write_bytes(b'')]
+)
 def test_a_damaged_cache_entry_is_made_again_with_a_warning(small_dataset, tmp_path, capsys, damage):
     spec = read_dataset(small_dataset)
     case, cache, preprocessing = spec.cases[0], tmp_path / 'cache', Preprocessing((3.0, 3.0, 3.0))
     first = preprocess_case(case, spec, preprocessing, cache)
-    entry, = cache.glob('*.pt')
+    (entry,) = cache.glob('*.pt')
     damage(entry)
     again = preprocess_case(case, spec, preprocessing, cache)
     assert torch.equal(again['image'].data, first['image'].data)
@@ -103,7 +109,9 @@ def test_the_cache_key_changes_with_the_preprocessing_version(small_dataset, mon
     assert data._cache_key(spec.cases[0], preprocessing) != before
 
 
-def test_a_cached_case_is_still_checked_against_the_labels_dataset_json_declares_now(small_dataset, tmp_path, monkeypatch):
+def test_a_cached_case_is_still_checked_against_the_labels_dataset_json_declares_now(
+    small_dataset, tmp_path, monkeypatch
+):
     spec = read_dataset(small_dataset)
     case, cache, preprocessing = spec.cases[0], tmp_path / 'cache', Preprocessing((3.0, 3.0, 3.0))
     preprocess_case(case, spec, preprocessing, cache)
@@ -122,15 +130,20 @@ def test_a_case_without_foreground_is_named_in_a_warning(small_dataset, tmp_path
     subjects = preprocess_cases(spec.cases[:3], spec, Preprocessing((3.0, 3.0, 3.0)), tmp_path / 'cache')
     assert len(subjects) == 3
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith('warning:')]
-    assert warnings == [f'warning: case {spec.cases[2].case_id}: {spec.cases[2].label}: label map has no foreground voxels; it trains as background only']
+    assert warnings == [
+        f'warning: case {spec.cases[2].case_id}: {spec.cases[2].label}: '
+        'label map has no foreground voxels; it trains as background only'
+    ]
 
 
 def test_each_channel_is_z_scored_on_its_own():
     """Two modalities a hundredfold apart in scale: pooled statistics would leave the first near a constant."""
     rng = np.random.default_rng(0)
     channels = np.stack([rng.normal(10, 2, (12, 12, 12)), rng.normal(1000, 200, (12, 12, 12))]).astype(np.float32)
-    subject = tio.Subject(image=tio.ScalarImage(tensor=torch.from_numpy(channels), affine=np.eye(4)),
-                          label=tio.LabelMap(tensor=torch.zeros(1, 12, 12, 12, dtype=torch.uint8), affine=np.eye(4)))
+    subject = tio.Subject(
+        image=tio.ScalarImage(tensor=torch.from_numpy(channels), affine=np.eye(4)),
+        label=tio.LabelMap(tensor=torch.zeros(1, 12, 12, 12, dtype=torch.uint8), affine=np.eye(4)),
+    )
     normalised = Preprocessing((1.0, 1.0, 1.0))(subject)['image'].data
     assert torch.allclose(normalised.mean(dim=(1, 2, 3)), torch.zeros(2), atol=1e-5)
     assert torch.allclose(normalised.std(dim=(1, 2, 3)), torch.ones(2), atol=1e-5)
@@ -139,29 +152,43 @@ def test_each_channel_is_z_scored_on_its_own():
 
 @pytest.mark.parametrize('target_spacing', [1.25, 1.0])  # 2x, as at the CPU plan, and a non-integer factor
 def test_a_resampled_label_keeps_its_image_s_centre_of_mass(target_spacing):
-    """Nearest-neighbour labels move by a quarter of a coarse voxel at 2x; one-hot linear + arg max stays with the image."""
+    """Nearest-neighbour labels move by a quarter of a coarse voxel at 2x;
+    one-hot linear + arg max stays with the image."""
     grid = np.stack(np.meshgrid(*(np.arange(n) for n in (48, 44, 40)), indexing='ij')).astype(float)
     radii, centre = np.array([11.0, 8.0, 9.5]), np.array([22.3, 20.6, 19.1])
     mask = (((grid - centre[:, None, None, None]) / radii[:, None, None, None]) ** 2).sum(0) <= 1
     affine = np.diag([0.625, 0.625, 0.625, 1.0])
     affine[:3, 3] = (-61.2, 17.9, 33.4)
-    subject = tio.Subject(image=tio.ScalarImage(tensor=torch.from_numpy(mask[None].astype(np.float32)), affine=affine),
-                          label=tio.LabelMap(tensor=torch.from_numpy(mask[None].astype(np.uint8)), affine=affine))
+    subject = tio.Subject(
+        image=tio.ScalarImage(tensor=torch.from_numpy(mask[None].astype(np.float32)), affine=affine),
+        label=tio.LabelMap(tensor=torch.from_numpy(mask[None].astype(np.uint8)), affine=affine),
+    )
     resampled = Preprocessing((target_spacing,) * 3)(subject)
     image = resampled['image'].data[0].double()
-    weights = (image - image.min()) / (image.max() - image.min())  # undoes the z-score, which is affine in the intensities
+    weights = (image - image.min()) / (
+        image.max() - image.min()
+    )  # undoes the z-score, which is affine in the intensities
     indices = torch.stack(torch.meshgrid(*(torch.arange(n, dtype=torch.float64) for n in image.shape), indexing='ij'))
     image_centre = (indices * weights).sum(dim=(1, 2, 3)) / weights.sum()
     label = resampled['label'].data[0] == 1
     label_centre = indices[:, label].mean(dim=1)
     error = (image_centre - label_centre).abs().max()
-    assert error < 0.05, f'label centre {label_centre.tolist()} is {error:.3f} voxel from its image\'s {image_centre.tolist()}'
+    assert error < 0.05, (
+        f"label centre {label_centre.tolist()} is {error:.3f} voxel from its image's {image_centre.tolist()}"
+    )
 
 
 @pytest.fixture
 def v2_dataset(tmp_path) -> Path:
-    return write_synthetic_dataset(tmp_path / 'Dataset002_Heart', num_cases=3, shape=(40, 40, 20), spacing=(1.5, 1.5, 3.0), structures=3,
-                                   layout='nnunet_v2', test_cases=1)
+    return write_synthetic_dataset(
+        tmp_path / 'Dataset002_Heart',
+        num_cases=3,
+        shape=(40, 40, 20),
+        spacing=(1.5, 1.5, 3.0),
+        structures=3,
+        layout='nnunet_v2',
+        test_cases=1,
+    )
 
 
 def test_an_nnunet_v2_raw_folder_is_read_as_it_is(v2_dataset):
@@ -179,7 +206,11 @@ def test_an_nnunet_v2_raw_folder_is_read_as_it_is(v2_dataset):
 
 def test_an_msd_folder_still_reads_as_before(small_dataset):
     spec = read_dataset(small_dataset)
-    assert spec.layout == data.MSD and spec.cases[0].image.name == 'synthetic_000.nii.gz' and spec.labels == {0: 'background', 1: 'left atrium'}
+    assert (
+        spec.layout == data.MSD
+        and spec.cases[0].image.name == 'synthetic_000.nii.gz'
+        and spec.labels == {0: 'background', 1: 'left atrium'}
+    )
 
 
 def test_an_msd_subset_whose_files_link_to_another_dataset_is_read(small_dataset, tmp_path):
@@ -207,15 +238,21 @@ def test_nnunet_v2_regions_are_read_with_their_paint_order(v2_dataset):
     assert spec.labels == {0: 'background', 1: 'atrium', 2: 'atrium and wall', 3: 'whole heart'}
 
 
-@pytest.mark.parametrize('change,message', [
-    (lambda c: c.pop('numTraining'), 'missing required key "numTraining"'),
-    (lambda c: c.update(numTraining=5), '"numTraining" is 5 but'),
-    (lambda c: c.update(file_ending='.png'), '"file_ending" \'.png\' is not supported'),
-    (lambda c: c.update(labels={'background': 0, 'atrium': 'one'}), '"labels" entry \'atrium\' must be an integer'),
-    (lambda c: c.update(labels={'atrium': 1}), 'must declare 0 (background)'),
-    (lambda c: c.update(labels={'background': 0, 'heart': [1, 2], 'atrium': 1}), '"regions_class_order" must list one label value per region'),
-    (lambda c: c.update(channel_names={'0': 'T1', '1': 'T2'}), 'multi-channel nnU-Net v2 datasets'),
-])
+@pytest.mark.parametrize(
+    'change,message',
+    [
+        (lambda c: c.pop('numTraining'), 'missing required key "numTraining"'),
+        (lambda c: c.update(numTraining=5), '"numTraining" is 5 but'),
+        (lambda c: c.update(file_ending='.png'), '"file_ending" \'.png\' is not supported'),
+        (lambda c: c.update(labels={'background': 0, 'atrium': 'one'}), '"labels" entry \'atrium\' must be an integer'),
+        (lambda c: c.update(labels={'atrium': 1}), 'must declare 0 (background)'),
+        (
+            lambda c: c.update(labels={'background': 0, 'heart': [1, 2], 'atrium': 1}),
+            '"regions_class_order" must list one label value per region',
+        ),
+        (lambda c: c.update(channel_names={'0': 'T1', '1': 'T2'}), 'multi-channel nnU-Net v2 datasets'),
+    ],
+)
 def test_a_bad_nnunet_v2_dataset_json_is_one_line_naming_the_key(v2_dataset, change, message):
     content = json.loads((v2_dataset / 'dataset.json').read_text())
     change(content)

@@ -24,12 +24,15 @@ def test_asking_for_cuda_without_it_is_a_one_line_error():
         select_device('cuda')
 
 
-@pytest.mark.parametrize('name,problem', [
-    ('gpu', "unknown device 'gpu'"),
-    ('cuda:3', "'cuda:3' requested but this machine has 1 CUDA device(s)"),
-    ('mps', "'mps' requested but Apple MPS is not available"),
-    ('meta', "device 'meta' is not supported"),
-])
+@pytest.mark.parametrize(
+    'name,problem',
+    [
+        ('gpu', "unknown device 'gpu'"),
+        ('cuda:3', "'cuda:3' requested but this machine has 1 CUDA device(s)"),
+        ('mps', "'mps' requested but Apple MPS is not available"),
+        ('meta', "device 'meta' is not supported"),
+    ],
+)
 def test_a_device_that_is_not_here_is_a_one_line_error(monkeypatch, name, problem):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)

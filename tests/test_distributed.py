@@ -27,18 +27,39 @@ GRADIENT_TOLERANCE = 1e-5
 
 def tiny_config(run_dir: Path, **overrides) -> RunConfig:
     settings = dict(
-        data='unused', run_dir=str(run_dir), cache_dir='unused', target_spacing=(1.0, 1.0, 1.0),
-        patch_size=(16, 16, 16), levels=2, base_channels=4, batch_size=2, steps_per_epoch=2, epochs=2,
-        lr=1e-3, device='cpu', labels={'0': 'background', '1': 'atrium'}, modalities={'0': 'MRI'},
-        val_every=1, output='sigmoid', channels_last=False, num_workers=0,
+        data='unused',
+        run_dir=str(run_dir),
+        cache_dir='unused',
+        target_spacing=(1.0, 1.0, 1.0),
+        patch_size=(16, 16, 16),
+        levels=2,
+        base_channels=4,
+        batch_size=2,
+        steps_per_epoch=2,
+        epochs=2,
+        lr=1e-3,
+        device='cpu',
+        labels={'0': 'background', '1': 'atrium'},
+        modalities={'0': 'MRI'},
+        val_every=1,
+        output='sigmoid',
+        channels_last=False,
+        num_workers=0,
     )
     return RunConfig(**{**settings, **overrides})
 
 
 def run_group(command: list[str], timeout: float = 300, **options) -> subprocess.CompletedProcess:
     """Run ``command`` in its own process group; on timeout, kill the launcher and all its workers."""
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                               env={**os.environ, 'OMP_NUM_THREADS': '1'}, **options)
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, 'OMP_NUM_THREADS': '1'},
+        **options,
+    )
     try:
         output, errors = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -50,8 +71,18 @@ def run_group(command: list[str], timeout: float = 300, **options) -> subprocess
 def torchrun(config: RunConfig, output: Path, processes: int = 2) -> subprocess.CompletedProcess:
     config_path = output / 'config.json'
     config_path.write_text(json.dumps(asdict(config)))
-    return run_group([sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={processes}', '--standalone',
-                      str(TESTS / 'ddp_worker.py'), str(config_path), str(output)])
+    return run_group(
+        [
+            sys.executable,
+            '-m',
+            'torch.distributed.run',
+            f'--nproc_per_node={processes}',
+            '--standalone',
+            str(TESTS / 'ddp_worker.py'),
+            str(config_path),
+            str(output),
+        ]
+    )
 
 
 def assert_ran(result: subprocess.CompletedProcess) -> None:
@@ -110,10 +141,24 @@ def worker_pids(launcher: subprocess.Popen) -> dict[int, int]:
 def test_a_crashed_rank_stops_the_job_with_a_clear_error(tmp_path):
     config = tiny_config(tmp_path / 'run', epochs=1000, steps_per_epoch=20)
     (tmp_path / 'config.json').write_text(json.dumps(asdict(config)))
-    command = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--standalone',
-               str(TESTS / 'ddp_worker.py'), str(tmp_path / 'config.json'), str(tmp_path)]
-    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                                env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    command = [
+        sys.executable,
+        '-m',
+        'torch.distributed.run',
+        '--nproc_per_node=2',
+        '--standalone',
+        str(TESTS / 'ddp_worker.py'),
+        str(tmp_path / 'config.json'),
+        str(tmp_path),
+    ]
+    launcher = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, 'OMP_NUM_THREADS': '1'},
+    )
     try:
         deadline = time.monotonic() + 120
         while not (tmp_path / 'run' / 'last.pt').is_file():  # training is under way
@@ -134,8 +179,15 @@ def test_torchrun_main_trains_and_resumes(small_dataset, tmp_path):
     tiny = ['--levels', '2', '--base-channels', '4', '--patch-size', '16', '16', '16', '--steps-per-epoch', '2']
 
     def launch(*arguments: str) -> subprocess.CompletedProcess:
-        command = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--standalone',
-                   str(TESTS.parent / 'main.py'), *arguments]
+        command = [
+            sys.executable,
+            '-m',
+            'torch.distributed.run',
+            '--nproc_per_node=2',
+            '--standalone',
+            str(TESTS.parent / 'main.py'),
+            *arguments,
+        ]
         return run_group(command, cwd=tmp_path)
 
     assert_ran(launch('--data', str(small_dataset), '--run-dir', str(run_dir), '--epochs', '1', *tiny))
@@ -148,8 +200,20 @@ def test_torchrun_main_trains_and_resumes(small_dataset, tmp_path):
 
 
 def test_batch_that_ranks_cannot_share_is_refused(small_dataset, tmp_path):
-    command = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--standalone',
-               str(TESTS.parent / 'main.py'), '--data', str(small_dataset), '--batch-size', '3', '--run-dir', str(tmp_path / 'run')]
+    command = [
+        sys.executable,
+        '-m',
+        'torch.distributed.run',
+        '--nproc_per_node=2',
+        '--standalone',
+        str(TESTS.parent / 'main.py'),
+        '--data',
+        str(small_dataset),
+        '--batch-size',
+        '3',
+        '--run-dir',
+        str(tmp_path / 'run'),
+    ]
     result = run_group(command, cwd=tmp_path)
     assert result.returncode != 0
     assert 'error: --batch-size: 3 patches per step cannot be shared evenly by 2 processes' in result.stderr
@@ -157,9 +221,32 @@ def test_batch_that_ranks_cannot_share_is_refused(small_dataset, tmp_path):
 
 def test_torchrun_cross_validation_trains_every_fold_and_scores_every_case_once(small_dataset, tmp_path):
     run_dir = tmp_path / 'cv'
-    command = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--standalone', str(TESTS.parent / 'main.py'),
-               '--data', str(small_dataset), '--run-dir', str(run_dir), '--folds', '2', '--epochs', '1',
-               '--levels', '2', '--base-channels', '4', '--patch-size', '16', '16', '16', '--steps-per-epoch', '2']
+    command = [
+        sys.executable,
+        '-m',
+        'torch.distributed.run',
+        '--nproc_per_node=2',
+        '--standalone',
+        str(TESTS.parent / 'main.py'),
+        '--data',
+        str(small_dataset),
+        '--run-dir',
+        str(run_dir),
+        '--folds',
+        '2',
+        '--epochs',
+        '1',
+        '--levels',
+        '2',
+        '--base-channels',
+        '4',
+        '--patch-size',
+        '16',
+        '16',
+        '16',
+        '--steps-per-epoch',
+        '2',
+    ]
     result = run_group(command, cwd=tmp_path)
     assert_ran(result)
     assert result.stdout.count('Cross-validation over 6 cases in 2 folds') == 1, 'only rank 0 scores and reports'

@@ -46,7 +46,11 @@ def github_anchor(heading: str) -> str:
     'mainpy-flags-646448'
     """
     text = re.sub(r'\[([^\]]*)\]\([^)]*\)', r'\1', heading)  # a link's text stays, its target goes
-    kept = ''.join(ch for ch in text.lower() if ch in ' -' or unicodedata.category(ch)[0] in 'LMN' or unicodedata.category(ch) == 'Pc')
+    kept = ''.join(
+        ch
+        for ch in text.lower()
+        if ch in ' -' or unicodedata.category(ch)[0] in 'LMN' or unicodedata.category(ch) == 'Pc'
+    )
     return kept.replace(' ', '-')
 
 
@@ -71,17 +75,25 @@ def links(page: Path) -> list[str]:
 
 
 def relative_links() -> list[tuple[Path, str]]:
-    return [(page, target) for page in manual_pages() for target in links(page)
-            if not re.match(r'^[a-z][a-z0-9+.-]*:', target, re.IGNORECASE)]  # http:, https:, mailto: ...
+    return [
+        (page, target)
+        for page in manual_pages()
+        for target in links(page)
+        if not re.match(r'^[a-z][a-z0-9+.-]*:', target, re.IGNORECASE)
+    ]  # http:, https:, mailto: ...
 
 
 def test_flag_reference_is_generated_from_the_parsers():
     committed = generate_flags.OUTPUT.read_text(encoding='utf-8') if generate_flags.OUTPUT.is_file() else ''
     made_with = re.search(r'with Python (\d+\.\d+)', committed)
     if made_with and made_with.group(1) != generate_flags.PYTHON:
-        pytest.skip(f'docs/reference/flags.md was generated with Python {made_with.group(1)}, whose argparse lays help out '
-                    f'differently from this Python {generate_flags.PYTHON}')
-    assert committed == generate_flags.render(), 'docs/reference/flags.md is out of date: run python docs/generate_flags.py'
+        pytest.skip(
+            f'docs/reference/flags.md was generated with Python {made_with.group(1)}, whose argparse lays help out '
+            f'differently from this Python {generate_flags.PYTHON}'
+        )
+    assert committed == generate_flags.render(), (
+        'docs/reference/flags.md is out of date: run python docs/generate_flags.py'
+    )
 
 
 def test_manual_pages_exist():

@@ -154,8 +154,27 @@ def test_main_download_flag_trains_on_the_extracted_task(small_dataset_template,
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
     monkeypatch.setattr(main_module, 'download_task02', functools.partial(download_task02, md5=md5))
     monkeypatch.chdir(tmp_path)
-    argv = ['--download', '--download-url', archive.as_uri(), '--run-dir', 'runs/task02', '--epochs', '1',
-            '--steps-per-epoch', '2', '--levels', '2', '--base-channels', '4', '--patch-size', '16', '16', '16']
+    argv = [
+        '--download',
+        '--download-url',
+        archive.as_uri(),
+        '--run-dir',
+        'runs/task02',
+        '--epochs',
+        '1',
+        '--steps-per-epoch',
+        '2',
+        '--levels',
+        '2',
+        '--base-channels',
+        '4',
+        '--patch-size',
+        '16',
+        '16',
+        '16',
+    ]
     assert run_cli(main_module.main, argv) == 0
     assert (tmp_path / 'data' / 'Task02_Heart' / 'dataset.json').is_file()
-    assert json.loads((tmp_path / 'runs' / 'task02' / 'config.json').read_text())['config']['data'] == str((tmp_path / 'data' / 'Task02_Heart').resolve())
+    assert json.loads((tmp_path / 'runs' / 'task02' / 'config.json').read_text())['config']['data'] == str(
+        (tmp_path / 'data' / 'Task02_Heart').resolve()
+    )

@@ -49,9 +49,18 @@ def test_exported_logits_match_pytorch(exported, trained, shape):
 def test_deep_supervision_heads_are_left_out(filename, tmp_path):
     arguments = {'levels': 3, 'base_channels': 4, 'deep_supervision': True}
     network = UNet3D(**arguments)
-    assert any('deep_heads' in name for name, _ in network.named_parameters()), 'the network must have heads to leave out'
-    plan = ModelPlan(arguments, (1.0, 1.0, 1.0), (16, 16, 16), {'0': 'background', '1': 'structure'}, {'0': 'MRI'},
-                     output='sigmoid', regions=[])
+    assert any('deep_heads' in name for name, _ in network.named_parameters()), (
+        'the network must have heads to leave out'
+    )
+    plan = ModelPlan(
+        arguments,
+        (1.0, 1.0, 1.0),
+        (16, 16, 16),
+        {'0': 'background', '1': 'structure'},
+        {'0': 'MRI'},
+        output='sigmoid',
+        regions=[],
+    )
     export_network(network, plan, tmp_path / filename)
     if filename.endswith('.onnx'):
         names = [initializer.name for initializer in onnx.load(str(tmp_path / filename)).graph.initializer]
@@ -60,7 +69,9 @@ def test_deep_supervision_heads_are_left_out(filename, tmp_path):
     assert names and not any('deep_heads' in name for name in names)
 
 
-def test_predicting_with_the_exported_file_gives_the_checkpoints_mask(exported, trained, small_dataset_template, tmp_path):
+def test_predicting_with_the_exported_file_gives_the_checkpoints_mask(
+    exported, trained, small_dataset_template, tmp_path
+):
     image = small_dataset_template / 'imagesTr' / 'synthetic_002.nii.gz'
     masks = {}
     for name, model in (('checkpoint', trained), ('exported', exported)):
@@ -82,16 +93,23 @@ class Foreign(nn.Module):
 
 
 def foreign_onnx(path: Path) -> None:
-    graph = onnx.helper.make_graph([onnx.helper.make_node('Identity', ['x'], ['y'])], 'foreign',
-                                   [onnx.helper.make_tensor_value_info('x', onnx.TensorProto.FLOAT, [1])],
-                                   [onnx.helper.make_tensor_value_info('y', onnx.TensorProto.FLOAT, [1])])
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node('Identity', ['x'], ['y'])],
+        'foreign',
+        [onnx.helper.make_tensor_value_info('x', onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info('y', onnx.TensorProto.FLOAT, [1])],
+    )
     onnx.save(onnx.helper.make_model(graph), str(path))
 
 
 BAD_FILES = {
     'ONNX without our metadata': ('foreign.onnx', foreign_onnx, f'no {PLAN_KEY} in its metadata'),
     'corrupt ONNX': ('broken.onnx', lambda path: path.write_bytes(b'\x08\x07garbage' * 40), 'cannot read ONNX file'),
-    'TorchScript from elsewhere': ('foreign.pt', lambda path: torch.jit.save(torch.jit.script(Foreign()), str(path)), f'no {PLAN_KEY} in it'),
+    'TorchScript from elsewhere': (
+        'foreign.pt',
+        lambda path: torch.jit.save(torch.jit.script(Foreign()), str(path)),
+        f'no {PLAN_KEY} in it',
+    ),
 }
 
 
@@ -101,15 +119,21 @@ def test_a_file_not_exported_here_is_refused_in_one_line(name, small_dataset_tem
     model = tmp_path / filename
     write(model)
     image = small_dataset_template / 'imagesTr' / 'synthetic_002.nii.gz'
-    assert run_cli(predict_main, ['--checkpoint', str(model), '--input', str(image), '--output', str(tmp_path / 'out')]) == EXIT_USER_ERROR
+    assert (
+        run_cli(predict_main, ['--checkpoint', str(model), '--input', str(image), '--output', str(tmp_path / 'out')])
+        == EXIT_USER_ERROR
+    )
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 1 and str(model) in errors[0] and problem in errors[0], errors
 
 
-@pytest.mark.parametrize('output,problem', [
-    ('blocker/model.onnx', 'blocker'),
-    ('model.zip', "unknown export format '.zip'"),
-])
+@pytest.mark.parametrize(
+    'output,problem',
+    [
+        ('blocker/model.onnx', 'blocker'),
+        ('model.zip', "unknown export format '.zip'"),
+    ],
+)
 def test_bad_output_is_refused_in_one_line_and_nothing_is_written(output, problem, trained, tmp_path, capsys):
     (tmp_path / 'blocker').write_text('a file where the output folder would go')
     before = sorted(tmp_path.iterdir())
@@ -126,14 +150,22 @@ def test_a_checkpoint_or_a_torchscript_file_is_never_overwritten_or_taken_as_a_c
     checkpoint.write_bytes(trained.read_bytes())
     (run_dir / 'last.pt').write_bytes(trained.read_bytes())
     for target in ('best.pt', 'last.pt'):
-        assert run_cli(export_main, ['--checkpoint', str(checkpoint), '--output', str(run_dir / target)]) == EXIT_USER_ERROR
+        assert (
+            run_cli(export_main, ['--checkpoint', str(checkpoint), '--output', str(run_dir / target)])
+            == EXIT_USER_ERROR
+        )
         assert 'refusing to overwrite' in capsys.readouterr().err
         assert (run_dir / target).read_bytes() == trained.read_bytes()
     exported = tmp_path / 'model.pt'
     assert run_cli(export_main, ['--checkpoint', str(checkpoint), '--output', str(exported)]) == 0
-    assert run_cli(export_main, ['--checkpoint', str(checkpoint), '--output', str(exported)]) == 0, 'an earlier export may be replaced'
+    assert run_cli(export_main, ['--checkpoint', str(checkpoint), '--output', str(exported)]) == 0, (
+        'an earlier export may be replaced'
+    )
     capsys.readouterr()
-    assert run_cli(export_main, ['--checkpoint', str(exported), '--output', str(tmp_path / 'again.onnx')]) == EXIT_USER_ERROR
+    assert (
+        run_cli(export_main, ['--checkpoint', str(exported), '--output', str(tmp_path / 'again.onnx')])
+        == EXIT_USER_ERROR
+    )
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 1 and 'is an exported TorchScript model, not a training checkpoint' in errors[0], errors
 
@@ -147,6 +179,9 @@ def test_a_missing_optional_package_names_the_install_command(trained, tmp_path,
         return real_import(name, *args)
 
     monkeypatch.setattr(importlib, 'import_module', without_onnx)
-    assert run_cli(export_main, ['--checkpoint', str(trained), '--output', str(tmp_path / 'model.onnx')]) == EXIT_USER_ERROR
+    assert (
+        run_cli(export_main, ['--checkpoint', str(trained), '--output', str(tmp_path / 'model.onnx')])
+        == EXIT_USER_ERROR
+    )
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 1 and 'pip install -r requirements-export.txt' in errors[0], errors

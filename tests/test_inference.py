@@ -58,13 +58,17 @@ def test_mirroring_averages_the_network_s_view_of_each_flip():
     torch.testing.assert_close(mirrored, torch.full_like(mirrored, 0.5))
 
 
-@pytest.mark.parametrize('size,patch,overlap,expected', [
-    (48, 16, 0.5, [0, 8, 16, 24, 32]), (40, 16, 0.5, [0, 8, 16, 24]), (16, 16, 0.5, [0]), (10, 16, 0.5, [0]),
-    (41, 16, 0.0, [0, 16, 25]),
-])
+@pytest.mark.parametrize(
+    'size,patch,overlap,expected',
+    [
+        (48, 16, 0.5, [0, 8, 16, 24, 32]),
+        (40, 16, 0.5, [0, 8, 16, 24]),
+        (16, 16, 0.5, [0]),
+        (10, 16, 0.5, [0]),
+        (41, 16, 0.0, [0, 16, 25]),
+    ],
+)
 def test_windows_cover_the_volume_and_the_last_is_flush_with_its_end(size, patch, overlap, expected):
     starts = window_starts(size, patch, overlap)
     assert starts == expected
     assert starts[0] == 0 and (size <= patch or starts[-1] == size - patch)
-
-

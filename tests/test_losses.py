@@ -2,7 +2,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from heartseg.losses import LOSS_ALIASES, CrossEntropyDiceLoss, DeepSupervisionLoss, SoftDiceLoss, build_loss, canonical_loss
+from heartseg.losses import (
+    LOSS_ALIASES,
+    CrossEntropyDiceLoss,
+    DeepSupervisionLoss,
+    SoftDiceLoss,
+    build_loss,
+    canonical_loss,
+)
 from heartseg.outputs import Outputs
 
 SIGMOID = Outputs('sigmoid', ((1,),))
@@ -32,8 +39,12 @@ def test_deep_supervision_weights_halve_per_scale_against_pooled_targets():
 def test_single_logits_tensor_is_scored_by_the_plain_loss():
     torch.manual_seed(0)
     logits, target = torch.randn(2, 1, 8, 8, 8), (torch.rand(2, 1, 8, 8, 8) > 0.5).float()
-    assert float(build_loss('ce_dice', SIGMOID)(logits, target)) == pytest.approx(float(CrossEntropyDiceLoss(SIGMOID)(logits, target)), rel=1e-6)
-    assert float(build_loss('ce', SIGMOID)(logits, target)) == pytest.approx(float(F.binary_cross_entropy_with_logits(logits, target)), rel=1e-6)
+    assert float(build_loss('ce_dice', SIGMOID)(logits, target)) == pytest.approx(
+        float(CrossEntropyDiceLoss(SIGMOID)(logits, target)), rel=1e-6
+    )
+    assert float(build_loss('ce', SIGMOID)(logits, target)) == pytest.approx(
+        float(F.binary_cross_entropy_with_logits(logits, target)), rel=1e-6
+    )
 
 
 def test_softmax_loss_is_cross_entropy_plus_dice_over_the_structures_only():
@@ -44,10 +55,14 @@ def test_softmax_loss_is_cross_entropy_plus_dice_over_the_structures_only():
     probabilities = logits.softmax(1)
     intersection = (probabilities * target).sum((0, 2, 3, 4))[1:]
     total = (probabilities.sum((0, 2, 3, 4)) + target.sum((0, 2, 3, 4)))[1:]
-    dice = 1 - ((2 * intersection + 1e-5) / (total + 1e-5)).mean()  # background (channel 0) left out, as nnU-Net's do_bg=False
+    dice = (
+        1 - ((2 * intersection + 1e-5) / (total + 1e-5)).mean()
+    )  # background (channel 0) left out, as nnU-Net's do_bg=False
     expected = F.cross_entropy(logits, target) + dice
     assert float(build_loss('ce_dice', SOFTMAX)(logits, target)) == pytest.approx(float(expected), rel=1e-5)
-    assert float(build_loss('ce', SOFTMAX)(logits, target)) == pytest.approx(float(F.cross_entropy(logits, target)), rel=1e-6)
+    assert float(build_loss('ce', SOFTMAX)(logits, target)) == pytest.approx(
+        float(F.cross_entropy(logits, target)), rel=1e-6
+    )
 
 
 def test_softmax_loss_vanishes_for_confident_correct_logits():

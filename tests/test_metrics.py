@@ -23,8 +23,8 @@ def sphere(shape, centre, radius_mm, spacing):
 
 
 def test_two_cubes_with_known_overlap():
-    a = cube((20, 20, 20), (2, 2, 2), 10)   # 1000 voxels
-    b = cube((20, 20, 20), (7, 2, 2), 10)   # overlaps in 5x10x10 = 500
+    a = cube((20, 20, 20), (2, 2, 2), 10)  # 1000 voxels
+    b = cube((20, 20, 20), (7, 2, 2), 10)  # overlaps in 5x10x10 = 500
     assert dice(a, b) == pytest.approx(2 * 500 / 2000)
     assert iou(a, b) == pytest.approx(500 / 1500)
 
@@ -80,7 +80,9 @@ def test_empty_cases_follow_the_documented_convention():
 @pytest.mark.parametrize('seed', range(4))
 def test_dice_hd95_and_asd_equal_medpys(seed):
     """MedPy (a development-only dependency) is the reference the README names; its ASD pools both directions."""
-    binary = pytest.importorskip('medpy.metric.binary', reason='MedPy is in requirements-dev.txt; install it to compare')
+    binary = pytest.importorskip(
+        'medpy.metric.binary', reason='MedPy is in requirements-dev.txt; install it to compare'
+    )
     rng = np.random.default_rng(seed)
     spacing = tuple(rng.uniform(0.5, 2.0, 3))
     prediction = ndimage.binary_dilation(rng.random((24, 20, 16)) > 0.985, iterations=3)

@@ -9,11 +9,11 @@ def test_seed_shape_table():
     net = UNet3D(levels=2, base_channels=8, norm='batch')
     stages = net.features(torch.zeros(1, 1, 128, 128, 32))
     assert [list(s.shape) for s in stages] == [
-        [1, 8, 128, 128, 32],   # encoder 1
-        [1, 16, 64, 64, 16],    # encoder 2
-        [1, 32, 32, 32, 8],     # bridge
-        [1, 16, 64, 64, 16],    # decoder 2
-        [1, 8, 128, 128, 32],   # decoder 1
+        [1, 8, 128, 128, 32],  # encoder 1
+        [1, 16, 64, 64, 16],  # encoder 2
+        [1, 32, 32, 32, 8],  # bridge
+        [1, 16, 64, 64, 16],  # decoder 2
+        [1, 8, 128, 128, 32],  # decoder 1
     ]
     assert net(torch.zeros(1, 1, 128, 128, 32)).shape == (1, 1, 128, 128, 32)
 
@@ -47,7 +47,9 @@ def test_deep_supervision_returns_coarser_logits_only_in_training():
     shapes = [tuple(logits.shape) for logits in net.train()(batch)]
     assert shapes == [(2, 1, 32, 32, 16), (2, 1, 16, 16, 8), (2, 1, 8, 8, 4)], shapes
     assert net.eval()(batch).shape == (2, 1, 32, 32, 16)
-    assert isinstance(UNet3D(levels=2, deep_supervision=True).train()(batch), torch.Tensor), 'a 2-level net has no stage to supervise'
+    assert isinstance(UNet3D(levels=2, deep_supervision=True).train()(batch), torch.Tensor), (
+        'a 2-level net has no stage to supervise'
+    )
 
 
 # nnU-Net's plan for 1.5 x 1.5 x 10 mm at 3 levels: the slices are pooled only at the last level.
@@ -58,11 +60,14 @@ def test_a_per_axis_network_pools_and_convolves_only_the_axes_its_plan_names():
     net = UNet3D(levels=3, base_channels=4, deep_supervision=True, **THICK)
     assert net.size_divisors == (8, 8, 2) == total_pooling(THICK['pool_sizes'])
     shapes = [tuple(s.shape[2:]) for s in net.features(torch.zeros(1, 1, 16, 16, 6))]
-    assert shapes[:4] == [(16, 16, 6), (8, 8, 6), (4, 4, 6), (2, 2, 3)], 'the slices survive two levels, then halve once'
+    assert shapes[:4] == [(16, 16, 6), (8, 8, 6), (4, 4, 6), (2, 2, 3)], (
+        'the slices survive two levels, then halve once'
+    )
     assert net.encoders[0][0].kernel_size == (3, 3, 1) and net.encoders[0][0].padding == (1, 1, 0)
     assert net.bridge[0].kernel_size == (3, 3, 3)
     assert net.upsamplers[0].stride == (2, 2, 2) and net.upsamplers[-1].stride == (2, 2, 1)
-    assert [tuple(l.shape) for l in net.train()(torch.zeros(1, 1, 16, 16, 6))] == [(1, 1, 16, 16, 6), (1, 1, 8, 8, 6)]
+    outputs = net.train()(torch.zeros(1, 1, 16, 16, 6))
+    assert [tuple(output.shape) for output in outputs] == [(1, 1, 16, 16, 6), (1, 1, 8, 8, 6)]
     with pytest.raises(AssertionError, match=r'divisible by \(8, 8, 2\) per axis'):
         net(torch.zeros(1, 1, 16, 16, 5))
 
@@ -72,7 +77,9 @@ def test_an_isotropic_plan_written_out_builds_the_seed_network_exactly():
     torch.manual_seed(3)
     default = UNet3D(levels=2, base_channels=8, norm='batch').eval()
     torch.manual_seed(3)
-    explicit = UNet3D(levels=2, base_channels=8, norm='batch', pool_sizes=[(2, 2, 2)] * 2, kernel_sizes=[(3, 3, 3)] * 3).eval()
+    explicit = UNet3D(
+        levels=2, base_channels=8, norm='batch', pool_sizes=[(2, 2, 2)] * 2, kernel_sizes=[(3, 3, 3)] * 3
+    ).eval()
     assert default.state_dict().keys() == explicit.state_dict().keys()
     assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), explicit.state_dict().values()))
     batch = torch.randn(1, 1, 16, 16, 8)

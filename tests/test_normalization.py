@@ -8,7 +8,8 @@ from heartseg.normalization import InstanceNorm3d
 
 
 def _pair(channels: int, dtype: torch.dtype = torch.float64) -> tuple[nn.GroupNorm, InstanceNorm3d]:
-    """A GroupNorm with random affine parameters, and ours loaded strictly from its state dict (as old checkpoints are)."""
+    """A GroupNorm with random affine parameters,
+    and ours loaded strictly from its state dict (as old checkpoints are)."""
     reference = nn.GroupNorm(channels, channels).to(dtype)
     nn.init.normal_(reference.weight)
     nn.init.normal_(reference.bias)

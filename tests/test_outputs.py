@@ -1,4 +1,5 @@
-"""heartseg.outputs: the one owner of sigmoid versus softmax turns labels into targets and probabilities into label maps."""
+"""heartseg.outputs: the one owner of sigmoid versus softmax turns labels into
+targets and probabilities into label maps."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""heartseg.overlay: the TensorBoard picture shows the reference in green and the prediction in red (several structures: side by side, one colour each), large enough to judge."""
+"""heartseg.overlay: the TensorBoard picture shows the reference in green and the prediction in red (several structures:
+side by side, one colour each), large enough to judge."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ def test_contours_are_coloured_where_the_masks_have_their_boundaries():
     image = torch.zeros(32, 24, 6)
     label = torch.zeros(32, 24, 6, dtype=torch.uint8)
     prediction = torch.zeros_like(label)
-    label[4:12, 4:12, 2] = 1          # the reference alone, near the origin
-    prediction[20:28, 12:20, 2] = 1   # the prediction alone, elsewhere
+    label[4:12, 4:12, 2] = 1  # the reference alone, near the origin
+    prediction[20:28, 12:20, 2] = 1  # the prediction alone, elsewhere
     picture = overlay_image(image, label, prediction)
     assert picture.dtype == np.uint8 and picture.shape[2] == 3
     assert max(picture.shape[:2]) >= LONG_SIDE_PIXELS
@@ -47,7 +48,7 @@ def test_several_structures_show_side_by_side_one_colour_each():
     picture = overlay_image(torch.zeros(24, 24, 4), label, prediction, structure_values=(1, 2))
     single = overlay_image(torch.zeros(24, 24, 4), label, prediction)
     assert picture.shape[1] == 2 * single.shape[1] + PANEL_GAP_PIXELS, 'reference and prediction panels side by side'
-    reference_panel, prediction_panel = picture[:, :single.shape[1]], picture[:, -single.shape[1]:]
+    reference_panel, prediction_panel = picture[:, : single.shape[1]], picture[:, -single.shape[1] :]
     first, second = (np.array(rgb, dtype=np.uint8) for rgb in STRUCTURE_COLOURS[:2])
     assert coloured(reference_panel, first).any() and coloured(reference_panel, second).any()
     assert coloured(prediction_panel, second).any() and not coloured(prediction_panel, first).any()

@@ -31,7 +31,9 @@ def test_the_patch_covers_the_stack_and_is_a_multiple_of_each_axis_own_pooling()
     headers = [CaseHeader(f'c{i}', (48, 48, 10), (1.5, 1.5, 10.0), 'RAS') for i in range(3)]
     spacing, patch, network = plan_geometry(headers, CPU, levels=4)
     assert spacing == (1.5, 1.5, 10.0) and network.pool_sizes == [[2, 2, 1], [2, 2, 1], [2, 2, 2]]
-    assert patch == (48, 48, 10), 'all 10 slices: z is pooled once, so the patch needs a multiple of 2, not of 4 (8 slices)'
+    assert patch == (48, 48, 10), (
+        'all 10 slices: z is pooled once, so the patch needs a multiple of 2, not of 4 (8 slices)'
+    )
     _, isotropic_patch, _ = plan_geometry(headers, CPU, levels=4, per_axis=False)
     assert isotropic_patch == (48, 48, 16)
 
@@ -68,19 +70,24 @@ def test_an_unknown_override_is_a_programming_error_not_ignored(small_dataset):
         plan_run(read_dataset(small_dataset), CPU, {'spacing': (2.0,)})
 
 
-@pytest.mark.parametrize('overrides, refused', [
-    ({'val_fraction': 0.3, 'folds': 3}, '--val-fraction'),
-    ({'split_seed': 1, 'splits': 'splits.json'}, '--split-seed'),
-])
+@pytest.mark.parametrize(
+    'overrides, refused',
+    [
+        ({'val_fraction': 0.3, 'folds': 3}, '--val-fraction'),
+        ({'split_seed': 1, 'splits': 'splits.json'}, '--split-seed'),
+    ],
+)
 def test_a_setting_another_makes_moot_is_refused(overrides, refused, small_dataset):
     with pytest.raises(UserError, match=refused):
         plan_run(read_dataset(small_dataset), CPU, overrides)
 
 
 # The small dataset has 6 cases: a 0.2 hold-out trains on 5, of the first 4 on 3, and 3 folds train on 4.
-@pytest.mark.parametrize('overrides, training_cases', [({}, 5), ({'max_cases': 4}, 3), ({'steps_per_epoch': 7}, 5),
-                                                       ({'folds': 3}, 4)],
-                         ids=['6 cases', '4 cases', '7 steps an epoch', '3 folds'])
+@pytest.mark.parametrize(
+    'overrides, training_cases',
+    [({}, 5), ({'max_cases': 4}, 3), ({'steps_per_epoch': 7}, 5), ({'folds': 3}, 4)],
+    ids=['6 cases', '4 cases', '7 steps an epoch', '3 folds'],
+)
 def test_the_default_length_is_a_number_of_steps_whatever_the_dataset_size(overrides, training_cases, small_dataset):
     config = plan_run(read_dataset(small_dataset), CPU, overrides)
     per_epoch = config.steps_per_epoch or -(-training_cases // config.batch_size)
@@ -90,19 +97,23 @@ def test_the_default_length_is_a_number_of_steps_whatever_the_dataset_size(overr
     assert f'= {steps:,} steps (the default length' in plan_text(config, training_cases, 1, 'split case by case')
 
 
-@pytest.mark.parametrize('overrides, synthetic, epochs, val_every', [
-    ({'epochs': 7}, False, 7, 1),
-    ({'epochs': 7, 'val_every': 3}, False, 7, 3),
-    ({'time_limit': 5.0}, False, TIME_LIMITED_MAX_EPOCHS, 0),
-    ({}, True, SYNTHETIC_SCHEDULE['epochs'], 1),
-])
+@pytest.mark.parametrize(
+    'overrides, synthetic, epochs, val_every',
+    [
+        ({'epochs': 7}, False, 7, 1),
+        ({'epochs': 7, 'val_every': 3}, False, 7, 3),
+        ({'time_limit': 5.0}, False, TIME_LIMITED_MAX_EPOCHS, 0),
+        ({}, True, SYNTHETIC_SCHEDULE['epochs'], 1),
+    ],
+)
 def test_a_given_length_overrides_the_default_one(overrides, synthetic, epochs, val_every, small_dataset):
     config = plan_run(read_dataset(small_dataset), CPU, overrides, synthetic=synthetic)
     assert (config.epochs, config.val_every) == (epochs, val_every)
 
 
-def test_a_resume_takes_the_saved_plan_changes_only_resumable_settings_and_refuses_plan_choices(small_dataset,
-                                                                                                 tmp_path):
+def test_a_resume_takes_the_saved_plan_changes_only_resumable_settings_and_refuses_plan_choices(
+    small_dataset, tmp_path
+):
     from heartseg.config import save_config
 
     config = plan_run(read_dataset(small_dataset), CPU, {'run_dir': tmp_path / 'run', 'epochs': 3})

@@ -69,7 +69,9 @@ def out_of_fold(cases: int = 4) -> list[tuple[np.ndarray, np.ndarray]]:
 def test_the_choice_keeps_the_largest_component_only_where_out_of_fold_dice_improves():
     pairs = out_of_fold()
     chosen, dice = choose(lambda: iter(pairs), EXCLUSIVE)
-    assert chosen == Postprocessing(all_foreground=False, structures=(0,)), 'all together would cut a true piece of the wall'
+    assert chosen == Postprocessing(all_foreground=False, structures=(0,)), (
+        'all together would cut a true piece of the wall'
+    )
     assert dice['after'][0] > dice['before'][0] and dice['after'][1] == dice['before'][1] == 1.0
     assert chosen.describe(EXCLUSIVE) == 'keeps the largest component of ventricle'
 

@@ -59,7 +59,10 @@ def rotate_oblique(data, affine):
 
 
 def predict_file(checkpoint: Path, image: Path, output: Path, *extra: str) -> nib.Nifti1Image:
-    assert run_cli(predict_main, ['--checkpoint', str(checkpoint), '--input', str(image), '--output', str(output), *extra]) == 0
+    assert (
+        run_cli(predict_main, ['--checkpoint', str(checkpoint), '--input', str(image), '--output', str(output), *extra])
+        == 0
+    )
     return nib.load(output / image.name)
 
 
@@ -69,17 +72,23 @@ def test_mask_keeps_the_input_geometry_exactly(trained, small_dataset_template, 
     assert mask.shape == source.shape
     assert np.array_equal(mask.affine, source.affine)
     assert np.array_equal(mask.get_qform(), source.get_qform()) and np.array_equal(mask.get_sform(), source.get_sform())
-    assert (int(mask.header['qform_code']), int(mask.header['sform_code'])) == (int(source.header['qform_code']), int(source.header['sform_code']))
+    assert (int(mask.header['qform_code']), int(mask.header['sform_code'])) == (
+        int(source.header['qform_code']),
+        int(source.header['sform_code']),
+    )
     assert mask.get_data_dtype() == np.uint8
     values = np.unique(np.asarray(mask.dataobj))
     assert set(values.tolist()) <= {0, 1} and 1 in values
 
 
-@pytest.mark.parametrize('transform,undo', [
-    (flip_first_axis, lambda m: m[::-1]),
-    (swap_first_axes, lambda m: m.transpose(1, 0, 2)),
-    (rotate_oblique, lambda m: m),
-])
+@pytest.mark.parametrize(
+    'transform,undo',
+    [
+        (flip_first_axis, lambda m: m[::-1]),
+        (swap_first_axes, lambda m: m.transpose(1, 0, 2)),
+        (rotate_oblique, lambda m: m),
+    ],
+)
 def test_same_physical_image_gives_the_same_physical_mask(trained, small_dataset_template, tmp_path, transform, undo):
     original = predict_file(trained, scan(small_dataset_template), tmp_path / 'original')
     variant_path = save_variant(scan(small_dataset_template), tmp_path / 'variant.nii.gz', transform)
@@ -94,7 +103,11 @@ def test_same_physical_image_gives_the_same_physical_mask(trained, small_dataset
 def test_resampling_back_puts_structures_where_they_physically_are():
     """A cube predicted in a canonical 2 mm grid lands on the same mm in an LPS 1 mm input grid."""
     input_affine = np.diag([-1.0, -1.0, 1.0, 1.0])
-    input_affine[:3, 3] = [39, 39, 0]  # voxel (39, 39, 0) is at the origin; axes run right-to-left, anterior-to-posterior
+    input_affine[:3, 3] = [
+        39,
+        39,
+        0,
+    ]  # voxel (39, 39, 0) is at the origin; axes run right-to-left, anterior-to-posterior
     nifti = nib.Nifti1Image(np.zeros((40, 40, 40), np.float32), input_affine)
     canonical_affine = np.diag([2.0, 2.0, 2.0, 1.0])
     probabilities = torch.zeros(1, 20, 20, 20)
@@ -112,19 +125,28 @@ def test_the_boundary_keeps_its_sub_voxel_position_on_the_input_grid():
     x_mm = 2.0 * torch.arange(12, dtype=torch.float32)
     logits = (4.0 * (x_mm - boundary_mm)).view(1, 12, 1, 1).expand(1, 12, 4, 4).contiguous()
     fine = nib.Nifti1Image(np.zeros((40, 8, 8), np.float32), np.diag([0.5, 1.0, 1.0, 1.0]))
-    probabilities = ensemble_probabilities([back_to_input_grid(logits, coarse_affine, fine)], Outputs('sigmoid', ((1,),)))[0, :, 2, 2]
+    probabilities = ensemble_probabilities(
+        [back_to_input_grid(logits, coarse_affine, fine)], Outputs('sigmoid', ((1,),))
+    )[0, :, 2, 2]
     first_foreground_mm = 0.5 * int(torch.nonzero(probabilities > 0.5)[0])
     # Interpolating probabilities instead would put the crossing near 10.9 mm, between voxel centres.
     assert boundary_mm <= first_foreground_mm < boundary_mm + 0.5, first_foreground_mm
 
 
-@pytest.mark.parametrize('input_spacing,input_orientation', [
-    ((1.37, 1.37, 10.0), (1, 1, 1)),  # 203 x 1.37 / 1.5625 = 178.0...: the preprocessed grid stops short of every face
-    ((1.37, 1.37, 10.0), (-1, 1, 1)),  # the same in a mirrored (LAS) input
-    ((1.2, 1.7, 9.0), (1, -1, 1)),  # finer on one axis, coarser on the others
-])
+@pytest.mark.parametrize(
+    'input_spacing,input_orientation',
+    [
+        (
+            (1.37, 1.37, 10.0),
+            (1, 1, 1),
+        ),  # 203 x 1.37 / 1.5625 = 178.0...: the preprocessed grid stops short of every face
+        ((1.37, 1.37, 10.0), (-1, 1, 1)),  # the same in a mirrored (LAS) input
+        ((1.2, 1.7, 9.0), (1, -1, 1)),  # finer on one axis, coarser on the others
+    ],
+)
 def test_the_faces_of_the_input_take_the_nearest_values_not_the_resampler_s_fill(input_spacing, input_orientation):
-    """Where the preprocessed grid ends short of the input's outermost voxels, the edge values continue; no logit 0 appears."""
+    """Where the preprocessed grid ends short of the input's outermost voxels,
+    the edge values continue; no logit 0 appears."""
     input_affine = np.diag([*(s * o for s, o in zip(input_spacing, input_orientation)), 1.0])
     nifti = nib.Nifti1Image(np.random.rand(203, 203, 10).astype(np.float32), input_affine)
     preprocessed = Preprocessing((1.5625, 1.5625, 10.0))(image_subject(Path('scan.nii.gz'), nifti, 1))['image']
@@ -133,7 +155,9 @@ def test_the_faces_of_the_input_take_the_nearest_values_not_the_resampler_s_fill
     back = back_to_input_grid(logits, preprocessed.affine, nifti)
     assert back.shape == (2, 203, 203, 10)
     assert torch.all(back[1] == -7.0), f'{(back[1] != -7.0).float().mean():.1%} of the voxels lost the constant logit'
-    assert 2.0 - 1e-5 <= float(back[0].min()) and float(back[0].max()) <= 6.0 + 1e-5, 'values outside the volume\'s own range were invented'
+    assert 2.0 - 1e-5 <= float(back[0].min()) and float(back[0].max()) <= 6.0 + 1e-5, (
+        "values outside the volume's own range were invented"
+    )
 
 
 class SureOfTheBrightHalf(torch.nn.Module):
@@ -149,7 +173,8 @@ class SureOfTheBrightHalf(torch.nn.Module):
 
 
 def sure_of_the_bright_half(trained: Path, target: Path, kind: str) -> Predictor:
-    """A predictor with the trained checkpoint's plan as ``kind`` outputs, whose network is :class:`SureOfTheBrightHalf`."""
+    """A predictor with the trained checkpoint's plan as ``kind`` outputs,
+    whose network is :class:`SureOfTheBrightHalf`."""
     state = load_checkpoint(trained)
     channels = 2 if kind == 'softmax' else 1
     for name in [key for key in state['model'] if key.split('.')[0] in ('head', 'deep_heads')]:
@@ -164,7 +189,8 @@ def sure_of_the_bright_half(trained: Path, target: Path, kind: str) -> Predictor
 
 @pytest.mark.parametrize('kind', ['sigmoid', 'softmax'])
 def test_a_model_sure_everywhere_is_as_sure_on_the_faces_of_the_scan(trained, tmp_path, kind):
-    """A scan whose size x spacing is not a whole number of the model's voxels: the faces get the nearest inside probability."""
+    """A scan whose size x spacing is not a whole number of the model's voxels:
+    the faces get the nearest inside probability."""
     predictor = sure_of_the_bright_half(trained, tmp_path / 'sure.pt', kind)
     trained_spacing = load_checkpoint(trained)['plan'].target_spacing
     spacing = (trained_spacing[0] * 0.93, trained_spacing[1] * 0.93, trained_spacing[2])
@@ -182,7 +208,8 @@ def test_a_model_sure_everywhere_is_as_sure_on_the_faces_of_the_scan(trained, tm
 
 
 def test_distances_and_volumes_use_the_affine_s_voxel_size_when_pixdim_disagrees(tmp_path):
-    """The pipeline places voxels by the affine (the sform here): millimetres must follow it, not the header's pixdim."""
+    """The pipeline places voxels by the affine (the sform here):
+    millimetres must follow it, not the header's pixdim."""
     reference = np.zeros((20, 20, 20), np.uint8)
     reference[5:15, 5:15, 5:15] = 1
     paths = {}
@@ -193,15 +220,33 @@ def test_distances_and_volumes_use_the_affine_s_voxel_size_when_pixdim_disagrees
         nib.save(nifti, paths[name])
     image = nib.load(paths['image'])
     assert image.header.get_zooms() == (1.0, 1.0, 1.0)
-    row, = evaluate_case('case', np.roll(reference, 1, axis=2), image, paths['label'], Outputs.one_per_label('sigmoid', [1], ['atrium']), paths['image'])
+    (row,) = evaluate_case(
+        'case',
+        np.roll(reference, 1, axis=2),
+        image,
+        paths['label'],
+        Outputs.one_per_label('sigmoid', [1], ['atrium']),
+        paths['image'],
+    )
     assert row['hd95_mm'] == pytest.approx(3.0) and row['reference_ml'] == pytest.approx(1000 * 12 / 1000)
 
 
 def test_dataset_json_input_with_evaluation(trained, small_dataset_template, tmp_path):
     output = tmp_path / 'out'
-    argv = ['--checkpoint', str(trained), '--input', str(small_dataset_template / 'dataset.json'),
-            '--subset', 'validation', '--output', str(output), '--labels', str(small_dataset_template / 'labelsTr'),
-            '--png', '--save-probabilities']
+    argv = [
+        '--checkpoint',
+        str(trained),
+        '--input',
+        str(small_dataset_template / 'dataset.json'),
+        '--subset',
+        'validation',
+        '--output',
+        str(output),
+        '--labels',
+        str(small_dataset_template / 'labelsTr'),
+        '--png',
+        '--save-probabilities',
+    ]
     assert run_cli(predict_main, argv) == 0
     validation = json.loads((trained.parent / 'splits.json').read_text())['validation']
     assert sorted(p.name for p in output.glob('*.png')) == sorted(f'{c}.png' for c in validation)
@@ -213,8 +258,8 @@ def test_dataset_json_input_with_evaluation(trained, small_dataset_template, tmp
     rows = list(csv.DictReader((output / 'metrics.csv').read_text().splitlines()))
     assert sorted(row['case'] for row in rows) == sorted(validation)
     for row in rows:  # each score is the Dice of the mask as written against the reference file
-        mask = np.asarray(nib.load(output / f"{row['case']}.nii.gz").dataobj) == 1
-        reference = np.asarray(nib.load(small_dataset_template / 'labelsTr' / f"{row['case']}.nii.gz").dataobj) == 1
+        mask = np.asarray(nib.load(output / f'{row["case"]}.nii.gz').dataobj) == 1
+        reference = np.asarray(nib.load(small_dataset_template / 'labelsTr' / f'{row["case"]}.nii.gz').dataobj) == 1
         assert float(row['dice']) == pytest.approx(dice(mask, reference))
     assert summary['1']['dice']['mean'] == pytest.approx(np.mean([float(row['dice']) for row in rows]))
 
@@ -241,7 +286,9 @@ def test_unreadable_case_is_skipped_and_reported(trained, small_dataset_template
     inputs.mkdir()
     (inputs / 'good.nii.gz').write_bytes(scan(small_dataset_template).read_bytes())
     (inputs / 'broken.nii.gz').write_bytes(b'not a nifti at all')
-    code, errors = run_predict(['--checkpoint', str(trained), '--input', str(inputs), '--output', str(tmp_path / 'out')], capsys)
+    code, errors = run_predict(
+        ['--checkpoint', str(trained), '--input', str(inputs), '--output', str(tmp_path / 'out')], capsys
+    )
     assert code == EXIT_USER_ERROR
     assert len(errors) == 1 and 'broken.nii.gz' in errors[0]
     assert (tmp_path / 'out' / 'good.nii.gz').is_file() and not (tmp_path / 'out' / 'broken.nii.gz').exists()
@@ -250,15 +297,24 @@ def test_unreadable_case_is_skipped_and_reported(trained, small_dataset_template
 def test_a_constant_scan_is_skipped_and_reported(trained, tmp_path, capsys):
     path = tmp_path / 'blank.nii.gz'
     nib.save(nib.Nifti1Image(np.full((40, 40, 20), 7, np.float32), np.eye(4)), path)
-    code, errors = run_predict(['--checkpoint', str(trained), '--input', str(path), '--output', str(tmp_path / 'out')], capsys)
-    assert code == EXIT_USER_ERROR and len(errors) == 1 and 'blank.nii.gz' in errors[0] and 'one value in every voxel' in errors[0]
+    code, errors = run_predict(
+        ['--checkpoint', str(trained), '--input', str(path), '--output', str(tmp_path / 'out')], capsys
+    )
+    assert (
+        code == EXIT_USER_ERROR
+        and len(errors) == 1
+        and 'blank.nii.gz' in errors[0]
+        and 'one value in every voxel' in errors[0]
+    )
 
 
 @pytest.mark.parametrize('shape,problem', [((40, 40, 20, 2), 'expected a 3D image'), ((40, 40), 'expected a 3D image')])
 def test_wrong_dimensions_or_channels(trained, tmp_path, capsys, shape, problem):
     path = tmp_path / 'odd.nii.gz'
     nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), np.eye(4)), path)
-    code, errors = run_predict(['--checkpoint', str(trained), '--input', str(path), '--output', str(tmp_path / 'out')], capsys)
+    code, errors = run_predict(
+        ['--checkpoint', str(trained), '--input', str(path), '--output', str(tmp_path / 'out')], capsys
+    )
     assert code == EXIT_USER_ERROR and len(errors) == 1 and 'odd.nii.gz' in errors[0] and problem in errors[0]
 
 
@@ -269,7 +325,10 @@ def test_checkpoint_of_another_architecture(trained, small_dataset_template, tmp
     state['plan'] = json.dumps(plan)
     other = tmp_path / 'other.pt'
     torch.save(state, other)
-    code, errors = run_predict(['--checkpoint', str(other), '--input', str(scan(small_dataset_template)), '--output', str(tmp_path / 'out')], capsys)
+    code, errors = run_predict(
+        ['--checkpoint', str(other), '--input', str(scan(small_dataset_template)), '--output', str(tmp_path / 'out')],
+        capsys,
+    )
     assert code == EXIT_USER_ERROR and 'does not match the U-Net architecture' in errors[0]
 
 
@@ -279,17 +338,30 @@ class Exploit:
 
 
 @pytest.mark.filterwarnings('ignore:Detected pickle protocol')
-@pytest.mark.parametrize('content,problem', [
-    (lambda path: torch.save({'format': Exploit()}, path), 'refusing to load'),
-    (lambda path: path.write_bytes(b''), 'truncated or corrupt'),
-    (lambda path: path.write_text('{"config": {}}'), 'not a PyTorch archive'),
-    (lambda path: path.write_bytes(torch.save({'a': 1}, path) or path.read_bytes()[:300]), 'truncated or corrupt'),
-    (lambda path: torch.save({'weights': torch.zeros(2)}, path), 'not a checkpoint of this project'),
-])
+@pytest.mark.parametrize(
+    'content,problem',
+    [
+        (lambda path: torch.save({'format': Exploit()}, path), 'refusing to load'),
+        (lambda path: path.write_bytes(b''), 'truncated or corrupt'),
+        (lambda path: path.write_text('{"config": {}}'), 'not a PyTorch archive'),
+        (lambda path: path.write_bytes(torch.save({'a': 1}, path) or path.read_bytes()[:300]), 'truncated or corrupt'),
+        (lambda path: torch.save({'weights': torch.zeros(2)}, path), 'not a checkpoint of this project'),
+    ],
+)
 def test_untrusted_or_foreign_checkpoints_are_refused(small_dataset_template, tmp_path, capsys, content, problem):
     checkpoint = tmp_path / 'evil.pt'
     content(checkpoint)
-    code, errors = run_predict(['--checkpoint', str(checkpoint), '--input', str(scan(small_dataset_template)), '--output', str(tmp_path / 'out')], capsys)
+    code, errors = run_predict(
+        [
+            '--checkpoint',
+            str(checkpoint),
+            '--input',
+            str(scan(small_dataset_template)),
+            '--output',
+            str(tmp_path / 'out'),
+        ],
+        capsys,
+    )
     assert code == EXIT_USER_ERROR and len(errors) == 1 and 'evil.pt' in errors[0] and problem in errors[0]
     assert 'this must never run' not in capsys.readouterr().out
 
@@ -297,49 +369,105 @@ def test_untrusted_or_foreign_checkpoints_are_refused(small_dataset_template, tm
 def test_unwritable_output_folder(trained, small_dataset_template, tmp_path, capsys):
     blocker = tmp_path / 'file'
     blocker.write_text('')
-    code, errors = run_predict(['--checkpoint', str(trained), '--input', str(scan(small_dataset_template)), '--output', str(blocker / 'out')], capsys)
+    code, errors = run_predict(
+        ['--checkpoint', str(trained), '--input', str(scan(small_dataset_template)), '--output', str(blocker / 'out')],
+        capsys,
+    )
     assert code == EXIT_USER_ERROR and 'not writable' in errors[0]
 
 
 @pytest.mark.parametrize('target', ['inputs', 'labels'])
-def test_an_output_folder_that_would_overwrite_scans_or_labels_is_refused(trained, small_dataset_template, tmp_path, capsys, target):
+def test_an_output_folder_that_would_overwrite_scans_or_labels_is_refused(
+    trained, small_dataset_template, tmp_path, capsys, target
+):
     folders = {name: tmp_path / name for name in ('inputs', 'labels')}
-    for name, source in (('inputs', scan(small_dataset_template)), ('labels', small_dataset_template / 'labelsTr' / 'synthetic_001.nii.gz')):
+    for name, source in (
+        ('inputs', scan(small_dataset_template)),
+        ('labels', small_dataset_template / 'labelsTr' / 'synthetic_001.nii.gz'),
+    ):
         folders[name].mkdir()
         (folders[name] / 'synthetic_001.nii.gz').write_bytes(source.read_bytes())
     before = {name: (folder / 'synthetic_001.nii.gz').read_bytes() for name, folder in folders.items()}
-    code, errors = run_predict(['--checkpoint', str(trained), '--input', str(folders['inputs']), '--labels', str(folders['labels']),
-                                '--output', str(folders[target])], capsys)
-    assert code == EXIT_USER_ERROR and len(errors) == 1 and str(folders[target]) in errors[0] and 'overwrite' in errors[0]
+    code, errors = run_predict(
+        [
+            '--checkpoint',
+            str(trained),
+            '--input',
+            str(folders['inputs']),
+            '--labels',
+            str(folders['labels']),
+            '--output',
+            str(folders[target]),
+        ],
+        capsys,
+    )
+    assert (
+        code == EXIT_USER_ERROR and len(errors) == 1 and str(folders[target]) in errors[0] and 'overwrite' in errors[0]
+    )
     assert all((folder / 'synthetic_001.nii.gz').read_bytes() == before[name] for name, folder in folders.items())
 
 
 def test_an_output_folder_holding_the_dataset_s_labels_is_refused(trained, small_dataset, tmp_path, capsys):
     labels = small_dataset / 'labelsTr'
     before = {path.name: path.read_bytes() for path in labels.iterdir()}
-    code, errors = run_predict(['--checkpoint', str(trained), '--input', str(small_dataset / 'dataset.json'), '--output', str(labels)], capsys)
-    assert code == EXIT_USER_ERROR and len(errors) == 1 and "reference labels" in errors[0]
+    code, errors = run_predict(
+        ['--checkpoint', str(trained), '--input', str(small_dataset / 'dataset.json'), '--output', str(labels)], capsys
+    )
+    assert code == EXIT_USER_ERROR and len(errors) == 1 and 'reference labels' in errors[0]
     assert {path.name: path.read_bytes() for path in labels.iterdir()} == before
 
 
 def test_a_subset_that_matches_no_case_of_the_input_is_an_error(trained, small_dataset, tmp_path, capsys):
     content = json.loads((small_dataset / 'dataset.json').read_text())
     validation = set(json.loads((trained.parent / 'splits.json').read_text())['validation'])
-    content['training'] = [entry for entry in content['training'] if Path(entry['image']).name.split('.')[0] not in validation]
+    content['training'] = [
+        entry for entry in content['training'] if Path(entry['image']).name.split('.')[0] not in validation
+    ]
     (small_dataset / 'dataset.json').write_text(json.dumps(content))
-    code, errors = run_predict(['--checkpoint', str(trained), '--input', str(small_dataset / 'dataset.json'), '--subset', 'validation',
-                                '--output', str(tmp_path / 'out')], capsys)
-    assert code == EXIT_USER_ERROR and len(errors) == 1 and 'splits.json' in errors[0] and "'validation' cases is in the --input" in errors[0]
+    code, errors = run_predict(
+        [
+            '--checkpoint',
+            str(trained),
+            '--input',
+            str(small_dataset / 'dataset.json'),
+            '--subset',
+            'validation',
+            '--output',
+            str(tmp_path / 'out'),
+        ],
+        capsys,
+    )
+    assert (
+        code == EXIT_USER_ERROR
+        and len(errors) == 1
+        and 'splits.json' in errors[0]
+        and "'validation' cases is in the --input" in errors[0]
+    )
 
 
 def test_a_case_that_fails_evaluation_still_counts_its_written_mask(trained, small_dataset_template, tmp_path, capsys):
     labels = tmp_path / 'labels'
     labels.mkdir()  # no reference for the one case
-    code = run_cli(predict_main, ['--checkpoint', str(trained), '--input', str(scan(small_dataset_template)), '--labels', str(labels),
-                                  '--output', str(tmp_path / 'out')])
+    code = run_cli(
+        predict_main,
+        [
+            '--checkpoint',
+            str(trained),
+            '--input',
+            str(scan(small_dataset_template)),
+            '--labels',
+            str(labels),
+            '--output',
+            str(tmp_path / 'out'),
+        ],
+    )
     printed = capsys.readouterr()
     assert code == EXIT_USER_ERROR and 'reference label not found' in printed.err
-    assert (tmp_path / 'out' / 'synthetic_001.nii.gz').is_file() and '1 mask in' in printed.out and '1 case(s) failed' in printed.out
+    assert (
+        (tmp_path / 'out' / 'synthetic_001.nii.gz').is_file()
+        and '1 mask in' in printed.out
+        and '1 case(s) failed' in printed.out
+    )
 
 
 def test_predictor_loads_checkpoint_plan(trained):
@@ -348,10 +476,43 @@ def test_predictor_loads_checkpoint_plan(trained):
 
 
 def test_the_printed_summary_says_how_many_cases_each_mean_averages(tmp_path):
-    rows = [{'case': name, 'label': 1, 'name': 'atrium', 'dice': dice, 'iou': dice, 'hd95_mm': hd95, 'asd_mm': hd95 / 3, 'predicted_ml': 1.0, 'reference_ml': 1.0}
-            for name, dice, hd95 in (('a', 0.9, 3.0), ('b', 0.0, float('nan')), ('c', 0.8, 5.0))]
+    rows = [
+        {
+            'case': name,
+            'label': 1,
+            'name': 'atrium',
+            'dice': dice,
+            'iou': dice,
+            'hd95_mm': hd95,
+            'asd_mm': hd95 / 3,
+            'predicted_ml': 1.0,
+            'reference_ml': 1.0,
+        }
+        for name, dice, hd95 in (('a', 0.9, 3.0), ('b', 0.0, float('nan')), ('c', 0.8, 5.0))
+    ]
     table = write_evaluation(rows, tmp_path)
     counts = next(line for line in table.splitlines() if line.startswith('cases averaged')).split()
-    assert counts[3:] == ['3', 'of', '3', '3', 'of', '3', '2', 'of', '3', '2', 'of', '3', '3', 'of', '3', '3', 'of', '3']
+    assert counts[3:] == [
+        '3',
+        'of',
+        '3',
+        '3',
+        'of',
+        '3',
+        '2',
+        'of',
+        '3',
+        '2',
+        'of',
+        '3',
+        '3',
+        'of',
+        '3',
+        '3',
+        'of',
+        '3',
+    ]
     summary = json.loads((tmp_path / 'summary.json').read_text())['1']
-    assert summary['hd95_mm']['mean'] == 4.0 and summary['hd95_mm']['count'] == 2 and summary['hd95_mm']['undefined'] == 1
+    assert (
+        summary['hd95_mm']['mean'] == 4.0 and summary['hd95_mm']['count'] == 2 and summary['hd95_mm']['undefined'] == 1
+    )

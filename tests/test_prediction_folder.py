@@ -19,7 +19,7 @@ from predict import main as predict_main
 REPO = Path(__file__).resolve().parents[1]
 CASES = ['synthetic_000', 'synthetic_001', 'synthetic_002', 'synthetic_003', 'synthetic_004']
 # predict.py, pausing after each case's record so that the test can kill it between cases.
-PAUSING_PREDICT = '''
+PAUSING_PREDICT = """
 import sys, time
 import heartseg.prediction_folder as folder
 from heartseg.errors import run_cli
@@ -31,7 +31,7 @@ def announced(self, record):
     time.sleep(30)
 folder.PredictionFolder.write_record = announced
 sys.exit(run_cli(main, sys.argv[1:]))
-'''
+"""
 
 
 def scans(dataset: Path, target: Path) -> Path:
@@ -42,7 +42,17 @@ def scans(dataset: Path, target: Path) -> Path:
 
 
 def arguments(trained: Path, folder: Path, output: Path) -> list[str]:
-    return ['--checkpoint', str(trained), '--input', str(folder), '--output', str(output), '--device', 'cpu', '--no-tta']
+    return [
+        '--checkpoint',
+        str(trained),
+        '--input',
+        str(folder),
+        '--output',
+        str(output),
+        '--device',
+        'cpu',
+        '--no-tta',
+    ]
 
 
 def qc_cases(output: Path) -> list[str]:
@@ -52,8 +62,14 @@ def qc_cases(output: Path) -> list[str]:
 def test_a_killed_run_started_again_skips_the_finished_cases(trained, small_dataset_template, tmp_path, capsys):
     folder, output = scans(small_dataset_template, tmp_path / 'scans'), tmp_path / 'out'
     command = [sys.executable, '-c', PAUSING_PREDICT, *arguments(trained, folder, output)]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         finished = [next(line for line in process.stdout if line.startswith('RECORDED')).split()[1]]
     finally:
@@ -63,11 +79,15 @@ def test_a_killed_run_started_again_skips_the_finished_cases(trained, small_data
     stamps = {case: (output / f'{case}.nii.gz').stat().st_mtime_ns for case in finished}
     assert run_cli(predict_main, arguments(trained, folder, output)) == 0
     assert f'1 of {len(CASES)} cases already predicted' in capsys.readouterr().out
-    assert {case: (output / f'{case}.nii.gz').stat().st_mtime_ns for case in finished} == stamps, 'finished cases are not redone'
+    assert {case: (output / f'{case}.nii.gz').stat().st_mtime_ns for case in finished} == stamps, (
+        'finished cases are not redone'
+    )
     assert qc_cases(output) == CASES, 'every case once, in input order'
     assert all((output / f'{case}.nii.gz').is_file() for case in CASES)
     assert run_cli(predict_main, [*arguments(trained, folder, output), '--overwrite']) == 0
-    assert all((output / f'{case}.nii.gz').stat().st_mtime_ns > stamps[case] for case in finished), '--overwrite redoes them'
+    assert all((output / f'{case}.nii.gz').stat().st_mtime_ns > stamps[case] for case in finished), (
+        '--overwrite redoes them'
+    )
 
 
 def test_a_case_that_failed_is_tried_again(trained, small_dataset_template, tmp_path):
@@ -83,24 +103,47 @@ def test_a_case_that_failed_is_tried_again(trained, small_dataset_template, tmp_
 def test_two_torchrun_processes_write_what_one_process_writes(trained, small_dataset_template, tmp_path):
     folder = scans(small_dataset_template, tmp_path / 'scans')
     environment = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    single = subprocess.run([sys.executable, 'predict.py', *arguments(trained, folder, tmp_path / 'one')],
-                            cwd=REPO, capture_output=True, text=True, env=environment, timeout=300)
+    single = subprocess.run(
+        [sys.executable, 'predict.py', *arguments(trained, folder, tmp_path / 'one')],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr[-2000:]
-    shared = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--standalone', 'predict.py',
-                             *arguments(trained, folder, tmp_path / 'two')], cwd=REPO, capture_output=True, text=True,
-                            env=environment, timeout=300)
+    shared = subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'torch.distributed.run',
+            '--nproc_per_node=2',
+            '--standalone',
+            'predict.py',
+            *arguments(trained, folder, tmp_path / 'two'),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
+    )
     assert shared.returncode == 0, shared.stderr[-2000:]
     assert 'Distributed: 2 processes share 5 cases' in shared.stdout
     for case in CASES:
         one, two = (np.asarray(nib.load(tmp_path / name / f'{case}.nii.gz').dataobj) for name in ('one', 'two'))
         assert np.array_equal(one, two), case
-    one_rows, two_rows = (list(csv.DictReader((tmp_path / name / 'qc.csv').read_text().splitlines())) for name in ('one', 'two'))
+    one_rows, two_rows = (
+        list(csv.DictReader((tmp_path / name / 'qc.csv').read_text().splitlines())) for name in ('one', 'two')
+    )
     assert [row['case'] for row in two_rows] == CASES
     for first, second in zip(one_rows, two_rows):
         assert first.keys() == second.keys()
         for key in first:
             try:
-                assert float(first[key] or 'nan') == pytest.approx(float(second[key] or 'nan'), rel=1e-4, nan_ok=True), key
+                assert float(first[key] or 'nan') == pytest.approx(
+                    float(second[key] or 'nan'), rel=1e-4, nan_ok=True
+                ), key
             except ValueError:
                 assert first[key] == second[key], key
     assert (tmp_path / 'two' / 'review.html').is_file()
@@ -113,6 +156,8 @@ def test_prefetching_the_next_case_changes_no_mask(trained, small_dataset_templa
         flags = ['--prefetch'] if name == 'prefetched' else ['--no-prefetch']
         assert run_cli(predict_main, [*arguments(trained, folder, tmp_path / name), *flags]) != 0
     for case in CASES:
-        plain, prefetched = (np.asarray(nib.load(tmp_path / name / f'{case}.nii.gz').dataobj) for name in ('plain', 'prefetched'))
+        plain, prefetched = (
+            np.asarray(nib.load(tmp_path / name / f'{case}.nii.gz').dataobj) for name in ('plain', 'prefetched')
+        )
         assert np.array_equal(plain, prefetched), case
     assert qc_cases(tmp_path / 'prefetched') == ['broken', *CASES]

@@ -18,17 +18,27 @@ from heartseg.qc import (
     ONE_STRUCTURE,
     SEVERAL_STRUCTURES,
     assess,
-    edge_limit,
     edge_contact,
+    edge_limit,
     intensity_distance,
     mean_pairwise_dice,
     uncertainty_map,
 )
 from predict import main as predict_main
 
-CLEAN_MEASURES = {'tta_agreement': 0.97, 'model_agreement': math.nan, 'confidence': 0.95, 'volume_ml': 50.0,
-                  'volume_ratio': 1.0, 'components': 1, 'removed_fraction': 0.0, 'edge_contact_mm2': 0.0,
-                  'edge': '', 'edge_limit_mm2': EDGE_ABOVE_MM2, 'intensity_distance': 1.0}
+CLEAN_MEASURES = {
+    'tta_agreement': 0.97,
+    'model_agreement': math.nan,
+    'confidence': 0.95,
+    'volume_ml': 50.0,
+    'volume_ratio': 1.0,
+    'components': 1,
+    'removed_fraction': 0.0,
+    'edge_contact_mm2': 0.0,
+    'edge': '',
+    'edge_limit_mm2': EDGE_ABOVE_MM2,
+    'intensity_distance': 1.0,
+}
 FLAG_BELOW = ONE_STRUCTURE.flag_below
 
 
@@ -41,7 +51,9 @@ def qc_rows(output: Path) -> list[dict]:
 
 
 def predict_folder(trained: Path, folder: Path, output: Path, *extra: str) -> int:
-    return run_cli(predict_main, ['--checkpoint', str(trained), '--input', str(folder), '--output', str(output), *extra])
+    return run_cli(
+        predict_main, ['--checkpoint', str(trained), '--input', str(folder), '--output', str(output), *extra]
+    )
 
 
 def scans_folder(dataset: Path, target: Path, cases: list[str]) -> Path:
@@ -87,10 +99,13 @@ def test_intensity_distance_grows_with_a_shift_from_the_training_quantiles():
 
 def test_a_typical_case_passes_and_each_bad_measure_is_named():
     assert not one(CLEAN_MEASURES).flag
-    for change, words in [({'tta_agreement': 0.6}, 'TTA agreement 0.60'), ({'volume_ratio': 5.2}, 'volume 5.2x the training median'),
-                          ({'edge_contact_mm2': 400.0, 'edge': 'top'}, 'mask touches the top edge of the scan'),
-                          ({'intensity_distance': 15.0}, 'intensities unlike the training scans'),
-                          ({'volume_ml': 0.0}, 'empty mask')]:
+    for change, words in [
+        ({'tta_agreement': 0.6}, 'TTA agreement 0.60'),
+        ({'volume_ratio': 5.2}, 'volume 5.2x the training median'),
+        ({'edge_contact_mm2': 400.0, 'edge': 'top'}, 'mask touches the top edge of the scan'),
+        ({'intensity_distance': 15.0}, 'intensities unlike the training scans'),
+        ({'volume_ml': 0.0}, 'empty mask'),
+    ]:
         report = one({**CLEAN_MEASURES, **change})
         assert report.flag and words in report.reasons, (change, report.reasons)
 
@@ -106,7 +121,9 @@ def test_predicted_dice_falls_with_disagreement_and_needs_no_training_summary():
 
 def test_several_structures_are_judged_each_with_the_several_structure_rule_and_named_in_the_reasons():
     clean = {**CLEAN_MEASURES, 'tta_agreement': SEVERAL_STRUCTURES.agreement_below + 0.05}
-    report = assess({'RV': {**clean, 'tta_agreement': SEVERAL_STRUCTURES.agreement_below - 0.1}, 'MYO': clean, 'LV': clean})
+    report = assess(
+        {'RV': {**clean, 'tta_agreement': SEVERAL_STRUCTURES.agreement_below - 0.1}, 'MYO': clean, 'LV': clean}
+    )
     assert report.flag and report.reasons[0] == f'RV: TTA agreement {SEVERAL_STRUCTURES.agreement_below - 0.1:.2f}'
     assert [report.structures[name]['flag'] for name in ('RV', 'MYO', 'LV')] == [1, 0, 0]
     assert report.predicted_dice == pytest.approx(np.mean([c['predicted_dice'] for c in report.structures.values()]))
@@ -130,15 +147,19 @@ def test_a_clean_case_scores_high_and_its_estimate_sits_beside_its_true_dice(tra
     validation = json.loads((trained.parent / 'splits.json').read_text())['validation']
     folder = scans_folder(small_dataset_template, tmp_path / 'scans', validation[:1])
     assert predict_folder(trained, folder, tmp_path / 'out', '--labels', str(small_dataset_template / 'labelsTr')) == 0
-    row, = qc_rows(tmp_path / 'out')
+    (row,) = qc_rows(tmp_path / 'out')
     assert row['case'] == validation[0] and float(row['true_dice']) > 0.8
     assert abs(float(row['predicted_dice']) - float(row['true_dice'])) < 0.15, row
     assert row['flag'] == ('1' if row['reasons'] else '0'), 'a case is flagged exactly when it has reasons'
-    metrics, = csv.DictReader((tmp_path / 'out' / 'metrics.csv').read_text().splitlines())
+    (metrics,) = csv.DictReader((tmp_path / 'out' / 'metrics.csv').read_text().splitlines())
     assert metrics['predicted_dice'] == row['predicted_dice'], 'metrics.csv puts the estimate beside the true Dice'
     flagged = [validation[0]] if row['flag'] == '1' else []
     assert json.loads((tmp_path / 'out' / 'summary.json').read_text())['qc'] == {
-        'cases': 1, 'flagged': len(flagged), 'flagged_cases': flagged, 'failed_cases': []}
+        'cases': 1,
+        'flagged': len(flagged),
+        'flagged_cases': flagged,
+        'failed_cases': [],
+    }
 
 
 def test_a_destroyed_image_is_flagged_with_a_reason(trained, small_dataset_template, tmp_path, capsys):
@@ -147,7 +168,7 @@ def test_a_destroyed_image_is_flagged_with_a_reason(trained, small_dataset_templ
     (tmp_path / 'scans').mkdir()
     nib.save(nib.Nifti1Image(noise, source.affine), tmp_path / 'scans' / 'noise.nii.gz')
     assert predict_folder(trained, tmp_path / 'scans', tmp_path / 'out') == 0
-    row, = qc_rows(tmp_path / 'out')
+    (row,) = qc_rows(tmp_path / 'out')
     assert row['flag'] == '1' and row['reasons'], row
     assert f'1 of 1 masks flagged for review: noise ({row["reasons"]})' in capsys.readouterr().out
 
@@ -160,7 +181,7 @@ def test_a_mask_cut_by_the_field_of_view_is_flagged_for_it(trained, small_datase
     (tmp_path / 'scans').mkdir()
     nib.save(image.slicer[:cut], tmp_path / 'scans' / 'cut.nii.gz')
     assert predict_folder(trained, tmp_path / 'scans', tmp_path / 'out') == 0
-    row, = qc_rows(tmp_path / 'out')
+    (row,) = qc_rows(tmp_path / 'out')
     assert row['flag'] == '1' and 'edge of the scan' in row['reasons'], row
 
 
@@ -201,6 +222,8 @@ def test_checkpoints_carry_the_training_cases_summary(trained):
 
     summary = load_checkpoint(trained)['plan'].training_cases
     training = json.loads((trained.parent / 'splits.json').read_text())['training']
-    assert len(summary['structure_volumes_ml']) == len(training) and all(v > 0 for v, in summary['structure_volumes_ml'])
+    assert len(summary['structure_volumes_ml']) == len(training) and all(
+        v > 0 for (v,) in summary['structure_volumes_ml']
+    )
     assert len(summary['structure_edge_contact_mm2']) == len(training)
     assert all(len(q) == 7 for q in summary['intensity_quantiles'])

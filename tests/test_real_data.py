@@ -19,8 +19,24 @@ DICE_FLOOR = 0.75
 def test_short_real_run_learns(la2018, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / 'run'
-    argv = ['--data', str(la2018), '--run-dir', str(run_dir), '--max-cases', '16', '--spacing', '2.0',
-            '--levels', '3', '--base-channels', '16', '--epochs', '10', '--steps-per-epoch', '20']
+    argv = [
+        '--data',
+        str(la2018),
+        '--run-dir',
+        str(run_dir),
+        '--max-cases',
+        '16',
+        '--spacing',
+        '2.0',
+        '--levels',
+        '3',
+        '--base-channels',
+        '16',
+        '--epochs',
+        '10',
+        '--steps-per-epoch',
+        '20',
+    ]
     assert run_cli(main, argv) == 0
     with open(run_dir / 'metrics.csv', newline='') as handle:
         dices = [float(row['val_dice']) for row in csv.DictReader(handle)]

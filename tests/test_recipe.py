@@ -6,7 +6,6 @@ import math
 from dataclasses import replace
 
 import pytest
-
 import SimpleITK as sitk
 import torch
 from ddp_worker import blob_subjects
@@ -23,34 +22,71 @@ class ThreadCounts(Augmentation):
         super().__init__('default')
 
     def intensity(self, image: torch.Tensor, parameters: dict[str, torch.Tensor]) -> torch.Tensor:
-        counts = torch.tensor([torch.get_num_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()], dtype=torch.float32)
+        counts = torch.tensor(
+            [torch.get_num_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()], dtype=torch.float32
+        )
         return counts.repeat(image.numel() // 2 + 1)[: image.numel()].reshape(image.shape)
 
 
 def test_loader_workers_run_one_thread_per_library():
-    config = RunConfig(data='d', run_dir='r', cache_dir='c', target_spacing=(1.0,) * 3, patch_size=(16, 16, 16), levels=2,
-                       epochs=1, val_every=1, output='sigmoid', base_channels=4, channels_last=False,
-                       batch_size=2, steps_per_epoch=1, num_workers=1, labels={'0': 'background', '1': 'blob'},
-                       modalities={'0': 'MRI'})
+    config = RunConfig(
+        data='d',
+        run_dir='r',
+        cache_dir='c',
+        target_spacing=(1.0,) * 3,
+        patch_size=(16, 16, 16),
+        levels=2,
+        epochs=1,
+        val_every=1,
+        output='sigmoid',
+        base_channels=4,
+        channels_last=False,
+        batch_size=2,
+        steps_per_epoch=1,
+        num_workers=1,
+        labels={'0': 'background', '1': 'blob'},
+        modalities={'0': 'MRI'},
+    )
     images, *_ = next(iter(build_patch_loader(config, blob_subjects(2), ThreadCounts(), torch.device('cpu')).loader))
     assert images.flatten()[:2].tolist() == [1.0, 1.0], 'torch and ITK threads in a worker'
-    defaults = build_patch_loader(replace(config, num_workers=1), blob_subjects(2), ThreadCounts(), torch.device('cpu'), worker_threads=None)
+    defaults = build_patch_loader(
+        replace(config, num_workers=1), blob_subjects(2), ThreadCounts(), torch.device('cpu'), worker_threads=None
+    )
     images, *_ = next(iter(defaults.loader))
-    assert images.flatten()[1].item() == sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), "without a limit, ITK's default"
+    assert images.flatten()[1].item() == sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), (
+        "without a limit, ITK's default"
+    )
 
 
 LOG_ODDS_OF_ONE_PERCENT = math.log(0.01 / 0.99)
 
 
-@pytest.mark.parametrize('output, labels, expected', [
-    ('sigmoid', {'0': 'background', '1': 'blob'}, [LOG_ODDS_OF_ONE_PERCENT]),
-    # The background logit at 0 against each structure's log-odds: every structure starts near 1%.
-    ('softmax', {'0': 'background', '1': 'a', '2': 'b'}, [0.0, LOG_ODDS_OF_ONE_PERCENT, LOG_ODDS_OF_ONE_PERCENT]),
-])
+@pytest.mark.parametrize(
+    'output, labels, expected',
+    [
+        ('sigmoid', {'0': 'background', '1': 'blob'}, [LOG_ODDS_OF_ONE_PERCENT]),
+        # The background logit at 0 against each structure's log-odds: every structure starts near 1%.
+        ('softmax', {'0': 'background', '1': 'a', '2': 'b'}, [0.0, LOG_ODDS_OF_ONE_PERCENT, LOG_ODDS_OF_ONE_PERCENT]),
+    ],
+)
 def test_every_head_starts_each_structure_at_a_one_percent_prior(output, labels, expected):
-    config = RunConfig(data='d', run_dir='r', cache_dir='c', target_spacing=(1.0,) * 3, patch_size=(16, 16, 16),
-                       epochs=1, val_every=1, channels_last=False, num_workers=0, levels=3, base_channels=4,
-                       deep_supervision=True, output=output, labels=labels, modalities={'0': 'MRI'})
+    config = RunConfig(
+        data='d',
+        run_dir='r',
+        cache_dir='c',
+        target_spacing=(1.0,) * 3,
+        patch_size=(16, 16, 16),
+        epochs=1,
+        val_every=1,
+        channels_last=False,
+        num_workers=0,
+        levels=3,
+        base_channels=4,
+        deep_supervision=True,
+        output=output,
+        labels=labels,
+        modalities={'0': 'MRI'},
+    )
     network = build_network(config, torch.device('cpu'))
     heads = [network.head, *network.deep_heads]
     assert len(heads) == 2, 'a 3-level network has one deep-supervision head'

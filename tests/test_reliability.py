@@ -22,11 +22,33 @@ from main import main
 
 TESTS = Path(__file__).resolve().parent
 EPOCHS = 8
-FAST = ['--levels', '2', '--base-channels', '4', '--patch-size', '16', '16', '16',
-        '--steps-per-epoch', '10', '--batch-size', '2', '--seed', '5', '--lr', '0.01', '--epochs', str(EPOCHS)]
+FAST = [
+    '--levels',
+    '2',
+    '--base-channels',
+    '4',
+    '--patch-size',
+    '16',
+    '16',
+    '16',
+    '--steps-per-epoch',
+    '10',
+    '--batch-size',
+    '2',
+    '--seed',
+    '5',
+    '--lr',
+    '0.01',
+    '--epochs',
+    str(EPOCHS),
+]
 # Kills at the renames that put checkpoints, metrics and config in place (the file is
 # fully written but not yet, or just, renamed), then at random moments.
-MARKER_KILLS = [f'KILLPOINT {when} {name}' for name in ('last.pt', 'best.pt', 'config.json', 'metrics.csv') for when in ('before', 'after')]
+MARKER_KILLS = [
+    f'KILLPOINT {when} {name}'
+    for name in ('last.pt', 'best.pt', 'config.json', 'metrics.csv')
+    for when in ('before', 'after')
+]
 RANDOM_KILLS = 8
 
 
@@ -36,9 +58,18 @@ def read_rows(run_dir: Path) -> list[dict[str, str]]:
 
 
 def launch(run_dir: Path, data: Path) -> subprocess.Popen:
-    arguments = ['--resume', str(run_dir)] if (run_dir / 'last.pt').exists() else ['--data', str(data), '--run-dir', str(run_dir), *FAST]
-    return subprocess.Popen([sys.executable, str(TESTS / 'kill_driver.py'), *arguments], cwd=run_dir.parent,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    arguments = (
+        ['--resume', str(run_dir)]
+        if (run_dir / 'last.pt').exists()
+        else ['--data', str(data), '--run-dir', str(run_dir), *FAST]
+    )
+    return subprocess.Popen(
+        [sys.executable, str(TESTS / 'kill_driver.py'), *arguments],
+        cwd=run_dir.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
 
 
 def kill_at_marker(process: subprocess.Popen, marker: str) -> bool:
@@ -96,7 +127,9 @@ def test_sigkill_at_any_moment_resumes_to_the_uninterrupted_result(small_dataset
     for name, tensor in straight['model'].items():
         assert torch.equal(tensor, killed['model'][name]), f'{name} differs from the uninterrupted run'
     columns = ('epoch', 'train_loss', 'val_loss', 'val_dice', 'lr')
-    assert [[r[c] for c in columns] for r in read_rows(run_dir)] == [[r[c] for c in columns] for r in read_rows(tmp_path / 'straight')]
+    assert [[r[c] for c in columns] for r in read_rows(run_dir)] == [
+        [r[c] for c in columns] for r in read_rows(tmp_path / 'straight')
+    ]
     events = EventAccumulator(str(run_dir))
     events.Reload()
     assert [event.step for event in events.Scalars('loss/train')] == list(range(1, EPOCHS + 1))
@@ -123,8 +156,16 @@ def start_training(tmp_path):
         command = [sys.executable, str(TESTS.parent / 'main.py'), *arguments]
         # A shell without job control starts background jobs (a CI runner's, nohup's) with SIGINT ignored; a child
         # inheriting that never gets Python's KeyboardInterrupt handler, so Ctrl-C is restored to what a terminal gives.
-        processes.append(subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)))
+        processes.append(
+            subprocess.Popen(
+                command,
+                cwd=tmp_path,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            )
+        )
         return processes[-1]
 
     yield start
@@ -137,7 +178,9 @@ def start_training(tmp_path):
 @pytest.mark.parametrize('death', [signal.SIGKILL, signal.SIGBUS], ids=['killed', 'out-of-shared-memory'])
 def test_a_dead_loader_worker_stops_training_with_a_clear_error(small_dataset, tmp_path, death, start_training):
     run_dir = tmp_path / 'run'
-    process = start_training(['--data', str(small_dataset), '--run-dir', str(run_dir), '--num-workers', '1', *FAST[:-1], '1000'])
+    process = start_training(
+        ['--data', str(small_dataset), '--run-dir', str(run_dir), '--num-workers', '1', *FAST[:-1], '1000']
+    )
     deadline = time.monotonic() + 120
     while not (run_dir / 'last.pt').exists():  # training, with its worker, is under way
         assert time.monotonic() < deadline and process.poll() is None, 'training did not start'
@@ -189,8 +232,12 @@ class BrokenConnectionDataset(torch.utils.data.Dataset):
         raise self.error
 
 
-BROKEN_WORKER_CONNECTIONS = [ConnectionResetError(104, 'Connection reset by peer'), ConnectionRefusedError(111, 'Connection refused'),
-                             EOFError(), OSError('got end of file during message')]
+BROKEN_WORKER_CONNECTIONS = [
+    ConnectionResetError(104, 'Connection reset by peer'),
+    ConnectionRefusedError(111, 'Connection refused'),
+    EOFError(),
+    OSError('got end of file during message'),
+]
 
 
 @pytest.mark.parametrize('broken', BROKEN_WORKER_CONNECTIONS, ids=lambda error: type(error).__name__)
@@ -204,7 +251,11 @@ def test_a_broken_worker_connection_is_reported_as_a_dead_worker_once(broken, re
     assert signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL
 
 
-@pytest.mark.parametrize('other', [OSError(28, 'No space left on device'), BrokenPipeError(32, 'Broken pipe')], ids=['disk full', 'stdout closed'])
+@pytest.mark.parametrize(
+    'other',
+    [OSError(28, 'No space left on device'), BrokenPipeError(32, 'Broken pipe')],
+    ids=['disk full', 'stdout closed'],
+)
 def test_other_os_errors_pass_through_the_worker_report(other, restores_sigchld):
     handler = signal.getsignal(signal.SIGCHLD)
     with pytest.raises(type(other)):
@@ -213,7 +264,9 @@ def test_other_os_errors_pass_through_the_worker_report(other, restores_sigchld)
     assert signal.getsignal(signal.SIGCHLD) == handler
 
 
-@pytest.mark.parametrize('failure', [UserError('data loader', 'worker died'), KeyboardInterrupt()], ids=['error', 'ctrl-c'])
+@pytest.mark.parametrize(
+    'failure', [UserError('data loader', 'worker died'), KeyboardInterrupt()], ids=['error', 'ctrl-c']
+)
 def test_a_bar_interrupted_mid_clean_up_does_not_push_the_message_off_the_line_start(failure, capsys):
     # A signal can land after a closing bar blanked its line but before it returned to column 0.
     def interrupted_mid_clean_up(argv):

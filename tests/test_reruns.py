@@ -24,8 +24,26 @@ from predict import main as predict_main
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = ['synthetic_000', 'synthetic_001', 'synthetic_002']
-FAST = ['--levels', '2', '--base-channels', '4', '--patch-size', '16', '16', '16', '--steps-per-epoch', '4',
-        '--batch-size', '2', '--seed', '3', '--lr', '0.01', '--epochs', '4']
+FAST = [
+    '--levels',
+    '2',
+    '--base-channels',
+    '4',
+    '--patch-size',
+    '16',
+    '16',
+    '16',
+    '--steps-per-epoch',
+    '4',
+    '--batch-size',
+    '2',
+    '--seed',
+    '3',
+    '--lr',
+    '0.01',
+    '--epochs',
+    '4',
+]
 
 
 def scans(dataset: Path, target: Path) -> Path:
@@ -36,7 +54,17 @@ def scans(dataset: Path, target: Path) -> Path:
 
 
 def command(checkpoint: Path, folder: Path, output: Path, *extra: str) -> list[str]:
-    return ['--checkpoint', str(checkpoint), '--input', str(folder), '--output', str(output), '--no-tta', '--no-qc', *extra]
+    return [
+        '--checkpoint',
+        str(checkpoint),
+        '--input',
+        str(folder),
+        '--output',
+        str(output),
+        '--no-tta',
+        '--no-qc',
+        *extra,
+    ]
 
 
 def one_error(capsys) -> str:
@@ -54,7 +82,9 @@ def retrained(trained: Path, target: Path) -> Path:
 
 
 # 7. Running a finished folder prediction again is the commonest rerun.
-def test_running_a_finished_prediction_again_does_nothing_and_succeeds(trained, small_dataset_template, tmp_path, capsys):
+def test_running_a_finished_prediction_again_does_nothing_and_succeeds(
+    trained, small_dataset_template, tmp_path, capsys
+):
     folder, output = scans(small_dataset_template, tmp_path / 'scans'), tmp_path / 'out'
     assert run_cli(predict_main, command(trained, folder, output)) == 0
     stamps = {case: (output / f'{case}.nii.gz').stat().st_mtime_ns for case in CASES}
@@ -62,16 +92,24 @@ def test_running_a_finished_prediction_again_does_nothing_and_succeeds(trained, 
     assert run_cli(predict_main, command(trained, folder, output)) == 0
     printed = capsys.readouterr()
     assert '3 of 3 cases already predicted in this folder by these models and settings; nothing to do' in printed.out
-    assert 'Traceback' not in printed.err and {case: (output / f'{case}.nii.gz').stat().st_mtime_ns for case in CASES} == stamps
+    assert (
+        'Traceback' not in printed.err
+        and {case: (output / f'{case}.nii.gz').stat().st_mtime_ns for case in CASES} == stamps
+    )
 
 
 # 1. A resumed folder prediction checks what made each case.
-@pytest.mark.parametrize('change,reason', [
-    ('checkpoint', '3 cases predicted with another checkpoint: predicting them again'),
-    ('settings', '3 cases predicted with other settings: predicting them again'),
-    ('input', '1 case predicted from another input file: predicting it again'),
-])
-def test_cases_made_another_way_are_predicted_again_and_say_why(trained, small_dataset_template, tmp_path, capsys, change, reason):
+@pytest.mark.parametrize(
+    'change,reason',
+    [
+        ('checkpoint', '3 cases predicted with another checkpoint: predicting them again'),
+        ('settings', '3 cases predicted with other settings: predicting them again'),
+        ('input', '1 case predicted from another input file: predicting it again'),
+    ],
+)
+def test_cases_made_another_way_are_predicted_again_and_say_why(
+    trained, small_dataset_template, tmp_path, capsys, change, reason
+):
     folder, output = scans(small_dataset_template, tmp_path / 'scans'), tmp_path / 'out'
     assert run_cli(predict_main, command(trained, folder, output)) == 0
     before = {case: np.asarray(nib.load(output / f'{case}.nii.gz').dataobj).copy() for case in CASES}
@@ -87,12 +125,18 @@ def test_cases_made_another_way_are_predicted_again_and_say_why(trained, small_d
     assert run_cli(predict_main, command(checkpoint, folder, output, *extra)) == 0
     assert reason in capsys.readouterr().out
     if change == 'checkpoint':
-        assert any(not np.array_equal(before[case], np.asarray(nib.load(output / f'{case}.nii.gz').dataobj)) for case in CASES)
+        assert any(
+            not np.array_equal(before[case], np.asarray(nib.load(output / f'{case}.nii.gz').dataobj)) for case in CASES
+        )
     if change == 'input':
-        assert not np.array_equal(before['synthetic_001'], np.asarray(nib.load(output / 'synthetic_001.nii.gz').dataobj))
+        assert not np.array_equal(
+            before['synthetic_001'], np.asarray(nib.load(output / 'synthetic_001.nii.gz').dataobj)
+        )
 
 
-def test_an_interrupted_overwrite_leaves_no_record_vouching_for_a_new_mask(trained, small_dataset_template, tmp_path, monkeypatch):
+def test_an_interrupted_overwrite_leaves_no_record_vouching_for_a_new_mask(
+    trained, small_dataset_template, tmp_path, monkeypatch
+):
     folder, output = scans(small_dataset_template, tmp_path / 'scans'), tmp_path / 'out'
     assert run_cli(predict_main, command(trained, folder, output)) == 0
     other = retrained(trained, tmp_path / 'other.pt')
@@ -105,46 +149,81 @@ def test_an_interrupted_overwrite_leaves_no_record_vouching_for_a_new_mask(train
     monkeypatch.setattr(predict, 'save_nifti', killed_after_the_mask)
     assert run_cli(predict_main, command(other, folder, output, '--overwrite')) != 0
     monkeypatch.setattr(predict, 'save_nifti', written)
-    record = json.loads((output / 'case_records' / 'synthetic_000.json').read_text()) if (output / 'case_records' / 'synthetic_000.json').exists() else None
+    record = (
+        json.loads((output / 'case_records' / 'synthetic_000.json').read_text())
+        if (output / 'case_records' / 'synthetic_000.json').exists()
+        else None
+    )
     assert record is None, 'the old record would vouch for the new mask'
 
 
 # 2. torchrun processes predict the list process 0 made.
 def test_only_process_zero_lists_the_cases_left(trained, small_dataset_template, tmp_path):
     folder = scans(small_dataset_template, tmp_path / 'scans')
-    driver = ('import sys, predict\nfrom heartseg import distributed\nfrom heartseg.errors import run_cli\n'
-              'listing = predict.cases_to_predict\n'
-              'def counted(*args):\n    print("LISTED BY RANK", distributed.rank(), flush=True)\n    return listing(*args)\n'
-              'predict.cases_to_predict = counted\nsys.exit(run_cli(predict.main, sys.argv[1:]))\n')
+    driver = (
+        'import sys, predict\nfrom heartseg import distributed\nfrom heartseg.errors import run_cli\n'
+        'listing = predict.cases_to_predict\n'
+        'def counted(*args):\n    print("LISTED BY RANK", distributed.rank(), flush=True)\n    return listing(*args)\n'
+        'predict.cases_to_predict = counted\nsys.exit(run_cli(predict.main, sys.argv[1:]))\n'
+    )
     (tmp_path / 'driver.py').write_text(driver)
-    result = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--standalone', str(tmp_path / 'driver.py'),
-                             *command(trained, folder, tmp_path / 'two'), '--device', 'cpu'], cwd=REPO, capture_output=True, text=True,
-                            env={**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO)}, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'torch.distributed.run',
+            '--nproc_per_node=2',
+            '--standalone',
+            str(tmp_path / 'driver.py'),
+            *command(trained, folder, tmp_path / 'two'),
+            '--device',
+            'cpu',
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONPATH': str(REPO)},
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count('LISTED BY RANK') == 1 and 'LISTED BY RANK 0' in result.stdout
     assert all((tmp_path / 'two' / f'{case}.nii.gz').is_file() for case in CASES)
 
 
 # 3. Every flag takes effect or is refused.
-@pytest.mark.parametrize('flags,named', [
-    (['--pooling', 'isotropic'], '--pooling'),
-    (['--cache-dir', 'elsewhere'], '--cache-dir'),
-    (['--download-url', 'file:///x.tar'], '--download-url'),
-])
+@pytest.mark.parametrize(
+    'flags,named',
+    [
+        (['--pooling', 'isotropic'], '--pooling'),
+        (['--cache-dir', 'elsewhere'], '--cache-dir'),
+        (['--download-url', 'file:///x.tar'], '--download-url'),
+    ],
+)
 def test_a_resume_refuses_flags_it_would_ignore(small_dataset, tmp_path, capsys, flags, named):
     run_dir = tmp_path / 'run'
-    assert run_cli(train_main, ['--data', str(small_dataset), '--run-dir', str(run_dir), '--cache-dir', str(tmp_path / 'cache'), *FAST]) == 0
+    assert (
+        run_cli(
+            train_main,
+            ['--data', str(small_dataset), '--run-dir', str(run_dir), '--cache-dir', str(tmp_path / 'cache'), *FAST],
+        )
+        == 0
+    )
     assert run_cli(train_main, ['--resume', str(run_dir), *flags]) == EXIT_USER_ERROR
     assert one_error(capsys).startswith(f'error: {named}:')
 
 
-@pytest.mark.parametrize('flags,named', [
-    (['--folds', '3', '--val-fraction', '0.3'], '--val-fraction'),
-    (['--download-url', 'file:///x.tar'], '--download-url'),
-])
+@pytest.mark.parametrize(
+    'flags,named',
+    [
+        (['--folds', '3', '--val-fraction', '0.3'], '--val-fraction'),
+        (['--download-url', 'file:///x.tar'], '--download-url'),
+    ],
+)
 def test_a_flag_another_flag_makes_moot_is_refused(small_dataset, tmp_path, capsys, flags, named):
     run_dir = tmp_path / 'run'
-    assert run_cli(train_main, ['--data', str(small_dataset), '--run-dir', str(run_dir), *FAST, *flags]) == EXIT_USER_ERROR
+    assert (
+        run_cli(train_main, ['--data', str(small_dataset), '--run-dir', str(run_dir), *FAST, *flags]) == EXIT_USER_ERROR
+    )
     assert one_error(capsys).startswith(f'error: {named}:') and not run_dir.exists()
 
 
@@ -154,7 +233,9 @@ def test_score_folds_refuses_every_flag_it_would_ignore(tmp_path, capsys):
 
 
 # 5. Two processes, one folder.
-def test_a_folder_held_by_a_live_run_is_refused_and_a_killed_run_s_lock_is_taken_over(small_dataset, trained, small_dataset_template, tmp_path, capsys):
+def test_a_folder_held_by_a_live_run_is_refused_and_a_killed_run_s_lock_is_taken_over(
+    small_dataset, trained, small_dataset_template, tmp_path, capsys
+):
     run_dir = tmp_path / 'run'
     run_dir.mkdir()
     with folder_lock(run_dir):  # a live process (this one) holds the folder
@@ -163,10 +244,20 @@ def test_a_folder_held_by_a_live_run_is_refused_and_a_killed_run_s_lock_is_taken
         output = tmp_path / 'predicted'
         output.mkdir()
         with folder_lock(output):
-            assert run_cli(predict_main, command(trained, small_dataset_template / 'imagesTr' / 'synthetic_000.nii.gz', output)) == EXIT_USER_ERROR
+            assert (
+                run_cli(
+                    predict_main, command(trained, small_dataset_template / 'imagesTr' / 'synthetic_000.nii.gz', output)
+                )
+                == EXIT_USER_ERROR
+            )
             assert 'is in use by another run' in one_error(capsys)
     finished = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
-    stale = {'pid': int(finished.stdout), 'host': os.uname().nodename, 'started': 'earlier', 'command': 'main.py (killed)'}
+    stale = {
+        'pid': int(finished.stdout),
+        'host': os.uname().nodename,
+        'started': 'earlier',
+        'command': 'main.py (killed)',
+    }
     (run_dir / LOCK_NAME).write_text(json.dumps(stale))
     assert run_cli(train_main, ['--data', str(small_dataset), '--run-dir', str(run_dir), *FAST]) == 0
     assert not (run_dir / LOCK_NAME).exists(), 'a finished run leaves no lock behind'
@@ -189,12 +280,23 @@ def failing_on(call: int):
     return write
 
 
-def test_training_that_fills_the_disk_stops_in_one_line_keeps_its_checkpoints_and_resumes(small_dataset, tmp_path, capsys, monkeypatch):
+def test_training_that_fills_the_disk_stops_in_one_line_keeps_its_checkpoints_and_resumes(
+    small_dataset, tmp_path, capsys, monkeypatch
+):
     run_dir, cache = tmp_path / 'run', tmp_path / 'cache'
-    assert run_cli(train_main, ['--data', str(small_dataset), '--run-dir', str(tmp_path / 'warm'), '--cache-dir', str(cache), *FAST]) == 0
+    assert (
+        run_cli(
+            train_main,
+            ['--data', str(small_dataset), '--run-dir', str(tmp_path / 'warm'), '--cache-dir', str(cache), *FAST],
+        )
+        == 0
+    )
     capsys.readouterr()
     monkeypatch.setattr(heartseg.files, 'write_bytes', failing_on(call=4))  # the second epoch's checkpoints
-    assert run_cli(train_main, ['--data', str(small_dataset), '--run-dir', str(run_dir), '--cache-dir', str(cache), *FAST]) == EXIT_USER_ERROR
+    assert (
+        run_cli(train_main, ['--data', str(small_dataset), '--run-dir', str(run_dir), '--cache-dir', str(cache), *FAST])
+        == EXIT_USER_ERROR
+    )
     error = one_error(capsys)
     assert 'the disk is full (no space left on device)' in error and f'python main.py --resume {run_dir}' in error
     assert not [path.name for path in run_dir.iterdir() if '.tmp' in path.name], 'a half-written file was left'
@@ -204,7 +306,9 @@ def test_training_that_fills_the_disk_stops_in_one_line_keeps_its_checkpoints_an
     assert load_checkpoint(run_dir / 'last.pt')['epoch'] == 4
 
 
-def test_prediction_that_fills_the_disk_stops_in_one_line_and_the_same_command_goes_on(trained, small_dataset_template, tmp_path, capsys, monkeypatch):
+def test_prediction_that_fills_the_disk_stops_in_one_line_and_the_same_command_goes_on(
+    trained, small_dataset_template, tmp_path, capsys, monkeypatch
+):
     folder, output = scans(small_dataset_template, tmp_path / 'scans'), tmp_path / 'out'
     saved = heartseg.files.nib.save
     calls = {'count': 0}

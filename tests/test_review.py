@@ -13,15 +13,32 @@ import pytest
 
 from heartseg.review import orthogonal_views, save_png, write_review_page
 
-CHROMIUM = next((shutil.which(name) for name in ('chromium', 'chromium-browser', 'google-chrome') if shutil.which(name)), None)
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason='Chromium not installed (.ci/run installs it with apt-get)')
+CHROMIUM = next(
+    (shutil.which(name) for name in ('chromium', 'chromium-browser', 'google-chrome') if shutil.which(name)), None
+)
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason='Chromium not installed (.ci/run installs it with apt-get)'
+)
 
 
 def rendered(page: Path, fragment: str = '') -> tuple[str, str]:
     """The page's DOM after its scripts ran, and Chromium's log of console messages."""
-    result = subprocess.run([CHROMIUM, '--headless', '--no-sandbox', '--disable-gpu', '--enable-logging=stderr', '--v=0',
-                             '--virtual-time-budget=3000', '--dump-dom', page.as_uri() + fragment],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            CHROMIUM,
+            '--headless',
+            '--no-sandbox',
+            '--disable-gpu',
+            '--enable-logging=stderr',
+            '--v=0',
+            '--virtual-time-budget=3000',
+            '--dump-dom',
+            page.as_uri() + fragment,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout, result.stderr
 
@@ -36,10 +53,27 @@ def sample_rows(tmp_path: Path, count: int) -> list[dict]:
     mask = np.zeros(image.shape, np.uint8)
     mask[8:16, 6:14, 3:9] = 1
     save_png(orthogonal_views(image, mask, mask), tmp_path / 'review' / 'thumbnail.png')
-    rows = [{'case': f'case_{i:04d}', 'predicted_dice': round(float(d), 4), 'flag': int(d < 0.85),
-             'reasons': 'TTA agreement 0.70' if d < 0.85 else '', 'volume_ml': float(v), 'status': 'ok', 'thumbnail': 'review/thumbnail.png'}
-            for i, (d, v) in enumerate(zip(rng.uniform(0.5, 1.0, count), rng.uniform(20, 90, count)))]
-    rows.append({'case': 'broken<&>', 'predicted_dice': '', 'flag': 1, 'reasons': 'prediction failed: broken.nii.gz: not a NIfTI file', 'status': 'failed'})
+    rows = [
+        {
+            'case': f'case_{i:04d}',
+            'predicted_dice': round(float(d), 4),
+            'flag': int(d < 0.85),
+            'reasons': 'TTA agreement 0.70' if d < 0.85 else '',
+            'volume_ml': float(v),
+            'status': 'ok',
+            'thumbnail': 'review/thumbnail.png',
+        }
+        for i, (d, v) in enumerate(zip(rng.uniform(0.5, 1.0, count), rng.uniform(20, 90, count)))
+    ]
+    rows.append(
+        {
+            'case': 'broken<&>',
+            'predicted_dice': '',
+            'flag': 1,
+            'reasons': 'prediction failed: broken.nii.gz: not a NIfTI file',
+            'status': 'failed',
+        }
+    )
     return rows
 
 

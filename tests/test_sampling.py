@@ -14,10 +14,12 @@ from heartseg.sampling import EpochSampler, PatchCorners, PatchDataset, pad_to_p
 
 @pytest.mark.parametrize('cases,batch_size', [(5, 4), (3, 3), (7, 2)])
 def test_cases_in_one_batch_are_distinct(cases, batch_size):
-    dataset = PatchDataset(blob_subjects(cases), (16, 16, 16), samples_per_epoch=batch_size * 12, seed=1, batch_size=batch_size)
+    dataset = PatchDataset(
+        blob_subjects(cases), (16, 16, 16), samples_per_epoch=batch_size * 12, seed=1, batch_size=batch_size
+    )
     for epoch in range(4):
         order = dataset.case_order(epoch)
-        batches = [order[i:i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+        batches = [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
         assert all(len(set(batch)) == batch_size for batch in batches), batches
         assert sorted(set(order)) == list(range(cases))
 
@@ -46,7 +48,8 @@ def _label_subject(label: torch.Tensor) -> tio.Subject:
 
 
 def _three_label_map() -> torch.Tensor:
-    """Background, a common label 1 (above the listing share) and a rare label 2, one voxel of it too near the border to centre a patch."""
+    """Background, a common label 1 (above the listing share) and a rare label 2,
+    one voxel of it too near the border to centre a patch."""
     label = torch.zeros(1, 12, 10, 9, dtype=torch.uint8)
     label[0, 2:10, 2:9, 1:8] = 1
     label[0, 5, 5, 4] = label[0, 6, 4, 3] = label[0, 0, 0, 0] = 2
@@ -59,7 +62,9 @@ def test_patch_centres_follow_torchio_label_sampler_distribution():
     subject = _label_subject(label)
     expected = reference.process_probability_map(reference.get_probability_map(subject), subject)
     corners = PatchCorners(label, patch, probabilities)
-    assert 1 not in corners.listed and 2 in corners.listed, 'the common label is drawn by rejection, the rare one from its list'
+    assert 1 not in corners.listed and 2 in corners.listed, (
+        'the common label is drawn by rejection, the rare one from its list'
+    )
     rng, draws = np.random.default_rng(0), 40_000
     drawn = np.zeros(label.shape[1:])
     for _ in range(draws):
@@ -83,27 +88,37 @@ def test_a_foreground_only_patch_stream_is_centred_on_foreground_in_its_affine()
     label = _three_label_map()
     affine = np.diag([0.5, 0.7, 2.0, 1.0])
     affine[:3, 3] = (10, -20, 5)
-    subject = tio.Subject(image=tio.ScalarImage(tensor=torch.rand(1, 12, 10, 9), affine=affine), label=tio.LabelMap(tensor=label, affine=affine))
+    subject = tio.Subject(
+        image=tio.ScalarImage(tensor=torch.rand(1, 12, 10, 9), affine=affine),
+        label=tio.LabelMap(tensor=label, affine=affine),
+    )
     dataset = PatchDataset([subject], (4, 4, 4), samples_per_epoch=30, seed=0, foreground_probability=1.0)
     for index in range(30):
         image, target, _ = dataset[index]
         assert target[0, 2, 2, 2] == 1, 'the centre voxel of a foreground-only patch must be foreground'
         corner = dataset.corners[0].draw(np.random.default_rng(patch_seed(0, 0, index)))
         window = (slice(None), *(slice(c, c + 4) for c in corner))
-        assert torch.equal(image, subject['image'].data[window]), 'without augmentation a patch is the exact crop at its corner'
+        assert torch.equal(image, subject['image'].data[window]), (
+            'without augmentation a patch is the exact crop at its corner'
+        )
         assert torch.equal(target[0], (label[window][0] == 1).float())
 
 
-@pytest.mark.parametrize('outputs', [
-    Outputs('sigmoid', ((1,),)),
-    Outputs('softmax', ((1,), (2,))),
-    Outputs('sigmoid', ((1, 2), (2,)), paint_values=(1, 2)),
-], ids=['one', 'two', 'regions'])
+@pytest.mark.parametrize(
+    'outputs',
+    [
+        Outputs('sigmoid', ((1,),)),
+        Outputs('softmax', ((1,), (2,))),
+        Outputs('sigmoid', ((1, 2), (2,)), paint_values=(1, 2)),
+    ],
+    ids=['one', 'two', 'regions'],
+)
 def test_foreground_patches_are_centred_on_the_outputs_foreground_labels_each_as_often(outputs):
     label = _three_label_map()
     subject = tio.Subject(image=tio.ScalarImage(tensor=torch.rand(label.shape)), label=tio.LabelMap(tensor=label))
-    dataset = PatchDataset([subject], (4, 4, 4), samples_per_epoch=1, seed=0, foreground_probability=0.6,
-                           outputs=outputs)
+    dataset = PatchDataset(
+        [subject], (4, 4, 4), samples_per_epoch=1, seed=0, foreground_probability=0.6, outputs=outputs
+    )
     corners = dataset.corners[0]
     foreground = outputs.foreground_labels
     assert corners.values == [0, *foreground]
@@ -114,7 +129,11 @@ def test_padding_to_the_patch_fills_labels_with_background_and_images_with_their
     label = torch.ones(1, 3, 5, 2, dtype=torch.uint8)
     padded = pad_to_patch(label, (4, 4, 4), torch.zeros(1))
     assert padded.shape == (1, 4, 5, 4) and padded.dtype == torch.uint8
-    assert torch.equal(padded[:, :3, :, :2], label) and int(padded.sum()) == label.numel(), 'padding must be background, not 1'
+    assert torch.equal(padded[:, :3, :, :2], label) and int(padded.sum()) == label.numel(), (
+        'padding must be background, not 1'
+    )
     image = torch.stack([torch.full((3, 5, 2), 2.0), torch.full((3, 5, 2), -1.0)])
     padded = pad_to_patch(image, (4, 4, 4), torch.tensor([-3.0, -4.0]))
-    assert torch.equal(padded[0, 3], torch.full((5, 4), -3.0)) and torch.equal(padded[1, :, :, 3], torch.full((4, 5), -4.0))
+    assert torch.equal(padded[0, 3], torch.full((5, 4), -3.0)) and torch.equal(
+        padded[1, :, :, 3], torch.full((4, 5), -4.0)
+    )

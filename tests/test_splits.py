@@ -40,13 +40,23 @@ def test_ungrouped_splits_do_separate_a_patients_frames():
     assert {patient_of(c) for c in split['training']} & {patient_of(c) for c in split['validation']}
 
 
-@pytest.mark.parametrize('case_id,patient', [
-    ('patient001_frame01', 'patient001'), ('patient001_frame12', 'patient001'),  # ACDC
-    ('A1D9Z7_sa_ED', 'A1D9Z7_sa'), ('A1D9Z7_sa_ES', 'A1D9Z7_sa'),  # M&Ms
-    ('sub-01_ses-02', 'sub-01'), ('case7_t0', 'case7'), ('case7_tp12', 'case7'), ('heart_visit2', 'heart'),
-    ('la_003', 'la_003'), ('heart_017', 'heart_017'), ('23X6SY44VT9KFHR7S7OC', '23X6SY44VT9KFHR7S7OC'),  # MSD, LA2018
-    ('patient_frames', 'patient_frames'),
-])
+@pytest.mark.parametrize(
+    'case_id,patient',
+    [
+        ('patient001_frame01', 'patient001'),
+        ('patient001_frame12', 'patient001'),  # ACDC
+        ('A1D9Z7_sa_ED', 'A1D9Z7_sa'),
+        ('A1D9Z7_sa_ES', 'A1D9Z7_sa'),  # M&Ms
+        ('sub-01_ses-02', 'sub-01'),
+        ('case7_t0', 'case7'),
+        ('case7_tp12', 'case7'),
+        ('heart_visit2', 'heart'),
+        ('la_003', 'la_003'),
+        ('heart_017', 'heart_017'),
+        ('23X6SY44VT9KFHR7S7OC', '23X6SY44VT9KFHR7S7OC'),  # MSD, LA2018
+        ('patient_frames', 'patient_frames'),
+    ],
+)
 def test_a_patient_is_an_id_without_its_frame_or_time_point_suffix(case_id, patient):
     assert patient_of(case_id) == patient
 
@@ -55,7 +65,9 @@ def test_ids_without_time_points_split_exactly_as_before_grouping():
     """MSD's la_003 must not make one patient 'la': such datasets keep the case-by-case split they always had."""
     ids = [f'la_{i:03d}' for i in range(20)]
     for folds, fold in ((0, None), (5, 2)):
-        assert split_cases(ids, seed=3, folds=folds, fold=fold) == split_cases(ids, seed=3, folds=folds, fold=fold, group_by_patient=False)
+        assert split_cases(ids, seed=3, folds=folds, fold=fold) == split_cases(
+            ids, seed=3, folds=folds, fold=fold, group_by_patient=False
+        )
     assert 'case by case' in grouping_text(ids, True)
 
 
@@ -76,7 +88,10 @@ def write(tmp_path: Path, content) -> Path:
 
 
 def nnunet_folds(case_ids: list[str], folds: int) -> list[dict]:
-    return [{'train': [c for i, c in enumerate(case_ids) if i % folds != k], 'val': case_ids[k::folds]} for k in range(folds)]
+    return [
+        {'train': [c for i, c in enumerate(case_ids) if i % folds != k], 'val': case_ids[k::folds]}
+        for k in range(folds)
+    ]
 
 
 def test_nnunet_splits_final_and_this_projects_splits_json_are_read_as_they_are(tmp_path):
@@ -86,14 +101,20 @@ def test_nnunet_splits_final_and_this_projects_splits_json_are_read_as_they_are(
     assert read_splits_file(write(tmp_path, one), CASES) == [{'training': sorted(CASES[2:]), 'validation': CASES[:2]}]
 
 
-@pytest.mark.parametrize('change,message', [
-    (lambda f: f[0]['val'].remove('c0') or f[0]['train'].append('c0'), "case 'c0' is in no fold's validation set"),
-    (lambda f: f[1]['val'].append('c0') or f[1]['train'].remove('c0'), "case 'c0' is in the validation sets of folds 0 and 1"),
-    (lambda f: f[2]['train'].append('stranger'), "fold 2 lists 1 cases the dataset does not have, e.g. 'stranger'"),
-    (lambda f: f[0]['train'].remove('c1'), "fold 0 leaves out 1 of the dataset's cases, e.g. 'c1'"),
-    (lambda f: f[0]['train'].append('c0'), "fold 0 lists case 'c0' for both training and validation"),
-    (lambda f: f[0].pop('val'), 'fold 0 must hold "train" and "val"'),
-])
+@pytest.mark.parametrize(
+    'change,message',
+    [
+        (lambda f: f[0]['val'].remove('c0') or f[0]['train'].append('c0'), "case 'c0' is in no fold's validation set"),
+        (
+            lambda f: f[1]['val'].append('c0') or f[1]['train'].remove('c0'),
+            "case 'c0' is in the validation sets of folds 0 and 1",
+        ),
+        (lambda f: f[2]['train'].append('stranger'), "fold 2 lists 1 cases the dataset does not have, e.g. 'stranger'"),
+        (lambda f: f[0]['train'].remove('c1'), "fold 0 leaves out 1 of the dataset's cases, e.g. 'c1'"),
+        (lambda f: f[0]['train'].append('c0'), "fold 0 lists case 'c0' for both training and validation"),
+        (lambda f: f[0].pop('val'), 'fold 0 must hold "train" and "val"'),
+    ],
+)
 def test_a_bad_splits_file_is_refused_in_one_line_naming_the_case(tmp_path, change, message):
     folds = nnunet_folds(CASES, 5)
     change(folds)

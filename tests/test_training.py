@@ -12,15 +12,31 @@ import pytest
 import torch
 
 import training
-from heartseg.checkpoint import load_checkpoint
 from heartseg.augmentation import Augmentation
+from heartseg.checkpoint import load_checkpoint
 from heartseg.errors import EXIT_USER_ERROR, run_cli
 from heartseg.splits import split_cases
 from main import main
 from predict import main as predict_main
 
-TINY = ['--levels', '2', '--base-channels', '8', '--patch-size', '32', '32', '16',
-        '--steps-per-epoch', '20', '--batch-size', '2', '--seed', '3', '--lr', '0.01']
+TINY = [
+    '--levels',
+    '2',
+    '--base-channels',
+    '8',
+    '--patch-size',
+    '32',
+    '32',
+    '16',
+    '--steps-per-epoch',
+    '20',
+    '--batch-size',
+    '2',
+    '--seed',
+    '3',
+    '--lr',
+    '0.01',
+]
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:
@@ -80,12 +96,17 @@ def test_augmentation_on_the_device_trains_through_loader_workers(small_dataset,
     flags = ['--epochs', '3', '--augment-on', 'device', '--num-workers', '1', *TINY]
     batches = []
     augment = Augmentation.apply_intensity
-    monkeypatch.setattr(Augmentation, 'apply_intensity', lambda self, batch, params: batches.append(len(batch)) or augment(self, batch, params))
+    monkeypatch.setattr(
+        Augmentation,
+        'apply_intensity',
+        lambda self, batch, params: batches.append(len(batch)) or augment(self, batch, params),
+    )
     intensity = Augmentation.intensity
 
     def only_on_the_device(self, image, params):
         assert torch.utils.data.get_worker_info() is None, 'the loader workers must only sample and draw'
         return intensity(self, image, params)
+
     monkeypatch.setattr(Augmentation, 'intensity', only_on_the_device)
     assert run_cli(main, ['--data', str(small_dataset), '--run-dir', str(run_dir), *flags]) == 0
     assert batches == [2] * 3 * 20, 'every training batch of the 3 epochs of 20 steps is augmented on the device'
@@ -100,6 +121,7 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_epoch_zero(small_
 
     def killed(self, epoch):
         raise KeyboardInterrupt
+
     original = training.Trainer.run_epoch
     monkeypatch.setattr(training.Trainer, 'run_epoch', killed)
     assert run_cli(main, ['--data', str(small_dataset), '--run-dir', str(run_dir), '--epochs', '2', *TINY]) == 130
@@ -107,8 +129,14 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_epoch_zero(small_
     monkeypatch.setattr(training.Trainer, 'run_epoch', original)
     capsys.readouterr()
     assert run_cli(main, ['--resume', str(run_dir)]) == 0
-    assert f'{run_dir}: no checkpoint yet (stopped before its first epoch ended); starting from epoch 0 with its config.json' in capsys.readouterr().out
-    assert load_checkpoint(run_dir / 'last.pt')['epoch'] == 2 and [int(r['epoch']) for r in read_metrics(run_dir)] == [1, 2]
+    assert (
+        f'{run_dir}: no checkpoint yet (stopped before its first epoch ended); '
+        'starting from epoch 0 with its config.json' in capsys.readouterr().out
+    )
+    assert load_checkpoint(run_dir / 'last.pt')['epoch'] == 2 and [int(r['epoch']) for r in read_metrics(run_dir)] == [
+        1,
+        2,
+    ]
 
 
 def test_extending_a_finished_run(small_dataset, tmp_path, monkeypatch):
@@ -120,7 +148,9 @@ def test_extending_a_finished_run(small_dataset, tmp_path, monkeypatch):
     assert [int(r['epoch']) for r in read_metrics(run_dir)] == [1, 2]
     document = json.loads((run_dir / 'config.json').read_text())
     assert document['config']['epochs'] == 2
-    assert len(started) == 1 and document['provenance'][0] == started[0] and len(document['provenance']) == 2, 'the start is kept, the resume added'
+    assert len(started) == 1 and document['provenance'][0] == started[0] and len(document['provenance']) == 2, (
+        'the start is kept, the resume added'
+    )
     assert {'torch', 'torchio', 'SimpleITK', 'scipy', 'git_commit', 'git_uncommitted_changes'} <= set(started[0])
 
 
@@ -135,12 +165,30 @@ def test_a_run_from_before_the_loss_and_output_renames_resumes_and_predicts(smal
     for name in ('last.pt', 'best.pt'):
         state = torch.load(run_dir / name, weights_only=True)
         plan = json.loads(state['plan'])
-        state['plan'] = json.dumps({**{key: value for key, value in plan.items() if key not in ('output', 'regions')},
-                                    'config': {**plan['config'], 'loss': 'bce_dice'}})
+        state['plan'] = json.dumps(
+            {
+                **{key: value for key, value in plan.items() if key not in ('output', 'regions')},
+                'config': {**plan['config'], 'loss': 'bce_dice'},
+            }
+        )
         torch.save(state, run_dir / name)
     image = small_dataset / 'imagesTr' / 'synthetic_001.nii.gz'
-    assert run_cli(predict_main, ['--checkpoint', str(run_dir / 'best.pt'), '--input', str(image),
-                                  '--output', str(tmp_path / 'masks'), '--no-tta', '--no-qc']) == 0
+    assert (
+        run_cli(
+            predict_main,
+            [
+                '--checkpoint',
+                str(run_dir / 'best.pt'),
+                '--input',
+                str(image),
+                '--output',
+                str(tmp_path / 'masks'),
+                '--no-tta',
+                '--no-qc',
+            ],
+        )
+        == 0
+    )
     assert (tmp_path / 'masks' / image.name).is_file()
     assert run_cli(main, ['--resume', str(run_dir), '--epochs', '2']) == 0
     assert [int(r['epoch']) for r in read_metrics(run_dir)] == [1, 2]
@@ -160,7 +208,9 @@ def test_a_time_limited_run_can_be_extended_past_its_limit(small_dataset, tmp_pa
 
 
 @pytest.mark.parametrize('poisoned_epoch', [0, 1])
-def test_non_finite_loss_stops_with_message_and_keeps_checkpoint(small_dataset, tmp_path, monkeypatch, capsys, poisoned_epoch):
+def test_non_finite_loss_stops_with_message_and_keeps_checkpoint(
+    small_dataset, tmp_path, monkeypatch, capsys, poisoned_epoch
+):
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / 'run'
     original_step = training.Trainer.train_step
@@ -184,8 +234,24 @@ def test_non_finite_loss_stops_with_message_and_keeps_checkpoint(small_dataset, 
 
 def test_without_data_main_writes_and_uses_the_synthetic_dataset(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    argv = ['--run-dir', 'runs/default', '--epochs', '1', '--steps-per-epoch', '1', '--max-cases', '4',
-            '--levels', '2', '--base-channels', '4', '--patch-size', '16', '16', '16']
+    argv = [
+        '--run-dir',
+        'runs/default',
+        '--epochs',
+        '1',
+        '--steps-per-epoch',
+        '1',
+        '--max-cases',
+        '4',
+        '--levels',
+        '2',
+        '--base-channels',
+        '4',
+        '--patch-size',
+        '16',
+        '16',
+        '16',
+    ]
     assert run_cli(main, argv) == 0
     out = capsys.readouterr().out
     assert 'SYNTHETIC' in out and 'python main.py --download' in out
@@ -198,8 +264,20 @@ def test_deep_supervision_is_the_default_and_its_checkpoint_predicts(small_datas
     from heartseg.prediction import Predictor
 
     monkeypatch.chdir(tmp_path)
-    three_levels = ['--levels', '3', '--base-channels', '4', '--patch-size', '32', '32', '16',
-                    '--epochs', '1', '--steps-per-epoch', '4']
+    three_levels = [
+        '--levels',
+        '3',
+        '--base-channels',
+        '4',
+        '--patch-size',
+        '32',
+        '32',
+        '16',
+        '--epochs',
+        '1',
+        '--steps-per-epoch',
+        '4',
+    ]
     assert run_cli(main, ['--data', str(small_dataset), '--run-dir', 'deep', *three_levels]) == 0
     state = load_checkpoint(tmp_path / 'deep' / 'best.pt')
     assert state['plan'].model['deep_supervision'] is True
@@ -207,7 +285,9 @@ def test_deep_supervision_is_the_default_and_its_checkpoint_predicts(small_datas
     scan = next((small_dataset / 'imagesTr').glob('*.nii.gz'))
     mask = Predictor(tmp_path / 'deep' / 'best.pt', tta=False).predict(scan)[0]
     assert mask.shape == nib.load(scan).shape
-    assert run_cli(main, ['--data', str(small_dataset), '--run-dir', 'plain', *three_levels, '--no-deep-supervision']) == 0
+    assert (
+        run_cli(main, ['--data', str(small_dataset), '--run-dir', 'plain', *three_levels, '--no-deep-supervision']) == 0
+    )
     assert not any(key.startswith('deep_heads') for key in load_checkpoint(tmp_path / 'plain' / 'best.pt')['model'])
 
 
@@ -215,10 +295,27 @@ def test_a_split_seed_keeps_the_validation_cases_while_the_training_seed_changes
     monkeypatch.chdir(tmp_path)
     case_ids = [path.name.removesuffix('.nii.gz') for path in (small_dataset / 'imagesTr').glob('*.nii.gz')]
     other_seed = next(s for s in range(1, 50) if split_cases(case_ids, s) != split_cases(case_ids, 0))
-    quick = ['--data', str(small_dataset), '--epochs', '1', '--steps-per-epoch', '1', '--levels', '2',
-             '--base-channels', '4', '--patch-size', '16', '16', '16']
-    runs = {'seed 0': ['--seed', '0'], 'other seed': ['--seed', str(other_seed)],
-            'other seed, split seed 0': ['--seed', str(other_seed), '--split-seed', '0']}
+    quick = [
+        '--data',
+        str(small_dataset),
+        '--epochs',
+        '1',
+        '--steps-per-epoch',
+        '1',
+        '--levels',
+        '2',
+        '--base-channels',
+        '4',
+        '--patch-size',
+        '16',
+        '16',
+        '16',
+    ]
+    runs = {
+        'seed 0': ['--seed', '0'],
+        'other seed': ['--seed', str(other_seed)],
+        'other seed, split seed 0': ['--seed', str(other_seed), '--split-seed', '0'],
+    }
     splits = {}
     for name, seeds in runs.items():
         assert run_cli(main, [*quick, *seeds, '--run-dir', name]) == 0
@@ -228,7 +325,8 @@ def test_a_split_seed_keeps_the_validation_cases_while_the_training_seed_changes
 
 
 def test_several_labels_train_a_softmax_and_predict_every_label(small_dataset, tmp_path, monkeypatch):
-    """Label 1 is split into 1 and 2 along x: the net gets a softmax over background and both, and masks keep both label values."""
+    """Label 1 is split into 1 and 2 along x:
+    the net gets a softmax over background and both, and masks keep both label values."""
     monkeypatch.chdir(tmp_path)
     content = json.loads((small_dataset / 'dataset.json').read_text())
     content['labels'] = {'0': 'background', '1': 'left part', '2': 'right part'}
@@ -237,18 +335,31 @@ def test_several_labels_train_a_softmax_and_predict_every_label(small_dataset, t
         label = nib.load(path)
         values = np.asarray(label.dataobj).astype(np.uint8)
         x = np.nonzero(values)[0]
-        values[int(np.median(x)):][values[int(np.median(x)):] == 1] = 2
+        values[int(np.median(x)) :][values[int(np.median(x)) :] == 1] = 2
         nib.save(nib.Nifti1Image(values, label.affine), path)
     assert run_cli(main, ['--data', str(small_dataset), '--run-dir', 'multi', '--epochs', '5', *TINY]) == 0
     state = load_checkpoint(tmp_path / 'multi' / 'best.pt')
     assert state['plan'].model['out_channels'] == 3 and state['plan'].output == 'softmax'
     output = tmp_path / 'masks'
-    argv = ['--checkpoint', str(tmp_path / 'multi' / 'best.pt'), '--input', str(small_dataset / 'dataset.json'),
-            '--subset', 'validation', '--output', str(output), '--labels', str(small_dataset / 'labelsTr'), '--no-tta']
+    argv = [
+        '--checkpoint',
+        str(tmp_path / 'multi' / 'best.pt'),
+        '--input',
+        str(small_dataset / 'dataset.json'),
+        '--subset',
+        'validation',
+        '--output',
+        str(output),
+        '--labels',
+        str(small_dataset / 'labelsTr'),
+        '--no-tta',
+    ]
     assert run_cli(predict_main, argv) == 0
     rows = read_metrics(output)
     validation = json.loads((tmp_path / 'multi' / 'splits.json').read_text())['validation']
-    assert sorted((row['case'], row['label']) for row in rows) == sorted((case, label) for case in validation for label in ('1', '2'))
+    assert sorted((row['case'], row['label']) for row in rows) == sorted(
+        (case, label) for case in validation for label in ('1', '2')
+    )
     masks = [np.asarray(nib.load(output / f'{case}.nii.gz').dataobj) for case in validation]
     assert set(np.unique(np.concatenate([m.ravel() for m in masks])).tolist()) == {0, 1, 2}
     assert all(float(row['dice']) > 0 for row in rows), 'each label must be found in each validation case'

@@ -25,6 +25,7 @@ def with_voxel(value):
     def change(data, affine):
         data[0, 0, 0] = value
         return data, affine
+
     return change
 
 
