@@ -60,7 +60,11 @@ SOURCE_FLAGS = ('data', 'download', 'download_url')
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The flags; each one's ``dest`` is the RunConfig setting (or plan choice) it overrides, its default None."""
+    """The flags, each with its default None and its ``dest`` named after where its value goes.
+
+    That is a RunConfig setting or a plan choice (``heartseg.planning``), or for ``--data``,
+    ``--download``, ``--download-url``, ``--resume`` and ``--score-folds`` the dataset or the mode.
+    """
     parser = Parser(
         description=__doc__.split('\n\n')[0],
         epilog='Flags left out take defaults planned from the dataset and device; the plan is printed at start.',
@@ -99,9 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest='target_spacing',
         type=number(0, inclusive=False),
         nargs='+',
-        help='target spacing in mm (one value or three). Default: the dataset median '
-        '(nnU-Net rule), but no finer than '
-        f'{DEVICE_DEFAULTS["cpu"].min_spacing_mm:g} mm on a CPU',
+        help='target spacing in mm (one value or three). Default: the dataset median (nnU-Net rule), but no '
+        f'finer than {_spacing_floors()}',
     )
     data.add_argument(
         '--val-fraction',
@@ -327,10 +330,18 @@ def _on(value: bool) -> str:
     return 'on' if value else 'off'
 
 
+DEVICE_NAMES = {'cpu': 'a CPU', 'mps': 'Apple MPS', 'cuda': 'a CUDA GPU'}
+
+
+def _spacing_floors() -> str:
+    floors = {device: defaults.min_spacing_mm for device, defaults in DEVICE_DEFAULTS.items()}
+    return ', '.join(f'{floor:g} mm on {DEVICE_NAMES[device]}' for device, floor in floors.items() if floor)
+
+
 def _by_device(setting: str) -> str:
     shown = {device: getattr(defaults, setting) for device, defaults in DEVICE_DEFAULTS.items()}
     shown = {device: _on(value) if isinstance(value, bool) else value for device, value in shown.items()}
-    return f'{shown["cpu"]} on a CPU, {shown["cuda"]} on a GPU'
+    return ', '.join(f'{value} on {DEVICE_NAMES[device]}' for device, value in shown.items())
 
 
 def given_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -364,7 +375,7 @@ def plan(given: dict[str, Any]) -> tuple[RunConfig, DatasetSpec]:
     root, synthetic = data_root(given)
     dataset = read_dataset(root)
     overrides = {name: value for name, value in given.items() if name not in SOURCE_FLAGS}
-    return plan_run(dataset, select_device(given.get('device', 'auto')), overrides, synthetic), dataset
+    return plan_run(dataset, select_device(given.get('device', RunConfig.device)), overrides, synthetic), dataset
 
 
 def data_root(given: dict[str, Any]) -> tuple[Path, bool]:
@@ -378,7 +389,8 @@ def data_root(given: dict[str, Any]) -> tuple[Path, bool]:
             )
         return given['data'], False
     if 'download' in given:
-        return download_task02(DATA_ROOT, url=given.get('download_url', TASK02_URL)), False
+        mirror = {'url': given['download_url']} if 'download_url' in given else {}
+        return download_task02(DATA_ROOT, **mirror), False
     if (DATA_ROOT / TASK02_FOLDER / 'dataset.json').is_file():
         return DATA_ROOT / TASK02_FOLDER, False
     synthetic = DATA_ROOT / SYNTHETIC_FOLDER
@@ -400,7 +412,7 @@ def score_folds(given: dict[str, Any]) -> int:
     root = given['score_folds']
     if distributed.is_main():
         with folder_lock(root):
-            print(crossval.score_trained_folds(root, given.get('device', 'auto')))
+            print(crossval.score_trained_folds(root, given.get('device', RunConfig.device)))
         print(f'Done. Scores: {root / "crossval.csv"}, {root / "crossval.json"}.')
     return 0
 

@@ -46,7 +46,7 @@ def geometry_summary(results: list[CaseResult]) -> dict[str, Any] | None:
 
 
 def plan_summary(results: list[CaseResult]) -> dict[str, Any] | None:
-    """Target spacing, patch size and network by main.py's planning rules (CPU budget, 4 levels),
+    """Target spacing, patch size and network as ``heartseg.planning.plan_geometry`` plans them for a CPU,
     at the suggested spacing and at the CPU's."""
     headers = [r.header for r in results if r.header and r.split == 'training']
     if not headers:

@@ -1,4 +1,4 @@
-"""The run configuration: one object, built once from the command line.
+"""The run configuration: one object, planned once (``heartseg.planning``) and then only read.
 
 Every setting of a run lives in :class:`RunConfig`. ``heartseg.planning``
 plans it from the dataset, the device and the flags; ``training.py`` only reads it; ``config.json`` in
@@ -32,7 +32,7 @@ from heartseg.losses import canonical_loss
 from heartseg.outputs import LEGACY_KIND, Outputs, outputs_from_config
 
 # Settings added after the first runs, with the value those runs used: a config.json without them loads as it ran.
-LEGACY_VALUES = {'deep_supervision': False, 'group_by_patient': False, 'output': LEGACY_KIND}
+LEGACY_VALUES = {'deep_supervision': False, 'group_by_patient': False, 'output': LEGACY_KIND, 'channels_last': False}
 
 
 @dataclass

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -118,6 +118,10 @@ OVERRIDDEN = (
     ('val_fraction', 'folds', 'each fold validates on its own share of the cases'),
 )
 SETTINGS = frozenset(f.name for f in fields(RunConfig))
+# Settings that say where a run's data and folders are: a resume may name them again, as paths to the same places.
+RUN_PLACES = ('data', 'run_dir', 'cache_dir')
+# Settings read from the dataset, never given: overriding them would contradict the files.
+FROM_THE_DATASET = frozenset({'labels', 'modalities', 'regions'})
 
 
 def flag(name: str) -> str:
@@ -140,7 +144,10 @@ def plan_run(
     cases = cases_in_use(dataset, given.get('max_cases', 0))
     headers = [read_header(case, dataset) for case in cases]
     levels = given.get('levels', RunConfig.levels)
-    per_axis = overrides.get('pooling', POOLINGS[0]) == 'per-axis'
+    pooling = overrides.get('pooling') or POOLINGS[0]
+    if pooling not in POOLINGS:
+        raise ValueError(f'pooling must be one of {POOLINGS}, got {pooling!r}')
+    per_axis = pooling == POOLINGS[0]
     spacing, patch, network = plan_geometry(
         headers, device, levels, given.get('target_spacing'), per_axis, given.get('patch_size')
     )
@@ -160,15 +167,14 @@ def plan_run(
         config.folds = folds_in_splits_file(config, cases, given.get('folds'))
     check_patch_size(config)
     check_split(config, len(cases))
-    plan_length(config, given, [case.case_id for case in cases], synthetic)
-    return config
+    return replace(config, **plan_length(config, given, [case.case_id for case in cases], synthetic))
 
 
 def settings_given(overrides: dict[str, Any]) -> dict[str, Any]:
     """The RunConfig settings among ``overrides``, as RunConfig holds them (tuples, strings for paths)."""
-    unknown = set(overrides) - SETTINGS - PLAN_CHOICES
+    unknown = set(overrides) - (SETTINGS - FROM_THE_DATASET) - PLAN_CHOICES
     if unknown:
-        raise ValueError(f'not settings of a run: {sorted(unknown)}')
+        raise ValueError(f'not settings a run may be given: {sorted(unknown)}')
     given = {name: _as_setting(value) for name, value in overrides.items() if name in SETTINGS and value is not None}
     if 'loss' in given:
         given['loss'] = canonical_loss(given['loss'])
@@ -247,13 +253,14 @@ def planned_settings(
         output=planned_kind(structures),
         pool_sizes=network.pool_sizes,
         kernel_sizes=network.kernel_sizes,
-        epochs=TIME_LIMITED_MAX_EPOCHS,  # plan_length sets the length once the split is known
+        # Replaced by plan_length once the split is known: the default length is counted in steps of its training cases.
+        epochs=0,
         val_every=0,
     )
-    return {**settings, **(SYNTHETIC_SCHEDULE if synthetic else {})}
+    return {**settings, **({'steps_per_epoch': SYNTHETIC_SCHEDULE['steps_per_epoch']} if synthetic else {})}
 
 
-def plan_length(config: RunConfig, given: dict[str, Any], case_ids: list[str], synthetic: bool) -> None:
+def plan_length(config: RunConfig, given: dict[str, Any], case_ids: list[str], synthetic: bool) -> dict[str, int]:
     """Epochs and validation interval, unless given.
 
     With a time limit: at most ``TIME_LIMITED_MAX_EPOCHS``, fitted to the clock
@@ -263,13 +270,11 @@ def plan_length(config: RunConfig, given: dict[str, Any], case_ids: list[str], s
     synthetic dataset, validating every epoch.
     """
     if config.time_limit:
-        config.epochs = given.get('epochs', TIME_LIMITED_MAX_EPOCHS)
-        config.val_every = given.get('val_every', 0)
-    elif synthetic or 'epochs' in given:
-        config.val_every = given.get('val_every', 1)
-    else:
-        config.epochs = default_epochs(config, training_cases(config, case_ids))
-        config.val_every = given.get('val_every', max(1, round(config.epochs / DEFAULT_LENGTH_VALIDATIONS)))
+        return {'epochs': given.get('epochs', TIME_LIMITED_MAX_EPOCHS), 'val_every': given.get('val_every', 0)}
+    if 'epochs' in given or synthetic:
+        return {'epochs': given.get('epochs', SYNTHETIC_SCHEDULE['epochs']), 'val_every': given.get('val_every', 1)}
+    epochs = default_epochs(config, training_cases(config, case_ids))
+    return {'epochs': epochs, 'val_every': given.get('val_every', max(1, round(epochs / DEFAULT_LENGTH_VALIDATIONS)))}
 
 
 def default_epochs(config: RunConfig, training_cases: int) -> int:
@@ -371,25 +376,23 @@ def resume_plan(run_dir: Path, overrides: dict[str, Any]) -> RunConfig:
     refused: a resumed run keeps its plan.
     """
     resumable = ', '.join(flag(name) for name in sorted(RESUMABLE_SETTINGS))
-    for name in set(overrides) - SETTINGS:
+    if plan_choices := sorted(name for name, value in overrides.items() if name not in SETTINGS and value is not None):
         raise UserError(
-            flag(name),
+            flag(plan_choices[0]),
             f'cannot change the plan of {run_dir}: a resumed run keeps its own (only {resumable} may change)',
         )
     config = load_config(run_dir / 'config.json')
     saved = asdict(config)
     given = settings_given(overrides)
-    for name in ('data', 'run_dir', 'cache_dir'):
-        if name in given and Path(given[name]).resolve() != Path(saved[name]).resolve():
-            raise UserError(
-                flag(name),
-                f'{given.pop(name)} is not {saved[name]}, which {run_dir} uses; a resumed run '
-                'keeps its data and folders',
-            )
     for name, value in given.items():
-        if name in RESUMABLE_SETTINGS:
+        if name in RUN_PLACES:
+            if Path(value).resolve() != Path(saved[name]).resolve():
+                raise UserError(
+                    flag(name), f'{value} is not {saved[name]}, which {run_dir} uses; a resumed run keeps its places'
+                )
+        elif name in RESUMABLE_SETTINGS:
             setattr(config, name, value)
-        elif name not in ('data', 'run_dir', 'cache_dir') and _normalise(value) != _normalise(saved[name]):
+        elif _normalise(value) != _normalise(saved[name]):
             raise UserError(
                 run_dir,
                 f'cannot resume with {flag(name)} {value}: the run used {saved[name]} (only {resumable} may change)',

@@ -1,6 +1,6 @@
 """A trained model, or an ensemble of them, predicting masks in each scan's exact grid; evaluation.
 
-``predict.py`` and the cross-validation scoring in ``main.py`` both predict
+``predict.py`` and the cross-validation scoring (``heartseg.crossval``) both predict
 through :class:`Predictor`, so their masks and numbers are computed the same
 way. Every mask has the input's shape and affine; the checkpoint carries the
 architecture, spacing, normalisation, patch size and label values.

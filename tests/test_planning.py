@@ -65,9 +65,22 @@ def test_overrides_replace_the_plan_and_a_single_spacing_is_isotropic(small_data
     assert plan_run(dataset, CPU, {}).output == 'sigmoid', 'one structure: one sigmoid channel'
 
 
-def test_an_unknown_override_is_a_programming_error_not_ignored(small_dataset):
-    with pytest.raises(ValueError, match='spacing'):
-        plan_run(read_dataset(small_dataset), CPU, {'spacing': (2.0,)})
+@pytest.mark.parametrize('overrides', [{'spacing': (2.0,)}, {'labels': {'0': 'background'}}, {'pooling': 'peraxis'}])
+def test_an_override_planning_cannot_take_is_a_programming_error_not_ignored(overrides, small_dataset):
+    with pytest.raises(ValueError, match=next(iter(overrides))):
+        plan_run(read_dataset(small_dataset), CPU, overrides)
+
+
+def test_a_config_json_from_before_a_setting_existed_loads_as_it_ran(small_dataset, tmp_path):
+    from heartseg.config import LEGACY_VALUES, load_config, save_config
+
+    save_config(plan_run(read_dataset(small_dataset), CPU, {}), tmp_path / 'config.json')
+    document = json.loads((tmp_path / 'config.json').read_text())
+    for setting in LEGACY_VALUES:
+        del document['config'][setting]
+    (tmp_path / 'config.json').write_text(json.dumps(document))
+    loaded = load_config(tmp_path / 'config.json')
+    assert all(getattr(loaded, setting) == value for setting, value in LEGACY_VALUES.items())
 
 
 @pytest.mark.parametrize(
@@ -75,6 +88,7 @@ def test_an_unknown_override_is_a_programming_error_not_ignored(small_dataset):
     [
         ({'val_fraction': 0.3, 'folds': 3}, '--val-fraction'),
         ({'split_seed': 1, 'splits': 'splits.json'}, '--split-seed'),
+        ({'group_by_patient': False, 'splits': 'splits.json'}, '--group-by-patient'),
     ],
 )
 def test_a_setting_another_makes_moot_is_refused(overrides, refused, small_dataset):
