@@ -388,7 +388,8 @@ def resume_plan(run_dir: Path, overrides: dict[str, Any]) -> RunConfig:
         if name in RUN_PLACES:
             if Path(value).resolve() != Path(saved[name]).resolve():
                 raise UserError(
-                    flag(name), f'{value} is not {saved[name]}, which {run_dir} uses; a resumed run keeps its places'
+                    flag(name),
+                    f'{value} is not {saved[name]}, which {run_dir} uses; a resumed run keeps its data and folders',
                 )
         elif name in RESUMABLE_SETTINGS:
             setattr(config, name, value)
