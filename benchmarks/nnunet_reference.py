@@ -39,7 +39,7 @@ import torch
 from heartseg.cli import Parser, integer
 from heartseg.errors import UserError, run_cli
 from heartseg.files import write_rows_csv
-from heartseg.outputs import outputs_from_config
+from heartseg.outputs import planned_outputs
 from heartseg.prediction import evaluate_case, summarise
 
 TRAINER = 'nnUNetTrainer'
@@ -149,9 +149,7 @@ def predict(args: argparse.Namespace) -> dict:
     predictor.predict_from_files_sequential(str(args.input), str(args.output), save_probabilities=False, overwrite=True)
     seconds = time.perf_counter() - started
     dataset_json = json.loads(Path(model_folder, 'dataset.json').read_text())
-    outputs = outputs_from_config(
-        {'labels': {str(v): k for k, v in dataset_json['labels'].items()}, 'output': 'softmax'}
-    )
+    outputs = planned_outputs('softmax', {str(v): k for k, v in dataset_json['labels'].items()}, regions=[])
     rows = []
     for mask_path in sorted(args.output.glob('*.nii.gz')):
         case_id = mask_path.name.removesuffix('.nii.gz')

@@ -29,7 +29,7 @@ from heartseg.errors import UserError
 from heartseg.files import atomic_write_text
 from heartseg.inference import DEFAULT_OVERLAP
 from heartseg.losses import canonical_loss
-from heartseg.outputs import LEGACY_KIND, Outputs, outputs_from_config
+from heartseg.outputs import LEGACY_KIND, Outputs, planned_outputs
 
 # Settings added after the first runs, with the value those runs used: a config.json without them loads as it ran.
 LEGACY_VALUES = {'deep_supervision': False, 'group_by_patient': False, 'output': LEGACY_KIND, 'channels_last': False}
@@ -99,7 +99,7 @@ class RunConfig:
     @property
     def outputs(self) -> Outputs:
         """What the network's output channels mean (sigmoid or softmax, which structures)."""
-        return outputs_from_config(asdict(self))
+        return planned_outputs(self.output, self.labels, self.regions)
 
     def network_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :class:`mymodel.UNet3D`:

@@ -153,11 +153,6 @@ def planned_kind(structures: Sequence[Sequence[int]]) -> str:
     return 'softmax' if len(structures) > 1 and not regions else 'sigmoid'
 
 
-def outputs_from_config(config: Mapping[str, Any]) -> Outputs:
-    """The outputs a run config (a dict, as checkpoints store it) trained."""
-    return planned_outputs(config.get('output') or LEGACY_KIND, config['labels'], config.get('regions') or [])
-
-
 def planned_outputs(kind: str, labels: Mapping[str, str], regions: Sequence[Mapping[str, Any]]) -> Outputs:
     """The outputs of a planned kind: one per region (nnU-Net v2's ``{'name', 'values', 'paint'}``), or per label."""
     if regions:

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from heartseg.outputs import Outputs, foreground_values, outputs_from_config, planned_kind
+from heartseg.outputs import Outputs, foreground_values, planned_kind, planned_outputs
 
 SOFTMAX = Outputs('softmax', ((1,), (2,), (3,)))
 # BraTS-like regions: whole tumour {1, 2, 3}, tumour core {2, 3}, enhancing {3}, painted in that order.
@@ -61,14 +61,14 @@ def test_softmax_refuses_overlapping_regions():
         Outputs('softmax', ((1, 2), (2,)), paint_values=(1, 2))
 
 
-def test_a_config_from_before_the_output_kind_was_recorded_trained_sigmoid_channels():
-    outputs = outputs_from_config({'labels': {'0': 'background', '1': 'a', '2': 'b'}})
+def test_the_planned_kind_gives_one_channel_per_structure_and_softmax_one_for_background():
+    outputs = planned_outputs('sigmoid', {'0': 'background', '1': 'a', '2': 'b'}, regions=[])
     assert outputs == Outputs('sigmoid', ((1,), (2,)), names=('a', 'b')) and outputs.channels == 2
-    assert outputs_from_config({'labels': {'0': 'background', '1': 'a', '2': 'b'}, 'output': 'softmax'}).channels == 3
+    assert planned_outputs('softmax', {'0': 'background', '1': 'a', '2': 'b'}, regions=[]).channels == 3
 
 
 def test_foreground_values_leave_out_background_whether_labels_are_keyed_by_int_or_str():
     labels = {'0': 'background', '3': 'c', '1': 'a'}
     by_int = {int(value): name for value, name in labels.items()}
     assert foreground_values(labels) == foreground_values(by_int) == [1, 3]
-    assert outputs_from_config({'labels': labels}).foreground_labels == (1, 3)
+    assert planned_outputs('sigmoid', labels, regions=[]).foreground_labels == (1, 3)
