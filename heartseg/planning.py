@@ -117,6 +117,8 @@ OVERRIDDEN = (
     ('val_fraction', 'splits', 'the splits file gives the folds'),
     ('val_fraction', 'folds', 'each fold validates on its own share of the cases'),
 )
+# Settings that only act on the validation split (how it is drawn, how often it runs).
+WITH_VALIDATION_ONLY = ('split_seed', 'group_by_patient', 'val_every', 'image_every')
 SETTINGS = frozenset(f.name for f in fields(RunConfig))
 # Settings that say where a run's data and folders are: a resume may name them again, as paths to the same places.
 RUN_PLACES = ('data', 'run_dir', 'cache_dir')
@@ -197,6 +199,12 @@ def refuse_moot_settings(given: dict[str, Any]) -> None:
     for setting, other, why in OVERRIDDEN:
         if setting in given and other in given:
             raise UserError(flag(setting), f'has no effect with {flag(other)}: {why}')
+    holds_nothing_out = given.get('val_fraction') == 0 and not ({'folds', 'splits'} & set(given))
+    for setting in WITH_VALIDATION_ONLY:
+        if holds_nothing_out and setting in given:
+            raise UserError(flag(setting), 'has no effect with --val-fraction 0: no case is held out for validation')
+    if given.get('augmentation') == 'none' and 'augment_on' in given:
+        raise UserError('--augment-on', 'has no effect with --augmentation none: there is nothing to run')
 
 
 def plan_geometry(

@@ -89,6 +89,9 @@ def test_a_config_json_from_before_a_setting_existed_loads_as_it_ran(small_datas
         ({'val_fraction': 0.3, 'folds': 3}, '--val-fraction'),
         ({'split_seed': 1, 'splits': 'splits.json'}, '--split-seed'),
         ({'group_by_patient': False, 'splits': 'splits.json'}, '--group-by-patient'),
+        ({'val_fraction': 0, 'val_every': 2}, '--val-every'),
+        ({'val_fraction': 0, 'split_seed': 3}, '--split-seed'),
+        ({'augmentation': 'none', 'augment_on': 'device'}, '--augment-on'),
     ],
 )
 def test_a_setting_another_makes_moot_is_refused(overrides, refused, small_dataset):
