@@ -145,6 +145,7 @@ def predict(args: argparse.Namespace) -> dict:
     model_folder = get_output_folder(args.dataset, TRAINER, 'nnUNetPlans', args.configuration)
     predictor = nnUNetPredictor(device=torch.device('cpu'), perform_everything_on_device=False)
     predictor.initialize_from_trained_model_folder(model_folder, use_folds=('all',))
+    args.output.mkdir(parents=True, exist_ok=True)  # nnU-Net writes into it without creating it
     started = time.perf_counter()
     predictor.predict_from_files_sequential(str(args.input), str(args.output), save_probabilities=False, overwrite=True)
     seconds = time.perf_counter() - started
