@@ -26,7 +26,7 @@ from pathlib import Path
 from heartseg.analysis import analyze_cases, attach_problems, duplicate_problems, spacing_outliers, unique_tasks
 from heartseg.analysis_files import write_figures, write_tables
 from heartseg.analysis_report import format_report, summarise
-from heartseg.cli import Parser, integer
+from heartseg.cli import Parser, integer, user_path
 from heartseg.data import read_dataset
 from heartseg.errors import EXIT_USER_ERROR, UserError, run_cli
 from heartseg.files import atomic_write_text, ensure_writable_dir
@@ -47,13 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(description=summary, epilog=rest.replace('``', ''), formatter_class=_HelpFormatter)
     parser.add_argument(
         'data_dir',
-        type=Path,
+        type=user_path,
         metavar='DATA_DIR',
         help='dataset folder, MSD or nnU-Net v2 raw layout: dataset.json, imagesTr/, labelsTr/ and optional imagesTs/',
     )
     parser.add_argument(
         '--output',
-        type=Path,
+        type=user_path,
         help='folder for the report, fingerprint.json, cases.csv and figures '
         f'(default: DATA_DIR/{DEFAULT_OUTPUT_NAME})',
     )

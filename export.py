@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from heartseg.cli import Parser
+from heartseg.cli import Parser, user_path
 from heartseg.crossval import resolve_checkpoints
 from heartseg.errors import UserError, run_cli
 from heartseg.export import ONNX_OPSET, export_format, export_network, is_exported, optional_module
@@ -39,12 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         '--checkpoint',
-        type=Path,
+        type=user_path,
         required=True,
         help='a checkpoint (best.pt), a run folder (its best.pt) or a cross-validation folder (every fold)',
     )
     parser.add_argument(
-        '--output', type=Path, required=True, help='the exported file: .onnx, or .pt / .ts for TorchScript'
+        '--output', type=user_path, required=True, help='the exported file: .onnx, or .pt / .ts for TorchScript'
     )
     return parser
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from heartseg import crossval, distributed
 from heartseg.augmentation import PLACES, STRENGTHS
-from heartseg.cli import Parser, integer, number
+from heartseg.cli import Parser, integer, number, user_path
 from heartseg.config import RunConfig
 from heartseg.data import DatasetSpec, read_dataset
 from heartseg.devices import select_device
@@ -46,7 +46,7 @@ from heartseg.planning import (
     plan_run,
     resume_plan,
 )
-from heartseg.runner import open_run_folder, run
+from heartseg.runner import check_run_folder, open_run_folder, plan_and_preprocess, run
 from heartseg.schedule import VALIDATION_SHARE
 from heartseg.synthetic import write_synthetic_dataset
 from mymodel import NORMS
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         '--data',
         dest='data',
-        type=Path,
+        type=user_path,
         help='dataset folder: MSD (dataset.json, imagesTr/, labelsTr/) or nnU-Net v2 raw '
         f'(Dataset002_Heart/). Default: ./data/{TASK02_FOLDER} if present, else the built-in '
         'synthetic dataset',
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         '--cache-dir',
         dest='cache_dir',
-        type=Path,
+        type=user_path,
         help=f'where preprocessed volumes are cached (default: {DEFAULT_CACHE})',
     )
     data.add_argument(
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         '--splits',
         dest='splits',
-        type=Path,
+        type=user_path,
         help="folds from a file: nnU-Net's splits_final.json (a list of {train, val}) or a splits.json "
         '(one {training, validation} or a list); --folds defaults to its number of folds',
     )
@@ -272,13 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
     run_group.add_argument(
         '--run-dir',
         dest='run_dir',
-        type=Path,
+        type=user_path,
         help='run folder for config, checkpoints and logs (default runs/<timestamp>)',
     )
     run_group.add_argument(
         '--resume',
         dest='resume',
-        type=Path,
+        type=user_path,
         metavar='RUN_DIR',
         help='continue a run from RUN_DIR/last.pt (from epoch 0 with its config.json if it stopped '
         'before its first checkpoint)',
@@ -286,11 +286,20 @@ def build_parser() -> argparse.ArgumentParser:
     run_group.add_argument(
         '--score-folds',
         dest='score_folds',
-        type=Path,
+        type=user_path,
         metavar='RUN_DIR',
         help='score and pool folds trained apart (each with --folds K --fold I --run-dir '
         'RUN_DIR/fold_I): predicts the validation cases of every fold not yet scored, then '
         'writes RUN_DIR/crossval.csv and crossval.json; trains nothing',
+    )
+    run_group.add_argument(
+        '--plan-only',
+        dest='plan_only',
+        action='store_true',
+        default=None,
+        help='plan the run, check every case and preprocess it into the cache, print the plan and stop: nothing '
+        "is trained and no run folder is written (nnU-Net's plan_and_preprocess); the same command without it "
+        'then trains on the cache',
     )
     run_group.add_argument(
         '--device', dest='device', help='auto, cpu, cuda, cuda:N or mps (default auto: cuda > mps > cpu)'
@@ -354,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     with distributed.session(given.get('device')):
         if 'score_folds' in given:
             return score_folds(given)
+        if 'plan_only' in given:
+            return plan_only(given)
         started = time.perf_counter()
         # Rank 0 plans (and may download or write data); the other ranks take its plan.
         config, dataset, created = distributed.broadcast(configure(given) if distributed.is_main() else None)
@@ -365,6 +376,17 @@ def configure(given: dict[str, Any]) -> tuple[RunConfig, DatasetSpec, bool]:
     """The run's config and dataset, and whether this call created the run folder."""
     config, dataset = plan(given)
     return config, dataset, open_run_folder(config, resuming='resume' in given)
+
+
+def plan_only(given: dict[str, Any]) -> int:
+    """``--plan-only``: plan, check and preprocess every case, print the plan; train nothing, write no run folder."""
+    if 'resume' in given:
+        raise UserError('--plan-only', 'has no effect with --resume: a resumed run keeps its plan and its cache')
+    if distributed.is_main():  # the other torchrun processes have nothing to do
+        config, dataset = plan({name: value for name, value in given.items() if name != 'plan_only'})
+        check_run_folder(config, resuming=False)
+        print(plan_and_preprocess(config, dataset))
+    return 0
 
 
 def plan(given: dict[str, Any]) -> tuple[RunConfig, DatasetSpec]:

@@ -38,11 +38,11 @@ import torch
 from tqdm import tqdm
 
 from heartseg import distributed
-from heartseg.cli import DefaultsHelpFormatter, Parser, integer, number
+from heartseg.cli import DefaultsHelpFormatter, Parser, integer, number, user_path
 from heartseg.crossval import fold_checkpoints, is_cross_validation, postprocessing_of, resolve_checkpoints
 from heartseg.data import case_id_from_path, folder_case_ids, read_dataset
 from heartseg.errors import EXIT_USER_ERROR, DiskFull, UserError, run_cli
-from heartseg.files import ensure_writable_dir, file_digest, save_nifti
+from heartseg.files import canonical_folder, ensure_writable_dir, file_digest, save_nifti
 from heartseg.folder_lock import LOCK_NAME, folder_lock
 from heartseg.inference import (
     BLENDINGS,
@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(description=__doc__.split('\n\n')[0], formatter_class=DefaultsHelpFormatter)
     parser.add_argument(
         '--checkpoint',
-        type=Path,
+        type=user_path,
         nargs='+',
         required=True,
         help='a best.pt or last.pt written by main.py, a run folder (its best.pt), an ONNX or TorchScript '
@@ -175,13 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         '--input',
-        type=Path,
+        type=user_path,
         required=True,
         help="a .nii/.nii.gz scan, a folder of them (nnU-Net's <case>_0000 names give <case> masks), "
         'a dataset folder (its test scans, imagesTs/), '
         'or a dataset.json (its training cases, with their labels); MSD or nnU-Net v2 layout',
     )
-    parser.add_argument('--output', type=Path, required=True, help='folder for <case>.nii.gz masks (and metrics)')
+    parser.add_argument('--output', type=user_path, required=True, help='folder for <case>.nii.gz masks (and metrics)')
     parser.add_argument(
         '--subset',
         choices=('all', 'training', 'validation'),
@@ -190,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(a cross-validation folder: each fold's validation cases, by that fold's model)",
     )
     parser.add_argument(
-        '--labels', type=Path, help='folder of reference <case>.nii.gz label maps: evaluate the predictions'
+        '--labels', type=user_path, help='folder of reference <case>.nii.gz label maps: evaluate the predictions'
     )
     parser.add_argument(
         '--tta',
@@ -492,14 +492,15 @@ def label_file(labels: Path, case: InputCase) -> Path:
 def refuse_overwriting_inputs(output: Path, cases: list[InputCase], labels: Path | None) -> None:
     """Masks are named ``<case>.nii.gz``:
     in a scans' or the labels' folder they would replace the files they are judged by."""
-    output = output.resolve()
-    if labels is not None and labels.resolve() == output:
+    output = canonical_folder(output)
+    if labels is not None and canonical_folder(labels) == output:
         raise UserError(
             output, 'is the --labels folder: the masks would overwrite the reference labels; choose another --output'
         )
-    if any(case.image.resolve().parent == output for case in cases):
+    # The folder a file is listed in, not where a link there points: a mask would replace the link.
+    if any(canonical_folder(case.image.parent) == output for case in cases):
         raise UserError(output, 'holds the input scans: the masks could overwrite them; choose another --output')
-    if any(case.label is not None and case.label.resolve().parent == output for case in cases):
+    if any(case.label is not None and canonical_folder(case.label.parent) == output for case in cases):
         raise UserError(
             output, "holds the dataset's reference labels: the masks would overwrite them; choose another --output"
         )

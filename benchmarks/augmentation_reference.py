@@ -28,14 +28,13 @@ import math
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from benchmarks.benchmark import training_setup
 from heartseg.augmentation import GAMMA, LOW_RESOLUTION, ROTATION, SCALING, dummy_2d_axis, sample_patch
-from heartseg.cli import Parser, integer
+from heartseg.cli import Parser, integer, user_path
 from heartseg.errors import UserError, run_cli
 from heartseg.recipe import build_augmentation, limit_threads
 from heartseg.sampling import PatchCorners, pad_to_patch
@@ -47,7 +46,7 @@ NNUNET_INITIAL_PATCH_ZOOM = 0.85
 def build_parser() -> argparse.ArgumentParser:
     summary, _, rest = __doc__.partition('\n\n')
     parser = Parser(description=summary, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--data', type=Path, required=True, help='dataset folder (MSD or nnU-Net v2)')
+    parser.add_argument('--data', type=user_path, required=True, help='dataset folder (MSD or nnU-Net v2)')
     parser.add_argument('--cases', type=integer(1), default=8, help='how many of the first cases feed the patches')
     parser.add_argument('--patches', type=integer(1), default=64, help='patches per run')
     parser.add_argument('--repeats', type=integer(1), default=3, help='runs of each; the median is reported')

@@ -61,7 +61,7 @@ from benchmarks.timing import (
     timed,
 )
 from heartseg.augmentation import PLACES
-from heartseg.cli import DefaultsHelpFormatter, Parser, integer, number
+from heartseg.cli import DefaultsHelpFormatter, Parser, integer, number, user_path
 from heartseg.config import RunConfig
 from heartseg.crossval import resolve_checkpoints
 from heartseg.data import (
@@ -579,8 +579,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         'predict', help='seconds per case, and our sliding window against MONAI', formatter_class=DefaultsHelpFormatter
     )
-    predict.add_argument('--checkpoint', type=Path, required=True)
-    predict.add_argument('--data', type=Path, required=True, help='MSD-layout dataset whose first cases are predicted')
+    predict.add_argument('--checkpoint', type=user_path, required=True)
+    predict.add_argument(
+        '--data', type=user_path, required=True, help='MSD-layout dataset whose first cases are predicted'
+    )
     predict.add_argument('--cases', type=integer(1), default=5)
     predict.add_argument('--repeats', type=integer(1), default=3, help='runs per measurement; the median is reported')
     predict.add_argument('--batch-size', type=integer(1), default=2)
@@ -646,14 +648,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ensemble.add_argument(
         '--checkpoint',
-        type=Path,
+        type=user_path,
         nargs='+',
         required=True,
         help="checkpoints, or a cross-validation folder (every fold's best.pt)",
     )
-    ensemble.add_argument('--images', type=Path, required=True, help='folder of test scans')
+    ensemble.add_argument('--images', type=user_path, required=True, help='folder of test scans')
     ensemble.add_argument(
-        '--labels', type=Path, required=True, help='folder of their reference label maps, same file names'
+        '--labels', type=user_path, required=True, help='folder of their reference label maps, same file names'
     )
     ensemble.add_argument(
         '--tta',
@@ -674,8 +676,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="predict.py's seconds per case with and without quality control and the background prefetch",
         formatter_class=DefaultsHelpFormatter,
     )
-    qc.add_argument('--checkpoint', type=Path, required=True)
-    qc.add_argument('--images', type=Path, required=True, help='folder of scans; its first --cases are predicted')
+    qc.add_argument('--checkpoint', type=user_path, required=True)
+    qc.add_argument('--images', type=user_path, required=True, help='folder of scans; its first --cases are predicted')
     qc.add_argument('--cases', type=integer(1), default=4)
     qc.add_argument(
         '--repeats', type=integer(1), default=3, help='runs per variant after one warm-up; the median is reported'
@@ -684,7 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
     memory = commands.add_parser(
         'memory', help='peak RSS of predicting one large synthetic volume', formatter_class=DefaultsHelpFormatter
     )
-    memory.add_argument('--checkpoint', type=Path, required=True)
+    memory.add_argument('--checkpoint', type=user_path, required=True)
     memory.add_argument('--shape', type=integer(1), nargs=3, default=(512, 512, 300))
     memory.add_argument('--spacing', type=number(0, inclusive=False), nargs=3, default=(0.625, 0.625, 0.625))
     memory.add_argument('--device', default='cpu')
@@ -700,7 +702,7 @@ def _planned_command(commands, name: str, summary: str, cases: int, example: str
         epilog=f"Flags after -- go to main.py's planner, e.g. -- {example}",
     )
     command.add_argument(
-        '--data', type=Path, required=True, help='MSD-layout dataset; its first cases feed the patches'
+        '--data', type=user_path, required=True, help='MSD-layout dataset; its first cases feed the patches'
     )
     command.add_argument('--cases', type=integer(1), default=cases, help='how many of the first cases to use')
     command.add_argument('--repeats', type=integer(1), default=3, help='runs per measurement; the median is reported')

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from heartseg.cli import Parser
+from heartseg.cli import Parser, user_path
 from heartseg.errors import UserError, run_cli
 
 METRICS = (('dice', 'Dice', '{:.4f}'), ('hd95_mm', 'HD95 mm', '{:.2f}'))
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     summary, _, rest = __doc__.partition('\n\n')
     parser = Parser(description=summary, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        'folders', type=Path, nargs='+', help='prediction folders holding metrics.csv; the first is the reference'
+        'folders', type=user_path, nargs='+', help='prediction folders holding metrics.csv; the first is the reference'
     )
     parser.add_argument('--names', nargs='+', help='a name per folder (default: the folder names)')
     return parser

@@ -17,9 +17,8 @@ import argparse
 import json
 import shutil
 import sys
-from pathlib import Path
 
-from heartseg.cli import Parser, number
+from heartseg.cli import Parser, number, user_path
 from heartseg.data import Case, read_dataset
 from heartseg.errors import UserError, run_cli
 from heartseg.files import atomic_write_text, ensure_writable_dir
@@ -28,9 +27,9 @@ from heartseg.files import atomic_write_text, ensure_writable_dir
 def build_parser() -> argparse.ArgumentParser:
     summary, _, rest = __doc__.partition('\n\n')
     parser = Parser(description=summary, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--data', type=Path, required=True, help='MSD-layout dataset to copy from')
+    parser.add_argument('--data', type=user_path, required=True, help='MSD-layout dataset to copy from')
     parser.add_argument(
-        '--output', type=Path, required=True, help='new dataset folder (git-ignored, never in the repository)'
+        '--output', type=user_path, required=True, help='new dataset folder (git-ignored, never in the repository)'
     )
     parser.add_argument(
         '--max-mib', type=number(0, inclusive=False), required=True, help='size budget of the copied files, in MiB'

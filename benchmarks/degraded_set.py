@@ -18,14 +18,13 @@ import argparse
 import sys
 import zlib
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
 import torchio as tio
 from tqdm import tqdm
 
-from heartseg.cli import Parser
+from heartseg.cli import Parser, user_path
 from heartseg.data import folder_case_ids, resample_label
 from heartseg.errors import UserError, run_cli
 from heartseg.files import ensure_writable_dir, save_nifti
@@ -135,14 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(description=summary, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         '--images',
-        type=Path,
+        type=user_path,
         required=True,
         help="folder of clean <case>.nii.gz scans (or nnU-Net's <case>_0000.nii.gz)",
     )
-    parser.add_argument('--labels', type=Path, required=True, help='folder of their <case>.nii.gz reference labels')
+    parser.add_argument(
+        '--labels', type=user_path, required=True, help='folder of their <case>.nii.gz reference labels'
+    )
     parser.add_argument(
         '--output',
-        type=Path,
+        type=user_path,
         required=True,
         help='folder for images/ and labels/ (git-ignored, never in the repository)',
     )

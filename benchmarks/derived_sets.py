@@ -37,7 +37,7 @@ import torchio as tio
 from tqdm import tqdm
 
 from benchmarks.degraded_set import thick_slices
-from heartseg.cli import Parser, number
+from heartseg.cli import Parser, number, user_path
 from heartseg.data import folder_case_ids, read_dataset, resample_label
 from heartseg.errors import UserError, run_cli
 from heartseg.files import atomic_write_text, ensure_writable_dir, save_nifti
@@ -143,11 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     summary, _, rest = __doc__.partition('\n\n')
     parser = Parser(description=summary, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('kind', choices=('three-structures', 'thick-slices', 'resampled'))
-    parser.add_argument('--data', type=Path, help='an MSD dataset folder to derive a training dataset from')
-    parser.add_argument('--images', type=Path, help='or: a folder of <case>.nii.gz scans (a test set) ...')
-    parser.add_argument('--labels', type=Path, help='... and the folder of their labels')
+    parser.add_argument('--data', type=user_path, help='an MSD dataset folder to derive a training dataset from')
+    parser.add_argument('--images', type=user_path, help='or: a folder of <case>.nii.gz scans (a test set) ...')
+    parser.add_argument('--labels', type=user_path, help='... and the folder of their labels')
     parser.add_argument(
-        '--output', type=Path, required=True, help='where to write (git-ignored, never in the repository)'
+        '--output', type=user_path, required=True, help='where to write (git-ignored, never in the repository)'
     )
     parser.add_argument(
         '--thickness',

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from benchmarks.timing import timed
-from heartseg.cli import Parser, integer
+from heartseg.cli import Parser, integer, user_path
 from heartseg.data import Preprocessing, image_subject, load_nifti
 from heartseg.errors import run_cli
 from heartseg.export import export_network
@@ -38,8 +38,8 @@ BACKENDS = {'onnx': 'model.onnx', 'torchscript': 'model.pt'}
 def build_parser() -> argparse.ArgumentParser:
     summary, _, rest = __doc__.partition('\n\n')
     parser = Parser(description=summary, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--checkpoint', type=Path, required=True, help='a best.pt written by main.py')
-    parser.add_argument('--images', type=Path, required=True, help='folder of scans; the first --cases are used')
+    parser.add_argument('--checkpoint', type=user_path, required=True, help='a best.pt written by main.py')
+    parser.add_argument('--images', type=user_path, required=True, help='folder of scans; the first --cases are used')
     parser.add_argument('--cases', type=integer(1), default=5, help='(default: 5)')
     parser.add_argument(
         '--repeats', type=integer(1), default=3, help='timing runs; the median is reported (default: 3)'

@@ -23,7 +23,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from heartseg.cli import Parser
+from heartseg.cli import Parser, user_path
 from heartseg.errors import UserError, run_cli
 
 UNSURE_BELOW = 0.5
@@ -32,7 +32,7 @@ UNSURE_BELOW = 0.5
 def build_parser() -> argparse.ArgumentParser:
     summary, _, rest = __doc__.partition('\n\n')
     parser = Parser(description=summary, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('predictions', type=Path, help='a predict.py --save-probabilities output folder')
+    parser.add_argument('predictions', type=user_path, help='a predict.py --save-probabilities output folder')
     parser.add_argument(
         '--softmax',
         action='store_true',

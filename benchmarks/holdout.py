@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from heartseg.cli import Parser, integer
+from heartseg.cli import Parser, integer, user_path
 from heartseg.data import NNUNET_V2, Case, DatasetSpec, read_dataset
 from heartseg.errors import UserError, run_cli
 from heartseg.files import atomic_write_text, ensure_writable_dir
@@ -34,10 +34,10 @@ from heartseg.splits import patient_of
 def build_parser() -> argparse.ArgumentParser:
     summary, _, rest = __doc__.partition('\n\n')
     parser = Parser(description=summary, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--data', type=Path, required=True, help='dataset folder, MSD or nnU-Net v2 raw layout')
+    parser.add_argument('--data', type=user_path, required=True, help='dataset folder, MSD or nnU-Net v2 raw layout')
     parser.add_argument(
         '--output',
-        type=Path,
+        type=user_path,
         required=True,
         help='where to write train/ and test/ (git-ignored, never in the repository)',
     )
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     held.add_argument('--patients', type=integer(1), help='hold out this many patients, drawn with --seed')
     held.add_argument(
         '--test-cases',
-        type=Path,
+        type=user_path,
         help='a text file of case ids to hold out, one per line (their patients go with them)',
     )
     parser.add_argument('--seed', type=integer(0), default=0, help='seed of the drawn patients (default %(default)s)')

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from heartseg.cli import Parser, integer, number
+from heartseg.cli import Parser, integer, number, user_path
 from heartseg.data import read_dataset
 from heartseg.errors import run_cli
 from heartseg.files import atomic_write_text
@@ -143,12 +143,12 @@ def evaluate_original_resolution(model, val_items: list[dict]) -> list[dict]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('--data', type=Path, required=True, help='MSD-layout dataset')
+    parser.add_argument('--data', type=user_path, required=True, help='MSD-layout dataset')
     parser.add_argument(
-        '--splits', type=Path, required=True, help="a run's splits.json, so both recipes share the split"
+        '--splits', type=user_path, required=True, help="a run's splits.json, so both recipes share the split"
     )
     parser.add_argument('--minutes', type=number(0, inclusive=False), default=25, help='training wall-clock budget')
-    parser.add_argument('--output', type=Path, required=True, help='folder for curve.json and summary.json')
+    parser.add_argument('--output', type=user_path, required=True, help='folder for curve.json and summary.json')
     parser.add_argument('--seed', type=integer(0), default=0)
     return parser
 

@@ -36,7 +36,7 @@ from pathlib import Path
 import nibabel as nib
 import torch
 
-from heartseg.cli import Parser, integer
+from heartseg.cli import Parser, integer, user_path
 from heartseg.errors import UserError, run_cli
 from heartseg.files import write_rows_csv
 from heartseg.outputs import planned_outputs
@@ -73,12 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument('--epochs', type=integer(1), default=5, help='epochs the iterations are split into')
         if name == 'predict':
             command.add_argument(
-                '--input', type=Path, required=True, help='folder of nnU-Net-named scans (<case>_0000.nii.gz)'
+                '--input', type=user_path, required=True, help='folder of nnU-Net-named scans (<case>_0000.nii.gz)'
             )
             command.add_argument(
-                '--labels', type=Path, required=True, help='folder of reference <case>.nii.gz label maps'
+                '--labels', type=user_path, required=True, help='folder of reference <case>.nii.gz label maps'
             )
-            command.add_argument('--output', type=Path, required=True, help='folder for the masks and metrics.csv')
+            command.add_argument('--output', type=user_path, required=True, help='folder for the masks and metrics.csv')
     return parser
 
 

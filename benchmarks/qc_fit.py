@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from heartseg.cli import Parser
+from heartseg.cli import Parser, user_path
 from heartseg.errors import UserError, run_cli
 from heartseg.qc import FEATURES, assess, features
 from heartseg.splits import patient_of
@@ -209,19 +209,19 @@ def build_parser() -> argparse.ArgumentParser:
     summary, _, rest = __doc__.partition('\n\n')
     parser = Parser(description=summary, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        '--predictions', type=Path, required=True, help='prediction folder (predict.py --labels, with TTA)'
+        '--predictions', type=user_path, required=True, help='prediction folder (predict.py --labels, with TTA)'
     )
     parser.add_argument(
         '--no-tta-predictions',
-        type=Path,
+        type=user_path,
         help='the same cases predicted with --no-tta: fits and scores the rule without agreement',
     )
     parser.add_argument(
         '--report-on',
-        type=Path,
+        type=user_path,
         help="fit on every case of --predictions and report on this folder's cases (other patients)",
     )
-    parser.add_argument('--output', type=Path, help='also write the results here as JSON')
+    parser.add_argument('--output', type=user_path, help='also write the results here as JSON')
     return parser
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from heartseg.data import Case, DatasetSpec
+from heartseg.files import canonical_folder
 from heartseg.fingerprint import CaseHeader, canonical_header
 from heartseg.outputs import foreground_values
 from heartseg.validation import SPACING_OUTLIER_FACTOR, CaseCheck, Problem, channels_first
@@ -120,7 +121,7 @@ def unique_tasks(entries: list[tuple[str, Case]], spec: DatasetSpec) -> list[Cas
 
 def _relative(path: Path, root: Path) -> str:
     try:
-        return path.relative_to(root.resolve()).as_posix()
+        return path.relative_to(canonical_folder(root)).as_posix()
     except ValueError:
         return str(path)
 

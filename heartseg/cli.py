@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import NoReturn
 
 from heartseg.errors import UserError
@@ -47,6 +48,17 @@ class Parser(argparse.ArgumentParser):
             flag, problem = message.removeprefix('argument ').split(': ', 1)
             raise UserError(flag.split('/')[0], f'{problem} (see {self.prog} --help)')
         raise UserError(self.prog, f'{message} (see --help)')
+
+
+def user_path(text: str) -> Path:
+    """A file or folder flag's value, with ``~`` expanded as a shell would, also where the shell did not
+    (``--data=~/LA2018``, a quoted path, a config file).
+
+    Example:
+        >>> user_path('~/LA2018') == Path.home() / 'LA2018'
+        True
+    """
+    return Path(text).expanduser()
 
 
 def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:

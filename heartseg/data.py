@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from heartseg.checkpoint import ModelPlan
 from heartseg.errors import UserError
-from heartseg.files import atomic_torch_save, file_digest
+from heartseg.files import atomic_torch_save, canonical_folder, file_digest
 from heartseg.fingerprint import CaseHeader, canonical_header
 from heartseg.outputs import foreground_values
 from heartseg.validation import CaseCheck, channels_first
@@ -232,9 +232,12 @@ def _resolve_inside(root: Path, relative: object, json_path: Path, key: str) -> 
         raise UserError(
             json_path, f'absolute path {relative!r} is not allowed; paths must be relative to the dataset folder'
         )
-    # The path's text must stay inside; a file there may still be a link to elsewhere (a subset of another dataset).
-    inside = Path(os.path.normpath(root.absolute() / relative))
-    if not inside.is_relative_to(root.absolute()):
+    # Both sides in one spelling: the folder as the OS finds it (any '..', '~' or link in the way the user reached it
+    # followed), the entry's text normalised under it. The text must stay inside; the file there may still be a link
+    # to elsewhere (a subset of another dataset).
+    folder = canonical_folder(root)
+    inside = Path(os.path.normpath(folder / relative))
+    if not inside.is_relative_to(folder):
         raise UserError(json_path, f'path {relative!r} escapes the dataset folder')
     return inside
 
@@ -259,6 +262,7 @@ def read_dataset(root: Path, allow_duplicates: bool = False) -> DatasetSpec:
         UserError: The file is missing or invalid JSON, a key is missing or
             invalid, a case is listed twice, or a path is absolute or escapes ``root``.
     """
+    root = root.expanduser()
     json_path = root / 'dataset.json'
     if not json_path.is_file():
         raise UserError(
@@ -420,7 +424,7 @@ def _parse_v2_labels(content: dict, json_path: Path) -> tuple[dict[int, str], tu
 
 
 def _v2_cases(root: Path, folder: str, ending: str, json_path: Path, with_labels: bool) -> tuple[Case, ...]:
-    images = root / folder
+    images = canonical_folder(root) / folder
     if not images.is_dir():
         raise UserError(
             images, f'folder not found; an nnU-Net v2 dataset keeps its scans as {folder}/<case>_0000{ending}'
@@ -437,7 +441,7 @@ def _v2_cases(root: Path, folder: str, ending: str, json_path: Path, with_labels
         Case(
             case_id,
             images / f'{case_id}{channel_suffix}',
-            root / 'labelsTr' / f'{case_id}{ending}' if with_labels else None,
+            images.parent / 'labelsTr' / f'{case_id}{ending}' if with_labels else None,
         )
         for case_id in case_ids
     )

@@ -116,6 +116,17 @@ def save_nifti(data: np.ndarray, affine: np.ndarray, path: Path, like: nib.Nifti
     atomic_write(path, lambda temporary: nib.save(image, temporary))
 
 
+def canonical_folder(folder: Path) -> Path:
+    """The one spelling that folders are compared in: absolute, with ``~``, ``..`` and links resolved as the OS
+    resolves them (``a/link/..`` is the link target's parent, not ``a``).
+
+    Example:
+        >>> canonical_folder(Path('/data/x/../LA2018')) == canonical_folder(Path('/data/LA2018'))
+        True
+    """
+    return Path(os.path.realpath(folder.expanduser()))
+
+
 def file_digest(path: Path) -> str:
     """SHA-256 of a file's content: a file edited in place, or restored with its old size and time, is told apart."""
     digest = hashlib.sha256()

@@ -39,6 +39,7 @@ from heartseg.config import RunConfig, load_config
 from heartseg.data import DatasetSpec, read_header
 from heartseg.devices import mixed_precision_dtype, select_device
 from heartseg.errors import UserError
+from heartseg.files import canonical_folder
 from heartseg.fingerprint import (
     MIN_FEATURE_MAP_SIZE,
     POOLING_SPACING_RATIO,
@@ -247,7 +248,7 @@ def planned_settings(
     defaults = DEVICE_DEFAULTS[device.type]
     structures = [region['values'] for region in dataset.regions] or [[v] for v in dataset.foreground_labels]
     settings = dict(
-        data=str(dataset.root.resolve()),  # absolute: --resume may run from another folder
+        data=str(canonical_folder(dataset.root)),  # absolute: --resume may run from another folder
         run_dir=str(Path('runs') / datetime.now().strftime('%Y%m%d-%H%M%S')),
         cache_dir=DEFAULT_CACHE,
         target_spacing=tuple(float(s) for s in spacing),
@@ -394,7 +395,7 @@ def resume_plan(run_dir: Path, overrides: dict[str, Any]) -> RunConfig:
     given = settings_given(overrides)
     for name, value in given.items():
         if name in RUN_PLACES:
-            if Path(value).resolve() != Path(saved[name]).resolve():
+            if canonical_folder(Path(value)) != canonical_folder(Path(saved[name])):
                 raise UserError(
                     flag(name),
                     f'{value} is not {saved[name]}, which {run_dir} uses; a resumed run keeps its data and folders',

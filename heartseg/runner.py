@@ -30,6 +30,15 @@ from training import create_trainer
 
 def open_run_folder(config: RunConfig, resuming: bool) -> bool:
     """Check that ``config.run_dir`` can take this run, and create it; whether this call created it."""
+    check_run_folder(config, resuming)
+    run_dir = Path(config.run_dir)
+    created = not run_dir.exists()
+    ensure_writable_dir(run_dir)
+    return created
+
+
+def check_run_folder(config: RunConfig, resuming: bool) -> None:
+    """A one-line refusal if ``config.run_dir`` cannot take this run; writes nothing."""
     run_dir = Path(config.run_dir)
     refuse_if_in_use(run_dir)
     if not resuming and ((run_dir / 'last.pt').exists() or crossval.fold_folder(run_dir, 0).exists()):
@@ -43,9 +52,6 @@ def open_run_folder(config: RunConfig, resuming: bool) -> bool:
             f'{config.batch_size} patches per step cannot be shared evenly by {ranks} '
             f'processes; the batch size is global, so use a multiple of {ranks}',
         )
-    created = not run_dir.exists()
-    ensure_writable_dir(run_dir)
-    return created
 
 
 def run(config: RunConfig, dataset: DatasetSpec, started: float, resuming: bool, created: bool) -> int:
@@ -79,16 +85,35 @@ def prepare_subjects(config: RunConfig, dataset: DatasetSpec, resuming: bool) ->
     main_rank = distributed.is_main()
     if main_rank:
         print(plan_text(config, len(split['training']), len(split['validation']), grouping))
-    preprocessing = Preprocessing(config.target_spacing)
-    cache_dir = Path(config.cache_dir) / dataset.name
-    subjects = {
-        name: preprocess_cases([by_id[i] for i in ids], dataset, preprocessing, cache_dir, show_progress=main_rank)
-        for name, ids in split.items()
-    }
+    subjects = {name: _preprocess(config, dataset, [by_id[i] for i in ids]) for name, ids in split.items()}
     if main_rank:
         save_config(config, run_dir / 'config.json', resuming)
         atomic_write_text(run_dir / 'splits.json', json.dumps({**split, 'grouping': grouping}, indent=1))
     return subjects
+
+
+def plan_and_preprocess(config: RunConfig, dataset: DatasetSpec) -> str:
+    """Print the plan (of fold 0 for a cross-validation) and preprocess every case in use; what was done."""
+    cases = list(cases_in_use(dataset, config.max_cases))
+    case_ids = [case.case_id for case in cases]
+    fold = 0 if config.cross_validation else config.fold
+    split = run_split(config, case_ids, fold)
+    plan = plan_text(config, len(split['training']), len(split['validation']), split_description(config, case_ids))
+    print(plan + (f' (fold {fold} of {config.folds})' if config.folds else ''))
+    _preprocess(config, dataset, cases)
+    return (
+        f'Plan only: {len(cases)} cases checked and preprocessed into {_cache_folder(config, dataset)}; '
+        f'nothing trained and {config.run_dir} not written. The same command without --plan-only trains on this cache.'
+    )
+
+
+def _cache_folder(config: RunConfig, dataset: DatasetSpec) -> Path:
+    return Path(config.cache_dir) / dataset.name
+
+
+def _preprocess(config: RunConfig, dataset: DatasetSpec, cases: list) -> list[tio.Subject]:
+    preprocessing = Preprocessing(config.target_spacing)
+    return preprocess_cases(cases, dataset, preprocessing, _cache_folder(config, dataset), distributed.is_main())
 
 
 def train_run(

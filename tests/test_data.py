@@ -224,8 +224,63 @@ def test_an_msd_subset_whose_files_link_to_another_dataset_is_read(small_dataset
     listing['training'] = listing['training'][:3]
     (subset / 'dataset.json').write_text(json.dumps(listing))
     spec = read_dataset(subset)
-    assert [case.image.parent for case in spec.cases] == [subset.absolute() / 'imagesTr'] * 3
+    assert [case.image.parent for case in spec.cases] == [subset.resolve() / 'imagesTr'] * 3
     assert all(case.image.resolve().is_relative_to(small_dataset.resolve()) for case in spec.cases)
+
+
+def spellings(folder: Path, monkeypatch) -> dict[str, Path]:
+    """Honest spellings of ``folder`` (a dataset in pytest's tmp_path), made real on disk where they need to be."""
+    base = folder.parent
+    (base / 'elsewhere').mkdir(exist_ok=True)
+    (base / 'link').symlink_to(folder, target_is_directory=True)
+    monkeypatch.chdir(base / 'elsewhere')
+    monkeypatch.setenv('HOME', str(base))
+    return {
+        'relative with ..': Path('..') / folder.name,
+        'absolute with ..': base / 'elsewhere' / '..' / folder.name,
+        'symlinked folder': base / 'link',
+        'relative through a symlink and ..': Path('..') / 'link' / '..' / folder.name,
+        'home (~)': Path('~') / folder.name,
+    }
+
+
+@pytest.mark.parametrize('layout', ['msd', 'nnunet_v2'])
+def test_every_honest_spelling_of_a_dataset_folder_reads_the_same_files(tmp_path, monkeypatch, layout):
+    folder = write_synthetic_dataset(tmp_path / 'Data', num_cases=2, shape=(12, 12, 6), layout=layout, test_cases=1)
+    expected = read_dataset(folder)
+    for name, spelling in spellings(folder, monkeypatch).items():
+        spec = read_dataset(spelling)
+        files = [(case.image, case.label) for case in spec.cases] + [(case.image,) for case in spec.test_cases]
+        wanted = [(case.image, case.label) for case in expected.cases] + [(case.image,) for case in expected.test_cases]
+        assert len(files) == len(wanted), name
+        for paths, expected_paths in zip(files, wanted):
+            assert all(path.samefile(other) for path, other in zip(paths, expected_paths)), name
+
+
+@pytest.mark.parametrize(
+    'entry, key',
+    [
+        ('../../x.nii.gz', 'image'),
+        ('./imagesTr/../../Other/imagesTr/synthetic_000.nii.gz', 'image'),
+        ('../Other/labelsTr/synthetic_000.nii.gz', 'label'),
+        ('/etc/passwd', 'label'),
+    ],
+)
+def test_an_entry_outside_the_folder_is_refused_whatever_the_folder_is_called(tmp_path, monkeypatch, entry, key):
+    """An entry that leaves the folder is refused, naming dataset.json, through every spelling of the folder."""
+    other = write_synthetic_dataset(tmp_path / 'Other', num_cases=1, shape=(12, 12, 6))
+    folder = write_synthetic_dataset(tmp_path / 'Data', num_cases=1, shape=(12, 12, 6))
+    listing = json.loads((folder / 'dataset.json').read_text())
+    listing['training'][0][key] = entry
+    (folder / 'dataset.json').write_text(json.dumps(listing))
+    assert (other / 'labelsTr' / 'synthetic_000.nii.gz').is_file(), (
+        'the escape target exists, so only the check stops it'
+    )
+    for name, spelling in spellings(folder, monkeypatch).items():
+        with pytest.raises(UserError) as error:
+            read_dataset(spelling)
+        assert Path(error.value.where).name == 'dataset.json', name
+        assert 'escapes the dataset folder' in str(error.value) or 'absolute path' in str(error.value), name
 
 
 def test_nnunet_v2_regions_are_read_with_their_paint_order(v2_dataset):

@@ -7,6 +7,7 @@ import re
 import unicodedata
 from pathlib import Path
 
+import documented_commands
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,3 +127,28 @@ def test_anchors_match_headings():
 def test_benchmark_links_are_checked():
     """The README's numbers link to BENCHMARKS.md tables, so the anchor test above has something to check."""
     assert any(target.startswith('BENCHMARKS.md#') for page, target in relative_links() if page.name == 'README.md')
+
+
+def test_every_documented_command_is_run_or_says_why_not():
+    """Each step of the manual's ```bash blocks is in documented_commands.COMMANDS: run as written by
+    tests/test_documented_commands.py, run by .ci/run, or not runnable here, with the reason."""
+    documented = {
+        step: page for page in documented_commands.manual_pages() for step in documented_commands.documented_steps(page)
+    }
+    untested = [
+        f'{page.relative_to(REPO)}: {step}'
+        for step, page in documented.items()
+        if step not in documented_commands.COMMANDS
+    ]
+    assert not untested, 'documented commands with no test (add each to tests/documented_commands.py):\n' + '\n'.join(
+        untested
+    )
+    stale = [step for step in documented_commands.COMMANDS if step not in documented]
+    assert not stale, 'tests/documented_commands.py lists commands the manual no longer gives:\n' + '\n'.join(stale)
+
+
+def test_a_documented_command_is_shortened_only_by_its_stop_flags():
+    for step, spec in documented_commands.COMMANDS.items():
+        if isinstance(spec, documented_commands.Runs):
+            run = spec.shell_text(step).split('\n')[-1]
+            assert run.replace(f' {spec.stop}', '', 1) == step if spec.stop else run == step, step

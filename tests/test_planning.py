@@ -149,7 +149,7 @@ def test_every_flag_goes_to_a_named_setting_and_is_none_when_left_out():
     from heartseg.planning import PLAN_CHOICES, SETTINGS, flag
     from main import SOURCE_FLAGS
 
-    modes = {'resume', 'score_folds'}
+    modes = {'resume', 'score_folds', 'plan_only'}
     for action in build_parser()._actions:
         if action.dest == 'help':
             continue

@@ -407,6 +407,24 @@ def test_an_output_folder_that_would_overwrite_scans_or_labels_is_refused(
     assert all((folder / 'synthetic_001.nii.gz').read_bytes() == before[name] for name, folder in folders.items())
 
 
+def test_an_output_folder_of_linked_scans_is_refused_however_it_is_spelled(
+    trained, small_dataset_template, tmp_path, capsys
+):
+    """A mask would replace the link to the scan it was made from: the folder the link is in counts, not its target."""
+    inputs = tmp_path / 'inputs'
+    inputs.mkdir()
+    (inputs / 'synthetic_001.nii.gz').symlink_to(scan(small_dataset_template))
+    (tmp_path / 'elsewhere').mkdir()
+    for output in (inputs, tmp_path / 'elsewhere' / '..' / 'inputs', Path('~') / 'inputs'):
+        with pytest.MonkeyPatch.context() as patched:
+            patched.setenv('HOME', str(tmp_path))
+            code, errors = run_predict(
+                ['--checkpoint', str(trained), '--input', str(inputs), '--output', str(output)], capsys
+            )
+        assert code == EXIT_USER_ERROR and len(errors) == 1 and 'holds the input scans' in errors[0], output
+    assert (inputs / 'synthetic_001.nii.gz').is_symlink()
+
+
 def test_an_output_folder_holding_the_dataset_s_labels_is_refused(trained, small_dataset, tmp_path, capsys):
     labels = small_dataset / 'labelsTr'
     before = {path.name: path.read_bytes() for path in labels.iterdir()}

@@ -375,3 +375,23 @@ def test_the_overlay_image_follows_the_validations_it_can_use(small_dataset, tmp
     assert run_cli(main, ['--data', str(small_dataset), '--run-dir', str(run_dir), *flags]) == 0
     events = EventAccumulator(str(run_dir), size_guidance={IMAGES: 0}).Reload()
     assert [image.step for image in events.Images('val/overlay')] == [3, 9]
+
+
+def test_plan_only_preprocesses_every_case_and_writes_no_run_folder(small_dataset_template, tmp_path, capsys):
+    run_dir, cache = tmp_path / 'run', tmp_path / 'cache'
+    argv = ['--data', str(small_dataset_template), '--run-dir', str(run_dir), '--cache-dir', str(cache), '--plan-only']
+    assert run_cli(main, argv) == 0
+    printed = capsys.readouterr().out
+    assert 'Plan: 5 training / 1 validation cases' in printed and 'Plan only: 6 cases' in printed
+    assert not run_dir.exists(), 'a plan writes no run folder'
+    assert len(list((cache / 'SyntheticHeart').glob('*.pt'))) == 6, 'every case is preprocessed into the cache'
+    assert run_cli(main, [*argv[:-1], '--epochs', '1', '--steps-per-epoch', '1']) == 0, 'then trains on it'
+    assert len(list((cache / 'SyntheticHeart').glob('*.pt'))) == 6, 'from the same cache entries'
+
+
+def test_plan_only_is_refused_where_it_cannot_take_effect(trained, capsys):
+    assert run_cli(main, ['--resume', str(trained.parent), '--plan-only']) == EXIT_USER_ERROR
+    assert 'has no effect with --resume' in capsys.readouterr().err
+    data = json.loads((trained.parent / 'config.json').read_text())['config']['data']
+    assert run_cli(main, ['--data', data, '--run-dir', str(trained.parent), '--plan-only']) == EXIT_USER_ERROR
+    assert 'already holds a run' in capsys.readouterr().err
