@@ -23,11 +23,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from heartseg.analysis import analyze_cases, attach_problems, duplicate_problems, spacing_outliers, unique_tasks
-from heartseg.analysis_files import write_figures, write_tables
-from heartseg.analysis_report import format_report, summarise
+from heartseg.analysis.cases import analyze_cases, attach_problems, duplicate_problems, spacing_outliers, unique_tasks
+from heartseg.analysis.figures import write_figures, write_tables
+from heartseg.analysis.report import format_report, summarise
 from heartseg.cli import Parser, integer, user_path
-from heartseg.data import read_dataset
+from heartseg.data.dataset import read_dataset
 from heartseg.errors import EXIT_USER_ERROR, UserError, run_cli
 from heartseg.files import atomic_write_text, ensure_writable_dir
 

@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 
 from heartseg.cli import Parser, user_path
-from heartseg.crossval import resolve_checkpoints
 from heartseg.errors import UserError, run_cli
-from heartseg.export import ONNX_OPSET, export_format, export_network, is_exported, optional_module
 from heartseg.files import ensure_writable_dir
-from heartseg.prediction import load_network
+from heartseg.inference.export import ONNX_OPSET, export_format, export_network, is_exported, optional_module
+from heartseg.inference.prediction import load_network
+from heartseg.run.crossval import resolve_checkpoints
 
 
 def build_parser() -> argparse.ArgumentParser:

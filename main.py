@@ -5,7 +5,7 @@ synthetic dataset under ``./data/`` and trains on it with a short CPU
 schedule, so ``python main.py`` works out of the box.
 
 The command line becomes overrides, ``heartseg.planning`` plans the run from
-them, the dataset and the device, and ``heartseg.runner`` trains it.
+them, the dataset and the device, and ``heartseg.run.runner`` trains it.
 
 Example:
     python main.py --data ../shared/data/LA2018 --run-dir runs/la --time-limit 30
@@ -24,18 +24,18 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from heartseg import crossval, distributed
-from heartseg.augmentation import PLACES, STRENGTHS
+from heartseg import distributed
 from heartseg.cli import Parser, integer, number, user_path
-from heartseg.config import RunConfig
-from heartseg.data import DatasetSpec, read_dataset
+from heartseg.data.cases import DatasetSpec
+from heartseg.data.dataset import read_dataset
+from heartseg.data.download import TASK02_FOLDER, TASK02_URL, download_task02
+from heartseg.data.synthetic import write_synthetic_dataset
 from heartseg.devices import select_device
-from heartseg.download import TASK02_FOLDER, TASK02_URL, download_task02
 from heartseg.errors import UserError, run_cli
 from heartseg.folder_lock import folder_lock
-from heartseg.losses import LOSS_ALIASES, LOSSES
 from heartseg.outputs import KINDS
-from heartseg.planning import (
+from heartseg.planning.config import LOSS_ALIASES, LOSSES, RunConfig
+from heartseg.planning.plan import (
     DEFAULT_CACHE,
     DEFAULT_LENGTH_VALIDATIONS,
     DEFAULT_TRAINING_STEPS,
@@ -44,11 +44,12 @@ from heartseg.planning import (
     SYNTHETIC_SCHEDULE,
     flag,
     plan_run,
-    resume_plan,
 )
-from heartseg.runner import check_run_folder, open_run_folder, plan_and_preprocess, run
-from heartseg.schedule import VALIDATION_SHARE
-from heartseg.synthetic import write_synthetic_dataset
+from heartseg.planning.resume import resume_plan
+from heartseg.run import crossval
+from heartseg.run.runner import check_run_folder, open_run_folder, plan_and_preprocess, run
+from heartseg.training.augmentation import PLACES, STRENGTHS
+from heartseg.training.schedule import VALIDATION_SHARE
 from mymodel import NORMS
 
 DATA_ROOT = Path('data')

@@ -145,7 +145,8 @@ class UNet3D(nn.Module):
 
     @torch.no_grad()
     def set_head_bias(self, bias: torch.Tensor) -> None:
-        """Start every logit head at ``bias`` per channel; ``heartseg.recipe.build_network`` sets the outputs' prior."""
+        """Start every logit head at ``bias`` per channel;
+        ``heartseg.training.recipe.build_network`` sets the outputs' prior."""
         for head in [self.head, *self.deep_heads]:
             head.bias.copy_(bias)
 

@@ -39,22 +39,19 @@ from tqdm import tqdm
 
 from heartseg import distributed
 from heartseg.cli import DefaultsHelpFormatter, Parser, integer, number, user_path
-from heartseg.crossval import fold_checkpoints, is_cross_validation, postprocessing_of, resolve_checkpoints
-from heartseg.data import case_id_from_path, folder_case_ids, read_dataset
+from heartseg.data.cases import case_id_from_path, folder_case_ids
+from heartseg.data.dataset import read_dataset
 from heartseg.errors import EXIT_USER_ERROR, DiskFull, UserError, run_cli
 from heartseg.files import canonical_folder, ensure_writable_dir, file_digest, save_nifti
 from heartseg.folder_lock import LOCK_NAME, folder_lock
-from heartseg.inference import (
-    BLENDINGS,
-    DEFAULT_BLENDING,
-    DEFAULT_OVERLAP,
-    DEFAULT_WINDOW_BATCH,
-)
-from heartseg.postprocessing import Postprocessing
-from heartseg.prediction import MIRRORING_TTA, Predictor, read_reference, score_case
-from heartseg.prediction_folder import NOT_YET, PredictionFolder
-from heartseg.qc import assess, measure, uncertainty_map
-from heartseg.review import orthogonal_views, save_png
+from heartseg.inference.postprocessing import Postprocessing
+from heartseg.inference.prediction import MIRRORING_TTA, Predictor, read_reference, score_case
+from heartseg.inference.prediction_folder import NOT_YET, PredictionFolder
+from heartseg.inference.sliding_window import BLENDINGS, DEFAULT_BLENDING, DEFAULT_WINDOW_BATCH
+from heartseg.planning.config import DEFAULT_OVERLAP
+from heartseg.quality.qc import assess, measure, uncertainty_map
+from heartseg.quality.review import orthogonal_views, save_png
+from heartseg.run.crossval import fold_checkpoints, is_cross_validation, postprocessing_of, resolve_checkpoints
 
 NIFTI_SUFFIXES = ('.nii.gz', '.nii')
 OVERVIEW_HEIGHT = 360  # pixels of --png's pictures; the review page's thumbnails are smaller

@@ -27,17 +27,17 @@ from tqdm import tqdm
 
 from heartseg import distributed
 from heartseg.checkpoint import load_checkpoint, save_checkpoint
-from heartseg.config import RunConfig
 from heartseg.devices import mixed_precision_dtype, select_device
 from heartseg.errors import UserError
-from heartseg.inference import sliding_window_logits
-from heartseg.loader_failures import reporting_worker_failures
+from heartseg.inference.sliding_window import sliding_window_logits
 from heartseg.metrics import dice
-from heartseg.overlay import overlay_image
-from heartseg.qc import summarise_training_cases
-from heartseg.recipe import PatchLoader, Recipe, build_patch_loader, build_recipe
-from heartseg.run_log import EpochResult, append_metric_row, keep_metric_rows
-from heartseg.schedule import ScheduleState, TimeBudget, fit_epochs_to_budget
+from heartseg.planning.config import RunConfig
+from heartseg.quality.overlay import overlay_image
+from heartseg.quality.qc import summarise_training_cases
+from heartseg.training.loader_failures import reporting_worker_failures
+from heartseg.training.recipe import PatchLoader, Recipe, build_patch_loader, build_recipe
+from heartseg.training.run_log import EpochResult, append_metric_row, keep_metric_rows
+from heartseg.training.schedule import ScheduleState, TimeBudget, fit_epochs_to_budget
 
 
 class NonFiniteLossError(UserError):

@@ -4,7 +4,7 @@ Both cut patches around the same label-balanced centres of the same
 preprocessed cases, at the plan main.py makes for ``--data`` (thin patches in
 dummy 2D), and apply nnU-Net v2's training transforms:
 
-- ours: :func:`heartseg.augmentation.sample_patch` (rotation, scaling and
+- ours: :func:`heartseg.training.augmentation.sample_patch` (rotation, scaling and
   mirroring from the volume around the patch) and ``Augmentation.intensity``;
 - nnU-Net's: the region its loader crops (its ``get_patch_size``, enlarged for
   rotation and scaling, padded at the volume's edge), then the
@@ -33,11 +33,12 @@ import numpy as np
 import torch
 
 from benchmarks.benchmark import training_setup
-from heartseg.augmentation import GAMMA, LOW_RESOLUTION, ROTATION, SCALING, dummy_2d_axis, sample_patch
 from heartseg.cli import Parser, integer, user_path
 from heartseg.errors import UserError, run_cli
-from heartseg.recipe import build_augmentation, limit_threads
-from heartseg.sampling import PatchCorners, pad_to_patch
+from heartseg.planning.plan import dummy_2d_axis
+from heartseg.training.augmentation import GAMMA, LOW_RESOLUTION, ROTATION, SCALING, sample_patch
+from heartseg.training.recipe import build_augmentation, limit_threads
+from heartseg.training.sampling import PatchCorners, pad_to_patch
 
 # nnU-Net's initial patch divides by the smallest zoom it assumes (its own comment admits 0.85 is not the 0.7 it uses).
 NNUNET_INITIAL_PATCH_ZOOM = 0.85

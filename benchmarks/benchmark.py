@@ -60,30 +60,22 @@ from benchmarks.timing import (
     synchronised,
     timed,
 )
-from heartseg.augmentation import PLACES
 from heartseg.cli import DefaultsHelpFormatter, Parser, integer, number, user_path
-from heartseg.config import RunConfig
-from heartseg.crossval import resolve_checkpoints
-from heartseg.data import (
-    Preprocessing,
-    case_id_from_path,
-    image_subject,
-    load_nifti,
-    preprocess_cases,
-    read_dataset,
-)
+from heartseg.data.cases import case_id_from_path
+from heartseg.data.dataset import read_dataset
+from heartseg.data.reading import image_subject, load_nifti
 from heartseg.devices import mixed_precision_dtype, select_device
 from heartseg.errors import UserError, run_cli
-from heartseg.export import optional_module
 from heartseg.files import save_nifti
-from heartseg.inference import sliding_window_logits
+from heartseg.inference.export import optional_module
+from heartseg.inference.prediction import MIRRORING_TTA, Predictor, ensemble_probabilities, evaluate_case
+from heartseg.inference.sliding_window import sliding_window_logits
 from heartseg.normalization import InstanceNorm3d
-from heartseg.prediction import (
-    MIRRORING_TTA,
-    Predictor,
-    ensemble_probabilities,
-    evaluate_case,
-)
+from heartseg.planning.config import RunConfig
+from heartseg.preprocessing.cache import preprocess_cases
+from heartseg.preprocessing.preprocessing import Preprocessing
+from heartseg.run.crossval import resolve_checkpoints
+from heartseg.training.augmentation import PLACES
 from mymodel import deep_supervision_heads
 from predict import NIFTI_SUFFIXES
 from training import create_trainer

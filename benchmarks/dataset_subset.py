@@ -19,7 +19,8 @@ import shutil
 import sys
 
 from heartseg.cli import Parser, number, user_path
-from heartseg.data import Case, read_dataset
+from heartseg.data.cases import Case
+from heartseg.data.dataset import read_dataset
 from heartseg.errors import UserError, run_cli
 from heartseg.files import atomic_write_text, ensure_writable_dir
 

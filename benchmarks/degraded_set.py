@@ -25,9 +25,10 @@ import torchio as tio
 from tqdm import tqdm
 
 from heartseg.cli import Parser, user_path
-from heartseg.data import folder_case_ids, resample_label
+from heartseg.data.cases import folder_case_ids
 from heartseg.errors import UserError, run_cli
 from heartseg.files import ensure_writable_dir, save_nifti
+from heartseg.preprocessing.preprocessing import resample_label
 
 Damage = Callable[[tio.Subject, float], tio.Subject]
 FWHM_PER_SIGMA = 2.355

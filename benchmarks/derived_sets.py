@@ -38,9 +38,11 @@ from tqdm import tqdm
 
 from benchmarks.degraded_set import thick_slices
 from heartseg.cli import Parser, number, user_path
-from heartseg.data import folder_case_ids, read_dataset, resample_label
+from heartseg.data.cases import folder_case_ids
+from heartseg.data.dataset import read_dataset
 from heartseg.errors import UserError, run_cli
 from heartseg.files import atomic_write_text, ensure_writable_dir, save_nifti
+from heartseg.preprocessing.preprocessing import resample_label
 
 THREE_STRUCTURES = {'0': 'background', '1': 'atrial body', '2': 'lower end', '3': 'upper end'}
 # The body is the middle half of the atrium's extent along its principal axis; a quarter at each end.

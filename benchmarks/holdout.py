@@ -1,6 +1,6 @@
 """Hold patients out of a dataset for scoring: a training folder without them, and their scans and labels apart.
 
-Whole patients are held out (every scan whose id :func:`heartseg.splits.patient_of`
+Whole patients are held out (every scan whose id :func:`heartseg.data.splits.patient_of`
 maps to them), drawn by a seeded permutation of the patient ids, or named in
 ``--test-cases``. The training folder keeps the input's layout (MSD or nnU-Net
 v2), its files linked, not copied; the test scans are linked into
@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from heartseg.cli import Parser, integer, user_path
-from heartseg.data import NNUNET_V2, Case, DatasetSpec, read_dataset
+from heartseg.data.cases import NNUNET_V2, Case, DatasetSpec
+from heartseg.data.dataset import read_dataset
+from heartseg.data.splits import patient_of
 from heartseg.errors import UserError, run_cli
 from heartseg.files import atomic_write_text, ensure_writable_dir
-from heartseg.splits import patient_of
 
 
 def build_parser() -> argparse.ArgumentParser:

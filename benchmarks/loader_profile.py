@@ -25,9 +25,9 @@ import SimpleITK as sitk
 import torch
 import torchio as tio
 
-from heartseg import sampling
-from heartseg.config import RunConfig
-from heartseg.recipe import build_augmentation, build_patch_loader, limit_threads
+from heartseg.planning.config import RunConfig
+from heartseg.training import sampling
+from heartseg.training.recipe import build_augmentation, build_patch_loader, limit_threads
 
 
 def loader_throughput(config: RunConfig, subjects: list[tio.Subject], workers: int, worker_threads: int | None) -> dict:

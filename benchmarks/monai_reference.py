@@ -24,11 +24,11 @@ import numpy as np
 import torch
 
 from heartseg.cli import Parser, integer, number, user_path
-from heartseg.data import read_dataset
+from heartseg.data.dataset import read_dataset
 from heartseg.errors import run_cli
 from heartseg.files import atomic_write_text
+from heartseg.inference.prediction import back_to_input_grid, summarise
 from heartseg.metrics import case_metrics
-from heartseg.prediction import back_to_input_grid, summarise
 
 SPACING = (1.25, 1.25, 1.25)
 PATCH = (96, 96, 48)

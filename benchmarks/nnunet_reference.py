@@ -39,8 +39,8 @@ import torch
 from heartseg.cli import Parser, integer, user_path
 from heartseg.errors import UserError, run_cli
 from heartseg.files import write_rows_csv
+from heartseg.inference.prediction import evaluate_case, summarise
 from heartseg.outputs import planned_outputs
-from heartseg.prediction import evaluate_case, summarise
 
 TRAINER = 'nnUNetTrainer'
 

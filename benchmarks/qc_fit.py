@@ -4,7 +4,7 @@ Reads prediction folders written by ``predict.py --labels`` (``qc.csv`` with
 the true Dice beside the estimate, per structure when there are several).
 Cases are grouped by source scan (the name before ``__``, as
 ``benchmarks/degraded_set.py`` writes it) and scans by patient
-(:func:`heartseg.splits.patient_of`). Without ``--report-on``, sorted
+(:func:`heartseg.data.splits.patient_of`). Without ``--report-on``, sorted
 patients alternate: the even ones fit and the odd ones are reported, so no
 damaged copy of a fitting scan, and no other frame of a fitting patient, is
 ever scored; with it, the first folder fits
@@ -39,9 +39,9 @@ import numpy as np
 from scipy import stats
 
 from heartseg.cli import Parser, user_path
+from heartseg.data.splits import patient_of
 from heartseg.errors import UserError, run_cli
-from heartseg.qc import FEATURES, assess, features
-from heartseg.splits import patient_of
+from heartseg.quality.qc import FEATURES, assess, features
 
 FAILURE_BELOW = 0.80
 MEASURE_KEYS = (

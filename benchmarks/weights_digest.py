@@ -16,8 +16,6 @@ import hashlib
 import sys
 from pathlib import Path
 
-import torch
-
 from heartseg.checkpoint import load_checkpoint
 from heartseg.cli import Parser, user_path
 from heartseg.errors import run_cli
@@ -27,7 +25,7 @@ def weights_digest(checkpoint: Path) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(load_checkpoint(checkpoint)['model'].items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().flatten().numpy().tobytes())
     return digest.hexdigest()
 
 

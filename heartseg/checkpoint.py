@@ -55,7 +55,8 @@ class ModelPlan:
     # heartseg.data.PREPROCESSING_VERSION at training; plans written before it was recorded were version 3
     preprocessing_version: int = 3
     config: dict[str, Any] = field(default_factory=dict)  # the full training RunConfig, for provenance
-    # heartseg.qc.summarise_training_cases of the training cases; empty in checkpoints written before it was recorded
+    # heartseg.quality.qc.summarise_training_cases of the training cases;
+    # empty in checkpoints written before it was recorded
     training_cases: dict[str, Any] = field(default_factory=dict)
 
     @property

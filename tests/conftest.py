@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from heartseg.data.synthetic import write_synthetic_dataset
 from heartseg.errors import run_cli
-from heartseg.synthetic import write_synthetic_dataset
 from main import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]

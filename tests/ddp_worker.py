@@ -13,7 +13,7 @@ import torch
 import torchio as tio
 
 from heartseg import distributed
-from heartseg.config import RunConfig
+from heartseg.planning.config import RunConfig
 from training import create_trainer
 
 

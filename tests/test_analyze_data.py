@@ -16,10 +16,10 @@ import pytest
 from PIL import Image
 
 from analyze_data import main
-from heartseg.analysis import CaseTask, analyze_case
-from heartseg.data import Case
+from heartseg.analysis.cases import CaseTask, analyze_case
+from heartseg.data.cases import Case
+from heartseg.data.synthetic import write_synthetic_dataset
 from heartseg.errors import EXIT_USER_ERROR, run_cli
-from heartseg.synthetic import write_synthetic_dataset
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 FIGURES = ('intensity_histograms.png', 'spacing_shape.png', 'structure_volumes.png', 'montage.png')

@@ -1,4 +1,4 @@
-"""heartseg.augmentation: patches sampled from the volume around them,
+"""heartseg.training.augmentation: patches sampled from the volume around them,
 labels exact and aligned, nnU-Net's intensity transforms."""
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ import torch
 import torchio as tio
 from ddp_worker import blob_subjects
 
-from heartseg.augmentation import (
+from heartseg.data.fingerprint import rotation_matrix
+from heartseg.planning.plan import dummy_2d_axis
+from heartseg.training.augmentation import (
     BLUR,
     BRIGHTNESS,
     CONTRAST,
@@ -22,12 +24,10 @@ from heartseg.augmentation import (
     Augmentation,
     SpatialDraw,
     below_or_above_one,
-    dummy_2d_axis,
-    rotation_matrix,
     sample_patch,
     source_offsets,
 )
-from heartseg.sampling import PatchDataset
+from heartseg.training.sampling import PatchDataset
 
 DEVICES = ['cpu', *(['cuda'] if torch.cuda.is_available() else [])]
 SHAPE = (40, 36, 24)

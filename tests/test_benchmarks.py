@@ -14,7 +14,7 @@ import torch
 
 from benchmarks import benchmark, dataset_subset, derived_sets
 from benchmarks.loader_profile import INTENSITY, SPATIAL
-from heartseg.data import read_dataset
+from heartseg.data.dataset import read_dataset
 from heartseg.errors import EXIT_USER_ERROR, run_cli
 
 

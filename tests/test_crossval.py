@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from heartseg.checkpoint import load_checkpoint
-from heartseg.crossval import fold_training_minutes, resolve_checkpoints
-from heartseg.data import read_dataset
+from heartseg.data.dataset import read_dataset
+from heartseg.data.splits import split_cases
 from heartseg.errors import EXIT_USER_ERROR, run_cli
-from heartseg.postprocessing import Postprocessing
-from heartseg.prediction import Predictor
-from heartseg.splits import split_cases
+from heartseg.inference.postprocessing import Postprocessing
+from heartseg.inference.prediction import Predictor
+from heartseg.run.crossval import fold_training_minutes, resolve_checkpoints
 from main import main
 from predict import main as predict_main
 

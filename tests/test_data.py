@@ -13,10 +13,13 @@ import pytest
 import torch
 import torchio as tio
 
-from heartseg import data
-from heartseg.data import Preprocessing, preprocess_case, preprocess_cases, read_dataset
+from heartseg.data.cases import MSD, NNUNET_V2
+from heartseg.data.dataset import read_dataset
+from heartseg.data.synthetic import write_synthetic_dataset
 from heartseg.errors import UserError
-from heartseg.synthetic import write_synthetic_dataset
+from heartseg.preprocessing import cache as preprocessing_cache
+from heartseg.preprocessing.cache import preprocess_case, preprocess_cases
+from heartseg.preprocessing.preprocessing import Preprocessing
 
 
 def cached_files(cache):
@@ -36,7 +39,7 @@ def test_a_cached_case_is_reused_and_a_changed_file_or_spacing_is_preprocessed_a
         raise AssertionError('a cache hit must not read the NIfTI files again')
 
     with monkeypatch.context() as patched:
-        patched.setattr(data, 'load_case', must_not_load)
+        patched.setattr(preprocessing_cache, 'load_case', must_not_load)
         again = preprocess_case(case, spec, coarse, cache)
     assert np.array_equal(again['label'].numpy(), first['label'].numpy())
 
@@ -80,9 +83,9 @@ def test_a_label_edited_in_place_with_its_size_and_time_kept_is_preprocessed_aga
 
 def test_the_cache_key_changes_with_the_resampling_libraries(small_dataset, monkeypatch):
     spec = read_dataset(small_dataset)
-    key = data._cache_key(spec.cases[0], Preprocessing((3.0, 3.0, 3.0)))
-    monkeypatch.setattr(data.tio, '__version__', '0.0.0')
-    assert data._cache_key(spec.cases[0], Preprocessing((3.0, 3.0, 3.0))) != key
+    key = preprocessing_cache._cache_key(spec.cases[0], Preprocessing((3.0, 3.0, 3.0)))
+    monkeypatch.setattr(preprocessing_cache.tio, '__version__', '0.0.0')
+    assert preprocessing_cache._cache_key(spec.cases[0], Preprocessing((3.0, 3.0, 3.0))) != key
 
 
 @pytest.mark.parametrize(
@@ -104,9 +107,9 @@ def test_a_damaged_cache_entry_is_made_again_with_a_warning(small_dataset, tmp_p
 def test_the_cache_key_changes_with_the_preprocessing_version(small_dataset, monkeypatch):
     spec = read_dataset(small_dataset)
     preprocessing = Preprocessing((3.0, 3.0, 3.0))
-    before = data._cache_key(spec.cases[0], preprocessing)
-    monkeypatch.setattr(data, 'PREPROCESSING_VERSION', data.PREPROCESSING_VERSION + 1)
-    assert data._cache_key(spec.cases[0], preprocessing) != before
+    before = preprocessing_cache._cache_key(spec.cases[0], preprocessing)
+    monkeypatch.setattr(preprocessing_cache, 'PREPROCESSING_VERSION', preprocessing_cache.PREPROCESSING_VERSION + 1)
+    assert preprocessing_cache._cache_key(spec.cases[0], preprocessing) != before
 
 
 def test_a_cached_case_is_still_checked_against_the_labels_dataset_json_declares_now(
@@ -118,7 +121,9 @@ def test_a_cached_case_is_still_checked_against_the_labels_dataset_json_declares
     content = json.loads((small_dataset / 'dataset.json').read_text())
     content['labels'] = {'0': 'background'}  # label 1 is no longer declared
     (small_dataset / 'dataset.json').write_text(json.dumps(content))
-    monkeypatch.setattr(data, 'load_case', lambda *_: pytest.fail('the check must not need the voxels again'))
+    monkeypatch.setattr(
+        preprocessing_cache, 'load_case', lambda *_: pytest.fail('the check must not need the voxels again')
+    )
     with pytest.raises(UserError, match=r'label values \[1\] are not declared'):
         preprocess_case(case, read_dataset(small_dataset), preprocessing, cache)
 
@@ -193,7 +198,7 @@ def v2_dataset(tmp_path) -> Path:
 
 def test_an_nnunet_v2_raw_folder_is_read_as_it_is(v2_dataset):
     spec = read_dataset(v2_dataset)
-    assert spec.layout == data.NNUNET_V2
+    assert spec.layout == NNUNET_V2
     assert [c.case_id for c in spec.cases] == ['synthetic_000', 'synthetic_001', 'synthetic_002']
     assert spec.cases[0].image == v2_dataset / 'imagesTr' / 'synthetic_000_0000.nii.gz'
     assert spec.cases[0].label == v2_dataset / 'labelsTr' / 'synthetic_000.nii.gz'
@@ -207,7 +212,7 @@ def test_an_nnunet_v2_raw_folder_is_read_as_it_is(v2_dataset):
 def test_an_msd_folder_still_reads_as_before(small_dataset):
     spec = read_dataset(small_dataset)
     assert (
-        spec.layout == data.MSD
+        spec.layout == MSD
         and spec.cases[0].image.name == 'synthetic_000.nii.gz'
         and spec.labels == {0: 'background', 1: 'left atrium'}
     )

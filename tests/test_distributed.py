@@ -16,7 +16,7 @@ import pytest
 import torch
 from ddp_worker import blob_subjects
 
-from heartseg.config import RunConfig
+from heartseg.planning.config import RunConfig
 from training import create_trainer
 
 TESTS = Path(__file__).resolve().parent

@@ -21,8 +21,8 @@ import pytest
 from documented_commands import COMMANDS, REPO, SHARED, Runs
 
 from export import main as export_main
+from heartseg.data.synthetic import write_synthetic_dataset
 from heartseg.errors import run_cli
-from heartseg.synthetic import write_synthetic_dataset
 from main import main as train_main
 
 SHARED_DATA = REPO.parent / 'shared' / 'data'

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from heartseg.download import download_task02, extract, fetch
+from heartseg.data.download import download_task02, extract, fetch
 from heartseg.errors import UserError
 
 

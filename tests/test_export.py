@@ -15,8 +15,8 @@ from torch import nn
 from export import main as export_main
 from heartseg.checkpoint import ModelPlan
 from heartseg.errors import EXIT_USER_ERROR, run_cli
-from heartseg.export import PLAN_KEY, export_network, is_exported, load_exported
-from heartseg.prediction import load_network
+from heartseg.inference.export import PLAN_KEY, export_network, is_exported, load_exported
+from heartseg.inference.prediction import load_network
 from mymodel import UNet3D
 from predict import main as predict_main
 

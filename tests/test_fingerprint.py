@@ -1,4 +1,5 @@
-"""heartseg.fingerprint: geometry in canonical axis order, in the affine's millimetres; the network planned per axis."""
+"""heartseg.data.fingerprint: geometry in canonical axis order, in the affine's millimetres;
+the network planned per axis."""
 
 from __future__ import annotations
 
@@ -6,13 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from heartseg.fingerprint import (
-    CaseHeader,
-    NetworkPlan,
-    canonical_header,
-    plan_network,
-    suggest_target_spacing,
-)
+from heartseg.data.fingerprint import CaseHeader, NetworkPlan, canonical_header, plan_network, suggest_target_spacing
 
 
 def test_canonical_header_reads_spacing_from_the_affine_in_ras_order():

@@ -1,4 +1,4 @@
-"""heartseg.inference: sliding windows give back what the network computes, in every configuration."""
+"""heartseg.inference.sliding_window: sliding windows give back what the network computes, in every configuration."""
 
 from __future__ import annotations
 
@@ -6,12 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from heartseg.inference import (
-    BLENDINGS,
-    predict_logits,
-    sliding_window_logits,
-    window_starts,
-)
+from heartseg.inference.sliding_window import BLENDINGS, predict_logits, sliding_window_logits, window_starts
 
 
 class Identity(nn.Module):

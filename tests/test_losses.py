@@ -2,15 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from heartseg.losses import (
-    LOSS_ALIASES,
-    CrossEntropyDiceLoss,
-    DeepSupervisionLoss,
-    SoftDiceLoss,
-    build_loss,
-    canonical_loss,
-)
 from heartseg.outputs import Outputs
+from heartseg.planning.config import LOSS_ALIASES, canonical_loss
+from heartseg.training.losses import CrossEntropyDiceLoss, DeepSupervisionLoss, SoftDiceLoss, build_loss
 
 SIGMOID = Outputs('sigmoid', ((1,),))
 SOFTMAX = Outputs('softmax', ((1,), (2,)))

@@ -1,12 +1,12 @@
-"""heartseg.overlay: the TensorBoard picture shows the reference in green and the prediction in red (several structures:
-side by side, one colour each), large enough to judge."""
+"""heartseg.quality.overlay: the TensorBoard picture shows the reference in green and the prediction in red
+(several structures: side by side, one colour each), large enough to judge."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from heartseg.overlay import LONG_SIDE_PIXELS, PANEL_GAP_PIXELS, STRUCTURE_COLOURS, overlay_image
+from heartseg.quality.overlay import LONG_SIDE_PIXELS, PANEL_GAP_PIXELS, STRUCTURE_COLOURS, overlay_image
 
 
 def test_contours_are_coloured_where_the_masks_have_their_boundaries():

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from heartseg.data import read_dataset
+from heartseg.data.dataset import read_dataset
+from heartseg.data.fingerprint import CaseHeader
 from heartseg.errors import UserError
-from heartseg.fingerprint import CaseHeader
-from heartseg.planning import (
+from heartseg.planning.describe import plan_text
+from heartseg.planning.plan import (
     DEFAULT_LENGTH_VALIDATIONS,
     DEFAULT_TRAINING_STEPS,
     DEVICE_DEFAULTS,
@@ -19,9 +20,8 @@ from heartseg.planning import (
     TIME_LIMITED_MAX_EPOCHS,
     plan_geometry,
     plan_run,
-    plan_text,
-    resume_plan,
 )
+from heartseg.planning.resume import resume_plan
 from main import build_parser
 
 CPU, GPU = torch.device('cpu'), torch.device('cuda')
@@ -72,7 +72,7 @@ def test_an_override_planning_cannot_take_is_a_programming_error_not_ignored(ove
 
 
 def test_a_config_json_from_before_a_setting_existed_loads_as_it_ran(small_dataset, tmp_path):
-    from heartseg.config import LEGACY_VALUES, load_config, save_config
+    from heartseg.planning.config import LEGACY_VALUES, load_config, save_config
 
     save_config(plan_run(read_dataset(small_dataset), CPU, {}), tmp_path / 'config.json')
     document = json.loads((tmp_path / 'config.json').read_text())
@@ -131,7 +131,7 @@ def test_a_given_length_overrides_the_default_one(overrides, synthetic, epochs, 
 def test_a_resume_takes_the_saved_plan_changes_only_resumable_settings_and_refuses_plan_choices(
     small_dataset, tmp_path
 ):
-    from heartseg.config import save_config
+    from heartseg.planning.config import save_config
 
     config = plan_run(read_dataset(small_dataset), CPU, {'run_dir': tmp_path / 'run', 'epochs': 3})
     save_config(config, tmp_path / 'config.json')
@@ -146,7 +146,7 @@ def test_a_resume_takes_the_saved_plan_changes_only_resumable_settings_and_refus
 
 def test_every_flag_goes_to_a_named_setting_and_is_none_when_left_out():
     """So that 'not given' is never mistaken for a value, and no flag is dropped on its way to the config."""
-    from heartseg.planning import PLAN_CHOICES, SETTINGS, flag
+    from heartseg.planning.plan import PLAN_CHOICES, SETTINGS, flag
     from main import SOURCE_FLAGS
 
     modes = {'resume', 'score_folds', 'plan_only'}

@@ -1,4 +1,5 @@
-"""heartseg.postprocessing: largest components per structure or region, and nnU-Net's choice from out-of-fold masks."""
+"""heartseg.inference.postprocessing: largest components per structure or region,
+and nnU-Net's choice from out-of-fold masks."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from heartseg.inference.postprocessing import Postprocessing, choose, component_counts
+from heartseg.inference.prediction import score_case
 from heartseg.outputs import Outputs
-from heartseg.postprocessing import Postprocessing, choose, component_counts
-from heartseg.prediction import score_case
 
 EXCLUSIVE = Outputs('softmax', ((1,), (2,)), names=('ventricle', 'wall'))
 # BraTS-like nnU-Net v2 regions: whole tumour ⊃ tumour core ⊃ enhancing tumour, painted 1, 2, 3.

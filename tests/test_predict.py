@@ -13,18 +13,19 @@ import pytest
 import torch
 
 from heartseg.checkpoint import load_checkpoint, save_checkpoint
-from heartseg.data import Preprocessing, image_subject
+from heartseg.data.reading import image_subject
 from heartseg.errors import EXIT_USER_ERROR, run_cli
-from heartseg.metrics import dice
-from heartseg.outputs import Outputs
-from heartseg.postprocessing import Postprocessing
-from heartseg.prediction import (
+from heartseg.inference.postprocessing import Postprocessing
+from heartseg.inference.prediction import (
     Predictor,
     back_to_input_grid,
     ensemble_probabilities,
     evaluate_case,
     write_evaluation,
 )
+from heartseg.metrics import dice
+from heartseg.outputs import Outputs
+from heartseg.preprocessing.preprocessing import Preprocessing
 from predict import build_parser
 from predict import main as predict_main
 

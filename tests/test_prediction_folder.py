@@ -21,7 +21,7 @@ CASES = ['synthetic_000', 'synthetic_001', 'synthetic_002', 'synthetic_003', 'sy
 # predict.py, pausing after each case's record so that the test can kill it between cases.
 PAUSING_PREDICT = """
 import sys, time
-import heartseg.prediction_folder as folder
+import heartseg.inference.prediction_folder as folder
 from heartseg.errors import run_cli
 from predict import main
 write = folder.PredictionFolder.write_record

@@ -1,4 +1,4 @@
-"""heartseg.qc and predict.py's quality control: measures, verdicts, and the files they write."""
+"""heartseg.quality.qc and predict.py's quality control: measures, verdicts, and the files they write."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from heartseg import qc
 from heartseg.errors import EXIT_USER_ERROR, run_cli
-from heartseg.qc import (
+from heartseg.quality import qc
+from heartseg.quality.qc import (
     EDGE_ABOVE_MM2,
     ONE_STRUCTURE,
     SEVERAL_STRUCTURES,

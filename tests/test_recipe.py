@@ -10,9 +10,9 @@ import SimpleITK as sitk
 import torch
 from ddp_worker import blob_subjects
 
-from heartseg.augmentation import Augmentation
-from heartseg.config import RunConfig
-from heartseg.recipe import build_network, build_patch_loader
+from heartseg.planning.config import RunConfig
+from heartseg.training.augmentation import Augmentation
+from heartseg.training.recipe import build_network, build_patch_loader
 
 
 class ThreadCounts(Augmentation):

@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from heartseg.checkpoint import load_checkpoint
 from heartseg.errors import UserError, run_cli
-from heartseg.loader_failures import reporting_worker_failures
+from heartseg.training.loader_failures import reporting_worker_failures
 from main import main
 
 TESTS = Path(__file__).resolve().parent

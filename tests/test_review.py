@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from heartseg.review import orthogonal_views, save_png, write_review_page
+from heartseg.quality.review import orthogonal_views, save_png, write_review_page
 
 CHROMIUM = next(
     (shutil.which(name) for name in ('chromium', 'chromium-browser', 'google-chrome') if shutil.which(name)), None

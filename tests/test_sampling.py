@@ -9,7 +9,7 @@ import torchio as tio
 from ddp_worker import blob_subjects
 
 from heartseg.outputs import Outputs
-from heartseg.sampling import EpochSampler, PatchCorners, PatchDataset, pad_to_patch, patch_seed, rank_indices
+from heartseg.training.sampling import EpochSampler, PatchCorners, PatchDataset, pad_to_patch, patch_seed, rank_indices
 
 
 @pytest.mark.parametrize('cases,batch_size', [(5, 4), (3, 3), (7, 2)])

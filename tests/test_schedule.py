@@ -1,10 +1,10 @@
-"""heartseg.schedule: polynomial learning rate, and the time budget that produced the headline numbers."""
+"""heartseg.training.schedule: polynomial learning rate, and the time budget that produced the headline numbers."""
 
 from __future__ import annotations
 
 import pytest
 
-from heartseg.schedule import (
+from heartseg.training.schedule import (
     EPOCH_OVERHEAD,
     VALIDATION_SHARE,
     ScheduleState,

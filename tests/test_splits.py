@@ -1,4 +1,5 @@
-"""heartseg.splits: seeded splits (by patient if asked) and splits files, nnU-Net's among them, checked case by case."""
+"""heartseg.data.splits: seeded splits (by patient if asked) and splits files,
+nU-Net's among them, checked case by case."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from heartseg.data.splits import grouping_text, patient_of, read_splits_file, split_cases
 from heartseg.errors import UserError
-from heartseg.splits import grouping_text, patient_of, read_splits_file, split_cases
 
 CASES = [f'c{i}' for i in range(10)]
 # ACDC-like ids: two frames per patient.

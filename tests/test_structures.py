@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from export import main as export_main
+from heartseg.data.synthetic import write_synthetic_dataset
 from heartseg.errors import EXIT_USER_ERROR, run_cli
-from heartseg.synthetic import write_synthetic_dataset
 from main import main as train_main
 from predict import main as predict_main
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import training
-from heartseg.augmentation import Augmentation
 from heartseg.checkpoint import load_checkpoint
+from heartseg.data.splits import split_cases
 from heartseg.errors import EXIT_USER_ERROR, run_cli
-from heartseg.splits import split_cases
+from heartseg.training.augmentation import Augmentation
 from main import main
 from predict import main as predict_main
 
@@ -261,7 +261,7 @@ def test_without_data_main_writes_and_uses_the_synthetic_dataset(tmp_path, monke
 
 
 def test_deep_supervision_is_the_default_and_its_checkpoint_predicts(small_dataset, tmp_path, monkeypatch):
-    from heartseg.prediction import Predictor
+    from heartseg.inference.prediction import Predictor
 
     monkeypatch.chdir(tmp_path)
     three_levels = [

@@ -9,10 +9,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from heartseg.analysis import CaseTask, analyze_case
-from heartseg.data import Preprocessing, preprocess_case, read_dataset
+from heartseg.analysis.cases import CaseTask, analyze_case
+from heartseg.data.dataset import read_dataset
+from heartseg.data.validation import CaseCheck, Problem
 from heartseg.errors import UserError
-from heartseg.validation import CaseCheck, Problem
+from heartseg.preprocessing.cache import preprocess_case
+from heartseg.preprocessing.preprocessing import Preprocessing
 
 
 def rewrite(path: Path, change) -> None:

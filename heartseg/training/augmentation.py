@@ -36,14 +36,13 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from heartseg.fingerprint import ANISOTROPY_THRESHOLD
+from heartseg.data.fingerprint import rotation_matrix
 
 STRENGTHS = ('none', 'light', 'default')
 # Where the intensity transforms run: in the loader workers, patch by patch, or on the training device, batch by batch.
@@ -186,20 +185,6 @@ class Augmentation:
         )
 
 
-def dummy_2d_axis(target_spacing: Sequence[float], patch_size: Sequence[int]) -> int | None:
-    """The thick-slice axis when a patch is so thin along it that nnU-Net augments in 2D, else None.
-
-    nnU-Net's rule (``configure_rotation_dummyDA_mirroring_and_inital_patch_size``):
-    the patch's longest axis over its coarsest-spacing axis exceeds ``ANISOTROPY_THRESHOLD``.
-
-    Example:
-        >>> dummy_2d_axis((1.5625, 1.5625, 10.0), (128, 144, 10)), dummy_2d_axis((1.25, 1.25, 1.25), (64, 64, 48))
-        (2, None)
-    """
-    thick = int(np.argmax(target_spacing))
-    return thick if max(patch_size) / patch_size[thick] > ANISOTROPY_THRESHOLD else None
-
-
 def below_or_above_one(rng: np.random.Generator, low: float, high: float) -> float:
     """A factor from ``[low, high]`` drawn as nnU-Net's ``BGContrast`` draws it:
     ``U(low, 1)`` half of the time, else ``U(1, high)``.
@@ -229,15 +214,6 @@ def sample_patch(
         image, label = resample_patch(image, label, corner, patch_size, source_offsets(draw.motion, voxel_to_world))
     axes = [axis + 1 for axis, flipped in enumerate(draw.flips) if flipped]
     return (image.flip(axes), label.flip(axes)) if axes else (image, label)
-
-
-def rotation_matrix(degrees: np.ndarray) -> np.ndarray:
-    """Rotation about x, then y, then z, by the given angles in degrees (world axes)."""
-    x, y, z = np.radians(degrees)
-    about_x = np.array([[1, 0, 0], [0, np.cos(x), -np.sin(x)], [0, np.sin(x), np.cos(x)]])
-    about_y = np.array([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
-    about_z = np.array([[np.cos(z), -np.sin(z), 0], [np.sin(z), np.cos(z), 0], [0, 0, 1]])
-    return about_z @ about_y @ about_x
 
 
 def source_offsets(motion: np.ndarray, voxel_to_world: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@
 As nnU-Net's experiment planner turns a dataset fingerprint into a plans file,
 :func:`plan_run` turns the case headers into a :class:`RunConfig`: the target
 spacing (the median, floored per device), the patch and its per-axis pooling
-(nnU-Net's ``get_pool_and_conv_props``, in ``heartseg.fingerprint``), the
+(nnU-Net's ``get_pool_and_conv_props``, in ``heartseg.data.fingerprint``), the
 output kind from the labels, and the length (epochs and validation interval).
 A setting the user gave replaces the planned one. :func:`resume_plan` plans a
 resumed run.
@@ -14,7 +14,7 @@ its :class:`RunConfig` field default.
 
 Example:
     >>> import torch
-    >>> from heartseg.fingerprint import CaseHeader, pooling_text
+    >>> from heartseg.data.fingerprint import CaseHeader, pooling_text
     >>> header = CaseHeader('case', shape=(256, 216, 10), spacing=(1.5625, 1.5625, 10.0), orientation='RAS')
     >>> spacing, patch, network = plan_geometry([header], torch.device('cpu'), levels=4)
     >>> spacing, patch, pooling_text(network.pool_sizes)
@@ -23,9 +23,9 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,13 +34,9 @@ import numpy as np
 import torch
 
 from heartseg import distributed
-from heartseg.augmentation import dummy_2d_axis
-from heartseg.config import RunConfig, load_config
-from heartseg.data import DatasetSpec, read_header
-from heartseg.devices import mixed_precision_dtype, select_device
-from heartseg.errors import UserError
-from heartseg.files import canonical_folder
-from heartseg.fingerprint import (
+from heartseg.data.cases import DatasetSpec
+from heartseg.data.fingerprint import (
+    ANISOTROPY_THRESHOLD,
     MIN_FEATURE_MAP_SIZE,
     POOLING_SPACING_RATIO,
     CaseHeader,
@@ -48,13 +44,15 @@ from heartseg.fingerprint import (
     median_resampled_shape,
     plan_network,
     plan_patch_and_network,
-    pooling_text,
     resampled_shape,
     suggest_target_spacing,
 )
-from heartseg.losses import canonical_loss
+from heartseg.data.reading import read_header
+from heartseg.data.splits import Split, grouping_text, read_splits_file, split_cases
+from heartseg.errors import UserError
+from heartseg.files import canonical_folder
 from heartseg.outputs import planned_kind
-from heartseg.splits import Split, grouping_text, read_splits_file, split_cases
+from heartseg.planning.config import RunConfig, canonical_loss
 from mymodel import isotropic_pooling, total_pooling
 
 
@@ -86,31 +84,50 @@ DEVICE_DEFAULTS = {
         base_channels=16, channels_last=False, num_workers=8, patch_voxels=128 * 128 * 96, min_spacing_mm=0.0
     ),
 }
+
+
 # The default length, in optimiser steps, as in nnU-Net: an epoch is one patch per training case, so a
 # fixed epoch count trains a 16-case dataset a quarter as long as a 64-case one. On the LA2018 learning
 # curve at the CPU plan (BENCHMARKS.md, "Training length") the test Dice gained 0.0017 from 7,680 to
 # 10,000 steps, inside the noise of a new patch stream. The GPU plan's patch covers the same field of
 # view at twice the resolution, so it gets the same steps.
 DEFAULT_TRAINING_STEPS = 10_000
+
+
 # A run of the default length validates about this many times (every epoch would dominate a small
 # dataset's run, whose epochs are a few steps each); the last epoch always validates.
 DEFAULT_LENGTH_VALIDATIONS = 20
+
+
 # With a time limit the epoch count is fitted to the clock (validating about a tenth of the time: val_every 0);
 # this only caps it.
 TIME_LIMITED_MAX_EPOCHS = 10_000
+
+
 # A short schedule that reaches a useful Dice on the built-in synthetic data within minutes on a laptop CPU.
 SYNTHETIC_SCHEDULE = {'epochs': 10, 'steps_per_epoch': 20}
+
+
 DEFAULT_CACHE = 'cache'
+
+
 # per-axis: nnU-Net's plan; isotropic: 2x2x2 at every level.
 POOLINGS = ('per-axis', 'isotropic')
+
+
 MAX_RESAMPLED_VOXELS = 2**30  # 4 GiB as float32; the largest LA2018 case has 3.2 million voxels at 0.625 mm
+
 
 # Overrides are RunConfig settings by field name, plus these choices that shape the plan but are stored nowhere.
 PLAN_CHOICES = frozenset({'pooling'})
+
+
 # Settings a resumed run may change; any other must match the original run.
 RESUMABLE_SETTINGS = frozenset(
     {'epochs', 'device', 'num_workers', 'time_limit', 'image_every', 'channels_last', 'compile'}
 )
+
+
 # Settings that another makes moot: (setting, the setting that overrides it, why).
 OVERRIDDEN = (
     ('split_seed', 'splits', 'the splits file gives the folds'),
@@ -118,13 +135,35 @@ OVERRIDDEN = (
     ('val_fraction', 'splits', 'the splits file gives the folds'),
     ('val_fraction', 'folds', 'each fold validates on its own share of the cases'),
 )
+
+
 # Settings that only act on the validation split (how it is drawn, how often it runs).
 WITH_VALIDATION_ONLY = ('split_seed', 'group_by_patient', 'val_every', 'image_every')
+
+
 SETTINGS = frozenset(f.name for f in fields(RunConfig))
+
+
 # Settings that say where a run's data and folders are: a resume may name them again, as paths to the same places.
 RUN_PLACES = ('data', 'run_dir', 'cache_dir')
+
+
 # Settings read from the dataset, never given: overriding them would contradict the files.
 FROM_THE_DATASET = frozenset({'labels', 'modalities', 'regions'})
+
+
+def dummy_2d_axis(target_spacing: Sequence[float], patch_size: Sequence[int]) -> int | None:
+    """The thick-slice axis when a patch is so thin along it that nnU-Net augments in 2D, else None.
+
+    nnU-Net's rule (``configure_rotation_dummyDA_mirroring_and_inital_patch_size``):
+    the patch's longest axis over its coarsest-spacing axis exceeds ``ANISOTROPY_THRESHOLD``.
+
+    Example:
+        >>> dummy_2d_axis((1.5625, 1.5625, 10.0), (128, 144, 10)), dummy_2d_axis((1.25, 1.25, 1.25), (64, 64, 48))
+        (2, None)
+    """
+    thick = int(np.argmax(target_spacing))
+    return thick if max(patch_size) / patch_size[thick] > ANISOTROPY_THRESHOLD else None
 
 
 def flag(name: str) -> str:
@@ -218,7 +257,7 @@ def plan_geometry(
 ) -> tuple[tuple[float, float, float], tuple[int, int, int], NetworkPlan]:
     """Target spacing, patch size and network plan that training uses on ``device``.
 
-    The spacing is :func:`~heartseg.fingerprint.suggest_target_spacing`,
+    The spacing is :func:`~heartseg.data.fingerprint.suggest_target_spacing`,
     floored at the device's ``min_spacing_mm``, unless ``target_spacing`` is
     given; the patch and the network are planned together from the median
     resampled case within the device's ``patch_voxels``, or the network alone
@@ -376,81 +415,3 @@ def check_patch_size(config: RunConfig) -> None:
             f'{list(config.patch_size)} must be divisible per axis by {list(divisors)}, '
             f"each axis's total pooling over {config.levels} levels",
         )
-
-
-def resume_plan(run_dir: Path, overrides: dict[str, Any]) -> RunConfig:
-    """The saved config of the run in ``run_dir``, with only the settings a resume may change.
-
-    Any other override must equal the saved setting, and a plan choice is
-    refused: a resumed run keeps its plan.
-    """
-    resumable = ', '.join(flag(name) for name in sorted(RESUMABLE_SETTINGS))
-    if plan_choices := sorted(name for name, value in overrides.items() if name not in SETTINGS and value is not None):
-        raise UserError(
-            flag(plan_choices[0]),
-            f'cannot change the plan of {run_dir}: a resumed run keeps its own (only {resumable} may change)',
-        )
-    config = load_config(run_dir / 'config.json')
-    saved = asdict(config)
-    given = settings_given(overrides)
-    for name, value in given.items():
-        if name in RUN_PLACES:
-            if canonical_folder(Path(value)) != canonical_folder(Path(saved[name])):
-                raise UserError(
-                    flag(name),
-                    f'{value} is not {saved[name]}, which {run_dir} uses; a resumed run keeps its data and folders',
-                )
-        elif name in RESUMABLE_SETTINGS:
-            setattr(config, name, value)
-        elif _normalise(value) != _normalise(saved[name]):
-            raise UserError(
-                run_dir,
-                f'cannot resume with {flag(name)} {value}: the run used {saved[name]} (only {resumable} may change)',
-            )
-    if saved['time_limit'] and config.time_limit == 0 and 'epochs' not in given:
-        raise UserError(
-            '--time-limit',
-            f'0 ends the time limit of {run_dir}: give --epochs too, the number of epochs to train in all',
-        )
-    config.run_dir = str(run_dir)
-    return config
-
-
-def _normalise(value: Any) -> Any:
-    return json.loads(json.dumps(value))
-
-
-def plan_text(config: RunConfig, num_train: int, num_val: int, split_text: str) -> str:
-    """The plan line printed at the start of a run."""
-    pooling = '' if config.pool_sizes is None else f' pooling {pooling_text(config.pool_sizes)}'
-    supervision = ' deep-supervision' if config.deep_supervision else ''
-    length = (
-        f'epochs fitted to the time limit of {config.time_limit:g} min'
-        if config.time_limit
-        else _length_text(config, num_train)
-    )
-    return (
-        f'Plan: {num_train} training / {num_val} validation cases ({split_text}), spacing {config.target_spacing} mm, '
-        f'patch {list(config.patch_size)}, U-Net levels={config.levels} base={config.base_channels} '
-        f'norm={config.norm}{supervision}{pooling}, {config.outputs.channels} {config.output} outputs, '
-        f'loss {config.loss}, augmentation {_augmentation_text(config)}, batch {config.batch_size}, {length}, '
-        f'{_precision_text(config)}'
-    )
-
-
-def _augmentation_text(config: RunConfig) -> str:
-    thick = dummy_2d_axis(config.target_spacing, config.patch_size)
-    in_2d = config.augmentation == 'default' and thick is not None
-    return config.augmentation + (f' in 2D across {"xyz"[thick]} (the patch is thin along it)' if in_2d else '')
-
-
-def _length_text(config: RunConfig, num_train: int) -> str:
-    steps = config.steps_in_epoch(num_train)
-    default = config.epochs == default_epochs(config, num_train)
-    source = ' (the default length, BENCHMARKS.md "Training length")' if default else ''
-    return f'epochs {config.epochs} x {steps} steps = {config.epochs * steps:,} steps{source}'
-
-
-def _precision_text(config: RunConfig) -> str:
-    dtype = mixed_precision_dtype(select_device(config.device)) if config.amp else None
-    return f'{str(dtype).removeprefix("torch.")} mixed precision' if dtype else 'fp32'

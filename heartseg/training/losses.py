@@ -24,22 +24,7 @@ from torch import nn
 
 from heartseg.distributed import all_reduce_sum
 from heartseg.outputs import Outputs
-
-LOSSES = ('ce', 'ce_dice')
-# The names of the losses when every output was a sigmoid channel; run configs and checkpoints still hold them.
-LOSS_ALIASES = {'bce': 'ce', 'bce_dice': 'ce_dice'}
-
-
-def canonical_loss(name: str) -> str:
-    """The name in :data:`LOSSES` of a loss given by that name or an alias.
-
-    Example:
-        >>> canonical_loss('bce_dice'), canonical_loss('ce')
-        ('ce_dice', 'ce')
-    """
-    canonical = LOSS_ALIASES.get(name, name)
-    assert canonical in LOSSES, f'loss must be one of {LOSSES} or an alias {tuple(LOSS_ALIASES)}, got {name!r}'
-    return canonical
+from heartseg.planning.config import canonical_loss
 
 
 class SoftDiceLoss(nn.Module):

@@ -1,6 +1,6 @@
 """A trained model, or an ensemble of them, predicting masks in each scan's exact grid; evaluation.
 
-``predict.py`` and the cross-validation scoring (``heartseg.crossval``) both predict
+``predict.py`` and the cross-validation scoring (``heartseg.run.crossval``) both predict
 through :class:`Predictor`, so their masks and numbers are computed the same
 way. Every mask has the input's shape and affine; the checkpoint carries the
 architecture, spacing, normalisation, patch size and label values.
@@ -23,23 +23,21 @@ import torch
 import torchio as tio
 
 from heartseg.checkpoint import ModelPlan, load_checkpoint
-from heartseg.data import Preprocessing, case_id_from_path, image_subject, load_nifti, read_label
+from heartseg.data.cases import case_id_from_path
+from heartseg.data.reading import image_subject, load_nifti, read_label
+from heartseg.data.validation import CaseCheck
 from heartseg.devices import mixed_precision_dtype, select_device
 from heartseg.distributed import local_device
 from heartseg.errors import UserError
-from heartseg.export import Network, is_exported, load_exported
 from heartseg.files import atomic_write_text, write_rows_csv
-from heartseg.inference import (
-    DEFAULT_BLENDING,
-    DEFAULT_OVERLAP,
-    DEFAULT_WINDOW_BATCH,
-    mirrored_logits,
-)
+from heartseg.inference.export import Network, is_exported, load_exported
+from heartseg.inference.postprocessing import Postprocessing, component_counts
+from heartseg.inference.sliding_window import DEFAULT_BLENDING, DEFAULT_WINDOW_BATCH, mirrored_logits
 from heartseg.metrics import case_metrics
 from heartseg.outputs import Outputs
-from heartseg.postprocessing import Postprocessing, component_counts
-from heartseg.qc import intensity_quantiles, mean_pairwise_dice
-from heartseg.validation import CaseCheck
+from heartseg.planning.config import DEFAULT_OVERLAP
+from heartseg.preprocessing.preprocessing import Preprocessing
+from heartseg.quality.qc import intensity_quantiles, mean_pairwise_dice
 from mymodel import UNet3D
 
 METRIC_NAMES = ('dice', 'iou', 'hd95_mm', 'asd_mm', 'predicted_ml', 'reference_ml')
@@ -62,7 +60,7 @@ class LoadedCase:
 @dataclass(frozen=True)
 class Prediction:
     """A mask and probabilities ``(C, X, Y, Z)`` in the input's grid,
-    and what :mod:`heartseg.qc` measures from prediction."""
+    and what :mod:`heartseg.quality.qc` measures from prediction."""
 
     mask: np.ndarray
     probabilities: np.ndarray
@@ -81,7 +79,7 @@ class TrainedModel:
     labels: dict[str, str]
     outputs: Outputs
     channels: int
-    training_cases: dict  # heartseg.qc.summarise_training_cases at training; empty for older checkpoints
+    training_cases: dict  # heartseg.quality.qc.summarise_training_cases at training; empty for older checkpoints
 
 
 def load_network(checkpoint: Path, device: torch.device) -> tuple[UNet3D, ModelPlan]:

@@ -14,10 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from heartseg.analysis import AXES, SAMPLES_PER_CASE, CaseResult, statistics
-from heartseg.config import RunConfig
-from heartseg.data import DatasetSpec
-from heartseg.fingerprint import (
+from heartseg.analysis.cases import AXES, SAMPLES_PER_CASE, CaseResult, statistics
+from heartseg.data.cases import DatasetSpec
+from heartseg.data.fingerprint import (
     ANISOTROPY_THRESHOLD,
     MIN_FEATURE_MAP_SIZE,
     anisotropic_axis,
@@ -25,9 +24,10 @@ from heartseg.fingerprint import (
     pooling_text,
     suggest_target_spacing,
 )
-from heartseg.planning import DEVICE_DEFAULTS, plan_geometry
-from heartseg.splits import grouping_text, patient_groups
-from heartseg.validation import Problem
+from heartseg.data.splits import grouping_text, patient_groups
+from heartseg.data.validation import Problem
+from heartseg.planning.config import RunConfig
+from heartseg.planning.plan import DEVICE_DEFAULTS, plan_geometry
 
 
 def geometry_summary(results: list[CaseResult]) -> dict[str, Any] | None:
@@ -148,7 +148,8 @@ def summarise(spec: DatasetSpec, results: list[CaseResult]) -> dict[str, Any]:
 
 
 def patient_summary(case_ids: list[str]) -> dict[str, Any]:
-    """The patients the training cases belong to (:func:`heartseg.splits.patient_of`): how seeded splits group them."""
+    """The patients the training cases belong to (:func:`heartseg.data.splits.patient_of`):
+    how seeded splits group them."""
     groups = patient_groups(case_ids)
     several = {patient: cases for patient, cases in groups.items() if len(cases) > 1}
     return {

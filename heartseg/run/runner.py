@@ -18,13 +18,17 @@ from pathlib import Path
 
 import torchio as tio
 
-from heartseg import crossval, distributed
-from heartseg.config import RunConfig, load_config, save_config
-from heartseg.data import DatasetSpec, Preprocessing, preprocess_cases
+from heartseg import distributed
+from heartseg.data.cases import DatasetSpec
 from heartseg.errors import EXIT_INTERRUPTED, DiskFull, UserError
 from heartseg.files import atomic_write_text, ensure_writable_dir
 from heartseg.folder_lock import refuse_if_in_use
-from heartseg.planning import RESUMABLE_SETTINGS, cases_in_use, plan_text, run_split, split_description
+from heartseg.planning.config import RunConfig, load_config, save_config
+from heartseg.planning.describe import plan_text
+from heartseg.planning.plan import RESUMABLE_SETTINGS, cases_in_use, run_split, split_description
+from heartseg.preprocessing.cache import preprocess_cases
+from heartseg.preprocessing.preprocessing import Preprocessing
+from heartseg.run import crossval
 from training import create_trainer
 
 

@@ -24,15 +24,31 @@ from pathlib import Path
 from typing import Any
 
 from heartseg.checkpoint import ModelPlan
-from heartseg.data import PREPROCESSING_VERSION
 from heartseg.errors import UserError
 from heartseg.files import atomic_write_text
-from heartseg.inference import DEFAULT_OVERLAP
-from heartseg.losses import canonical_loss
 from heartseg.outputs import LEGACY_KIND, Outputs, planned_outputs
+from heartseg.preprocessing.preprocessing import PREPROCESSING_VERSION
 
 # Settings added after the first runs, with the value those runs used: a config.json without them loads as it ran.
 LEGACY_VALUES = {'deep_supervision': False, 'group_by_patient': False, 'output': LEGACY_KIND, 'channels_last': False}
+
+# The sliding window's overlap: validation's and predict.py's default.
+DEFAULT_OVERLAP = 0.5
+LOSSES = ('ce', 'ce_dice')
+# The names of the losses when every output was a sigmoid channel; run configs and checkpoints still hold them.
+LOSS_ALIASES = {'bce': 'ce', 'bce_dice': 'ce_dice'}
+
+
+def canonical_loss(name: str) -> str:
+    """The name in :data:`LOSSES` of a loss given by that name or an alias.
+
+    Example:
+        >>> canonical_loss('bce_dice'), canonical_loss('ce')
+        ('ce_dice', 'ce')
+    """
+    canonical = LOSS_ALIASES.get(name, name)
+    assert canonical in LOSSES, f'loss must be one of {LOSSES} or an alias {tuple(LOSS_ALIASES)}, got {name!r}'
+    return canonical
 
 
 @dataclass
@@ -73,7 +89,9 @@ class RunConfig:
     val_fraction: float = 0.2
     folds: int = 0
     splits: str | None = None  # a splits file (nnU-Net's splits_final.json or a splits.json) that gives the folds
-    group_by_patient: bool = True  # seeded splits keep one patient's scans (heartseg.splits.patient_of) on one side
+    group_by_patient: bool = (
+        True  # seeded splits keep one patient's scans (heartseg.data.splits.patient_of) on one side
+    )
     fold: int | None = None  # with folds: None trains every fold in turn (a cross-validation)
     max_cases: int = 0
     val_overlap: float = DEFAULT_OVERLAP

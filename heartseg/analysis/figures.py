@@ -20,10 +20,10 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from heartseg.analysis import AXES, PERCENTILES, CaseResult
-from heartseg.data import DatasetSpec
+from heartseg.analysis.cases import AXES, PERCENTILES, CaseResult
+from heartseg.data.cases import DatasetSpec
+from heartseg.data.validation import PROBLEM_KINDS, Problem
 from heartseg.files import atomic_write, atomic_write_text, write_rows_csv
-from heartseg.validation import PROBLEM_KINDS, Problem
 
 STAT_KEYS = ('min', 'max', 'mean', 'std', 'p0.5', 'p99.5')
 MONTAGE_COLUMNS = 10

@@ -1,4 +1,4 @@
-"""Per-case dataset analysis: every problem by :mod:`heartseg.validation`'s rules, and the statistics.
+"""Per-case dataset analysis: every problem by :mod:`heartseg.data.validation`'s rules, and the statistics.
 
 Each case's headers and voxels are read once, in worker processes, and bad
 data never raises: every problem is recorded with its case, so the report can
@@ -25,11 +25,11 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from heartseg.data import Case, DatasetSpec
+from heartseg.data.cases import Case, DatasetSpec
+from heartseg.data.fingerprint import CaseHeader, canonical_header
+from heartseg.data.validation import SPACING_OUTLIER_FACTOR, CaseCheck, Problem, channels_first
 from heartseg.files import canonical_folder
-from heartseg.fingerprint import CaseHeader, canonical_header
 from heartseg.outputs import foreground_values
-from heartseg.validation import SPACING_OUTLIER_FACTOR, CaseCheck, Problem, channels_first
 
 PERCENTILES = (0.5, 99.5)
 # Like nnU-Net: pool this many voxels per case, so large cases do not dominate.

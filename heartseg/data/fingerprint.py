@@ -213,3 +213,12 @@ def plan_patch_and_network(
             return tuple(int(p) for p in patch), network
         shape = patch.astype(float)
         shape[longest] -= network.divisors[longest]
+
+
+def rotation_matrix(degrees: np.ndarray) -> np.ndarray:
+    """Rotation about x, then y, then z, by the given angles in degrees (world axes)."""
+    x, y, z = np.radians(degrees)
+    about_x = np.array([[1, 0, 0], [0, np.cos(x), -np.sin(x)], [0, np.sin(x), np.cos(x)]])
+    about_y = np.array([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
+    about_z = np.array([[np.cos(z), -np.sin(z), 0], [np.sin(z), np.cos(z), 0], [0, 0, 1]])
+    return about_z @ about_y @ about_x

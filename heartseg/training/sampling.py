@@ -23,8 +23,8 @@ import torch
 import torchio as tio
 from torch.utils.data import Dataset, Sampler
 
-from heartseg.augmentation import UNCHANGED, Augmentation, padded_region, sample_patch
 from heartseg.outputs import Outputs
+from heartseg.training.augmentation import UNCHANGED, Augmentation, padded_region, sample_patch
 
 
 def pad_to_patch(volume: torch.Tensor, patch_size: tuple[int, int, int], value: torch.Tensor) -> torch.Tensor:

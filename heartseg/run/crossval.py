@@ -9,7 +9,7 @@ at their original resolution by :class:`prediction.Predictor`, with
 ``scored.json`` is written last and marks the fold as finished. After the
 last fold, ``R/crossval.csv`` pools every case and ``R/crossval.json`` gives
 mean ± std per structure, over all cases and per fold, and the
-post-processing these out-of-fold masks chose (:func:`heartseg.postprocessing.choose`),
+post-processing these out-of-fold masks chose (:func:`heartseg.inference.postprocessing.choose`),
 which ``predict.py --checkpoint R`` applies.
 
 Folds trained apart (``--folds K --fold I --run-dir R/fold_I``, one per GPU or
@@ -38,13 +38,13 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from heartseg.checkpoint import load_checkpoint
-from heartseg.config import load_config, save_config
-from heartseg.data import Case, load_nifti, read_dataset
+from heartseg.data.cases import Case
+from heartseg.data.dataset import read_dataset
+from heartseg.data.reading import load_nifti
 from heartseg.errors import UserError
 from heartseg.files import atomic_write_text, save_nifti, write_rows_csv
-from heartseg.outputs import Outputs
-from heartseg.postprocessing import Postprocessing, choose
-from heartseg.prediction import (
+from heartseg.inference.postprocessing import Postprocessing, choose
+from heartseg.inference.prediction import (
     METRIC_NAMES,
     Predictor,
     evaluate_case,
@@ -52,6 +52,8 @@ from heartseg.prediction import (
     summarise,
     write_evaluation,
 )
+from heartseg.outputs import Outputs
+from heartseg.planning.config import load_config, save_config
 
 FOLD_PREFIX = 'fold_'
 SCORED_MARKER = 'scored.json'

@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from heartseg.planning.config import DEFAULT_OVERLAP
+
 BLENDINGS = ('gaussian', 'hann')
 # The sliding-window defaults of validation and prediction alike.
-DEFAULT_OVERLAP = 0.5
 DEFAULT_BLENDING = 'gaussian'
 DEFAULT_WINDOW_BATCH = 2
 

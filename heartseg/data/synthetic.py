@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from heartseg.augmentation import rotation_matrix
-from heartseg.data import MSD, NNUNET_V2
+from heartseg.data.cases import MSD, NNUNET_V2
+from heartseg.data.fingerprint import rotation_matrix
 from heartseg.files import atomic_write_text, save_nifti
 
 DEFAULT_SHAPE = (72, 72, 36)

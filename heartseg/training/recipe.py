@@ -8,7 +8,7 @@ pytorch-3dunet's ``create_trainer`` do. ``training.Trainer`` receives the
 result and only runs it.
 
 Example:
-    >>> from heartseg.config import RunConfig
+    >>> from heartseg.planning.config import RunConfig
     >>> config = RunConfig(data='d', run_dir='r', cache_dir='c', target_spacing=(1.25,) * 3, patch_size=(32, 32, 32),
     ...                    epochs=10, val_every=1, output='sigmoid', base_channels=4, channels_last=False,
     ...                    num_workers=0, levels=2, labels={'0': 'background', '1': 'atrium'}, modalities={'0': 'MRI'})
@@ -30,11 +30,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from heartseg import distributed
-from heartseg.augmentation import Augmentation, dummy_2d_axis
-from heartseg.config import RunConfig
-from heartseg.losses import build_loss
-from heartseg.sampling import EpochSampler, PatchDataset
-from heartseg.schedule import poly_lr
+from heartseg.planning.config import RunConfig
+from heartseg.planning.plan import dummy_2d_axis
+from heartseg.training.augmentation import Augmentation
+from heartseg.training.losses import build_loss
+from heartseg.training.sampling import EpochSampler, PatchDataset
+from heartseg.training.schedule import poly_lr
 from mymodel import UNet3D
 
 GRADIENT_CLIP_NORM = 12.0  # nnU-Net's value

@@ -27,8 +27,8 @@ import math
 from pathlib import Path
 
 from heartseg.files import atomic_write_text, write_rows_csv
-from heartseg.prediction import write_evaluation
-from heartseg.review import write_review_page
+from heartseg.inference.prediction import write_evaluation
+from heartseg.quality.review import write_review_page
 
 RECORDS = 'case_records'
 NOT_YET = 'not predicted yet'
