@@ -1,6 +1,6 @@
 """Write docs/reference/flags.md from the scripts' own parsers, so the flag reference cannot go stale.
 
-Each script's ``build_parser()`` is asked for its ``--help`` text at a fixed
+Each script's ``build_parser()`` (in ``heartseg.commands``) is asked for its ``--help`` text at a fixed
 width (the COLUMNS environment variable, set here to 100 so argparse wraps
 identically on every machine). tests/test_docs.py regenerates the page and
 fails if the committed file differs.
@@ -23,14 +23,21 @@ OUTPUT = REPO / 'docs' / 'reference' / 'flags.md'
 WIDTH = 100
 # argparse's layout changes between Python versions; tests/test_docs.py compares on this one only.
 PYTHON = f'{sys.version_info.major}.{sys.version_info.minor}'
-SCRIPTS = ('main.py', 'predict.py', 'analyze_data.py', 'export.py')
+# Each script's parser lives in the package, beside the command it runs.
+PARSERS = {
+    'main.py': 'heartseg.commands.train_flags',
+    'predict.py': 'heartseg.commands.predict_flags',
+    'analyze_data.py': 'heartseg.commands.analyze',
+    'export.py': 'heartseg.commands.export',
+}
+SCRIPTS = tuple(PARSERS)
 
 
 def help_text(script: str) -> str:
     """``python SCRIPT --help`` as argparse prints it at WIDTH columns, without colour."""
     os.environ['COLUMNS'] = str(WIDTH)  # read by argparse's HelpFormatter through shutil.get_terminal_size
     os.environ['NO_COLOR'] = '1'  # Python 3.14's argparse colours help on a terminal
-    parser = importlib.import_module(script.removesuffix('.py')).build_parser()
+    parser = importlib.import_module(PARSERS[script]).build_parser()
     parser.prog = script
     return parser.format_help().rstrip() + '\n'
 

@@ -8,21 +8,20 @@ import numpy as np
 import pytest
 import torch
 
+from heartseg.commands.train_flags import build_parser
 from heartseg.data.dataset import read_dataset
 from heartseg.data.fingerprint import CaseHeader
 from heartseg.errors import UserError
-from heartseg.planning.describe import plan_text
-from heartseg.planning.plan import (
+from heartseg.planning.defaults import (
     DEFAULT_LENGTH_VALIDATIONS,
     DEFAULT_TRAINING_STEPS,
     DEVICE_DEFAULTS,
     SYNTHETIC_SCHEDULE,
     TIME_LIMITED_MAX_EPOCHS,
-    plan_geometry,
-    plan_run,
 )
+from heartseg.planning.describe import plan_text
+from heartseg.planning.plan import plan_geometry, plan_run
 from heartseg.planning.resume import resume_plan
-from main import build_parser
 
 CPU, GPU = torch.device('cpu'), torch.device('cuda')
 

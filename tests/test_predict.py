@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from heartseg.checkpoint import load_checkpoint, save_checkpoint
+from heartseg.commands.predict_flags import build_parser
 from heartseg.data.reading import image_subject
 from heartseg.errors import EXIT_USER_ERROR, run_cli
 from heartseg.inference.postprocessing import Postprocessing
@@ -26,7 +27,6 @@ from heartseg.inference.prediction import (
 from heartseg.metrics import dice
 from heartseg.outputs import Outputs
 from heartseg.preprocessing.preprocessing import Preprocessing
-from predict import build_parser
 from predict import main as predict_main
 
 

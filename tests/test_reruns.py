@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import heartseg.files
-import predict
 from heartseg.checkpoint import load_checkpoint
+from heartseg.commands import predict
 from heartseg.errors import EXIT_USER_ERROR, run_cli
 from heartseg.folder_lock import LOCK_NAME, folder_lock
 from main import main as train_main
@@ -161,7 +161,8 @@ def test_an_interrupted_overwrite_leaves_no_record_vouching_for_a_new_mask(
 def test_only_process_zero_lists_the_cases_left(trained, small_dataset_template, tmp_path):
     folder = scans(small_dataset_template, tmp_path / 'scans')
     driver = (
-        'import sys, predict\nfrom heartseg import distributed\nfrom heartseg.errors import run_cli\n'
+        'import sys\nfrom heartseg import distributed\nfrom heartseg.commands import predict\n'
+        'from heartseg.errors import run_cli\n'
         'listing = predict.cases_to_predict\n'
         'def counted(*args):\n    print("LISTED BY RANK", distributed.rank(), flush=True)\n    return listing(*args)\n'
         'predict.cases_to_predict = counted\nsys.exit(run_cli(predict.main, sys.argv[1:]))\n'

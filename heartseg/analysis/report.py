@@ -27,7 +27,8 @@ from heartseg.data.fingerprint import (
 from heartseg.data.splits import grouping_text, patient_groups
 from heartseg.data.validation import Problem
 from heartseg.planning.config import RunConfig
-from heartseg.planning.plan import DEVICE_DEFAULTS, plan_geometry
+from heartseg.planning.defaults import DEVICE_DEFAULTS
+from heartseg.planning.plan import plan_geometry
 
 
 def geometry_summary(results: list[CaseResult]) -> dict[str, Any] | None:

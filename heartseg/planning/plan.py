@@ -8,9 +8,9 @@ output kind from the labels, and the length (epochs and validation interval).
 A setting the user gave replaces the planned one. :func:`resume_plan` plans a
 resumed run.
 
-Defaults have one owner each: those that depend on the device live in
-``DEVICE_DEFAULTS``, the length's here, and every other setting's default is
-its :class:`RunConfig` field default.
+Defaults have one owner each: those that depend on the device, and the
+length's, live in :mod:`heartseg.planning.defaults`; every other setting's
+default is its :class:`RunConfig` field default.
 
 Example:
     >>> import torch
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -53,67 +53,16 @@ from heartseg.errors import UserError
 from heartseg.files import canonical_folder
 from heartseg.outputs import planned_kind
 from heartseg.planning.config import RunConfig, canonical_loss
+from heartseg.planning.defaults import (
+    DEFAULT_CACHE,
+    DEFAULT_LENGTH_VALIDATIONS,
+    DEFAULT_TRAINING_STEPS,
+    DEVICE_DEFAULTS,
+    POOLINGS,
+    SYNTHETIC_SCHEDULE,
+    TIME_LIMITED_MAX_EPOCHS,
+)
 from mymodel import isotropic_pooling, total_pooling
-
-
-@dataclass(frozen=True)
-class DeviceDefaults:
-    """The settings whose best value depends on the device."""
-
-    base_channels: int
-    channels_last: bool
-    num_workers: int
-    patch_voxels: int  # what one training step can afford
-    min_spacing_mm: float  # the finest target spacing the device trains at in useful time
-
-
-# base_channels: on a 2-core CPU, 8 channels train about twice as many steps as 16 in the same time.
-# channels_last: channels_last_3d made the CPU training step 1.5x faster, the H100's 1.14x slower.
-# num_workers: on a 2-core CPU the main process keeps up (the pipeline makes 16x the patches the
-#   model uses); a GPU needs background workers so that it never waits for patches. Each torchrun
-#   process gets at most its share of the cores, less one for itself.
-# min_spacing_mm: 0.625 mm scans have 8x the voxels of 1.25 mm ones, which a CPU cannot train on in useful time.
-DEVICE_DEFAULTS = {
-    'cpu': DeviceDefaults(
-        base_channels=8, channels_last=True, num_workers=0, patch_voxels=64 * 64 * 48, min_spacing_mm=1.25
-    ),
-    'mps': DeviceDefaults(
-        base_channels=16, channels_last=False, num_workers=2, patch_voxels=96 * 96 * 64, min_spacing_mm=1.0
-    ),
-    'cuda': DeviceDefaults(
-        base_channels=16, channels_last=False, num_workers=8, patch_voxels=128 * 128 * 96, min_spacing_mm=0.0
-    ),
-}
-
-
-# The default length, in optimiser steps, as in nnU-Net: an epoch is one patch per training case, so a
-# fixed epoch count trains a 16-case dataset a quarter as long as a 64-case one. On the LA2018 learning
-# curve at the CPU plan (BENCHMARKS.md, "Training length") the test Dice gained 0.0017 from 7,680 to
-# 10,000 steps, inside the noise of a new patch stream. The GPU plan's patch covers the same field of
-# view at twice the resolution, so it gets the same steps.
-DEFAULT_TRAINING_STEPS = 10_000
-
-
-# A run of the default length validates about this many times (every epoch would dominate a small
-# dataset's run, whose epochs are a few steps each); the last epoch always validates.
-DEFAULT_LENGTH_VALIDATIONS = 20
-
-
-# With a time limit the epoch count is fitted to the clock (validating about a tenth of the time: val_every 0);
-# this only caps it.
-TIME_LIMITED_MAX_EPOCHS = 10_000
-
-
-# A short schedule that reaches a useful Dice on the built-in synthetic data within minutes on a laptop CPU.
-SYNTHETIC_SCHEDULE = {'epochs': 10, 'steps_per_epoch': 20}
-
-
-DEFAULT_CACHE = 'cache'
-
-
-# per-axis: nnU-Net's plan; isotropic: 2x2x2 at every level.
-POOLINGS = ('per-axis', 'isotropic')
-
 
 MAX_RESAMPLED_VOXELS = 2**30  # 4 GiB as float32; the largest LA2018 case has 3.2 million voxels at 0.625 mm
 
