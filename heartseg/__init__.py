@@ -1,7 +1,10 @@
-"""heartseg: the library behind main.py, predict.py and analyze_data.py.
+"""heartseg: the library behind main.py, predict.py, analyze_data.py and export.py.
 
-One concept per module; the data flows one way through them: ``data``
-(dataset.json → subjects checked by ``validation``'s rules → preprocessed, cached) → ``sampling`` (patches) →
-the network (``mymodel.py``) and ``losses`` → ``training.py`` → ``inference``,
-``prediction``, ``metrics`` and ``crossval``.
+One subpackage per stage, in the order the data flows and imports go: ``data`` (dataset.json → checked
+cases) → ``preprocessing`` (orientation, spacing, z-score; cached) → ``planning`` (the RunConfig) →
+``quality`` (QC measures) → ``inference`` (sliding window, prediction, post-processing, export) →
+``training`` (augmentation, patches, losses, schedule, recipe; the loop is ``training.py``) → ``run``
+(a run or a cross-validation) → ``analysis`` (dataset reports) → ``commands`` (what the scripts call).
+The modules directly in ``heartseg/`` are shared leaves that import no stage.
+docs/explanation/modules.md draws the stages.
 """
