@@ -158,6 +158,10 @@ COMMANDS: dict[str, Runs | NotRun] = {
     'python predict.py --checkpoint runs/acdc --input SCANS/ --output masks/': Runs(
         needs=(SHARED, 'runs/acdc', 'SCANS'), expect='masks in masks'
     ),
+    'python predict.py --checkpoint runs/acdc --input ../shared/data/ACDC/dataset.json --subset validation '
+    '--labels ../shared/data/ACDC/labelsTr --output runs/acdc/function': Runs(
+        needs=(SHARED, 'runs/acdc'), expect='Cardiac function: '
+    ),
     'python predict.py --checkpoint runs/la/best.pt --input scans/ --output masks/': Runs(
         needs=(SHARED, 'runs/la', 'scans'), expect='masks in masks'
     ),

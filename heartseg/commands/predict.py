@@ -29,8 +29,9 @@ from heartseg.commands.predict_inputs import (
 from heartseg.errors import EXIT_USER_ERROR, DiskFull, UserError
 from heartseg.files import ensure_writable_dir, file_digest, save_nifti
 from heartseg.folder_lock import LOCK_NAME, folder_lock
-from heartseg.inference.prediction import Predictor, read_reference, score_case
+from heartseg.inference.prediction import Predictor, load_trained_model, read_reference, score_case
 from heartseg.inference.prediction_folder import NOT_YET, PredictionFolder
+from heartseg.quality.cardiac_function import Structures, write_function_report
 from heartseg.quality.qc import assess, measure, uncertainty_map
 from heartseg.quality.review import orthogonal_views, save_png
 
@@ -47,6 +48,7 @@ def predict(args: argparse.Namespace) -> int:
     jobs = prediction_jobs(gather_inputs(args.input, args.subset), args.subset, args.checkpoint, args.keep_largest)
     cases = [case for job in jobs for case in job.cases]
     refuse_overwriting_inputs(args.output, cases, args.labels)
+    structures = function_structures(args, jobs[0].checkpoints[0])
     folder = PredictionFolder(args.output)
     created = distributed.is_main() and not args.output.exists()
     with output_lock(args.output, created):
@@ -95,12 +97,35 @@ def predict(args: argparse.Namespace) -> int:
         if distributed.is_main():
             for line in folder.finish([c.case_id for c in cases], metrics=args.labels is not None, qc=args.qc):
                 print(line)
+            done = [case for case, record in zip(cases, records) if record.get('status') == 'ok']
+            for line in function_report(args, structures, done, folder):
+                print(line)
             written = sum(bool(record.get('mask_written')) for record in records)
             print(
                 f'{written} mask{"s" if written != 1 else ""} in {args.output}'
                 + (f'; {failed} case(s) failed' if failed else '')
             )
     return EXIT_USER_ERROR if failed else 0
+
+
+def function_structures(args: argparse.Namespace, checkpoint: Path) -> Structures | None:
+    """The structures ``function.csv`` is computed from: ``--structures``, else found by the model's label names."""
+    labels = {int(value): name for value, name in load_trained_model(checkpoint, torch.device('cpu')).labels.items()}
+    structures = Structures.parse(args.structures, labels) if args.structures else Structures.from_labels(labels)
+    if structures is None and args.ed_first:
+        raise UserError('--ed-first', 'has no effect: no label of the model is an LV cavity (see --structures)')
+    return structures
+
+
+def function_report(
+    args: argparse.Namespace, structures: Structures | None, cases: list[InputCase], folder: PredictionFolder
+) -> list[str]:
+    """``function.csv`` (and with ``--labels`` the references' and the agreement) for the cases predicted."""
+    if structures is None:
+        return ['Cardiac function: none, since no label of the model is an LV cavity (--structures LV=VALUE names one)']
+    masks = {case.case_id: folder.mask(case.case_id) for case in cases}
+    references = {case.case_id: label_file(args.labels, case) for case in cases} if args.labels else None
+    return write_function_report(args.output, masks, references, structures, args.ed_first)
 
 
 @contextmanager

@@ -99,5 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument('--blending', choices=BLENDINGS, default=DEFAULT_BLENDING, help='window blending weights')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:N or mps')
+    parser.add_argument(
+        '--structures',
+        help='the label values of the LV cavity, myocardium and RV cavity for function.csv, as LV=3,MYO=2,RV=1 '
+        "(default: found by the model's label names, ACDC's LV, MYO, RV and common aliases; LV is required, the "
+        'others are optional)',
+    )
+    parser.add_argument(
+        '--ed-first',
+        action='store_true',
+        help="function.csv: end-diastole is each patient's first phase (UK Biobank), not its largest LV cavity",
+    )
     parser.add_argument('--batch-size', type=integer(1), default=DEFAULT_WINDOW_BATCH, help='windows per forward pass')
     return parser

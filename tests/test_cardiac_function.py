@@ -1,0 +1,192 @@
+"""heartseg.quality.cardiac_function: volumes, ejection fractions and LV mass of a beating phantom whose
+volumes are known in closed form, at 1 mm, with thick slices and on an oblique grid; structures found by name.
+
+The phantom, in world millimetres around the origin: an ellipsoidal LV cavity (in-plane radius ``a``, long
+radius ``C`` along z), the myocardium between it and an ellipsoid of in-plane radius ``a + t``, and a crescent
+RV, the half (x > 0) of the region between that ellipsoid and a larger one of in-plane radius ``r``.
+An ellipsoid holds 4/3 pi a b c, so every volume is exact.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from heartseg.data.fingerprint import rotation_matrix
+from heartseg.errors import EXIT_USER_ERROR, UserError, run_cli
+from heartseg.quality.cardiac_function import (
+    MYOCARDIUM_DENSITY,
+    Structures,
+    agreement,
+    function_row,
+    phase_volumes,
+)
+from predict import main as predict_main
+
+C = 50.0  # the long radius along z, in mm
+PHASES = {'ED': {'a': 25.0, 't': 8.0, 'r': 45.0}, 'ES': {'a': 17.0, 't': 12.0, 'r': 38.0}}
+ACDC = Structures(lv=3, myo=2, rv=1)
+
+
+def ellipsoid_ml(in_plane: float) -> float:
+    return 4 / 3 * math.pi * in_plane * in_plane * C / 1000
+
+
+def analytic(phase: dict) -> dict[str, float]:
+    outer = ellipsoid_ml(phase['a'] + phase['t'])
+    return {
+        'LV': ellipsoid_ml(phase['a']),
+        'MYO': outer - ellipsoid_ml(phase['a']),
+        'RV': (ellipsoid_ml(phase['r']) - outer) / 2,
+    }
+
+
+def phantom(phase: dict, spacing: tuple[float, float, float], rotation_degrees=(0.0, 0.0, 0.0)):
+    """The phase's label map (RV 1, MYO 2, LV 3) on a grid of ``spacing`` rotated by ``rotation_degrees``, and its
+    affine; voxel centres fall on odd multiples of half a voxel, so thick slices tile the long axis exactly."""
+    direction = rotation_matrix(np.array(rotation_degrees))
+    extent = 2 * max(phase['r'], C) + 20  # mm, the grid's side, with room for any rotation
+    shape = tuple(int(math.ceil(extent / s / 2)) * 2 for s in spacing)
+    affine = np.eye(4)
+    affine[:3, :3] = direction @ np.diag(spacing)
+    affine[:3, 3] = -(direction @ ((np.array(shape) / 2 - 0.5) * np.array(spacing)))  # the grid's centre at 0
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing='ij'), axis=-1).reshape(-1, 3)
+    x, y, z = (affine[:3, :3] @ grid.T + affine[:3, 3:4]).reshape(3, *shape)
+
+    def inside(in_plane: float) -> np.ndarray:
+        return (x / in_plane) ** 2 + (y / in_plane) ** 2 + (z / C) ** 2 <= 1
+
+    outer = inside(phase['a'] + phase['t'])
+    labels = np.zeros(shape, np.uint8)
+    labels[inside(phase['r']) & ~outer & (x > 0)] = 1
+    labels[outer] = 2
+    labels[inside(phase['a'])] = 3
+    return labels, affine
+
+
+@pytest.mark.parametrize(
+    'spacing, rotation',
+    [((1.0, 1.0, 1.0), (0, 0, 0)), ((1.5, 1.5, 10.0), (0, 0, 0)), ((1.25, 1.25, 1.25), (20, 10, 30))],
+    ids=['1 mm', 'thick slices', 'oblique'],
+)
+def test_ejection_fractions_and_mass_of_the_phantom_are_within_one_percent(spacing, rotation):
+    volumes = {name: phase_volumes(*phantom(phase, spacing, rotation), ACDC) for name, phase in PHASES.items()}
+    row = function_row('phantom', volumes)
+    ed, es = analytic(PHASES['ED']), analytic(PHASES['ES'])
+    assert (row['ed'], row['es']) == ('ED', 'ES')
+    expected = {
+        'LVEDV_ml': ed['LV'],
+        'LVESV_ml': es['LV'],
+        'LVEF_pct': 100 * (ed['LV'] - es['LV']) / ed['LV'],
+        'LVM_g': MYOCARDIUM_DENSITY * ed['MYO'],
+        'RVEDV_ml': ed['RV'],
+        'RVEF_pct': 100 * (ed['RV'] - es['RV']) / ed['RV'],
+    }
+    for index, value in expected.items():
+        assert row[index] == pytest.approx(value, rel=0.01), (index, row[index], value)
+    assert row['flag'] == 0 and row['reasons'] == ''
+
+
+def test_phases_out_of_order_still_give_ed_and_es():
+    ed, mid, es = {'LV': 150.0, 'RV': 160.0}, {'LV': 100.0, 'RV': 120.0}, {'LV': 60.0, 'RV': 80.0}
+    row = function_row('p', {'t0': mid, 't1': es, 't2': ed, 't3': mid})
+    assert (row['ed'], row['es'], row['LVEF_pct']) == ('t2', 't1', 60.0)
+    assert function_row('p', {'t0': mid, 't1': es, 't2': ed}, ed_first=True)['ed'] == 't0'
+
+
+def test_a_single_frame_gets_volumes_and_mass_but_no_ejection_fraction():
+    row = function_row('p', {'frame01': {'LV': 150.0, 'MYO': 100.0, 'RV': 160.0}})
+    assert row['LVEDV_ml'] == 150.0 and row['LVM_g'] == 105.0 and row['LVEF_pct'] == '' and row['es'] == ''
+    assert 'one frame' in row['reasons'] and row['flag'] == 0
+
+
+@pytest.mark.parametrize(
+    'phases, reason',
+    [
+        ({'a': {'LV': 100.0}, 'b': {'LV': 95.0}}, 'LV EF 5% outside 10 to 85%'),
+        ({'a': {'LV': 100.0, 'RV': 90.0}, 'b': {'LV': 50.0, 'RV': 95.0}}, 'RV ESV at or above EDV'),
+        ({'a': {'LV': 100.0, 'MYO': 0.0}, 'b': {'LV': 50.0, 'MYO': 90.0}}, 'MYO missing in a'),
+        (
+            {f't{i}': {'LV': v} for i, v in enumerate([150, 70, 140, 150, 65, 145])},
+            'LV volume curve has more than one clear minimum',
+        ),
+    ],
+)
+def test_implausible_rows_are_flagged_with_the_reason(phases, reason):
+    row = function_row('p', phases)
+    assert row['flag'] == 1 and reason in row['reasons'], row
+
+
+def test_structures_are_found_by_name_or_given():
+    assert Structures.from_labels({0: 'background', 1: 'right ventricle', 2: 'Myocardium', 3: 'LV_cavity'}) == ACDC
+    assert Structures.from_labels({0: 'background', 1: 'left atrium'}) is None, 'no LV cavity: no report'
+    assert Structures.from_labels({0: 'background', 1: 'LV'}) == Structures(lv=1)
+    assert Structures.parse('LV=3,MYO=2,RV=1', {0: 'bg', 1: 'a', 2: 'b', 3: 'c'}) == ACDC
+    for text, problem in (('LV=7', 'no label 7'), ('MYO=2', 'needs LV'), ('LA=1', 'is not NAME=VALUE')):
+        with pytest.raises(UserError, match=problem):
+            Structures.parse(text, {0: 'bg', 1: 'a', 2: 'b', 3: 'c'})
+
+
+def test_agreement_gives_n_r_bias_and_limits():
+    reference = [function_row(f'p{i}', {'a': {'LV': 100.0 + 10 * i}, 'b': {'LV': 40.0 + 3 * i}}) for i in range(5)]
+    predicted = [function_row(f'p{i}', {'a': {'LV': 102.0 + 10 * i}, 'b': {'LV': 40.0 + 3 * i}}) for i in range(5)]
+    rows = {row['index']: row for row in agreement(predicted, reference)}
+    assert rows['LVEDV_ml']['n'] == 5 and rows['LVEDV_ml']['bias'] == 2.0 and rows['LVEDV_ml']['sd'] == 0.0
+    assert rows['LVEDV_ml']['r'] == 1.0 and rows['LVEDV_ml']['loa_low'] == rows['LVEDV_ml']['loa_high'] == 2.0
+    assert rows['RVEF_pct']['n'] == 0, 'an index no row gives is counted as none'
+
+
+def frames_folder(dataset: Path, target: Path) -> tuple[Path, Path]:
+    """Two synthetic scans as one patient's two frames (ACDC's naming), and their labels under the same names."""
+    scans, labels = target / 'scans', target / 'labels'
+    for folder in (scans, labels):
+        folder.mkdir(parents=True)
+    for frame, case in (('frame01', 'synthetic_000'), ('frame12', 'synthetic_001')):
+        shutil.copy(dataset / 'imagesTr' / f'{case}.nii.gz', scans / f'p001_{frame}.nii.gz')
+        shutil.copy(dataset / 'labelsTr' / f'{case}.nii.gz', labels / f'p001_{frame}.nii.gz')
+    return scans, labels
+
+
+def independent_row(folder: Path, label: int) -> dict[str, float]:
+    """LV volumes and EF from the mask files, computed here without the module: count times |det(affine)|."""
+    volumes = {}
+    for frame in ('frame01', 'frame12'):
+        image = nib.load(folder / f'p001_{frame}.nii.gz')
+        volumes[frame] = np.count_nonzero(np.asarray(image.dataobj) == label) * abs(np.linalg.det(image.affine[:3, :3]))
+    ed, es = max(volumes.values()) / 1000, min(volumes.values()) / 1000
+    return {'LVEDV_ml': ed, 'LVESV_ml': es, 'LVEF_pct': 100 * (ed - es) / ed}
+
+
+def test_predict_writes_function_csv_from_frame_pairs(trained, small_dataset_template, tmp_path, capsys):
+    scans, labels = frames_folder(small_dataset_template, tmp_path)
+    output = tmp_path / 'out'
+    argv = ['--checkpoint', str(trained), '--input', str(scans), '--output', str(output), '--labels', str(labels)]
+    assert run_cli(predict_main, [*argv, '--structures', 'LV=1']) == 0
+    assert 'Cardiac function: 1 patient(s)' in capsys.readouterr().out
+    for table, masks in (('function.csv', output), ('function_reference.csv', labels)):
+        (row,) = csv.DictReader((output / table).read_text().splitlines())
+        assert row['patient'] == 'p001' and {row['ed'], row['es']} == {'p001_frame01', 'p001_frame12'}
+        for index, value in independent_row(masks, label=1).items():
+            assert float(row[index]) == pytest.approx(value, abs=0.05), (table, index)
+    agreement_rows = {row['index']: row for row in csv.DictReader((output / 'function_agreement.csv').open())}
+    assert agreement_rows['LVEDV_ml']['n'] == '1'
+
+
+def test_a_model_without_an_lv_cavity_is_told_so_and_a_bad_structures_flag_is_refused(
+    trained, small_dataset_template, tmp_path, capsys
+):
+    scans, _ = frames_folder(small_dataset_template, tmp_path)
+    argv = ['--checkpoint', str(trained), '--input', str(scans)]
+    assert run_cli(predict_main, [*argv, '--output', str(tmp_path / 'out')]) == 0
+    assert 'Cardiac function: none' in capsys.readouterr().out, 'left atrium is no LV cavity'
+    assert not (tmp_path / 'out' / 'function.csv').exists()
+    for flags, problem in ((['--structures', 'LV=5'], 'no label 5'), (['--ed-first'], 'has no effect')):
+        assert run_cli(predict_main, [*argv, '--output', str(tmp_path / 'refused'), *flags]) == EXIT_USER_ERROR
+        assert problem in capsys.readouterr().err
+        assert not (tmp_path / 'refused').exists(), 'refused before any output folder exists'
