@@ -190,3 +190,44 @@ def test_a_model_without_an_lv_cavity_is_told_so_and_a_bad_structures_flag_is_re
         assert run_cli(predict_main, [*argv, '--output', str(tmp_path / 'refused'), *flags]) == EXIT_USER_ERROR
         assert problem in capsys.readouterr().err
         assert not (tmp_path / 'refused').exists(), 'refused before any output folder exists'
+
+
+def cine_inputs(dataset: Path, target: Path) -> tuple[Path, Path]:
+    """Two synthetic scans on one grid, as a folder of two 3D frames and as one 4D cine file of two phases."""
+    first = nib.load(dataset / 'imagesTr' / 'synthetic_000.nii.gz')
+    second = np.asarray(nib.load(dataset / 'imagesTr' / 'synthetic_001.nii.gz').dataobj)
+    frames, cine = target / 'frames', target / 'cine'
+    frames.mkdir(parents=True)
+    cine.mkdir()
+    phases = [np.asarray(first.dataobj), second]
+    for index, data in enumerate(phases):
+        nib.save(nib.Nifti1Image(data, first.affine), frames / f'heart_phase{index:02d}.nii.gz')
+    cine_image = nib.Nifti1Image(np.stack(phases, axis=3), first.affine)
+    cine_image.header.set_zooms((*first.header.get_zooms()[:3], 0.03))  # 30 ms between phases
+    nib.save(cine_image, cine / 'heart.nii.gz')
+    return frames, cine
+
+
+def test_a_4d_cine_gives_a_4d_mask_in_its_grid_equal_to_its_frames_masks_and_the_same_row(
+    trained, small_dataset_template, tmp_path, capsys
+):
+    frames, cine = cine_inputs(small_dataset_template, tmp_path)
+    for folder in (frames, cine):
+        argv = ['--checkpoint', str(trained), '--input', str(folder), '--output', str(tmp_path / f'{folder.name}_out')]
+        assert run_cli(predict_main, [*argv, '--structures', 'LV=1']) == 0
+    assert '4D masks of 1 cine input(s): heart' in capsys.readouterr().out
+    source, mask = nib.load(cine / 'heart.nii.gz'), nib.load(tmp_path / 'cine_out' / 'heart.nii.gz')
+    assert mask.shape == source.shape and np.array_equal(mask.affine, source.affine)
+    assert mask.header.get_zooms() == source.header.get_zooms()
+    for index in range(2):
+        frame_mask = np.asarray(nib.load(tmp_path / 'frames_out' / f'heart_phase{index:02d}.nii.gz').dataobj)
+        assert np.array_equal(np.asarray(mask.dataobj)[..., index], frame_mask), f'phase {index}'
+    rows = [(tmp_path / out / 'function.csv').read_text() for out in ('frames_out', 'cine_out')]
+    assert rows[0] == rows[1] and rows[0].splitlines()[1].startswith('heart,heart_phase')
+
+
+def test_a_cine_input_is_refused_with_labels_until_they_are_read(trained, small_dataset_template, tmp_path):
+    _, cine = cine_inputs(small_dataset_template, tmp_path)
+    argv = ['--checkpoint', str(trained), '--input', str(cine), '--output', str(tmp_path / 'out')]
+    assert run_cli(predict_main, [*argv, '--labels', str(cine)]) == EXIT_USER_ERROR
+    assert not (tmp_path / 'out').exists()

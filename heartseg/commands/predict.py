@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from heartseg.commands.predict_inputs import (
     prediction_jobs,
     refuse_overwriting_inputs,
 )
+from heartseg.data.cine import join_phases, phase_count, phase_ids, write_phases
 from heartseg.errors import EXIT_USER_ERROR, DiskFull, UserError
 from heartseg.files import ensure_writable_dir, file_digest, save_nifti
 from heartseg.folder_lock import LOCK_NAME, folder_lock
@@ -35,6 +37,7 @@ from heartseg.quality.cardiac_function import Structures, write_function_report
 from heartseg.quality.qc import assess, measure, uncertainty_map
 from heartseg.quality.review import orthogonal_views, save_png
 
+CINE_PHASES = 'cine_phases'  # the output folder's subfolder for the phases of 4D cine inputs, as 3D scans
 OVERVIEW_HEIGHT = 360  # pixels of --png's pictures; the review page's thumbnails are smaller
 
 
@@ -48,10 +51,20 @@ def predict(args: argparse.Namespace) -> int:
     jobs = prediction_jobs(gather_inputs(args.input, args.subset), args.subset, args.checkpoint, args.keep_largest)
     cases = [case for job in jobs for case in job.cases]
     refuse_overwriting_inputs(args.output, cases, args.labels)
-    structures = function_structures(args, jobs[0].checkpoints[0])
+    model = load_trained_model(jobs[0].checkpoints[0], torch.device('cpu'))
+    structures = function_structures(args, {int(value): name for value, name in model.labels.items()})
+    cines = {case.case_id: case for case in cases if phase_count(case.image, model.channels)}
+    if cines and args.labels:
+        raise UserError('--labels', f'reference labels of 4D cine inputs ({next(iter(cines))}) are not read yet')
+    jobs = [replace(job, cases=[*expand_cines(job.cases, model.channels, args.output)]) for job in jobs]
+    cases = [case for job in jobs for case in job.cases]
     folder = PredictionFolder(args.output)
     created = distributed.is_main() and not args.output.exists()
     with output_lock(args.output, created):
+        if distributed.is_main():
+            for case in cines.values():
+                write_phases(case.image, case.case_id, args.output / CINE_PHASES)
+        distributed.barrier()
         producers = [producer(job, args) for job in jobs]
         # Process 0 decides what is left and shares it,
         # so that no case is skipped or done twice by processes that list at different times.
@@ -98,6 +111,8 @@ def predict(args: argparse.Namespace) -> int:
             for line in folder.finish([c.case_id for c in cases], metrics=args.labels is not None, qc=args.qc):
                 print(line)
             done = [case for case, record in zip(cases, records) if record.get('status') == 'ok']
+            for line in join_cines(cines, {case.case_id for case in done}, folder, model.channels):
+                print(line)
             for line in function_report(args, structures, done, folder):
                 print(line)
             written = sum(bool(record.get('mask_written')) for record in records)
@@ -108,9 +123,30 @@ def predict(args: argparse.Namespace) -> int:
     return EXIT_USER_ERROR if failed else 0
 
 
-def function_structures(args: argparse.Namespace, checkpoint: Path) -> Structures | None:
+def expand_cines(cases: list[InputCase], channels: int, output: Path) -> Iterator[InputCase]:
+    """Each 4D cine input as its phases (``heartseg.data.cine``), written into ``output``'s phase folder; other
+    cases as they are."""
+    for case in cases:
+        phases = phase_count(case.image, channels)
+        if not phases:
+            yield case
+        for phase_id in phase_ids(case.case_id, phases):
+            yield InputCase(phase_id, output / CINE_PHASES / f'{phase_id}.nii')
+
+
+def join_cines(cines: dict[str, InputCase], done: set[str], folder: PredictionFolder, channels: int) -> list[str]:
+    """Each 4D cine input's phase masks joined into its 4D mask, where every phase was predicted."""
+    joined = []
+    for case_id, case in cines.items():
+        phases = phase_ids(case_id, phase_count(case.image, channels))
+        if done.issuperset(phases):
+            join_phases([folder.mask(phase) for phase in phases], case.image, folder.mask(case_id))
+            joined.append(case_id)
+    return [f'4D masks of {len(joined)} cine input(s): {", ".join(joined)}'] if joined else []
+
+
+def function_structures(args: argparse.Namespace, labels: dict[int, str]) -> Structures | None:
     """The structures ``function.csv`` is computed from: ``--structures``, else found by the model's label names."""
-    labels = {int(value): name for value, name in load_trained_model(checkpoint, torch.device('cpu')).labels.items()}
     structures = Structures.parse(args.structures, labels) if args.structures else Structures.from_labels(labels)
     if structures is None and args.ed_first:
         raise UserError('--ed-first', 'has no effect: no label of the model is an LV cavity (see --structures)')
