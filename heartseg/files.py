@@ -30,6 +30,8 @@ import torch
 
 from heartseg.errors import DiskFull, UserError
 
+FIGURE_DPI = 100  # the dataset report's and the cardiac-function figures' resolution
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -114,6 +116,14 @@ def save_nifti(data: np.ndarray, affine: np.ndarray, path: Path, like: nib.Nifti
         image.set_sform(like.get_sform(), code=int(like.header['sform_code']))
     image.set_data_dtype(data.dtype)
     atomic_write(path, lambda temporary: nib.save(image, temporary))
+
+
+def atomic_savefig(figure: Any, path: Path) -> None:
+    """Render a matplotlib ``Figure`` with Agg (no display needed) and move the PNG into place atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # only the figure-writing commands need matplotlib
+
+    FigureCanvasAgg(figure)
+    atomic_write(path, lambda temporary: figure.savefig(temporary, format='png', dpi=FIGURE_DPI))
 
 
 def canonical_folder(folder: Path) -> Path:

@@ -26,6 +26,7 @@ from heartseg.quality.cardiac_function import (
     agreement,
     function_row,
     phase_volumes,
+    write_function_report,
 )
 from predict import main as predict_main
 
@@ -231,3 +232,19 @@ def test_a_cine_input_is_refused_with_labels_until_they_are_read(trained, small_
     argv = ['--checkpoint', str(trained), '--input', str(cine), '--output', str(tmp_path / 'out')]
     assert run_cli(predict_main, [*argv, '--labels', str(cine)]) == EXIT_USER_ERROR
     assert not (tmp_path / 'out').exists()
+
+
+def test_the_report_draws_a_cine_series_volume_curve_and_bland_altman_against_references(tmp_path):
+    masks, references = {}, {}
+    for index, a in enumerate((25.0, 17.0, 21.0)):
+        labels, affine = phantom({'a': a, 't': 8.0, 'r': 45.0}, (3.0, 3.0, 10.0))
+        for table, shrink in ((masks, 0), (references, 1)):
+            path = tmp_path / f'{"ref" if shrink else "pred"}_cine_phase{index:02d}.nii.gz'
+            nib.save(nib.Nifti1Image(np.where(labels == 3, 3 - shrink * (index == 1), labels), affine), path)
+            table[f'cine_phase{index:02d}'] = path
+    lines = write_function_report(tmp_path, masks, references, ACDC)
+    assert lines[0].startswith('Cardiac function: 1 patient(s)')
+    for picture in (tmp_path / 'function_curves' / 'cine.png', tmp_path / 'function_bland_altman.png'):
+        assert picture.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n', picture
+    (row,) = csv.DictReader((tmp_path / 'function.csv').read_text().splitlines())
+    assert (row['ed'], row['es']) == ('cine_phase00', 'cine_phase01')

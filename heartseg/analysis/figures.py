@@ -17,18 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from heartseg.analysis.cases import AXES, PERCENTILES, CaseResult
 from heartseg.data.cases import DatasetSpec
 from heartseg.data.validation import PROBLEM_KINDS, Problem
-from heartseg.files import atomic_write, atomic_write_text, write_rows_csv
+from heartseg.files import atomic_savefig, atomic_write_text, write_rows_csv
 
 STAT_KEYS = ('min', 'max', 'mean', 'std', 'p0.5', 'p99.5')
 MONTAGE_COLUMNS = 10
 MONTAGE_MAX_CASES = 120
-FIGURE_DPI = 100
 
 
 def case_record(result: CaseResult) -> dict[str, Any]:
@@ -97,12 +95,6 @@ def write_tables(
     atomic_write_text(output / 'fingerprint.json', json.dumps(to_json(fingerprint), indent=1))
     write_rows_csv(output / 'cases.csv', [csv_row(record, spec.foreground_labels) for record in records])
     return [output / 'fingerprint.json', output / 'cases.csv']
-
-
-def atomic_savefig(figure: Figure, path: Path) -> None:
-    """Render ``figure`` with Agg and move the PNG into place atomically."""
-    FigureCanvasAgg(figure)
-    atomic_write(path, lambda temporary: figure.savefig(temporary, format='png', dpi=FIGURE_DPI))
 
 
 def intensity_figure(results: list[CaseResult], intensity: dict[str, Any]) -> Figure:

@@ -36,6 +36,7 @@ import numpy as np
 from heartseg.data.splits import patient_groups
 from heartseg.errors import UserError
 from heartseg.files import write_rows_csv
+from heartseg.quality.function_figures import write_bland_altman, write_volume_curve
 
 MYOCARDIUM_DENSITY = 1.05  # g/ml, as ACDC and UK Biobank take it
 # A plausible ejection fraction, in percent; outside it the row is flagged for a look.
@@ -43,6 +44,7 @@ EF_RANGE = (10.0, 85.0)
 # A dip in the LV volume curve counts as a minimum when it is at least this share of the curve's range deep.
 MINIMUM_DEPTH = 0.1
 STRUCTURE_NAMES = ('LV', 'MYO', 'RV')
+FUNCTION_CURVES = 'function_curves'  # the output's subfolder for cine series' volume curves
 # Label names (lower case, separators as spaces) that mean each structure.
 ALIASES = {
     'LV': ('lv', 'lv cavity', 'lv blood pool', 'left ventricle', 'left ventricle cavity', 'left ventricular cavity'),
@@ -239,17 +241,17 @@ def _rounded(value: float, digits: int = 2) -> float:
     return round(float(value), digits) if not math.isnan(value) else math.nan
 
 
-def patient_rows(label_maps: Mapping[str, Path], structures: Structures, ed_first: bool = False) -> list[dict]:
-    """One row per patient from each case's label-map file (``{case_id: path}``): a patient's cases are its
-    phases (:func:`heartseg.data.splits.patient_of` groups ACDC's ``patient001_frame01`` and ``_frame12``)."""
-    rows = []
+def patient_phases(label_maps: Mapping[str, Path], structures: Structures) -> dict[str, dict[str, dict[str, float]]]:
+    """Each patient's phases and their volumes from each case's label-map file (``{case_id: path}``): a patient's
+    cases are its phases (:func:`heartseg.data.splits.patient_of` groups ACDC's ``patient001_frame01`` and
+    ``_frame12``, and a cine input's ``<case>_phase00``, ``_phase01``, ...)."""
+    patients = {}
     for patient, case_ids in patient_groups(list(label_maps)).items():
-        phases = {}
+        patients[patient] = {}
         for case_id in case_ids:
             image = nib.load(label_maps[case_id])
-            phases[case_id] = phase_volumes(np.asarray(image.dataobj), image.affine, structures)
-        rows.append(function_row(patient, phases, ed_first))
-    return rows
+            patients[patient][case_id] = phase_volumes(np.asarray(image.dataobj), image.affine, structures)
+    return patients
 
 
 def write_function_report(
@@ -259,15 +261,24 @@ def write_function_report(
     structures: Structures,
     ed_first: bool = False,
 ) -> list[str]:
-    """``function.csv`` from the masks and, with references, ``function_reference.csv`` and
-    ``function_agreement.csv``; the lines to print."""
-    rows = patient_rows(masks, structures, ed_first)
+    """``function.csv`` from the masks, with a volume curve for every patient of more than two phases; with
+    references, ``function_reference.csv``, ``function_agreement.csv`` and ``function_bland_altman.png``.
+    The lines to print."""
+    phases = patient_phases(masks, structures)
+    rows = [function_row(patient, volumes, ed_first) for patient, volumes in phases.items()]
     write_rows_csv(output / 'function.csv', rows)
+    for row in rows:
+        if len(phases[row['patient']]) > 2:
+            curve = output / FUNCTION_CURVES / f'{row["patient"]}.png'
+            curve.parent.mkdir(exist_ok=True)
+            write_volume_curve(curve, row['patient'], phases[row['patient']], row['ed'], row['es'])
     flagged = sum(row['flag'] for row in rows)
     lines = [f'Cardiac function: {len(rows)} patient(s) in {output / "function.csv"}, {flagged} flagged']
     if references is not None:
-        reference_rows = patient_rows(references, structures, ed_first)
+        reference_phases = patient_phases(references, structures)
+        reference_rows = [function_row(patient, volumes, ed_first) for patient, volumes in reference_phases.items()]
         write_rows_csv(output / 'function_reference.csv', reference_rows)
         write_rows_csv(output / 'function_agreement.csv', agreement(rows, reference_rows))
-        lines.append(f'  against the references: {output / "function_agreement.csv"}')
+        write_bland_altman(output / 'function_bland_altman.png', rows, reference_rows)
+        lines.append(f'  against the references: {output / "function_agreement.csv"}, function_bland_altman.png')
     return lines
