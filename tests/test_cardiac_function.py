@@ -28,6 +28,7 @@ from heartseg.quality.cardiac_function import (
     phase_volumes,
     write_function_report,
 )
+from heartseg.quality.qc import SEVERAL_STRUCTURES, VOLUME_RATIO_RANGE, out_of_range, volume_ratio_range
 from predict import main as predict_main
 
 C = 50.0  # the long radius along z, in mm
@@ -248,3 +249,29 @@ def test_the_report_draws_a_cine_series_volume_curve_and_bland_altman_against_re
         assert picture.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n', picture
     (row,) = csv.DictReader((tmp_path / 'function.csv').read_text().splitlines())
     assert (row['ed'], row['es']) == ('cine_phase00', 'cine_phase01')
+
+
+def test_qc_judges_an_end_systolic_lv_by_its_training_range_not_its_median():
+    """ACDC's training frames hold both phases: an LV at 0.3x the median is normal there, and flagged only where
+    the training cases never came near it (or, without training volumes, below LA2018's widened range)."""
+    measures = {
+        'volume_ml': 18.0,
+        'volume_ratio': 0.3,
+        'tta_agreement': 0.95,
+        'model_agreement': math.nan,
+        'confidence': 0.95,
+        'removed_fraction': 0.0,
+        'edge_contact_mm2': 0.0,
+        'edge_limit_mm2': 150.0,
+        'edge': '',
+    }
+    cine_training = [20.0, 35.0, 60.0, 90.0, 150.0]  # end-systoles and end-diastoles, median 60 ml
+    low, high = volume_ratio_range(cine_training)
+    assert (low, high) == (0.22, 3.75)
+    assert out_of_range({**measures, 'volume_ratio_low': low, 'volume_ratio_high': high}, SEVERAL_STRUCTURES) == []
+    narrow = volume_ratio_range([55.0, 60.0, 150.0])  # end-diastoles only
+    reasons = out_of_range(
+        {**measures, 'volume_ratio_low': narrow[0], 'volume_ratio_high': narrow[1]}, SEVERAL_STRUCTURES
+    )
+    assert reasons == ['volume 0.3x the training median'] and narrow == (0.61, 3.75)
+    assert volume_ratio_range([]) == VOLUME_RATIO_RANGE and out_of_range(measures, SEVERAL_STRUCTURES) == []

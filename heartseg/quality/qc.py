@@ -113,7 +113,9 @@ SEVERAL_STRUCTURES = Calibration(
     confidence_below=0.81,
     removed_above=0.21,
 )
-# The volume range is LA2018's training range (0.42 to 2.7 times the median) widened 1.5 times.
+# A structure's normal volumes: its training range widened 1.5 times either way; a range about the median flagged
+# cine end-systoles, whose LV is that small. Without training volumes: LA2018's (0.42 to 2.7x the median) widened.
+VOLUME_WIDENING = 1.5
 VOLUME_RATIO_RANGE = (0.28, 4.0)
 # The edge area lies between LA2018's clean masks' (up to 88 mm²) and its cut fields of view's (500 mm² and more);
 # where the training labels touch a face more (a short-axis stack), 1.5 times their 95th percentile.
@@ -261,6 +263,17 @@ def volume_ratio(volume_ml: float, training_volumes: list[float]) -> float:
     return volume_ml / median if median > 0 else math.nan
 
 
+def volume_ratio_range(training_volumes: list[float]) -> tuple[float, float]:
+    """The volume ratios (to the training median) a structure may have: its training cases' lowest and highest,
+    widened :data:`VOLUME_WIDENING` times, or :data:`VOLUME_RATIO_RANGE` without training volumes.
+    ``volume_ratio_range([30.0, 60.0, 150.0])``, an LV at end-systole and end-diastole, is ``(0.33, 3.75)``."""
+    median = float(np.median(training_volumes)) if training_volumes else 0.0
+    if median <= 0:
+        return VOLUME_RATIO_RANGE
+    low, high = min(training_volumes) / median / VOLUME_WIDENING, max(training_volumes) / median * VOLUME_WIDENING
+    return round(low, 2), round(high, 2)
+
+
 def edge_limit(training_contacts: list[float]) -> float:
     """The edge area above which a structure is flagged:
     :data:`EDGE_ABOVE_MM2`, or more where its training labels touch more."""
@@ -312,11 +325,8 @@ def out_of_range(measures: dict, calibration: Calibration) -> list[str]:
     if measures['confidence'] < calibration.confidence_below:
         reasons.append(f'confidence {measures["confidence"]:.2f}')
     ratio = measures['volume_ratio']
-    if (
-        measures['volume_ml'] > 0
-        and not math.isnan(ratio)
-        and not VOLUME_RATIO_RANGE[0] <= ratio <= VOLUME_RATIO_RANGE[1]
-    ):
+    low, high = (measures.get(f'volume_ratio_{end}', limit) for end, limit in zip(('low', 'high'), VOLUME_RATIO_RANGE))
+    if measures['volume_ml'] > 0 and not math.isnan(ratio) and not low <= ratio <= high:
         reasons.append(f'volume {ratio:.1f}x the training median')
     if measures['removed_fraction'] > calibration.removed_above:
         reasons.append(f'{100 * measures["removed_fraction"]:.0f}% of the mask in stray pieces')
@@ -368,13 +378,16 @@ def measure(
     measures = {}
     for index, name in enumerate(names):
         kept, removed = int(structure_masks[index].sum()), signals['removed_voxels'][index]
+        training_volumes = training_column(reference, 'volumes_ml', index, len(names))
         contact, face = edge_contact(structure_masks[index], affine)
         measures[name] = {
             'tta_agreement': signals['tta_agreement'][index],
             'model_agreement': signals['model_agreement'][index],
             'confidence': soft_dice(probabilities[index], structure_masks[index]),
             'volume_ml': kept * voxel_ml,
-            'volume_ratio': volume_ratio(kept * voxel_ml, training_column(reference, 'volumes_ml', index, len(names))),
+            'volume_ratio': volume_ratio(kept * voxel_ml, training_volumes),
+            'volume_ratio_low': volume_ratio_range(training_volumes)[0],
+            'volume_ratio_high': volume_ratio_range(training_volumes)[1],
             'components': signals['components'][index],
             'removed_fraction': removed / max(1, kept + removed),
             'edge_contact_mm2': contact,
