@@ -25,13 +25,13 @@ import torch
 
 from benchmarks.timing import timed
 from heartseg.cli import Parser, integer, user_path
+from heartseg.commands.predict_inputs import NIFTI_SUFFIXES
 from heartseg.data.reading import image_subject, load_nifti
 from heartseg.errors import run_cli
 from heartseg.inference.export import export_network
 from heartseg.inference.prediction import Predictor, load_network
 from heartseg.metrics import dice
 from heartseg.preprocessing.preprocessing import Preprocessing
-from predict import NIFTI_SUFFIXES
 
 BACKENDS = {'onnx': 'model.onnx', 'torchscript': 'model.pt'}
 
