@@ -177,6 +177,9 @@ def test_predict_writes_function_csv_from_frame_pairs(trained, small_dataset_tem
         for index, value in independent_row(masks, label=1).items():
             assert float(row[index]) == pytest.approx(value, abs=0.05), (table, index)
     agreement_rows = {row['index']: row for row in csv.DictReader((output / 'function_agreement.csv').open())}
+    (row,) = csv.DictReader((output / 'function.csv').read_text().splitlines())
+    page = (output / 'review.html').read_text()
+    assert 'LV EF (%)' in page and f'"LVEF_pct": {float(row["LVEF_pct"])}' in page, 'each phase shows its patient'
     assert agreement_rows['LVEDV_ml']['n'] == '1'
 
 
@@ -243,7 +246,10 @@ def test_the_report_draws_a_cine_series_volume_curve_and_bland_altman_against_re
             path = tmp_path / f'{"ref" if shrink else "pred"}_cine_phase{index:02d}.nii.gz'
             nib.save(nib.Nifti1Image(np.where(labels == 3, 3 - shrink * (index == 1), labels), affine), path)
             table[f'cine_phase{index:02d}'] = path
-    lines = write_function_report(tmp_path, masks, references, ACDC)
+    lines, page = write_function_report(tmp_path, masks, references, ACDC)
+    assert set(page) == set(masks) and all(
+        fields['LVEF_pct'] == page['cine_phase00']['LVEF_pct'] for fields in page.values()
+    )
     assert lines[0].startswith('Cardiac function: 1 patient(s)')
     for picture in (tmp_path / 'function_curves' / 'cine.png', tmp_path / 'function_bland_altman.png'):
         assert picture.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n', picture

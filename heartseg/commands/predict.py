@@ -108,12 +108,12 @@ def predict(args: argparse.Namespace) -> int:
         records = [folder.read_record(c.case_id) or {} for c in cases]
         failed = sum(record.get('status') != 'ok' for record in records)
         if distributed.is_main():
-            for line in folder.finish([c.case_id for c in cases], metrics=args.labels is not None, qc=args.qc):
-                print(line)
             done = [case for case, record in zip(cases, records) if record.get('status') == 'ok']
-            for line in join_cines(cines, {case.case_id for case in done}, folder, model.channels):
+            function_lines, page_fields = function_report(args, structures, done, folder)
+            ids = [c.case_id for c in cases]
+            for line in folder.finish(ids, metrics=args.labels is not None, qc=args.qc, page_fields=page_fields):
                 print(line)
-            for line in function_report(args, structures, done, folder):
+            for line in [*join_cines(cines, {case.case_id for case in done}, folder, model.channels), *function_lines]:
                 print(line)
             written = sum(bool(record.get('mask_written')) for record in records)
             print(
@@ -155,10 +155,13 @@ def function_structures(args: argparse.Namespace, labels: dict[int, str]) -> Str
 
 def function_report(
     args: argparse.Namespace, structures: Structures | None, cases: list[InputCase], folder: PredictionFolder
-) -> list[str]:
-    """``function.csv`` (and with ``--labels`` the references' and the agreement) for the cases predicted."""
+) -> tuple[list[str], dict[str, dict]]:
+    """``function.csv`` (and with ``--labels`` the references' and the agreement) for the cases predicted; the lines
+    to print, and the review page's columns by case."""
     if structures is None:
-        return ['Cardiac function: none, since no label of the model is an LV cavity (--structures LV=VALUE names one)']
+        return [
+            'Cardiac function: none, since no label of the model is an LV cavity (--structures LV=VALUE names one)'
+        ], {}
     masks = {case.case_id: folder.mask(case.case_id) for case in cases}
     references = {case.case_id: label_file(args.labels, case) for case in cases} if args.labels else None
     return write_function_report(args.output, masks, references, structures, args.ed_first)

@@ -104,8 +104,14 @@ class PredictionFolder:
             return 'predicted without some of the files asked for now'
         return None
 
-    def finish(self, case_ids: list[str], metrics: bool, qc: bool) -> list[str]:
-        """Write the folder's tables, summary and page from every case's record; return the lines to print."""
+    def finish(
+        self, case_ids: list[str], metrics: bool, qc: bool, page_fields: dict[str, dict] | None = None
+    ) -> list[str]:
+        """Write the folder's tables, summary and page from every case's record; return the lines to print.
+
+        Args:
+            page_fields: More columns of the review page, by case (its patient's cardiac function).
+        """
         records = [self.read_record(case_id) or _missing(case_id) for case_id in case_ids]
         lines = []
         metric_rows = [
@@ -122,7 +128,11 @@ class PredictionFolder:
         if qc and qc_rows:
             write_rows_csv(self.root / 'qc.csv', qc_rows)
             page = write_review_page(
-                [{**row, **_page_fields(record)} for row, record in zip(qc_rows, records)], self.root
+                [
+                    {**row, **_page_fields(record), **(page_fields or {}).get(row['case'], {})}
+                    for row, record in zip(qc_rows, records)
+                ],
+                self.root,
             )
             lines.append(flagged_line(qc_rows, page))
         return lines

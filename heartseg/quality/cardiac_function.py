@@ -44,6 +44,7 @@ EF_RANGE = (10.0, 85.0)
 # A dip in the LV volume curve counts as a minimum when it is at least this share of the curve's range deep.
 MINIMUM_DEPTH = 0.1
 STRUCTURE_NAMES = ('LV', 'MYO', 'RV')
+PAGE_INDICES = ('LVEF_pct', 'RVEF_pct', 'LVM_g')  # what the review page shows of each patient's row
 FUNCTION_CURVES = 'function_curves'  # the output's subfolder for cine series' volume curves
 # Label names (lower case, separators as spaces) that mean each structure.
 ALIASES = {
@@ -260,10 +261,10 @@ def write_function_report(
     references: Mapping[str, Path] | None,
     structures: Structures,
     ed_first: bool = False,
-) -> list[str]:
+) -> tuple[list[str], dict[str, dict]]:
     """``function.csv`` from the masks, with a volume curve for every patient of more than two phases; with
     references, ``function_reference.csv``, ``function_agreement.csv`` and ``function_bland_altman.png``.
-    The lines to print."""
+    The lines to print, and the review page's columns by case: its patient's indices."""
     phases = patient_phases(masks, structures)
     rows = [function_row(patient, volumes, ed_first) for patient, volumes in phases.items()]
     write_rows_csv(output / 'function.csv', rows)
@@ -281,4 +282,9 @@ def write_function_report(
         write_rows_csv(output / 'function_agreement.csv', agreement(rows, reference_rows))
         write_bland_altman(output / 'function_bland_altman.png', rows, reference_rows)
         lines.append(f'  against the references: {output / "function_agreement.csv"}, function_bland_altman.png')
-    return lines
+    page = {
+        case_id: {**{key: row[key] for key in PAGE_INDICES}, 'function_reasons': row['reasons']}
+        for row in rows
+        for case_id in phases[row['patient']]
+    }
+    return lines, page

@@ -98,6 +98,11 @@ COLUMNS = (
     ('flag', 'Flag'),
     ('volume_ml', 'Volume (mL)'),
     ('reasons', 'Reasons'),
+    # The patient's cardiac function (function.csv), beside each of its phases' masks.
+    ('LVEF_pct', 'LV EF (%)'),
+    ('RVEF_pct', 'RV EF (%)'),
+    ('LVM_g', 'LV mass (g)'),
+    ('function_reasons', 'Function flags'),
 )
 
 
