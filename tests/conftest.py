@@ -1,11 +1,14 @@
-"""Shared fixtures: small synthetic datasets the tests generate themselves."""
+"""Shared set-up: small synthetic datasets the tests generate themselves, the flags of tiny training runs,
+and helpers that build predict.py inputs and read error lines."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -20,6 +23,75 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL_SHAPE = (40, 40, 20)
 SMALL_SPACING = (1.5, 1.5, 3.0)
 LA2018_DEFAULT = REPO.parent / 'shared' / 'data' / 'LA2018'
+
+# main.py flags of the smallest network the tests train: two levels of four channels, on 16³ patches.
+TINY_NET = ['--levels', '2', '--base-channels', '4', '--patch-size', '16', '16', '16']
+# main.py flags of a small network that learns the synthetic atrium in seconds: two levels of eight channels.
+SMALL_NET = ['--levels', '2', '--base-channels', '8', '--patch-size', '32', '32', '16']
+# main.py flags of a run that trains one step: enough to write a run folder and its checkpoints.
+ONE_STEP = ['--epochs', '1', '--steps-per-epoch', '1']
+
+
+def fast_training(steps_per_epoch: int, seed: int, epochs: int) -> list[str]:
+    """main.py flags of a seeded TINY_NET run, in batches of two at a learning rate that learns in a few steps."""
+    return [
+        *TINY_NET,
+        '--steps-per-epoch',
+        str(steps_per_epoch),
+        '--batch-size',
+        '2',
+        '--seed',
+        str(seed),
+        '--lr',
+        '0.01',
+        '--epochs',
+        str(epochs),
+    ]
+
+
+def error_lines(capsys) -> list[str]:
+    """The ``error:`` lines written to stderr since capsys was last read."""
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
+
+
+def one_error(capsys) -> str:
+    """The one ``error:`` line written to stderr since capsys was last read; fails if there is not exactly one."""
+    errors = error_lines(capsys)
+    assert len(errors) == 1, errors
+    return errors[0]
+
+
+def scan_folder(dataset: Path, target: Path, cases: list[str]) -> Path:
+    """A folder of bare scans, as a user gives predict.py: copies of ``cases``' training images of ``dataset``."""
+    target.mkdir(parents=True, exist_ok=True)
+    for case in cases:
+        (target / f'{case}.nii.gz').write_bytes((dataset / 'imagesTr' / f'{case}.nii.gz').read_bytes())
+    return target
+
+
+def torchrun_command(script: Path | str, *arguments: str, processes: int = 2) -> list[str]:
+    """The command that runs ``script`` with ``arguments`` in ``processes`` torchrun processes on this machine."""
+    return [
+        sys.executable,
+        '-m',
+        'torch.distributed.run',
+        f'--nproc_per_node={processes}',
+        '--standalone',
+        str(script),
+        *arguments,
+    ]
+
+
+def prediction_command(checkpoints: list[Path], inputs: Path, output: Path, *extra: str) -> list[str]:
+    """predict.py arguments that predict ``inputs`` (a scan, a folder, a dataset.json) with ``checkpoints``."""
+    return ['--checkpoint', *map(str, checkpoints), '--input', str(inputs), '--output', str(output), *extra]
+
+
+def scoring_command(checkpoint: Path, dataset: Path, output: Path, *extra: str) -> list[str]:
+    """predict.py arguments that predict ``dataset``'s cases and score them against its labels."""
+    return prediction_command(
+        [checkpoint], dataset / 'dataset.json', output, '--labels', str(dataset / 'labelsTr'), *extra
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -66,16 +138,17 @@ def trained(small_dataset_template, tmp_path_factory) -> Path:
         '5',
         '--steps-per-epoch',
         '30',
-        '--levels',
-        '2',
-        '--base-channels',
-        '8',
-        '--patch-size',
-        '32',
-        '32',
-        '16',
+        *SMALL_NET,
         '--lr',
         '0.01',
     ]
     assert run_cli(train_main, argv) == 0
     return run_dir / 'best.pt'
+
+
+def flatten_sform(path: Path) -> None:
+    """An sform whose third voxel axis has no size, beside a valid qform: readers take the sform."""
+    image = nib.load(path)
+    flattened = nib.Nifti1Image(np.asarray(image.dataobj), image.affine)
+    flattened.set_sform(image.affine * np.array([1.0, 1.0, 0.0, 1.0]), code=2)
+    nib.save(flattened, path)

@@ -13,6 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import scoring_command
 
 from export import main as export_main
 from heartseg.data.synthetic import write_synthetic_dataset
@@ -72,23 +73,7 @@ def test_every_structure_is_found_and_its_dice_reported(trained_on, tmp_path):
     name, data, run_dir = trained_on
     structures = DATASETS[name][1]
     output = tmp_path / 'scored'
-    assert (
-        run_cli(
-            predict_main,
-            [
-                '--checkpoint',
-                str(run_dir),
-                '--input',
-                str(data / 'dataset.json'),
-                '--labels',
-                str(data / 'labelsTr'),
-                '--output',
-                str(output),
-                '--no-tta',
-            ],
-        )
-        == 0
-    )
+    assert run_cli(predict_main, scoring_command(run_dir, data, output, '--no-tta')) == 0
     with open(output / 'metrics.csv', newline='') as handle:
         rows = list(csv.DictReader(handle))
     assert sorted({int(row['label']) for row in rows}) == list(range(1, structures + 1))
@@ -192,24 +177,7 @@ def test_nnunet_v2_regions_train_sigmoid_channels_and_paint_their_label_values(t
     values = {int(v) for case in (output).glob('*.nii.gz') for v in np.unique(np.asanyarray(nib.load(case).dataobj))}
     assert values <= {0, 1, 2, 3}, 'every painted value is a declared label value'
     scored = tmp_path / 'scored'
-    assert (
-        run_cli(
-            predict_main,
-            [
-                '--checkpoint',
-                str(run_dir),
-                '--input',
-                str(data / 'dataset.json'),
-                '--labels',
-                str(data / 'labelsTr'),
-                '--output',
-                str(scored),
-                '--no-tta',
-                '--no-qc',
-            ],
-        )
-        == 0
-    )
+    assert run_cli(predict_main, scoring_command(run_dir, data, scored, '--no-tta', '--no-qc')) == 0
     with open(scored / 'metrics.csv', newline='') as handle:
         names = {(int(row['label']), row['name']) for row in csv.DictReader(handle)}
     assert names == {(2, 'atrium with wall'), (1, 'atrium'), (3, 'chamber')}, (

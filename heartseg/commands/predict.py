@@ -53,10 +53,12 @@ def predict(args: argparse.Namespace) -> int:
     refuse_overwriting_inputs(args.output, cases, args.labels)
     model = load_trained_model(jobs[0].checkpoints[0], torch.device('cpu'))
     structures = function_structures(args, {int(value): name for value, name in model.labels.items()})
-    cines = {case.case_id: case for case in cases if phase_count(case.image, model.channels)}
+    # A dataset's cases are 3D scans, checked as such; scans given by file or folder may be cine series.
+    from_dataset = args.input.name == 'dataset.json' or (args.input / 'dataset.json').is_file()
+    cines = {} if from_dataset else {c.case_id: c for c in cases if phase_count(c.image, model.channels)}
     if cines and args.labels:
         raise UserError('--labels', f'reference labels of 4D cine inputs ({next(iter(cines))}) are not read yet')
-    jobs = [replace(job, cases=[*expand_cines(job.cases, model.channels, args.output)]) for job in jobs]
+    jobs = [replace(job, cases=[*expand_cines(job.cases, cines, model.channels, args.output)]) for job in jobs]
     cases = [case for job in jobs for case in job.cases]
     folder = PredictionFolder(args.output)
     created = distributed.is_main() and not args.output.exists()
@@ -123,14 +125,16 @@ def predict(args: argparse.Namespace) -> int:
     return EXIT_USER_ERROR if failed else 0
 
 
-def expand_cines(cases: list[InputCase], channels: int, output: Path) -> Iterator[InputCase]:
-    """Each 4D cine input as its phases (``heartseg.data.cine``), written into ``output``'s phase folder; other
-    cases as they are."""
+def expand_cines(
+    cases: list[InputCase], cines: dict[str, InputCase], channels: int, output: Path
+) -> Iterator[InputCase]:
+    """Each 4D cine input (in ``cines``) as its phases (``heartseg.data.cine``), written into ``output``'s phase
+    folder; other cases as they are."""
     for case in cases:
-        phases = phase_count(case.image, channels)
-        if not phases:
+        if case.case_id not in cines:
             yield case
-        for phase_id in phase_ids(case.case_id, phases):
+            continue
+        for phase_id in phase_ids(case.case_id, phase_count(case.image, channels)):
             yield InputCase(phase_id, output / CINE_PHASES / f'{phase_id}.nii')
 
 

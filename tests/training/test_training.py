@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import ONE_STEP, SMALL_NET, TINY_NET
 
 import training
 from heartseg.checkpoint import load_checkpoint
@@ -20,14 +21,7 @@ from main import main
 from predict import main as predict_main
 
 TINY = [
-    '--levels',
-    '2',
-    '--base-channels',
-    '8',
-    '--patch-size',
-    '32',
-    '32',
-    '16',
+    *SMALL_NET,
     '--steps-per-epoch',
     '20',
     '--batch-size',
@@ -234,24 +228,7 @@ def test_non_finite_loss_stops_with_message_and_keeps_checkpoint(
 
 def test_without_data_main_writes_and_uses_the_synthetic_dataset(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    argv = [
-        '--run-dir',
-        'runs/default',
-        '--epochs',
-        '1',
-        '--steps-per-epoch',
-        '1',
-        '--max-cases',
-        '4',
-        '--levels',
-        '2',
-        '--base-channels',
-        '4',
-        '--patch-size',
-        '16',
-        '16',
-        '16',
-    ]
+    argv = ['--run-dir', 'runs/default', *ONE_STEP, '--max-cases', '4', *TINY_NET]
     assert run_cli(main, argv) == 0
     out = capsys.readouterr().out
     assert 'SYNTHETIC' in out and 'python main.py --download' in out
@@ -295,22 +272,7 @@ def test_a_split_seed_keeps_the_validation_cases_while_the_training_seed_changes
     monkeypatch.chdir(tmp_path)
     case_ids = [path.name.removesuffix('.nii.gz') for path in (small_dataset / 'imagesTr').glob('*.nii.gz')]
     other_seed = next(s for s in range(1, 50) if split_cases(case_ids, s) != split_cases(case_ids, 0))
-    quick = [
-        '--data',
-        str(small_dataset),
-        '--epochs',
-        '1',
-        '--steps-per-epoch',
-        '1',
-        '--levels',
-        '2',
-        '--base-channels',
-        '4',
-        '--patch-size',
-        '16',
-        '16',
-        '16',
-    ]
+    quick = ['--data', str(small_dataset), *ONE_STEP, *TINY_NET]
     runs = {
         'seed 0': ['--seed', '0'],
         'other seed': ['--seed', str(other_seed)],
@@ -385,7 +347,7 @@ def test_plan_only_preprocesses_every_case_and_writes_no_run_folder(small_datase
     assert 'Plan: 5 training / 1 validation cases' in printed and 'Plan only: 6 cases' in printed
     assert not run_dir.exists(), 'a plan writes no run folder'
     assert len(list((cache / 'SyntheticHeart').glob('*.pt'))) == 6, 'every case is preprocessed into the cache'
-    assert run_cli(main, [*argv[:-1], '--epochs', '1', '--steps-per-epoch', '1']) == 0, 'then trains on it'
+    assert run_cli(main, [*argv[:-1], *ONE_STEP]) == 0, 'then trains on it'
     assert len(list((cache / 'SyntheticHeart').glob('*.pt'))) == 6, 'from the same cache entries'
 
 

@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import prediction_command, scan_folder
 
 from heartseg.errors import EXIT_USER_ERROR, run_cli
 from heartseg.quality import qc
@@ -52,16 +53,7 @@ def qc_rows(output: Path) -> list[dict]:
 
 
 def predict_folder(trained: Path, folder: Path, output: Path, *extra: str) -> int:
-    return run_cli(
-        predict_main, ['--checkpoint', str(trained), '--input', str(folder), '--output', str(output), *extra]
-    )
-
-
-def scans_folder(dataset: Path, target: Path, cases: list[str]) -> Path:
-    target.mkdir(parents=True, exist_ok=True)
-    for case in cases:
-        (target / f'{case}.nii.gz').write_bytes((dataset / 'imagesTr' / f'{case}.nii.gz').read_bytes())
-    return target
+    return run_cli(predict_main, prediction_command([trained], folder, output, *extra))
 
 
 def test_pairwise_dice_of_identical_masks_is_one_and_of_disjoint_ones_zero():
@@ -146,7 +138,7 @@ def test_a_clean_case_scores_high_and_its_estimate_sits_beside_its_true_dice(tra
     # Whether a clean case is flagged depends on thresholds fitted on real scans (benchmarks/qc_fit.py); a model
     # trained for seconds on synthetic blobs only has to be judged consistently with its own measures.
     validation = json.loads((trained.parent / 'splits.json').read_text())['validation']
-    folder = scans_folder(small_dataset_template, tmp_path / 'scans', validation[:1])
+    folder = scan_folder(small_dataset_template, tmp_path / 'scans', validation[:1])
     assert predict_folder(trained, folder, tmp_path / 'out', '--labels', str(small_dataset_template / 'labelsTr')) == 0
     (row,) = qc_rows(tmp_path / 'out')
     assert row['case'] == validation[0] and float(row['true_dice']) > 0.8
@@ -192,7 +184,7 @@ def test_a_mask_cut_by_the_field_of_view_is_flagged_for_it(trained, small_datase
 
 
 def test_qc_csv_lists_every_case_the_failed_ones_too(trained, small_dataset_template, tmp_path):
-    folder = scans_folder(small_dataset_template, tmp_path / 'scans', ['synthetic_000', 'synthetic_001'])
+    folder = scan_folder(small_dataset_template, tmp_path / 'scans', ['synthetic_000', 'synthetic_001'])
     (folder / 'broken.nii.gz').write_bytes(b'not a nifti')
     assert predict_folder(trained, folder, tmp_path / 'out') == EXIT_USER_ERROR
     rows = {row['case']: row for row in qc_rows(tmp_path / 'out')}
@@ -206,7 +198,7 @@ def test_qc_csv_lists_every_case_the_failed_ones_too(trained, small_dataset_temp
 
 
 def test_no_qc_writes_none_of_it(trained, small_dataset_template, tmp_path):
-    folder = scans_folder(small_dataset_template, tmp_path / 'scans', ['synthetic_000'])
+    folder = scan_folder(small_dataset_template, tmp_path / 'scans', ['synthetic_000'])
     assert predict_folder(trained, folder, tmp_path / 'out', '--no-qc') == 0
     written = {p.name for p in (tmp_path / 'out').iterdir()}
     assert 'synthetic_000.nii.gz' in written
@@ -214,7 +206,7 @@ def test_no_qc_writes_none_of_it(trained, small_dataset_template, tmp_path):
 
 
 def test_save_uncertainty_writes_a_map_in_the_input_grid(trained, small_dataset_template, tmp_path):
-    folder = scans_folder(small_dataset_template, tmp_path / 'scans', ['synthetic_000'])
+    folder = scan_folder(small_dataset_template, tmp_path / 'scans', ['synthetic_000'])
     assert predict_folder(trained, folder, tmp_path / 'out', '--save-uncertainty') == 0
     source = nib.load(folder / 'synthetic_000.nii.gz')
     uncertainty = nib.load(tmp_path / 'out' / 'synthetic_000_uncertainty.nii.gz')

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import fast_training
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from heartseg.checkpoint import load_checkpoint
@@ -20,28 +21,9 @@ from heartseg.errors import UserError, run_cli
 from heartseg.training.loader_failures import reporting_worker_failures
 from main import main
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]  # where the helper scripts are
 EPOCHS = 8
-FAST = [
-    '--levels',
-    '2',
-    '--base-channels',
-    '4',
-    '--patch-size',
-    '16',
-    '16',
-    '16',
-    '--steps-per-epoch',
-    '10',
-    '--batch-size',
-    '2',
-    '--seed',
-    '5',
-    '--lr',
-    '0.01',
-    '--epochs',
-    str(EPOCHS),
-]
+FAST = fast_training(steps_per_epoch=10, seed=5, epochs=EPOCHS)
 # Kills at the renames that put checkpoints, metrics and config in place (the file is
 # fully written but not yet, or just, renamed), then at random moments.
 MARKER_KILLS = [

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import TINY_NET
 
 from heartseg.data.download import download_task02, extract, fetch
 from heartseg.errors import UserError
@@ -145,7 +146,7 @@ def test_main_download_flag_trains_on_the_extracted_task(small_dataset_template,
     """`python main.py --download` end to end, against a local archive standing in for the mirror."""
     import functools
 
-    import main as main_module
+    from heartseg.commands import train as main_module
     from heartseg.errors import run_cli
 
     archive = tmp_path / 'Task02_Heart.tar'
@@ -164,14 +165,7 @@ def test_main_download_flag_trains_on_the_extracted_task(small_dataset_template,
         '1',
         '--steps-per-epoch',
         '2',
-        '--levels',
-        '2',
-        '--base-channels',
-        '4',
-        '--patch-size',
-        '16',
-        '16',
-        '16',
+        *TINY_NET,
     ]
     assert run_cli(main_module.main, argv) == 0
     assert (tmp_path / 'data' / 'Task02_Heart' / 'dataset.json').is_file()

@@ -7,19 +7,19 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_NET, torchrun_command
 from ddp_worker import blob_subjects
 
 from heartseg.planning.config import RunConfig
 from training import create_trainer
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]  # where the helper scripts are
 # Gradients of one step on the same global batch, relative to the largest gradient:
 # only the order of floating-point sums differs.
 GRADIENT_TOLERANCE = 1e-5
@@ -71,18 +71,7 @@ def run_group(command: list[str], timeout: float = 300, **options) -> subprocess
 def torchrun(config: RunConfig, output: Path, processes: int = 2) -> subprocess.CompletedProcess:
     config_path = output / 'config.json'
     config_path.write_text(json.dumps(asdict(config)))
-    return run_group(
-        [
-            sys.executable,
-            '-m',
-            'torch.distributed.run',
-            f'--nproc_per_node={processes}',
-            '--standalone',
-            str(TESTS / 'ddp_worker.py'),
-            str(config_path),
-            str(output),
-        ]
-    )
+    return run_group(torchrun_command(TESTS / 'ddp_worker.py', str(config_path), str(output), processes=processes))
 
 
 def assert_ran(result: subprocess.CompletedProcess) -> None:
@@ -141,16 +130,7 @@ def worker_pids(launcher: subprocess.Popen) -> dict[int, int]:
 def test_a_crashed_rank_stops_the_job_with_a_clear_error(tmp_path):
     config = tiny_config(tmp_path / 'run', epochs=1000, steps_per_epoch=20)
     (tmp_path / 'config.json').write_text(json.dumps(asdict(config)))
-    command = [
-        sys.executable,
-        '-m',
-        'torch.distributed.run',
-        '--nproc_per_node=2',
-        '--standalone',
-        str(TESTS / 'ddp_worker.py'),
-        str(tmp_path / 'config.json'),
-        str(tmp_path),
-    ]
+    command = torchrun_command(TESTS / 'ddp_worker.py', str(tmp_path / 'config.json'), str(tmp_path))
     launcher = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -176,18 +156,10 @@ def test_a_crashed_rank_stops_the_job_with_a_clear_error(tmp_path):
 
 def test_torchrun_main_trains_and_resumes(small_dataset, tmp_path):
     run_dir = tmp_path / 'run'
-    tiny = ['--levels', '2', '--base-channels', '4', '--patch-size', '16', '16', '16', '--steps-per-epoch', '2']
+    tiny = [*TINY_NET, '--steps-per-epoch', '2']
 
     def launch(*arguments: str) -> subprocess.CompletedProcess:
-        command = [
-            sys.executable,
-            '-m',
-            'torch.distributed.run',
-            '--nproc_per_node=2',
-            '--standalone',
-            str(TESTS.parent / 'main.py'),
-            *arguments,
-        ]
+        command = torchrun_command(TESTS.parent / 'main.py', *arguments)
         return run_group(command, cwd=tmp_path)
 
     assert_ran(launch('--data', str(small_dataset), '--run-dir', str(run_dir), '--epochs', '1', *tiny))
@@ -200,20 +172,9 @@ def test_torchrun_main_trains_and_resumes(small_dataset, tmp_path):
 
 
 def test_batch_that_ranks_cannot_share_is_refused(small_dataset, tmp_path):
-    command = [
-        sys.executable,
-        '-m',
-        'torch.distributed.run',
-        '--nproc_per_node=2',
-        '--standalone',
-        str(TESTS.parent / 'main.py'),
-        '--data',
-        str(small_dataset),
-        '--batch-size',
-        '3',
-        '--run-dir',
-        str(tmp_path / 'run'),
-    ]
+    command = torchrun_command(
+        TESTS.parent / 'main.py', '--data', str(small_dataset), '--batch-size', '3', '--run-dir', str(tmp_path / 'run')
+    )
     result = run_group(command, cwd=tmp_path)
     assert result.returncode != 0
     assert 'error: --batch-size: 3 patches per step cannot be shared evenly by 2 processes' in result.stderr
@@ -221,13 +182,8 @@ def test_batch_that_ranks_cannot_share_is_refused(small_dataset, tmp_path):
 
 def test_torchrun_cross_validation_trains_every_fold_and_scores_every_case_once(small_dataset, tmp_path):
     run_dir = tmp_path / 'cv'
-    command = [
-        sys.executable,
-        '-m',
-        'torch.distributed.run',
-        '--nproc_per_node=2',
-        '--standalone',
-        str(TESTS.parent / 'main.py'),
+    command = torchrun_command(
+        TESTS.parent / 'main.py',
         '--data',
         str(small_dataset),
         '--run-dir',
@@ -236,17 +192,10 @@ def test_torchrun_cross_validation_trains_every_fold_and_scores_every_case_once(
         '2',
         '--epochs',
         '1',
-        '--levels',
-        '2',
-        '--base-channels',
-        '4',
-        '--patch-size',
-        '16',
-        '16',
-        '16',
+        *TINY_NET,
         '--steps-per-epoch',
         '2',
-    ]
+    )
     result = run_group(command, cwd=tmp_path)
     assert_ran(result)
     assert result.stdout.count('Cross-validation over 6 cases in 2 folds') == 1, 'only rank 0 scores and reports'

@@ -13,6 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import fast_training, one_error, prediction_command, scan_folder, torchrun_command
 
 import heartseg.files
 from heartseg.checkpoint import load_checkpoint
@@ -22,55 +23,13 @@ from heartseg.folder_lock import LOCK_NAME, folder_lock
 from main import main as train_main
 from predict import main as predict_main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CASES = ['synthetic_000', 'synthetic_001', 'synthetic_002']
-FAST = [
-    '--levels',
-    '2',
-    '--base-channels',
-    '4',
-    '--patch-size',
-    '16',
-    '16',
-    '16',
-    '--steps-per-epoch',
-    '4',
-    '--batch-size',
-    '2',
-    '--seed',
-    '3',
-    '--lr',
-    '0.01',
-    '--epochs',
-    '4',
-]
-
-
-def scans(dataset: Path, target: Path) -> Path:
-    target.mkdir()
-    for case in CASES:
-        (target / f'{case}.nii.gz').write_bytes((dataset / 'imagesTr' / f'{case}.nii.gz').read_bytes())
-    return target
+FAST = fast_training(steps_per_epoch=4, seed=3, epochs=4)
 
 
 def command(checkpoint: Path, folder: Path, output: Path, *extra: str) -> list[str]:
-    return [
-        '--checkpoint',
-        str(checkpoint),
-        '--input',
-        str(folder),
-        '--output',
-        str(output),
-        '--no-tta',
-        '--no-qc',
-        *extra,
-    ]
-
-
-def one_error(capsys) -> str:
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
-    assert len(errors) == 1, errors
-    return errors[0]
+    return prediction_command([checkpoint], folder, output, '--no-tta', '--no-qc', *extra)
 
 
 def retrained(trained: Path, target: Path) -> Path:
@@ -85,7 +44,7 @@ def retrained(trained: Path, target: Path) -> Path:
 def test_running_a_finished_prediction_again_does_nothing_and_succeeds(
     trained, small_dataset_template, tmp_path, capsys
 ):
-    folder, output = scans(small_dataset_template, tmp_path / 'scans'), tmp_path / 'out'
+    folder, output = scan_folder(small_dataset_template, tmp_path / 'scans', CASES), tmp_path / 'out'
     assert run_cli(predict_main, command(trained, folder, output)) == 0
     stamps = {case: (output / f'{case}.nii.gz').stat().st_mtime_ns for case in CASES}
     capsys.readouterr()
@@ -110,7 +69,7 @@ def test_running_a_finished_prediction_again_does_nothing_and_succeeds(
 def test_cases_made_another_way_are_predicted_again_and_say_why(
     trained, small_dataset_template, tmp_path, capsys, change, reason
 ):
-    folder, output = scans(small_dataset_template, tmp_path / 'scans'), tmp_path / 'out'
+    folder, output = scan_folder(small_dataset_template, tmp_path / 'scans', CASES), tmp_path / 'out'
     assert run_cli(predict_main, command(trained, folder, output)) == 0
     before = {case: np.asarray(nib.load(output / f'{case}.nii.gz').dataobj).copy() for case in CASES}
     checkpoint, extra = trained, []
@@ -137,7 +96,7 @@ def test_cases_made_another_way_are_predicted_again_and_say_why(
 def test_an_interrupted_overwrite_leaves_no_record_vouching_for_a_new_mask(
     trained, small_dataset_template, tmp_path, monkeypatch
 ):
-    folder, output = scans(small_dataset_template, tmp_path / 'scans'), tmp_path / 'out'
+    folder, output = scan_folder(small_dataset_template, tmp_path / 'scans', CASES), tmp_path / 'out'
     assert run_cli(predict_main, command(trained, folder, output)) == 0
     other = retrained(trained, tmp_path / 'other.pt')
     written = predict.save_nifti
@@ -159,7 +118,7 @@ def test_an_interrupted_overwrite_leaves_no_record_vouching_for_a_new_mask(
 
 # 2. torchrun processes predict the list process 0 made.
 def test_only_process_zero_lists_the_cases_left(trained, small_dataset_template, tmp_path):
-    folder = scans(small_dataset_template, tmp_path / 'scans')
+    folder = scan_folder(small_dataset_template, tmp_path / 'scans', CASES)
     driver = (
         'import sys\nfrom heartseg import distributed\nfrom heartseg.commands import predict\n'
         'from heartseg.errors import run_cli\n'
@@ -169,17 +128,7 @@ def test_only_process_zero_lists_the_cases_left(trained, small_dataset_template,
     )
     (tmp_path / 'driver.py').write_text(driver)
     result = subprocess.run(
-        [
-            sys.executable,
-            '-m',
-            'torch.distributed.run',
-            '--nproc_per_node=2',
-            '--standalone',
-            str(tmp_path / 'driver.py'),
-            *command(trained, folder, tmp_path / 'two'),
-            '--device',
-            'cpu',
-        ],
+        torchrun_command(tmp_path / 'driver.py', *command(trained, folder, tmp_path / 'two'), '--device', 'cpu'),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -310,7 +259,7 @@ def test_training_that_fills_the_disk_stops_in_one_line_keeps_its_checkpoints_an
 def test_prediction_that_fills_the_disk_stops_in_one_line_and_the_same_command_goes_on(
     trained, small_dataset_template, tmp_path, capsys, monkeypatch
 ):
-    folder, output = scans(small_dataset_template, tmp_path / 'scans'), tmp_path / 'out'
+    folder, output = scan_folder(small_dataset_template, tmp_path / 'scans', CASES), tmp_path / 'out'
     saved = heartseg.files.nib.save
     calls = {'count': 0}
 

@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import error_lines, prediction_command, scoring_command
 
 from heartseg.checkpoint import load_checkpoint, save_checkpoint
 from heartseg.commands.predict_flags import build_parser
@@ -60,10 +61,7 @@ def rotate_oblique(data, affine):
 
 
 def predict_file(checkpoint: Path, image: Path, output: Path, *extra: str) -> nib.Nifti1Image:
-    assert (
-        run_cli(predict_main, ['--checkpoint', str(checkpoint), '--input', str(image), '--output', str(output), *extra])
-        == 0
-    )
+    assert run_cli(predict_main, prediction_command([checkpoint], image, output, *extra)) == 0
     return nib.load(output / image.name)
 
 
@@ -234,20 +232,9 @@ def test_distances_and_volumes_use_the_affine_s_voxel_size_when_pixdim_disagrees
 
 def test_dataset_json_input_with_evaluation(trained, small_dataset_template, tmp_path):
     output = tmp_path / 'out'
-    argv = [
-        '--checkpoint',
-        str(trained),
-        '--input',
-        str(small_dataset_template / 'dataset.json'),
-        '--subset',
-        'validation',
-        '--output',
-        str(output),
-        '--labels',
-        str(small_dataset_template / 'labelsTr'),
-        '--png',
-        '--save-probabilities',
-    ]
+    argv = scoring_command(
+        trained, small_dataset_template, output, '--subset', 'validation', '--png', '--save-probabilities'
+    )
     assert run_cli(predict_main, argv) == 0
     validation = json.loads((trained.parent / 'splits.json').read_text())['validation']
     assert sorted(p.name for p in output.glob('*.png')) == sorted(f'{c}.png' for c in validation)
@@ -278,8 +265,7 @@ def test_mirroring_tta_is_the_default_and_agrees_with_one_pass(trained, small_da
 
 
 def run_predict(argv, capsys) -> tuple[int, list[str]]:
-    code = run_cli(predict_main, argv)
-    return code, [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
+    return run_cli(predict_main, argv), error_lines(capsys)
 
 
 def test_unreadable_case_is_skipped_and_reported(trained, small_dataset_template, tmp_path, capsys):
@@ -309,7 +295,10 @@ def test_a_constant_scan_is_skipped_and_reported(trained, tmp_path, capsys):
     )
 
 
-@pytest.mark.parametrize('shape,problem', [((40, 40, 20, 2), 'expected a 3D image'), ((40, 40), 'expected a 3D image')])
+# A 4D file is a cine series for a one-channel model (tests/quality/test_cardiac_function.py); five axes are not.
+@pytest.mark.parametrize(
+    'shape,problem', [((40, 40, 20, 1, 2), 'expected a 3D image'), ((40, 40), 'expected a 3D image')]
+)
 def test_wrong_dimensions_or_channels(trained, tmp_path, capsys, shape, problem):
     path = tmp_path / 'odd.nii.gz'
     nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), np.eye(4)), path)

@@ -8,6 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import flatten_sform
 
 from heartseg.analysis.cases import CaseTask, analyze_case
 from heartseg.data.dataset import read_dataset
@@ -34,14 +35,6 @@ def with_voxel(value):
 def shifted(data, affine):
     affine[:3, 3] += 5.0
     return data, affine
-
-
-def flatten_sform(path: Path) -> None:
-    """An sform whose third voxel axis has no size, beside a valid qform: readers take the sform."""
-    image = nib.load(path)
-    flattened = nib.Nifti1Image(np.asarray(image.dataobj), image.affine)
-    flattened.set_sform(image.affine * np.array([1.0, 1.0, 0.0, 1.0]), code=2)
-    nib.save(flattened, path)
 
 
 CORRUPTIONS = {

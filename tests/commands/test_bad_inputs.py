@@ -13,7 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from test_validation import flatten_sform
+from conftest import ONE_STEP, TINY_NET, error_lines, flatten_sform, scoring_command
 
 from heartseg.errors import EXIT_USER_ERROR, run_cli
 from main import main
@@ -142,9 +142,7 @@ BAD_INPUTS = {
 
 
 def run_main(argv: list[str], capsys) -> tuple[int, list[str]]:
-    code = run_cli(main, argv)
-    error_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
-    return code, error_lines
+    return run_cli(main, argv), error_lines(capsys)
 
 
 @pytest.mark.parametrize('name', list(BAD_INPUTS))
@@ -172,26 +170,7 @@ def test_unwritable_run_dir_is_detected_before_training(small_dataset, tmp_path,
 def test_resume_with_incompatible_architecture_is_refused(small_dataset, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / 'run'
-    argv = [
-        '--data',
-        str(small_dataset),
-        '--run-dir',
-        str(run_dir),
-        '--epochs',
-        '1',
-        '--steps-per-epoch',
-        '1',
-        '--levels',
-        '2',
-        '--base-channels',
-        '4',
-        '--patch-size',
-        '16',
-        '16',
-        '16',
-        '--max-cases',
-        '3',
-    ]
+    argv = ['--data', str(small_dataset), '--run-dir', str(run_dir), *ONE_STEP, *TINY_NET, '--max-cases', '3']
     assert run_cli(main, argv) == 0
     code, errors = run_main(['--resume', str(run_dir), '--levels', '3'], capsys)
     assert code == EXIT_USER_ERROR
@@ -252,18 +231,8 @@ def test_bad_input_gives_one_line_error_in_predict(name, trained, small_dataset,
     corrupt, names, problem = BAD_INPUTS[name]
     corrupt(small_dataset)
     output = tmp_path / 'predictions'
-    argv = [
-        '--checkpoint',
-        str(trained),
-        '--input',
-        str(small_dataset / 'dataset.json'),
-        '--output',
-        str(output),
-        '--labels',
-        str(small_dataset / 'labelsTr'),
-    ]
-    code = run_cli(predict_main, argv)
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
+    code = run_cli(predict_main, scoring_command(trained, small_dataset, output))
+    errors = error_lines(capsys)
     assert code == EXIT_USER_ERROR
     assert len(errors) == 1, errors
     assert names in errors[0] and PREDICT_PROBLEMS.get(name, problem) in errors[0], errors[0]
@@ -286,7 +255,7 @@ def test_output_folder_without_room_is_detected_before_training(small_dataset, t
     )
     result = subprocess.run(
         [sys.executable, '-c', script],
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
         capture_output=True,
         text=True,
         timeout=120,

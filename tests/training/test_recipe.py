@@ -28,24 +28,31 @@ class ThreadCounts(Augmentation):
         return counts.repeat(image.numel() // 2 + 1)[: image.numel()].reshape(image.shape)
 
 
-def test_loader_workers_run_one_thread_per_library():
-    config = RunConfig(
+def recipe_config(**settings) -> RunConfig:
+    """A one-epoch config of four base channels on 16³ patches, with no data behind it: enough to build the recipe."""
+    return RunConfig(
         data='d',
         run_dir='r',
         cache_dir='c',
         target_spacing=(1.0,) * 3,
         patch_size=(16, 16, 16),
-        levels=2,
         epochs=1,
         val_every=1,
-        output='sigmoid',
         base_channels=4,
         channels_last=False,
+        modalities={'0': 'MRI'},
+        **settings,
+    )
+
+
+def test_loader_workers_run_one_thread_per_library():
+    config = recipe_config(
+        levels=2,
+        output='sigmoid',
         batch_size=2,
         steps_per_epoch=1,
         num_workers=1,
         labels={'0': 'background', '1': 'blob'},
-        modalities={'0': 'MRI'},
     )
     images, *_ = next(iter(build_patch_loader(config, blob_subjects(2), ThreadCounts(), torch.device('cpu')).loader))
     assert images.flatten()[:2].tolist() == [1.0, 1.0], 'torch and ITK threads in a worker'
@@ -70,23 +77,7 @@ LOG_ODDS_OF_ONE_PERCENT = math.log(0.01 / 0.99)
     ],
 )
 def test_every_head_starts_each_structure_at_a_one_percent_prior(output, labels, expected):
-    config = RunConfig(
-        data='d',
-        run_dir='r',
-        cache_dir='c',
-        target_spacing=(1.0,) * 3,
-        patch_size=(16, 16, 16),
-        epochs=1,
-        val_every=1,
-        channels_last=False,
-        num_workers=0,
-        levels=3,
-        base_channels=4,
-        deep_supervision=True,
-        output=output,
-        labels=labels,
-        modalities={'0': 'MRI'},
-    )
+    config = recipe_config(num_workers=0, levels=3, deep_supervision=True, output=output, labels=labels)
     network = build_network(config, torch.device('cpu'))
     heads = [network.head, *network.deep_heads]
     assert len(heads) == 2, 'a 3-level network has one deep-supervision head'

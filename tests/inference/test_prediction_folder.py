@@ -12,11 +12,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import prediction_command, scan_folder, torchrun_command
 
 from heartseg.errors import run_cli
 from predict import main as predict_main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CASES = ['synthetic_000', 'synthetic_001', 'synthetic_002', 'synthetic_003', 'synthetic_004']
 # predict.py, pausing after each case's record so that the test can kill it between cases.
 PAUSING_PREDICT = """
@@ -34,25 +35,14 @@ sys.exit(run_cli(main, sys.argv[1:]))
 """
 
 
-def scans(dataset: Path, target: Path) -> Path:
-    target.mkdir()
-    for case in CASES:
-        (target / f'{case}.nii.gz').write_bytes((dataset / 'imagesTr' / f'{case}.nii.gz').read_bytes())
-    return target
-
-
 def arguments(trained: Path, folder: Path, output: Path) -> list[str]:
-    return [
-        '--checkpoint',
-        str(trained),
-        '--input',
-        str(folder),
-        '--output',
-        str(output),
-        '--device',
-        'cpu',
-        '--no-tta',
-    ]
+    return prediction_command([trained], folder, output, '--device', 'cpu', '--no-tta')
+
+
+def run_from_repo(command: list[str]) -> subprocess.CompletedProcess:
+    """Runs ``command`` in the repository root with one OpenMP thread per process, and captures what it prints."""
+    environment = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=environment, timeout=300)
 
 
 def qc_cases(output: Path) -> list[str]:
@@ -60,7 +50,7 @@ def qc_cases(output: Path) -> list[str]:
 
 
 def test_a_killed_run_started_again_skips_the_finished_cases(trained, small_dataset_template, tmp_path, capsys):
-    folder, output = scans(small_dataset_template, tmp_path / 'scans'), tmp_path / 'out'
+    folder, output = scan_folder(small_dataset_template, tmp_path / 'scans', CASES), tmp_path / 'out'
     command = [sys.executable, '-c', PAUSING_PREDICT, *arguments(trained, folder, output)]
     process = subprocess.Popen(
         command,
@@ -91,7 +81,7 @@ def test_a_killed_run_started_again_skips_the_finished_cases(trained, small_data
 
 
 def test_a_case_that_failed_is_tried_again(trained, small_dataset_template, tmp_path):
-    folder, output = scans(small_dataset_template, tmp_path / 'scans'), tmp_path / 'out'
+    folder, output = scan_folder(small_dataset_template, tmp_path / 'scans', CASES), tmp_path / 'out'
     good = (folder / 'synthetic_000.nii.gz').read_bytes()
     (folder / 'synthetic_000.nii.gz').write_bytes(good[:200])
     assert run_cli(predict_main, arguments(trained, folder, output)) != 0
@@ -101,33 +91,10 @@ def test_a_case_that_failed_is_tried_again(trained, small_dataset_template, tmp_
 
 
 def test_two_torchrun_processes_write_what_one_process_writes(trained, small_dataset_template, tmp_path):
-    folder = scans(small_dataset_template, tmp_path / 'scans')
-    environment = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    single = subprocess.run(
-        [sys.executable, 'predict.py', *arguments(trained, folder, tmp_path / 'one')],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=300,
-    )
+    folder = scan_folder(small_dataset_template, tmp_path / 'scans', CASES)
+    single = run_from_repo([sys.executable, 'predict.py', *arguments(trained, folder, tmp_path / 'one')])
     assert single.returncode == 0, single.stderr[-2000:]
-    shared = subprocess.run(
-        [
-            sys.executable,
-            '-m',
-            'torch.distributed.run',
-            '--nproc_per_node=2',
-            '--standalone',
-            'predict.py',
-            *arguments(trained, folder, tmp_path / 'two'),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=300,
-    )
+    shared = run_from_repo(torchrun_command('predict.py', *arguments(trained, folder, tmp_path / 'two')))
     assert shared.returncode == 0, shared.stderr[-2000:]
     assert 'Distributed: 2 processes share 5 cases' in shared.stdout
     for case in CASES:
@@ -150,7 +117,7 @@ def test_two_torchrun_processes_write_what_one_process_writes(trained, small_dat
 
 
 def test_prefetching_the_next_case_changes_no_mask(trained, small_dataset_template, tmp_path):
-    folder = scans(small_dataset_template, tmp_path / 'scans')
+    folder = scan_folder(small_dataset_template, tmp_path / 'scans', CASES)
     (folder / 'broken.nii.gz').write_bytes(b'not a nifti')  # a failed load still reaches the case it belongs to
     for name in ('plain', 'prefetched'):
         flags = ['--prefetch'] if name == 'prefetched' else ['--no-prefetch']

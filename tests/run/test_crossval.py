@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import error_lines, fast_training, one_error, prediction_command, scoring_command
 
 from heartseg.checkpoint import load_checkpoint
 from heartseg.data.dataset import read_dataset
@@ -25,29 +26,10 @@ from heartseg.run.crossval import fold_training_minutes, resolve_checkpoints
 from main import main
 from predict import main as predict_main
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]  # where the helper scripts are
 FOLDS = 3
 EPOCHS = 2
-FAST = [
-    '--levels',
-    '2',
-    '--base-channels',
-    '4',
-    '--patch-size',
-    '16',
-    '16',
-    '16',
-    '--steps-per-epoch',
-    '6',
-    '--batch-size',
-    '2',
-    '--seed',
-    '7',
-    '--lr',
-    '0.01',
-    '--epochs',
-    str(EPOCHS),
-]
+FAST = fast_training(steps_per_epoch=6, seed=7, epochs=EPOCHS)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -146,13 +128,7 @@ def test_the_fold_ensemble_predicts_with_the_post_processing_its_folds_chose(
 ):
     chosen = Postprocessing.from_dict(json.loads((cross_validation / 'crossval.json').read_text())['postprocessing'])
     scan = small_dataset_template / 'imagesTr' / 'synthetic_000.nii.gz'
-    assert (
-        run_cli(
-            predict_main,
-            ['--checkpoint', str(cross_validation), '--input', str(scan), '--output', str(tmp_path), '--no-qc', *flag],
-        )
-        == 0
-    )
+    assert run_cli(predict_main, prediction_command([cross_validation], scan, tmp_path, '--no-qc', *flag)) == 0
     outputs = Predictor(resolve_checkpoints([cross_validation])).outputs
     assert f'Post-processing: {expected or chosen.describe(outputs)}' in capsys.readouterr().out
 
@@ -251,33 +227,16 @@ def test_checkpoints_that_disagree_are_refused_in_one_line(
     trained, small_dataset_template, tmp_path, capsys, change, problem
 ):
     other = edited_checkpoint(trained, tmp_path / 'other.pt', change)
-    argv = [
-        '--checkpoint',
-        str(trained),
-        str(other),
-        '--input',
-        str(small_dataset_template / 'imagesTr'),
-        '--output',
-        str(tmp_path / 'out'),
-    ]
+    argv = prediction_command([trained, other], small_dataset_template / 'imagesTr', tmp_path / 'out')
     assert run_cli(predict_main, argv) == EXIT_USER_ERROR
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
+    errors = error_lines(capsys)
     assert len(errors) == 1 and 'other.pt' in errors[0] and problem in errors[0]
     assert not (tmp_path / 'out').exists()
 
 
 def test_a_cross_validation_folder_predicts_as_the_fold_ensemble(cross_validation, small_dataset_template, tmp_path):
     scan = small_dataset_template / 'imagesTr' / 'synthetic_001.nii.gz'
-    argv = [
-        '--checkpoint',
-        str(cross_validation),
-        '--input',
-        str(scan),
-        '--output',
-        str(tmp_path / 'out'),
-        '--no-tta',
-        '--save-probabilities',
-    ]
+    argv = prediction_command([cross_validation], scan, tmp_path / 'out', '--no-tta', '--save-probabilities')
     assert run_cli(predict_main, argv) == 0
     folds = [cross_validation / f'fold_{fold}' / 'best.pt' for fold in range(FOLDS)]
     expected = Predictor(folds, tta=False).predict(scan)[1]
@@ -292,18 +251,7 @@ def test_validation_subset_of_a_cross_validation_uses_each_folds_own_model(
     cross_validation, small_dataset_template, tmp_path
 ):
     output = tmp_path / 'out'
-    argv = [
-        '--checkpoint',
-        str(cross_validation),
-        '--input',
-        str(small_dataset_template / 'dataset.json'),
-        '--subset',
-        'validation',
-        '--output',
-        str(output),
-        '--labels',
-        str(small_dataset_template / 'labelsTr'),
-    ]
+    argv = scoring_command(cross_validation, small_dataset_template, output, '--subset', 'validation')
     assert run_cli(predict_main, argv) == 0
     ours = {row['case']: row['dice'] for row in read_csv(output / 'metrics.csv')}
     # The same predictions as the cross-validation's own out-of-fold scoring.
@@ -339,7 +287,7 @@ def test_bad_split_flags_are_refused_before_any_run_folder_exists(
 ):
     run_dir = tmp_path / 'run'
     assert run_cli(main, ['--data', str(small_dataset), '--run-dir', str(run_dir), *FAST, *flags]) == EXIT_USER_ERROR
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
+    errors = error_lines(capsys)
     assert len(errors) == 1 and flag in errors[0] and problem in errors[0], errors
     assert not run_dir.exists()
 
@@ -347,7 +295,7 @@ def test_bad_split_flags_are_refused_before_any_run_folder_exists(
 def test_resuming_a_cross_validation_with_another_k_is_refused(cross_validation, capsys):
     before = sorted(p.name for p in cross_validation.iterdir())
     assert run_cli(main, ['--resume', str(cross_validation), '--folds', '5']) == EXIT_USER_ERROR
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
+    errors = error_lines(capsys)
     assert len(errors) == 1 and '--folds 5' in errors[0] and 'used 3' in errors[0]
     assert sorted(p.name for p in cross_validation.iterdir()) == before
 
@@ -357,23 +305,10 @@ def test_an_unfinished_cross_validation_is_refused_as_an_ensemble(
 ):
     unfinished = Path(shutil.copytree(cross_validation, tmp_path / 'cv'))
     (unfinished / 'fold_2' / 'best.pt').unlink()
-    argv = [
-        '--checkpoint',
-        str(unfinished),
-        '--input',
-        str(small_dataset_template / 'imagesTr'),
-        '--output',
-        str(tmp_path / 'out'),
-    ]
+    argv = prediction_command([unfinished], small_dataset_template / 'imagesTr', tmp_path / 'out')
     assert run_cli(predict_main, argv) == EXIT_USER_ERROR
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
+    errors = error_lines(capsys)
     assert len(errors) == 1 and 'folds [2] of 3 have no best.pt' in errors[0] and '--resume' in errors[0]
-
-
-def one_error(capsys) -> str:
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
-    assert len(errors) == 1, errors
-    return errors[0]
 
 
 def test_folds_trained_apart_pool_into_the_crossval_of_one_sequential_run(
