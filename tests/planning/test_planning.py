@@ -145,8 +145,8 @@ def test_a_resume_takes_the_saved_plan_changes_only_resumable_settings_and_refus
 
 def test_every_flag_goes_to_a_named_setting_and_is_none_when_left_out():
     """So that 'not given' is never mistaken for a value, and no flag is dropped on its way to the config."""
+    from heartseg.commands.train import SOURCE_FLAGS
     from heartseg.planning.plan import PLAN_CHOICES, SETTINGS, flag
-    from main import SOURCE_FLAGS
 
     modes = {'resume', 'score_folds', 'plan_only'}
     for action in build_parser()._actions:
