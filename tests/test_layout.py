@@ -86,3 +86,13 @@ def test_every_stage_says_what_it_takes_and_gives():
     for stage in STAGES:
         init = PACKAGE / stage / '__init__.py'
         assert init.is_file() and 'Takes' in (ast.get_docstring(ast.parse(init.read_text())) or ''), stage
+
+
+def test_no_test_folder_shadows_a_top_level_module():
+    """The helper scripts run from tests/ (ddp_worker.py, kill_driver.py) import main and training: a tests/ folder
+    of that name would be imported instead, as a namespace package."""
+    modules = {path.stem for path in REPO.glob('*.py')}
+    shadowing = sorted(
+        folder.name for folder in (REPO / 'tests').iterdir() if folder.is_dir() and folder.name in modules
+    )
+    assert not shadowing, f'tests/ folders named like top-level modules: {shadowing}'
