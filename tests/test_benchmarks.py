@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from benchmarks import benchmark, dataset_subset, derived_sets
+from benchmarks import benchmark, compare_runs, dataset_subset, derived_sets, postprocessing_arms
 from benchmarks.loader_profile import INTENSITY, SPATIAL
 from heartseg.data.dataset import read_dataset
 from heartseg.errors import EXIT_USER_ERROR, run_cli
@@ -216,3 +216,24 @@ def test_derived_datasets_keep_labels_on_their_images_grid(small_dataset, tmp_pa
         assert image.shape == label.shape and np.allclose(image.affine, label.affine)
         assert nib.affines.voxel_sizes(image.affine)[2] == pytest.approx(9.0)
         assert np.asanyarray(label.dataobj).any()
+
+
+def test_the_post_processing_arms_score_each_arm_on_the_same_masks(trained, tmp_path, capsys):
+    """A stray piece far from the structure: every arm that keeps largest components removes it, 'none' keeps it."""
+    reference = np.zeros((24, 24, 12), np.uint8)
+    reference[4:12, 4:12, 2:8] = 1
+    predicted = reference.copy()
+    predicted[20:23, 20:23, 9:11] = 1
+    for folder, mask in (('predictions', predicted), ('labels', reference)):
+        (tmp_path / folder).mkdir()
+        nib.save(nib.Nifti1Image(mask, np.diag([1.5, 1.5, 10, 1])), tmp_path / folder / 'case.nii.gz')
+    argv = ['--checkpoint', str(trained), '--output', str(tmp_path / 'arms')]
+    argv += ['--predictions', str(tmp_path / 'predictions'), '--labels', str(tmp_path / 'labels')]
+    assert run_cli(postprocessing_arms.main, argv) == 0
+    scores = {
+        arm: compare_runs.read_scores(tmp_path / 'arms' / arm)[('case', 'mean')]['dice']
+        for arm in ('none', 'every-structure', 'all-together', 'all-together-then-every-structure')
+    }
+    assert scores['none'] == pytest.approx(2 * 384 / (2 * 384 + 18))
+    assert scores['every-structure'] == scores['all-together'] == scores['all-together-then-every-structure'] == 1
+    assert 'all-together' in capsys.readouterr().out

@@ -31,7 +31,7 @@ from heartseg.data.cine import join_phases, phase_count, phase_ids, write_phases
 from heartseg.errors import EXIT_USER_ERROR, DiskFull, UserError
 from heartseg.files import ensure_writable_dir, file_digest, save_nifti
 from heartseg.folder_lock import LOCK_NAME, folder_lock
-from heartseg.inference.prediction import Predictor, load_trained_model, read_reference, score_case
+from heartseg.inference.prediction import TTA_MIRRORING, Predictor, load_trained_model, read_reference, score_case
 from heartseg.inference.prediction_folder import NOT_YET, PredictionFolder
 from heartseg.quality.cardiac_function import Structures, write_function_report
 from heartseg.quality.qc import assess, measure, uncertainty_map
@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def predict(args: argparse.Namespace) -> int:
+    if args.tta_mirroring is not None and not args.tta:
+        raise UserError('--tta-mirroring', 'has no effect with --no-tta')
+    args.tta_mirroring = args.tta_mirroring or TTA_MIRRORING
     jobs = prediction_jobs(gather_inputs(args.input, args.subset), args.subset, args.checkpoint, args.keep_largest)
     cases = [case for job in jobs for case in job.cases]
     refuse_overwriting_inputs(args.output, cases, args.labels)
@@ -81,6 +84,7 @@ def predict(args: argparse.Namespace) -> int:
                 args.blending,
                 args.tta,
                 jobs[index].postprocessing,
+                args.tta_mirroring,
             )
             for index in {index for index, _ in mine}
         }
@@ -195,6 +199,7 @@ def producer(job: PredictionJob, args: argparse.Namespace) -> dict:
         'models': [file_digest(path) for path in job.checkpoints],
         'settings': {
             'tta': args.tta,
+            'tta_mirroring': args.tta_mirroring if args.tta else None,
             'overlap': args.overlap,
             'blending': args.blending,
             'postprocessing': postprocessing,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from heartseg.cli import DefaultsHelpFormatter, Parser, integer, number, user_path
-from heartseg.inference.prediction import MIRRORING_TTA
+from heartseg.inference.prediction import MIRRORING_TTA, TTA_MIRRORING, TTA_MIRRORINGS
 from heartseg.inference.sliding_window import BLENDINGS, DEFAULT_BLENDING, DEFAULT_WINDOW_BATCH
 from heartseg.planning.config import DEFAULT_OVERLAP
 
@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=MIRRORING_TTA,
         help='mirroring test-time augmentation: the mean of the 8 axis flips (--no-tta: about 7x faster)',
+    )
+    parser.add_argument(
+        '--tta-mirroring',
+        choices=TTA_MIRRORINGS,
+        help='which flips TTA averages: all 8 axis flips (nnU-Net), or in-plane: for a model planned with thick '
+        'slices (augmented in 2D), the 4 flips of its slice plane, half the time; a 3D plan flips every axis either '
+        f'way (default: {TTA_MIRRORING})',
     )
     parser.add_argument(
         '--keep-largest',

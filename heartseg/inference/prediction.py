@@ -36,6 +36,7 @@ from heartseg.inference.sliding_window import DEFAULT_BLENDING, DEFAULT_WINDOW_B
 from heartseg.metrics import case_metrics
 from heartseg.outputs import Outputs
 from heartseg.planning.config import DEFAULT_OVERLAP
+from heartseg.planning.plan import dummy_2d_axis
 from heartseg.preprocessing.preprocessing import Preprocessing
 from heartseg.quality.qc import intensity_quantiles, mean_pairwise_dice
 from mymodel import UNet3D
@@ -46,6 +47,9 @@ METRIC_NAMES = ('dice', 'iou', 'hd95_mm', 'asd_mm', 'predicted_ml', 'reference_m
 # Mirroring TTA is on by default, as in nnU-Net: on LA2018 it adds 0.003 to 0.006 Dice for
 # 7 times the prediction time (BENCHMARKS.md); --no-tta is the fast path.
 MIRRORING_TTA = True
+# Which flips TTA averages: 'all' 8 (nnU-Net), or 'in-plane': a thick-slice plan's 4 flips of its slice plane.
+TTA_MIRRORINGS = ('all', 'in-plane')
+TTA_MIRRORING = 'all'
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,14 @@ class TrainedModel:
     outputs: Outputs
     channels: int
     training_cases: dict  # heartseg.quality.qc.summarise_training_cases at training; empty for older checkpoints
+    thick_axis: int | None  # the slice axis of a thick-slice plan, augmented in 2D (dummy_2d_axis); None for 3D
+
+    def mirror_axes(self, mirroring: str) -> tuple[int, ...]:
+        """The axes TTA flips: all three, or with ``'in-plane'`` those of a thick-slice plan's slice plane."""
+        assert mirroring in TTA_MIRRORINGS, f'mirroring must be one of {TTA_MIRRORINGS}, got {mirroring!r}'
+        if mirroring == 'in-plane' and self.thick_axis is not None:
+            return tuple(axis for axis in range(3) if axis != self.thick_axis)
+        return (0, 1, 2)
 
 
 def load_network(checkpoint: Path, device: torch.device) -> tuple[UNet3D, ModelPlan]:
@@ -107,6 +119,7 @@ def load_trained_model(path: Path, device: torch.device) -> TrainedModel:
         outputs=plan.outputs,
         channels=plan.channels,
         training_cases=plan.training_cases,
+        thick_axis=dummy_2d_axis(plan.target_spacing, plan.patch_size),
     )
 
 
@@ -149,6 +162,7 @@ class Predictor:
         blending: str = DEFAULT_BLENDING,
         tta: bool = MIRRORING_TTA,
         postprocessing: Postprocessing | None = None,
+        tta_mirroring: str = TTA_MIRRORING,
     ):
         self.device = local_device(select_device(device))  # under torchrun, this process's own GPU
         paths = [checkpoints] if isinstance(checkpoints, Path) else list(checkpoints)
@@ -166,6 +180,7 @@ class Predictor:
             'amp_dtype': mixed_precision_dtype(self.device),
         }
         self.tta = tta
+        self.tta_mirroring = tta_mirroring
         self.postprocessing = postprocessing or Postprocessing.every_structure(self.outputs)
 
     def load(self, path: Path) -> LoadedCase:
@@ -181,7 +196,8 @@ class Predictor:
         """One model's (TTA-averaged) logits in its own grid,
         and per structure the agreement of its mirrored predictions."""
         total, masks = None, []
-        for logits in mirrored_logits(model.network, image, model.patch_size, tta=self.tta, **self.window_options):
+        axes = model.mirror_axes(self.tta_mirroring) if self.tta else ()
+        for logits in mirrored_logits(model.network, image, model.patch_size, axes, **self.window_options):
             total = logits if total is None else total + logits
             masks.append(self.outputs.logit_masks(logits))
         return total / len(masks), agreement_per_structure(torch.stack(masks))

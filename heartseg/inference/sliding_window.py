@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -108,29 +108,48 @@ def _window(volume: torch.Tensor, corner: tuple[int, ...], patch_size: tuple[int
     return volume[(slice(None), *(slice(c, c + p) for c, p in zip(corner, patch_size)))]
 
 
-MIRRORINGS = tuple(axes for r in range(4) for axes in itertools.combinations((1, 2, 3), r))
+def mirrorings(axes: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+    """Every combination of flips of the spatial ``axes`` (0 to 2), the identity first: ``2**len(axes)`` of them.
+
+    Each is given as the dimensions of a ``(C, X, Y, Z)`` tensor to flip.
+
+    Example:
+        >>> mirrorings((0, 1))
+        ((), (1,), (2,), (1, 2))
+    """
+    dims = tuple(axis + 1 for axis in axes)
+    return tuple(flips for count in range(len(dims) + 1) for flips in itertools.combinations(dims, count))
 
 
 def mirrored_logits(
-    model: nn.Module, image: torch.Tensor, patch_size: tuple[int, int, int], tta: bool = False, **window_options
+    model: nn.Module,
+    image: torch.Tensor,
+    patch_size: tuple[int, int, int],
+    mirror_axes: Sequence[int] = (),
+    **window_options,
 ) -> Iterator[torch.Tensor]:
-    """Sliding-window logits of the image and, when ``tta``, of its 7 other axis mirrorings, each flipped back.
+    """Sliding-window logits of the image and of each of its mirrorings along ``mirror_axes``, each flipped back.
 
     Args:
+        mirror_axes: Spatial axes (0 to 2) whose flips are test-time augmentation; none: the image alone.
         window_options: Passed on to :func:`sliding_window_logits`.
     """
-    for axes in MIRRORINGS if tta else ((),):
-        flipped = image.flip(axes) if axes else image
+    for dims in mirrorings(mirror_axes):
+        flipped = image.flip(dims) if dims else image
         logits = sliding_window_logits(model, flipped, patch_size, **window_options)
-        yield logits.flip(axes) if axes else logits
+        yield logits.flip(dims) if dims else logits
 
 
 def predict_logits(
-    model: nn.Module, image: torch.Tensor, patch_size: tuple[int, int, int], tta: bool = False, **window_options
+    model: nn.Module,
+    image: torch.Tensor,
+    patch_size: tuple[int, int, int],
+    mirror_axes: Sequence[int] = (),
+    **window_options,
 ) -> torch.Tensor:
-    """Sliding-window logits, averaged over the 8 axis mirrorings when ``tta``."""
+    """Sliding-window logits, averaged over the mirrorings along ``mirror_axes``."""
     total, count = None, 0
-    for logits in mirrored_logits(model, image, patch_size, tta, **window_options):
+    for logits in mirrored_logits(model, image, patch_size, mirror_axes, **window_options):
         total = logits if total is None else total + logits
         count += 1
     return total / count

@@ -25,7 +25,9 @@ from heartseg.inference.prediction import (
     evaluate_case,
     write_evaluation,
 )
+from heartseg.inference.sliding_window import predict_logits, window_starts
 from heartseg.metrics import dice
+from heartseg.planning.config import DEFAULT_OVERLAP
 from heartseg.outputs import Outputs
 from heartseg.preprocessing.preprocessing import Preprocessing
 from predict import main as predict_main
@@ -262,6 +264,38 @@ def test_mirroring_tta_is_the_default_and_agrees_with_one_pass(trained, small_da
     assert mask_mirrored.shape == mask_single.shape
     assert not np.allclose(probabilities_mirrored, probabilities_single), 'the 8 flips must change the probabilities'
     assert 0.9 < dice(mask_mirrored == 1, mask_single == 1), 'the mean over 8 flips should refine, not change, the mask'
+
+
+def test_in_plane_mirroring_flips_a_thick_slice_plan_across_its_slice_plane_only(trained, small_dataset_template):
+    """With ``--tta-mirroring in-plane`` a thick-slice model averages the 4 flips that keep its slices in order."""
+    predictor = Predictor(trained, tta_mirroring='in-plane')
+    isotropic = predictor.models[0]
+    assert isotropic.thick_axis is None and isotropic.mirror_axes('in-plane') == (0, 1, 2)
+    predictor.models[0] = thick = replace(isotropic, thick_axis=2)
+    assert thick.mirror_axes('in-plane') == (0, 1) and thick.mirror_axes('all') == (0, 1, 2)
+    image = torch.randn(1, 24, 20, 12)
+    calls = []
+    original = thick.network.forward
+    thick.network.forward = lambda batch: calls.append(len(batch)) or original(batch)
+    logits, _ = predictor.model_logits(thick, image)
+    assert sum(calls) == 4 * window_count(image, thick.patch_size), 'every window of each of the 4 flips, no more'
+    expected = predict_logits(thick.network, image, thick.patch_size, (0, 1), **predictor.window_options)
+    torch.testing.assert_close(logits, expected)
+
+
+def window_count(image: torch.Tensor, patch_size) -> int:
+    """The windows of one pass over ``image``, padded up to the patch where it is smaller."""
+    sizes = [max(size, patch) for size, patch in zip(image.shape[1:], patch_size)]
+    return int(np.prod([len(window_starts(size, patch, DEFAULT_OVERLAP)) for size, patch in zip(sizes, patch_size)]))
+
+
+def test_tta_mirroring_without_tta_is_refused(trained, small_dataset_template, tmp_path, capsys):
+    code, errors = run_predict(
+        prediction_command([trained], scan(small_dataset_template), tmp_path / 'out', '--no-tta', '--tta-mirroring', 'in-plane'),
+        capsys,
+    )
+    assert code == EXIT_USER_ERROR and errors == ['error: --tta-mirroring: has no effect with --no-tta']
+    assert not (tmp_path / 'out').exists()
 
 
 def run_predict(argv, capsys) -> tuple[int, list[str]]:

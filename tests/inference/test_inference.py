@@ -27,10 +27,10 @@ class Shifted(nn.Module):
 @pytest.mark.parametrize('shape', [(40, 36, 20), (12, 30, 9), (16, 16, 16)], ids=['larger', 'smaller-and-odd', 'exact'])
 @pytest.mark.parametrize('overlap', [0.0, 0.25, 0.5, 0.8])
 @pytest.mark.parametrize('blending', BLENDINGS)
-@pytest.mark.parametrize('tta', [False, True], ids=['plain', 'mirrored'])
-def test_an_identity_network_gives_back_its_input(shape, overlap, blending, tta):
+@pytest.mark.parametrize('mirror_axes', [(), (0, 1), (0, 1, 2)], ids=['plain', 'in-plane', 'mirrored'])
+def test_an_identity_network_gives_back_its_input(shape, overlap, blending, mirror_axes):
     image = torch.randn(2, *shape)
-    logits = predict_logits(Identity(), image, (16, 16, 16), tta=tta, overlap=overlap, blending=blending, batch_size=3)
+    logits = predict_logits(Identity(), image, (16, 16, 16), mirror_axes, overlap=overlap, blending=blending, batch_size=3)
     torch.testing.assert_close(logits, image, rtol=0, atol=1e-5)
 
 
@@ -47,10 +47,12 @@ def test_overlapping_windows_are_blended_with_the_centre_weighted_most(blending)
 def test_mirroring_averages_the_network_s_view_of_each_flip():
     """A ramp along the first axis and its mirror image average to 0.5: each flip must really be run and undone."""
     image = torch.zeros(1, 16, 16, 16)
-    plain = predict_logits(Shifted(), image, (16, 16, 16), tta=False)
-    mirrored = predict_logits(Shifted(), image, (16, 16, 16), tta=True)
+    plain = predict_logits(Shifted(), image, (16, 16, 16))
+    mirrored = predict_logits(Shifted(), image, (16, 16, 16), (0, 1, 2))
+    across_the_ramp = predict_logits(Shifted(), image, (16, 16, 16), (1, 2))
     torch.testing.assert_close(plain[0, :, 0, 0], torch.linspace(0, 1, 16))
     torch.testing.assert_close(mirrored, torch.full_like(mirrored, 0.5))
+    torch.testing.assert_close(across_the_ramp, plain)  # flips across the ramp leave it as it is
 
 
 @pytest.mark.parametrize(
