@@ -69,6 +69,9 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed patch shapes: pick the fastest kernels once
         self.recipe = recipe
         self.model = recipe.network
+        self.averaged = recipe.averaged
+        # What validation scores and the checkpoints give predict.py: the weight average, if there is one.
+        self.final_network = self.model if self.averaged is None else self.averaged.module
         self.optimizer = recipe.optimizer
         self.forward = self._training_forward()
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
@@ -104,7 +107,10 @@ class Trainer:
 
     def resume(self) -> None:
         state = load_checkpoint(self.run_dir / 'last.pt', map_location=self.device)
-        self.model.load_state_dict(state['model'])
+        if self.averaged is not None:
+            self.averaged.module.load_state_dict(state['model'])
+            self.averaged.n_averaged.fill_(state['averaged_steps'])
+        self.model.load_state_dict(state['trained_model'] if self.averaged is not None else state['model'])
         self.optimizer.load_state_dict(state['optimizer'])
         self.scaler.load_state_dict(state['scaler'])
         self.schedule.load_state_dict(state)
@@ -118,11 +124,18 @@ class Trainer:
         save_checkpoint(
             self.run_dir / name,
             self.config.model_plan(self.training_cases),
-            model=self.model.state_dict(),
+            model=self.final_network.state_dict(),
             optimizer=self.optimizer.state_dict(),
             scaler=self.scaler.state_dict(),
             **self.schedule.state_dict(),
+            **self._averaging_state(),
         )
+
+    def _averaging_state(self) -> dict:
+        """With a weight average, the trained weights and the steps averaged, which a resume continues from."""
+        if self.averaged is None:
+            return {}
+        return {'trained_model': self.model.state_dict(), 'averaged_steps': int(self.averaged.n_averaged)}
 
     # -- the loop ------------------------------------------------------------
 
@@ -228,6 +241,8 @@ class Trainer:
         # Under fp16 AMP the GradScaler skips a step whose gradients are not finite (and lowers its scale).
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.averaged is not None:
+            self.averaged.update_parameters(self.model)
         return float(loss.detach()) if torch.isfinite(loss) else None
 
     def _fail_non_finite(self, what: str, epoch: int, step: int) -> None:
@@ -240,7 +255,7 @@ class Trainer:
     @torch.no_grad()
     def validate(self, epoch: int) -> tuple[float, float]:
         """Mean loss and mean per-case, per-class Dice over whole validation volumes."""
-        self.model.eval()
+        self.final_network.eval()
         losses, dices = [], []
         self.overlay = None
         outputs = self.config.outputs
@@ -248,7 +263,7 @@ class Trainer:
             self.val_subjects, desc='Validating', unit='case', leave=False, disable=not distributed.is_main()
         ):
             logits = sliding_window_logits(
-                self.model,
+                self.final_network,
                 subject['image'].data,
                 self.config.patch_size,
                 overlap=self.config.val_overlap,

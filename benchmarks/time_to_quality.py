@@ -123,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     write_rows_csv(args.output / 'time_to_quality.csv', rows)
     draw(rows, args.output / 'time_to_quality.png')
     for row in rows:
-        print(f"{row['minutes']:g} min: {row['steps']} steps, mean Dice {row['mean_dice']:.4f} over {row['cases']} cases")
+        print(
+            f'{row["minutes"]:g} min: {row["steps"]} steps, mean Dice {row["mean_dice"]:.4f} over {row["cases"]} cases'
+        )
     print(f'Table: {args.output / "time_to_quality.csv"}; curve: {args.output / "time_to_quality.png"}')
     return 0
 

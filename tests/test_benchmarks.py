@@ -240,11 +240,16 @@ def test_the_post_processing_arms_score_each_arm_on_the_same_masks(trained, tmp_
     assert 'all-together' in capsys.readouterr().out
 
 
-def test_time_to_quality_trains_one_schedule_per_budget_and_reads_a_scored_budget_again(small_dataset, tmp_path, capsys):
-    from benchmarks import holdout, time_to_quality
+def test_time_to_quality_trains_one_schedule_per_budget_and_reads_a_scored_budget_again(
+    small_dataset, tmp_path, capsys
+):
     from conftest import TINY_NET
 
-    assert run_cli(holdout.main, ['--data', str(small_dataset), '--patients', '2', '--output', str(tmp_path / 'h')]) == 0
+    from benchmarks import holdout, time_to_quality
+
+    assert (
+        run_cli(holdout.main, ['--data', str(small_dataset), '--patients', '2', '--output', str(tmp_path / 'h')]) == 0
+    )
     output = tmp_path / 'ttq'
     argv = ['--data', str(tmp_path / 'h' / 'train'), '--test', str(tmp_path / 'h' / 'test'), '--minutes', '0.1', '0.05']
     argv += ['--output', str(output), '--', *TINY_NET, '--steps-per-epoch', '2', '--cache-dir', str(tmp_path / 'c')]
@@ -252,7 +257,7 @@ def test_time_to_quality_trains_one_schedule_per_budget_and_reads_a_scored_budge
     rows = list(csv.DictReader((output / 'time_to_quality.csv').read_text().splitlines()))
     assert [float(row['minutes']) for row in rows] == [0.05, 0.1]
     for row in rows:
-        config = json.loads((output / f"{float(row['minutes']):g}min" / 'config.json').read_text())['config']
+        config = json.loads((output / f'{float(row["minutes"]):g}min' / 'config.json').read_text())['config']
         assert config['time_limit'] == float(row['minutes']) and config['val_fraction'] == 0
         assert int(row['steps']) % 2 == 0 and int(row['steps']) >= 2 and row['cases'] == '2'
         assert 0 <= float(row['mean_dice']) <= 1
@@ -262,4 +267,8 @@ def test_time_to_quality_trains_one_schedule_per_budget_and_reads_a_scored_budge
     assert (output / '0.05min' / 'best.pt').stat().st_mtime_ns == trained, 'a scored budget is read, not trained again'
     argv[argv.index('--test') + 1] = str(tmp_path / 'absent')
     assert run_cli(time_to_quality.main, argv) == EXIT_USER_ERROR
-    assert capsys.readouterr().err.strip().endswith('not a folder; --test takes a benchmarks.holdout test folder (images/, labels/)')
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith('not a folder; --test takes a benchmarks.holdout test folder (images/, labels/)')
+    )

@@ -31,9 +31,16 @@ from heartseg.data.cine import join_phases, phase_count, phase_ids, write_phases
 from heartseg.errors import EXIT_USER_ERROR, DiskFull, UserError
 from heartseg.files import ensure_writable_dir, file_digest, save_nifti
 from heartseg.folder_lock import LOCK_NAME, folder_lock
-from heartseg.inference.prediction import TTA_MIRRORING, Predictor, load_trained_model, read_reference, score_case
+from heartseg.inference.prediction import (
+    TTA_MIRRORING,
+    Predictor,
+    TrainedModel,
+    load_trained_model,
+    read_reference,
+    score_case,
+)
 from heartseg.inference.prediction_folder import NOT_YET, PredictionFolder
-from heartseg.quality.cardiac_function import Structures, write_function_report
+from heartseg.quality.cardiac_function import Structures, training_rv_lv_range, write_function_report
 from heartseg.quality.qc import assess, measure, uncertainty_map
 from heartseg.quality.review import orthogonal_views, save_png
 
@@ -115,7 +122,7 @@ def predict(args: argparse.Namespace) -> int:
         failed = sum(record.get('status') != 'ok' for record in records)
         if distributed.is_main():
             done = [case for case, record in zip(cases, records) if record.get('status') == 'ok']
-            function_lines, page_fields = function_report(args, structures, done, folder)
+            function_lines, page_fields = function_report(args, structures, done, folder, model)
             ids = [c.case_id for c in cases]
             for line in folder.finish(ids, metrics=args.labels is not None, qc=args.qc, page_fields=page_fields):
                 print(line)
@@ -162,7 +169,11 @@ def function_structures(args: argparse.Namespace, labels: dict[int, str]) -> Str
 
 
 def function_report(
-    args: argparse.Namespace, structures: Structures | None, cases: list[InputCase], folder: PredictionFolder
+    args: argparse.Namespace,
+    structures: Structures | None,
+    cases: list[InputCase],
+    folder: PredictionFolder,
+    model: TrainedModel,
 ) -> tuple[list[str], dict[str, dict]]:
     """``function.csv`` (and with ``--labels`` the references' and the agreement) for the cases predicted; the lines
     to print, and the review page's columns by case."""
@@ -172,7 +183,8 @@ def function_report(
         ], {}
     masks = {case.case_id: folder.mask(case.case_id) for case in cases}
     references = {case.case_id: label_file(args.labels, case) for case in cases} if args.labels else None
-    return write_function_report(args.output, masks, references, structures, args.ed_first)
+    rv_lv_range = training_rv_lv_range(model.training_cases, model.outputs.paint_values, structures)
+    return write_function_report(args.output, masks, references, structures, args.ed_first, rv_lv_range)
 
 
 @contextmanager

@@ -194,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f'initial Adam learning rate, decayed polynomially (default {RunConfig.lr:g})',
     )
     train.add_argument(
+        '--ema-decay',
+        dest='ema_decay',
+        type=number(0, below=1),
+        help='validate and save an exponential moving average of the weights, updated after every optimiser step '
+        f'as w_avg = d*w_avg + (1-d)*w; 0: the trained weights themselves (default {RunConfig.ema_decay:g})',
+    )
+    train.add_argument(
         '--loss',
         dest='loss',
         choices=[*LOSSES, *LOSS_ALIASES],

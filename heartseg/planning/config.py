@@ -75,6 +75,7 @@ class RunConfig:
     batch_size: int = 2
     lr: float = 1e-3
     weight_decay: float = 3e-5
+    ema_decay: float = 0.0  # 0: off; else validated and saved weights are an average (heartseg.training.recipe)
     loss: str = 'ce_dice'
     regions: list[dict[str, Any]] = field(default_factory=list)  # nnU-Net v2 regions: {'name', 'values', 'paint'} each
     levels: int = 4

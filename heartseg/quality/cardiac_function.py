@@ -128,11 +128,18 @@ def phase_volumes(label_map: np.ndarray, affine: np.ndarray, structures: Structu
     return {name: float(np.count_nonzero(label_map == value)) * voxel for name, value in structures.values().items()}
 
 
-def function_row(patient: str, phases: Mapping[str, Mapping[str, float]], ed_first: bool = False) -> dict:
+def function_row(
+    patient: str,
+    phases: Mapping[str, Mapping[str, float]],
+    ed_first: bool = False,
+    rv_lv_range: tuple[float, float] | None = None,
+) -> dict:
     """One patient's ``function.csv`` row from each phase's volumes (``{phase: {'LV': ml, ...}}``, in time order).
 
     Args:
         ed_first: ED is the first phase (UK Biobank's convention) instead of the largest LV cavity.
+        rv_lv_range: The training set's lowest and highest RV/LV EDV ratio (:func:`training_rv_lv_range`);
+            a ratio outside it is flagged.
     """
     names = list(phases)
     lv = [phases[name]['LV'] for name in names]
@@ -153,6 +160,7 @@ def function_row(patient: str, phases: Mapping[str, Mapping[str, float]], ed_fir
                 reasons += _ventricle(row, side, phases[names[ed]][side], phases[names[es]][side])
         if _clear_minima(lv) > 1:
             reasons.append('LV volume curve has more than one clear minimum')
+        reasons += _rv_lv_ratio(phases[names[ed]], rv_lv_range)
     row['reasons'] = '; '.join(reasons)
     row['flag'] = int(bool(reasons) and not (len(names) < 2 and len(reasons) == 1))
     return {key: ('' if isinstance(value, float) and math.isnan(value) else value) for key, value in row.items()}
@@ -175,6 +183,45 @@ def _ventricle(row: dict, side: str, edv: float, esv: float) -> list[str]:
     if not math.isnan(ef) and not EF_RANGE[0] <= ef <= EF_RANGE[1]:
         problems.append(f'{side} EF {ef:.0f}% outside {EF_RANGE[0]:g} to {EF_RANGE[1]:g}%')
     return problems
+
+
+def _rv_lv_ratio(ed: Mapping[str, float], rv_lv_range: tuple[float, float] | None) -> list[str]:
+    """The problem of an RV/LV EDV ratio outside the training set's range, if it is."""
+    if rv_lv_range is None or 'RV' not in ed or ed['LV'] <= 0:
+        return []
+    ratio, (low, high) = ed['RV'] / ed['LV'], rv_lv_range
+    return (
+        []
+        if low <= ratio <= high
+        else [f"RV/LV EDV ratio {ratio:.2f} outside the training set's {low:.2f} to {high:.2f}"]
+    )
+
+
+def training_rv_lv_range(
+    training_cases: Mapping, paint_values: Sequence[int], structures: Structures
+) -> tuple[float, float] | None:
+    """The lowest and highest RV/LV EDV ratio over the training patients, each at its ED (its largest LV cavity).
+
+    Read from a checkpoint's training summary (:func:`heartseg.quality.qc.summarise_training_cases`), whose
+    volumes are listed per structure in the order of ``paint_values``; None without an RV, or for a checkpoint
+    whose summary has no case ids.
+
+    Example:
+        >>> summary = {'case_ids': ['p1_frame01', 'p1_frame09', 'p2_frame01'],
+        ...            'structure_volumes_ml': [[150, 100], [90, 40], [120, 150]]}
+        >>> training_rv_lv_range(summary, (1, 3), Structures(lv=3, rv=1))
+        (0.6, 1.5)
+    """
+    ids, volumes = list(training_cases.get('case_ids') or []), training_cases.get('structure_volumes_ml') or []
+    if structures.rv is None or not ids or len(ids) != len(volumes):
+        return None
+    lv, rv = list(paint_values).index(structures.lv), list(paint_values).index(structures.rv)
+    ratios = []
+    for case_ids in patient_groups(ids).values():
+        ed = max((volumes[ids.index(case_id)] for case_id in case_ids), key=lambda row: row[lv])
+        if ed[lv] > 0:
+            ratios.append(ed[rv] / ed[lv])
+    return (round(min(ratios), 4), round(max(ratios), 4)) if ratios else None
 
 
 def _clear_minima(curve: Sequence[float]) -> int:
@@ -261,12 +308,13 @@ def write_function_report(
     references: Mapping[str, Path] | None,
     structures: Structures,
     ed_first: bool = False,
+    rv_lv_range: tuple[float, float] | None = None,
 ) -> tuple[list[str], dict[str, dict]]:
     """``function.csv`` from the masks, with a volume curve for every patient of more than two phases; with
     references, ``function_reference.csv``, ``function_agreement.csv`` and ``function_bland_altman.png``.
     The lines to print, and the review page's columns by case: its patient's indices."""
     phases = patient_phases(masks, structures)
-    rows = [function_row(patient, volumes, ed_first) for patient, volumes in phases.items()]
+    rows = [function_row(patient, volumes, ed_first, rv_lv_range) for patient, volumes in phases.items()]
     write_rows_csv(output / 'function.csv', rows)
     for row in rows:
         if len(phases[row['patient']]) > 2:
@@ -277,7 +325,9 @@ def write_function_report(
     lines = [f'Cardiac function: {len(rows)} patient(s) in {output / "function.csv"}, {flagged} flagged']
     if references is not None:
         reference_phases = patient_phases(references, structures)
-        reference_rows = [function_row(patient, volumes, ed_first) for patient, volumes in reference_phases.items()]
+        reference_rows = [
+            function_row(patient, volumes, ed_first, rv_lv_range) for patient, volumes in reference_phases.items()
+        ]
         write_rows_csv(output / 'function_reference.csv', reference_rows)
         write_rows_csv(output / 'function_agreement.csv', agreement(rows, reference_rows))
         write_bland_altman(output / 'function_bland_altman.png', rows, reference_rows)

@@ -27,6 +27,7 @@ import SimpleITK as sitk
 import torch
 import torchio as tio
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from heartseg import distributed
@@ -55,6 +56,18 @@ class Recipe:
     learning_rate: Callable[[int, int], float]  # (epoch, total epochs) → learning rate
     augmentation: Augmentation | None  # spatial in the loader; intensity there or on the training device
     gradient_clip_norm: float
+    averaged: AveragedModel | None  # with --ema-decay: the weights validated and saved
+
+
+def weight_average(network: nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of ``network``'s weights (and norm buffers), or None for a ``decay`` of 0.
+
+    After each optimiser step, ``w_avg = decay * w_avg + (1 - decay) * w``: it
+    remembers about the last ``1 / (1 - decay)`` steps.
+    """
+    if not decay:
+        return None
+    return AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def build_recipe(config: RunConfig, device: torch.device) -> Recipe:
@@ -67,6 +80,7 @@ def build_recipe(config: RunConfig, device: torch.device) -> Recipe:
         learning_rate=functools.partial(poly_lr, config.lr),
         augmentation=build_augmentation(config),
         gradient_clip_norm=GRADIENT_CLIP_NORM,
+        averaged=weight_average(network, config.ema_decay),
     )
 
 

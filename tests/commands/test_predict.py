@@ -27,8 +27,8 @@ from heartseg.inference.prediction import (
 )
 from heartseg.inference.sliding_window import predict_logits, window_starts
 from heartseg.metrics import dice
-from heartseg.planning.config import DEFAULT_OVERLAP
 from heartseg.outputs import Outputs
+from heartseg.planning.config import DEFAULT_OVERLAP
 from heartseg.preprocessing.preprocessing import Preprocessing
 from predict import main as predict_main
 
@@ -291,7 +291,9 @@ def window_count(image: torch.Tensor, patch_size) -> int:
 
 def test_tta_mirroring_without_tta_is_refused(trained, small_dataset_template, tmp_path, capsys):
     code, errors = run_predict(
-        prediction_command([trained], scan(small_dataset_template), tmp_path / 'out', '--no-tta', '--tta-mirroring', 'in-plane'),
+        prediction_command(
+            [trained], scan(small_dataset_template), tmp_path / 'out', '--no-tta', '--tta-mirroring', 'in-plane'
+        ),
         capsys,
     )
     assert code == EXIT_USER_ERROR and errors == ['error: --tta-mirroring: has no effect with --no-tta']

@@ -30,7 +30,9 @@ class Shifted(nn.Module):
 @pytest.mark.parametrize('mirror_axes', [(), (0, 1), (0, 1, 2)], ids=['plain', 'in-plane', 'mirrored'])
 def test_an_identity_network_gives_back_its_input(shape, overlap, blending, mirror_axes):
     image = torch.randn(2, *shape)
-    logits = predict_logits(Identity(), image, (16, 16, 16), mirror_axes, overlap=overlap, blending=blending, batch_size=3)
+    logits = predict_logits(
+        Identity(), image, (16, 16, 16), mirror_axes, overlap=overlap, blending=blending, batch_size=3
+    )
     torch.testing.assert_close(logits, image, rtol=0, atol=1e-5)
 
 

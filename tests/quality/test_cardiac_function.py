@@ -26,6 +26,7 @@ from heartseg.quality.cardiac_function import (
     agreement,
     function_row,
     phase_volumes,
+    training_rv_lv_range,
     write_function_report,
 )
 from heartseg.quality.qc import SEVERAL_STRUCTURES, VOLUME_RATIO_RANGE, out_of_range, volume_ratio_range
@@ -123,6 +124,24 @@ def test_a_single_frame_gets_volumes_and_mass_but_no_ejection_fraction():
 def test_implausible_rows_are_flagged_with_the_reason(phases, reason):
     row = function_row('p', phases)
     assert row['flag'] == 1 and reason in row['reasons'], row
+
+
+def test_an_rv_lv_edv_ratio_outside_the_training_set_is_flagged():
+    summary = {
+        'case_ids': ['p1_frame01', 'p1_frame09', 'p2_frame01', 'p2_frame07'],
+        'structure_volumes_ml': [[150, 20, 100], [90, 25, 40], [100, 15, 125], [60, 16, 50]],
+    }
+    structures = Structures(lv=3, myo=2, rv=1)
+    rv_lv = training_rv_lv_range(summary, (1, 2, 3), structures)
+    assert rv_lv == (0.8, 1.5), 'each training patient at its ED: 150/100 and 100/125, not the ES ratio 90/40'
+    normal = {'ed': {'LV': 100.0, 'RV': 120.0}, 'es': {'LV': 40.0, 'RV': 60.0}}
+    assert function_row('p', normal, rv_lv_range=rv_lv)['flag'] == 0
+    dilated_rv = {'ed': {'LV': 100.0, 'RV': 210.0}, 'es': {'LV': 40.0, 'RV': 110.0}}
+    row = function_row('p', dilated_rv, rv_lv_range=rv_lv)
+    assert row['flag'] == 1 and "RV/LV EDV ratio 2.10 outside the training set's 0.80 to 1.50" in row['reasons']
+    without_ids = {'structure_volumes_ml': summary['structure_volumes_ml']}
+    assert training_rv_lv_range(without_ids, (1, 2, 3), structures) is None, 'an older checkpoint: no range'
+    assert training_rv_lv_range(summary, (1, 2, 3), Structures(lv=3, myo=2)) is None, 'no RV: no ratio'
 
 
 def test_structures_are_found_by_name_or_given():

@@ -224,4 +224,5 @@ def test_checkpoints_carry_the_training_cases_summary(trained):
         v > 0 for (v,) in summary['structure_volumes_ml']
     )
     assert len(summary['structure_edge_contact_mm2']) == len(training)
+    assert summary['case_ids'] == training, 'in the order of the volumes, so frames group by patient'
     assert all(len(q) == 7 for q in summary['intensity_quantiles'])

@@ -17,6 +17,7 @@ from heartseg.checkpoint import load_checkpoint
 from heartseg.data.splits import split_cases
 from heartseg.errors import EXIT_USER_ERROR, run_cli
 from heartseg.training.augmentation import Augmentation
+from heartseg.training.recipe import weight_average
 from main import main
 from predict import main as predict_main
 
@@ -54,9 +55,10 @@ def test_short_run_writes_outputs_and_learns(small_dataset, tmp_path, monkeypatc
     assert state['plan'].patch_size == (32, 32, 16)
 
 
-def test_interrupted_run_resumes_to_identical_result(small_dataset, tmp_path, monkeypatch):
+@pytest.mark.parametrize('averaging', [[], ['--ema-decay', '0.9']], ids=['trained-weights', 'weight-average'])
+def test_interrupted_run_resumes_to_identical_result(small_dataset, tmp_path, monkeypatch, averaging):
     monkeypatch.chdir(tmp_path)
-    common = ['--data', str(small_dataset), '--epochs', '3', *TINY]
+    common = ['--data', str(small_dataset), '--epochs', '3', *TINY, *averaging]
     assert run_cli(main, [*common, '--run-dir', str(tmp_path / 'straight')]) == 0
 
     original_run_epoch = training.Trainer.run_epoch
@@ -76,12 +78,27 @@ def test_interrupted_run_resumes_to_identical_result(small_dataset, tmp_path, mo
     straight_state = load_checkpoint(tmp_path / 'straight' / 'last.pt')
     resumed_state = load_checkpoint(interrupted / 'last.pt')
     assert resumed_state['epoch'] == 3
-    for name, tensor in straight_state['model'].items():
-        assert torch.equal(tensor, resumed_state['model'][name]), name
+    weights = ['model', 'trained_model'] if averaging else ['model']
+    assert ('trained_model' in straight_state) == bool(averaging)
+    for weight in weights:
+        for name, tensor in straight_state[weight].items():
+            assert torch.equal(tensor, resumed_state[weight][name]), (weight, name)
+    if averaging:  # validated and saved: the average, not the last step's weights
+        assert not torch.equal(straight_state['model']['head.weight'], straight_state['trained_model']['head.weight'])
     columns = ('epoch', 'train_loss', 'val_loss', 'val_dice', 'lr')
     straight_rows = [[r[c] for c in columns] for r in read_metrics(tmp_path / 'straight')]
     resumed_rows = [[r[c] for c in columns] for r in read_metrics(interrupted)]
     assert resumed_rows == straight_rows
+
+
+def test_the_weight_average_starts_from_the_first_weights_and_follows_its_decay():
+    network = torch.nn.Linear(1, 1, bias=False)
+    averaged = weight_average(network, 0.9)
+    for value in (1.0, 2.0, 4.0):
+        network.weight.data.fill_(value)
+        averaged.update_parameters(network)
+    assert averaged.module.weight.item() == pytest.approx(0.9 * (0.9 * 1 + 0.1 * 2) + 0.1 * 4)
+    assert weight_average(network, 0.0) is None
 
 
 def test_augmentation_on_the_device_trains_through_loader_workers(small_dataset, tmp_path, monkeypatch):
