@@ -45,6 +45,7 @@ from heartseg.quality.qc import assess, measure, uncertainty_map
 from heartseg.quality.review import orthogonal_views, save_png
 
 CINE_PHASES = 'cine_phases'  # the output folder's subfolder for the phases of 4D cine inputs, as 3D scans
+CINE_LABELS = 'labels'  # its subfolder for the phases of their 4D reference labels
 OVERVIEW_HEIGHT = 360  # pixels of --png's pictures; the review page's thumbnails are smaller
 
 
@@ -66,8 +67,7 @@ def predict(args: argparse.Namespace) -> int:
     # A dataset's cases are 3D scans, checked as such; scans given by file or folder may be cine series.
     from_dataset = args.input.name == 'dataset.json' or (args.input / 'dataset.json').is_file()
     cines = {} if from_dataset else {c.case_id: c for c in cases if phase_count(c.image, model.channels)}
-    if cines and args.labels:
-        raise UserError('--labels', f'reference labels of 4D cine inputs ({next(iter(cines))}) are not read yet')
+    cine_labels = {case_id: cine_label(args.labels, case) for case_id, case in cines.items()} if args.labels else {}
     jobs = [replace(job, cases=[*expand_cines(job.cases, cines, model.channels, args.output)]) for job in jobs]
     cases = [case for job in jobs for case in job.cases]
     folder = PredictionFolder(args.output)
@@ -76,6 +76,8 @@ def predict(args: argparse.Namespace) -> int:
         if distributed.is_main():
             for case in cines.values():
                 write_phases(case.image, case.case_id, args.output / CINE_PHASES)
+            for case_id, label in cine_labels.items():
+                write_phases(label, case_id, args.output / CINE_PHASES / CINE_LABELS)
         distributed.barrier()
         producers = [producer(job, args) for job in jobs]
         # Process 0 decides what is left and shares it,
@@ -149,6 +151,22 @@ def expand_cines(
             yield InputCase(phase_id, output / CINE_PHASES / f'{phase_id}.nii')
 
 
+def cine_label(labels: Path, case: InputCase) -> Path:
+    """A cine input's 4D reference label map, checked to hold one phase for each of the scan's."""
+    label = label_file(labels, case)
+    found, phases = phase_count(label, 1), phase_count(case.image, 1)
+    if found != phases:
+        raise UserError(label, f'holds {found or "no"} phases; its cine scan {case.image.name} has {phases}')
+    return label
+
+
+def reference_file(args: argparse.Namespace, case: InputCase) -> Path:
+    """A case's reference label map: from ``--labels``, or for a cine phase, that phase of its 4D reference."""
+    if case.image.parent == args.output / CINE_PHASES:
+        return args.output / CINE_PHASES / CINE_LABELS / case.image.name
+    return label_file(args.labels, case)
+
+
 def join_cines(cines: dict[str, InputCase], done: set[str], folder: PredictionFolder, channels: int) -> list[str]:
     """Each 4D cine input's phase masks joined into its 4D mask, where every phase was predicted."""
     joined = []
@@ -182,7 +200,7 @@ def function_report(
             'Cardiac function: none, since no label of the model is an LV cavity (--structures LV=VALUE names one)'
         ], {}
     masks = {case.case_id: folder.mask(case.case_id) for case in cases}
-    references = {case.case_id: label_file(args.labels, case) for case in cases} if args.labels else None
+    references = {case.case_id: reference_file(args, case) for case in cases} if args.labels else None
     rv_lv_range = training_rv_lv_range(model.training_cases, model.outputs.paint_values, structures)
     return write_function_report(args.output, masks, references, structures, args.ed_first, rv_lv_range)
 
@@ -334,7 +352,7 @@ def predict_case(
             uncertainty_map(prediction.probabilities), nifti.affine, folder.uncertainty(case.case_id), like=nifti
         )
     reference = (
-        read_reference(label_file(args.labels, case), nifti, predictor.outputs, case.image) if args.labels else None
+        read_reference(reference_file(args, case), nifti, predictor.outputs, case.image) if args.labels else None
     )
     if args.png:
         save_png(orthogonal_views(nifti, mask, reference, height=OVERVIEW_HEIGHT), folder.overview(case.case_id))

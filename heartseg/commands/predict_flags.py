@@ -52,14 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
         '--tta',
         action=argparse.BooleanOptionalAction,
         default=MIRRORING_TTA,
-        help='mirroring test-time augmentation: the mean of the 8 axis flips (--no-tta: about 7x faster)',
+        help='mirroring test-time augmentation: the mean of the axis flips that --tta-mirroring names '
+        '(--no-tta: 4 to 8 times faster)',
     )
     parser.add_argument(
         '--tta-mirroring',
         choices=TTA_MIRRORINGS,
         help='which flips TTA averages: all 8 axis flips (nnU-Net), or in-plane: for a model planned with thick '
-        'slices (augmented in 2D), the 4 flips of its slice plane, half the time; a 3D plan flips every axis either '
-        f'way (default: {TTA_MIRRORING})',
+        'slices (augmented in 2D), the 4 flips of its slice plane, in half the time; a 3D plan flips every axis '
+        f'either way (default: {TTA_MIRRORING})',
     )
     parser.add_argument(
         '--keep-largest',

@@ -250,11 +250,35 @@ def test_a_4d_cine_gives_a_4d_mask_in_its_grid_equal_to_its_frames_masks_and_the
     assert rows[0] == rows[1] and rows[0].splitlines()[1].startswith('heart,heart_phase')
 
 
-def test_a_cine_input_is_refused_with_labels_until_they_are_read(trained, small_dataset_template, tmp_path):
-    _, cine = cine_inputs(small_dataset_template, tmp_path)
-    argv = ['--checkpoint', str(trained), '--input', str(cine), '--output', str(tmp_path / 'out')]
-    assert run_cli(predict_main, [*argv, '--labels', str(cine)]) == EXIT_USER_ERROR
-    assert not (tmp_path / 'out').exists()
+def test_a_cine_input_is_scored_phase_by_phase_against_its_4d_reference(
+    trained, small_dataset_template, tmp_path, capsys
+):
+    frames, cine = cine_inputs(small_dataset_template, tmp_path)
+    labels = {'frames': tmp_path / 'frame_labels', 'cine': tmp_path / 'cine_labels'}
+    references = [
+        np.asarray(nib.load(small_dataset_template / 'labelsTr' / f'synthetic_00{i}.nii.gz').dataobj) for i in (0, 1)
+    ]
+    affine = nib.load(cine / 'heart.nii.gz').affine
+    for folder in labels.values():
+        folder.mkdir()
+    for index, reference in enumerate(references):
+        nib.save(nib.Nifti1Image(reference, affine), labels['frames'] / f'heart_phase{index:02d}.nii.gz')
+    nib.save(nib.Nifti1Image(np.stack(references, axis=3), affine), labels['cine'] / 'heart.nii.gz')
+    for name, inputs in (('frames', frames), ('cine', cine)):
+        argv = ['--checkpoint', str(trained), '--input', str(inputs), '--output', str(tmp_path / f'{name}_out')]
+        assert run_cli(predict_main, [*argv, '--labels', str(labels[name]), '--structures', 'LV=1']) == 0
+    for table in ('metrics.csv', 'function_reference.csv', 'function_agreement.csv'):
+        expected, found = ((tmp_path / f'{name}_out' / table).read_text() for name in ('frames', 'cine'))
+        assert found == expected, table
+    three_phases = tmp_path / 'three_phases'
+    three_phases.mkdir()
+    nib.save(nib.Nifti1Image(np.stack([*references, references[0]], axis=3), affine), three_phases / 'heart.nii.gz')
+    argv = ['--checkpoint', str(trained), '--input', str(cine), '--output', str(tmp_path / 'refused')]
+    capsys.readouterr()
+    assert run_cli(predict_main, [*argv, '--labels', str(three_phases)]) == EXIT_USER_ERROR
+    error = capsys.readouterr().err.strip()
+    assert error == f'error: {three_phases / "heart.nii.gz"}: holds 3 phases; its cine scan heart.nii.gz has 2'
+    assert not (tmp_path / 'refused').exists()
 
 
 def test_the_report_draws_a_cine_series_volume_curve_and_bland_altman_against_references(tmp_path):
