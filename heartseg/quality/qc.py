@@ -176,9 +176,9 @@ def summarise_training_cases(subjects: Sequence[tio.Subject], outputs: Outputs) 
         volumes.append([float(mask.sum()) * float(np.prod(label.spacing)) / 1000.0 for mask in masks])
         edges.append([edge_contact(mask, label.affine)[0] for mask in masks])
         quantiles.append(intensity_quantiles(subject['image'].data))
-    ids = [subject['case_id'] for subject in subjects]  # group a patient's frames (cardiac_function)
+    ids = [subject.get('case_id') for subject in subjects]  # group a patient's frames (cardiac_function)
     summary = {'structure_volumes_ml': volumes, 'structure_edge_contact_mm2': edges, 'intensity_quantiles': quantiles}
-    return {'case_ids': ids, **summary}
+    return {'case_ids': ids, **summary} if None not in ids else summary
 
 
 def training_column(reference: dict, key: str, structure: int, structures: int) -> list[float]:
