@@ -210,7 +210,7 @@ def training_rv_lv_range(
         >>> summary = {'case_ids': ['p1_frame01', 'p1_frame09', 'p2_frame01'],
         ...            'structure_volumes_ml': [[150, 100], [90, 40], [120, 150]]}
         >>> training_rv_lv_range(summary, (1, 3), Structures(lv=3, rv=1))
-        (0.6, 1.5)
+        (0.8, 1.5)
     """
     ids, volumes = list(training_cases.get('case_ids') or []), training_cases.get('structure_volumes_ml') or []
     if structures.rv is None or not ids or len(ids) != len(volumes):
